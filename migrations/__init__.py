@@ -1,0 +1,1 @@
+"""Alembic migrations: the only way Easel's schema changes (``easel migrate``)."""

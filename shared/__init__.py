@@ -1,0 +1,1 @@
+"""Code that both the web tier and the workers import (never torch)."""

@@ -1,0 +1,67 @@
+"""Errors with the one shape the API answers: ``{"error": {code, message, details}}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EaselError(Exception):
+    """Base error; ``status`` is the HTTP status the API answers with."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class ValidationFailed(EaselError):
+    status, code = 422, "validation_error"
+
+
+class BadRequest(EaselError):
+    status, code = 400, "bad_request"
+
+
+class UnsupportedMediaType(EaselError):
+    status, code = 415, "unsupported_media_type"
+
+
+class NotFound(EaselError):
+    status, code = 404, "not_found"
+
+
+class Conflict(EaselError):
+    status, code = 409, "conflict"
+
+
+class UnknownModel(ValueError):
+    """A model name that the registry does not know."""
+
+
+class ModelLoadError(RuntimeError):
+    """A model whose weights could not be loaded."""
+
+
+class StorageError(RuntimeError):
+    """Storage could not read or write an object."""
+
+
+def field_detail(field: str, message: str, value: Any = None) -> dict[str, Any]:
+    """One entry of ``details``: the field, what is wrong, and the bad value."""
+    return {"field": field, "message": message, "value": _jsonable(value)}
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value if not isinstance(value, str) or len(value) <= 200 else value[:200] + "..."
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value[:20]]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in list(value.items())[:20]}
+    return repr(value)[:200]

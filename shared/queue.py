@@ -1,0 +1,62 @@
+"""The Celery app as the web tier sees it: it sends wake-ups by task name only.
+
+The broker carries job ids, never job data (DESIGN principle 1): a lost message is
+rebuilt from the database and a duplicate one is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RUN_JOB_TASK = "easel.run_job"
+
+
+def queue_name(model: str) -> str:
+    """One broker queue per model, so a worker subscribes only to what it serves."""
+    return f"easel.{model}"
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured for warm GPU workers (acks late, prefetch 1)."""
+    app = Celery("easel", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_soft_time_limit=settings.task_soft_time_limit,
+        task_time_limit=settings.task_time_limit,
+        task_default_queue=queue_name(settings.default_model),
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+def send_wakeup(app: Celery, job_id: str, model: str) -> bool:
+    """Publish a wake-up for ``job_id``; ``False`` (logged) if the broker refused it.
+
+    The job row is already committed, so a failed publish loses nothing: the job
+    stays ``queued`` and any later wake-up for its model claims it.
+    """
+    try:
+        app.send_task(
+            RUN_JOB_TASK, args=[job_id], queue=queue_name(model),
+            retry=True, retry_policy={"max_retries": 2, "interval_start": 0.1,
+                                      "interval_step": 0.2, "interval_max": 0.5},
+        )
+    except Exception:  # broker down: the row is the truth, log and go on
+        log.exception("could not publish wake-up for job %s (model %s)", job_id, model)
+        return False
+    return True

@@ -1,0 +1,260 @@
+"""Request and response models: one set for JSON, multipart and HTML forms.
+
+The OpenAPI document is generated from these classes (``web/openapi.py``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.errors import ValidationFailed, field_detail
+from shared.models import JobType
+from shared.registry import SCHEDULERS, ModelSpec, Registry
+from shared.settings import Settings
+
+MAX_SEED = 2**53 - 1  # exact in JavaScript numbers, so a page can show it unchanged
+
+
+class JobCreate(BaseModel):
+    """What a client may send to create a job. Unset knobs take the model's defaults."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={"examples": [{"type": "txt2img", "prompt": "a lighthouse at dusk",
+                                         "width": 256, "height": 256, "steps": 20,
+                                         "seed": 42}]},
+    )
+
+    type: JobType = Field(JobType.TXT2IMG, description="txt2img, img2img or inpaint.")
+    model: str | None = Field(None, max_length=128, description="Registry name; default model.")
+    prompt: str = Field(min_length=1, description="What to draw.")
+    negative_prompt: str = Field("", description="What to steer away from.")
+    width: int | None = Field(None, ge=8, le=8192, description="Multiple of 8 within the model's limits.")
+    height: int | None = Field(None, ge=8, le=8192, description="Multiple of 8 within the model's limits.")
+    steps: int | None = Field(None, ge=1, le=1000, description="Denoising steps.")
+    guidance_scale: float | None = Field(None, ge=0, le=50, description="Classifier-free guidance.")
+    scheduler: str | None = Field(None, description=f"One of {', '.join(SCHEDULERS)}.")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Chosen and recorded if absent.")
+    num_images: int = Field(1, ge=1, le=16, description="Images; seeds are seed, seed+1, ...")
+    strength: float | None = Field(None, gt=0, le=1, description="img2img / inpaint only.")
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
+            raise ValueError("must be a multiple of 8")
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str | None) -> str | None:
+        if value is not None and value not in SCHEDULERS:
+            raise ValueError(f"must be one of {', '.join(SCHEDULERS)}")
+        return value
+
+
+class ResolvedJob(BaseModel):
+    """A validated request with every default filled in: what the job row records."""
+
+    type: JobType
+    model: str
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    scheduler: str
+    seed: int
+    num_images: int
+    strength: float | None = None
+
+
+def parse_job_request(data: dict[str, Any]) -> JobCreate:
+    """Validate raw fields; raise ``ValidationFailed`` naming every bad field and value."""
+    try:
+        return JobCreate.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(_summary(details := _details(exc)), details) from None
+
+
+def resolve_job(request: JobCreate, registry: Registry, settings: Settings) -> ResolvedJob:
+    """Apply the model's defaults and limits; raise ``ValidationFailed`` on any breach."""
+    details: list[dict[str, Any]] = []
+    try:
+        spec = registry.get(request.model)
+    except ValueError as exc:
+        details.append(field_detail("model", str(exc), request.model))
+        raise ValidationFailed(_summary(details), details) from None
+    if request.type not in spec.types:
+        served = ", ".join(t.value for t in spec.types)
+        details.append(field_detail(
+            "type", f"model {spec.name!r} does not serve {request.type.value!r} jobs "
+                    f"(it serves: {served})", request.type.value))
+    if len(request.prompt) > settings.max_prompt_chars:
+        details.append(field_detail(
+            "prompt", f"is {len(request.prompt)} characters; at most "
+                      f"{settings.max_prompt_chars} are allowed", request.prompt))
+    if len(request.negative_prompt) > settings.max_prompt_chars:
+        details.append(field_detail(
+            "negative_prompt", f"is {len(request.negative_prompt)} characters; at most "
+                               f"{settings.max_prompt_chars} are allowed",
+            request.negative_prompt))
+    for name in ("width", "height"):
+        value = getattr(request, name)
+        if value is not None and not spec.min_size <= value <= spec.max_size:
+            details.append(field_detail(
+                name, f"{value} is outside model {spec.name!r}'s range "
+                      f"{spec.min_size}..{spec.max_size}", value))
+    if request.steps is not None and request.steps > spec.max_steps:
+        details.append(field_detail(
+            "steps", f"{request.steps} exceeds model {spec.name!r}'s maximum of "
+                     f"{spec.max_steps}", request.steps))
+    if request.num_images > spec.max_num_images:
+        details.append(field_detail(
+            "num_images", f"{request.num_images} exceeds model {spec.name!r}'s maximum of "
+                          f"{spec.max_num_images}", request.num_images))
+    if request.strength is not None and request.type is JobType.TXT2IMG:
+        details.append(field_detail(
+            "strength", "applies only to img2img and inpaint jobs", request.strength))
+    seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
+    if seed + request.num_images - 1 > MAX_SEED:
+        details.append(field_detail(
+            "seed", f"{seed} + num_images - 1 exceeds the largest seed {MAX_SEED}", seed))
+    if details:
+        raise ValidationFailed(_summary(details), details)
+    return _with_defaults(request, spec, seed)
+
+
+def _with_defaults(request: JobCreate, spec: ModelSpec, seed: int) -> ResolvedJob:
+    return ResolvedJob(
+        type=request.type,
+        model=spec.name,
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        width=request.width or spec.default_size,
+        height=request.height or spec.default_size,
+        steps=request.steps or spec.default_steps,
+        guidance_scale=(request.guidance_scale if request.guidance_scale is not None
+                        else spec.default_guidance_scale),
+        scheduler=request.scheduler or spec.default_scheduler,
+        seed=seed,
+        num_images=request.num_images,
+        strength=request.strength,
+    )
+
+
+def _details(exc: ValidationError) -> list[dict[str, Any]]:
+    details = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in err["loc"]) or "body"
+        value = err.get("input")
+        if err["type"] == "missing":
+            message = "is required"
+        elif err["type"] == "extra_forbidden":
+            message = "is not a known field"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            message = message[0].lower() + message[1:] if message else message
+        details.append(field_detail(field, message, None if err["type"] == "missing" else value))
+    return details
+
+
+def _summary(details: list[dict[str, Any]]) -> str:
+    parts = []
+    for d in details:
+        text = f"{d['field']}: {d['message']}"
+        if d["value"] is not None and repr(d["value"]) not in d["message"]:
+            text += f" (got {d['value']!r})"
+        parts.append(text)
+    return "; ".join(parts)
+
+
+# ---- responses ---------------------------------------------------------------------------
+
+
+class Progress(BaseModel):
+    step: int
+    total: int
+    fraction: float
+
+
+class OutputInfo(BaseModel):
+    index: int
+    seed: int
+    url: str
+    width: int
+    height: int
+    content_type: str
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class JobView(BaseModel):
+    """The job object of the REST contract."""
+
+    id: str
+    type: JobType
+    model: str
+    status: str
+    params: dict[str, Any]
+    progress: Progress
+    queue_position: int | None
+    eta_seconds: float | None
+    outputs: list[OutputInfo]
+    error: ErrorInfo | None
+    attempts: int
+    worker_id: str | None
+    timings: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ModelLimits(BaseModel):
+    min_size: int
+    max_size: int
+    default_size: int
+    max_steps: int
+    default_steps: int
+    max_num_images: int
+    default_guidance_scale: float
+    default_scheduler: str
+
+
+class ModelView(BaseModel):
+    name: str
+    default: bool
+    types: list[JobType]
+    schedulers: list[str]
+    limits: ModelLimits
+
+
+class ModelList(BaseModel):
+    models: list[ModelView]
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+    value: Any = None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: list[ErrorDetail]
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape."""
+
+    error: ErrorBody

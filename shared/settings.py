@@ -1,0 +1,81 @@
+"""One settings object for web, worker and CLI (pydantic-settings, prefix ``EASEL_``).
+
+Embedded defaults need no server: SQLite under ``EASEL_HOME``, kombu's SQLAlchemy
+transport on SQLite as the broker, outputs in a local folder and the locally built
+``tiny-sd`` model. Setting the URLs switches to PostgreSQL, Redis and S3.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of Easel. Each field is read from ``EASEL_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="EASEL_", extra="ignore")
+
+    home: Path = Field(Path("var"), description="Folder for embedded state (SQLite, outputs, models)")
+    database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///$EASEL_HOME/easel.db.")
+    broker_url: str = Field("", description="Celery broker; default sqla+sqlite:///$EASEL_HOME/broker.db.")
+    storage_url: str = Field("", description="file:///path or s3://bucket/prefix; default $EASEL_HOME/outputs")
+    s3_endpoint_url: str | None = Field(None, description="Custom S3 endpoint (MinIO, R2, moto).")
+    s3_region: str = Field("us-east-1", description="S3 region name.")
+    s3_access_key_id: str | None = Field(None, description="S3 key id (else the AWS_* chain).")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret (else the AWS_* chain).")
+    presign_expires_seconds: int = Field(900, ge=1, le=7 * 24 * 3600,
+                                         description="Lifetime of presigned output URLs.")
+
+    host: str = Field("127.0.0.1", description="Address `easel web` binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `easel web` binds.")
+    web_workers: int = Field(2, ge=1, description="gunicorn worker processes for `easel web`.")
+    max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+
+    models_file: Path | None = Field(None, description="TOML model registry; default: the built-in tiny-sd.")
+    default_model: str = Field("tiny-sd", description="Model used when a job names none.")
+    offline: bool = Field(True, description="Never download weights (HF_HUB_OFFLINE).")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    worker_models: str = Field("", description="Comma-separated models a worker serves; default all.")
+    task_soft_time_limit: int = Field(600, ge=1, description="Seconds before a job is asked to stop.")
+    task_time_limit: int = Field(660, ge=1, description="Seconds before the worker child is killed.")
+    max_prompt_chars: int = Field(2000, ge=1, description="Longest accepted prompt.")
+    progress_interval_seconds: float = Field(0.5, gt=0, description="Least time between progress writes.")
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        self.home = self.home.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'easel.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.home / 'broker.db'}"
+        if not self.storage_url:
+            self.storage_url = (self.home / "outputs").as_uri()
+        if self.task_time_limit <= self.task_soft_time_limit:
+            raise ValueError(
+                f"task_time_limit ({self.task_time_limit}) must exceed "
+                f"task_soft_time_limit ({self.task_soft_time_limit})"
+            )
+        return self
+
+    @property
+    def served_models(self) -> list[str]:
+        """Models this worker serves (empty list means every registered model)."""
+        return [m.strip() for m in self.worker_models.split(",") if m.strip()]
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    def ensure_home(self) -> None:
+        """Create the embedded state folder if it is missing."""
+        self.home.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

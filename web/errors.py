@@ -1,0 +1,44 @@
+"""Every error leaves the app in the one shape, without a traceback."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from shared.errors import EaselError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status: int, code: str, message: str, details: list | None = None
+                   ) -> tuple[Response, int]:
+    return jsonify({"error": {"code": code, "message": message,
+                              "details": details or []}}), status
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(EaselError)
+    def _easel_error(exc: EaselError):  # type: ignore[no-untyped-def]
+        return jsonify(exc.to_dict()), exc.status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+        if not request.path.startswith("/api/") and exc.code == 404:
+            return exc
+        code = (exc.name or "error").lower().replace(" ", "_")
+        message = exc.description or exc.name
+        if exc.code == 413:
+            message = (f"request body exceeds the limit of "
+                       f"{app.config['MAX_CONTENT_LENGTH']} bytes")
+        elif exc.code == 405:
+            message = f"method {request.method} is not allowed on {request.path}"
+        elif exc.code == 404:
+            message = f"no such resource: {request.path}"
+        return error_response(exc.code or 500, code, message)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "internal error; see the server log")

@@ -1,0 +1,90 @@
+"""The OpenAPI 3.1 document, its schemas generated from the pydantic models."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from flask import Blueprint, jsonify
+from pydantic.json_schema import models_json_schema
+
+from shared.schemas import ErrorResponse, JobCreate, JobView, ModelList
+
+bp = Blueprint("openapi", __name__)
+
+REF = "#/components/schemas/{model}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(model=name)}
+
+
+def _json(name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    text = {400: "Malformed body", 404: "Not found", 413: "Body too large",
+            415: "Unsupported content type", 422: "Invalid field values",
+            503: "Dependency unavailable"}
+    return {str(s): _json("ErrorResponse", text[s]) for s in statuses}
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> dict[str, Any]:
+    """The whole document; schemas come from ``shared.schemas``."""
+    _, defs = models_json_schema(
+        [(JobCreate, "validation"), (JobView, "serialization"), (ModelList, "serialization"),
+         (ErrorResponse, "serialization")],
+        ref_template=REF,
+    )
+    job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    form_schema = {**_ref("JobCreate")}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Easel", "version": "1",
+                 "description": "Asynchronous image-generation jobs."},
+        "paths": {
+            "/api/v1/jobs": {"post": {
+                "operationId": "createJob", "summary": "Submit a job",
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": _ref("JobCreate")},
+                    "multipart/form-data": {"schema": form_schema},
+                }},
+                "responses": {"202": {**_json("JobView", "Accepted; poll Location"),
+                                      "headers": {"Location": {"schema": {"type": "string"}}}},
+                              **_errors(400, 413, 415, 422)},
+            }},
+            "/api/v1/jobs/{job_id}": {"get": {
+                "operationId": "getJob", "summary": "A job", "parameters": [job_id],
+                "responses": {"200": _json("JobView", "The job"), **_errors(404)},
+            }},
+            "/api/v1/jobs/{job_id}/outputs/{index}": {"get": {
+                "operationId": "getOutput", "summary": "An output image",
+                "parameters": [job_id, {"name": "index", "in": "path", "required": True,
+                                        "schema": {"type": "integer", "minimum": 0}}],
+                "responses": {
+                    "200": {"description": "The image",
+                            "content": {"image/png": {"schema": {"type": "string",
+                                                                 "format": "binary"}}}},
+                    "302": {"description": "Redirect to a short-lived presigned URL"},
+                    **_errors(404)},
+            }},
+            "/api/v1/models": {"get": {
+                "operationId": "listModels", "summary": "Models and their limits",
+                "responses": {"200": _json("ModelList", "The models")},
+            }},
+            "/healthz": {"get": {"operationId": "healthz", "summary": "Alive",
+                                 "responses": {"200": {"description": "Alive"}}}},
+            "/readyz": {"get": {"operationId": "readyz",
+                                "summary": "Database, broker and storage reachable",
+                                "responses": {"200": {"description": "Ready"},
+                                              "503": {"description": "Not ready"}}}},
+        },
+        "components": {"schemas": defs["$defs"]},
+    }
+
+
+@bp.get("/api/v1/openapi.json")
+def openapi_json():  # type: ignore[no-untyped-def]
+    return jsonify(openapi_document())

@@ -1,0 +1,40 @@
+"""What request handlers use: settings, registry, storage, the broker and sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from celery import Celery
+from flask import Flask, current_app
+from sqlalchemy.orm import Session
+
+from shared.db import session_scope
+from shared.queue import make_celery
+from shared.registry import Registry, load_registry
+from shared.settings import Settings
+from shared.storage import Storage, storage_from_settings
+
+
+class Services:
+    """The app's long-lived collaborators, built once per process."""
+
+    def __init__(self, settings: Settings) -> None:
+        settings.ensure_home()
+        self.settings = settings
+        self.registry: Registry = load_registry(settings)
+        self.storage: Storage = storage_from_settings(settings)
+        self.celery: Celery = make_celery(settings)
+
+    def init_app(self, app: Flask) -> None:
+        app.extensions["easel"] = self
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with session_scope(self.settings.database_url) as session:
+            yield session
+
+
+def services() -> Services:
+    """The ``Services`` of the app handling the current request."""
+    return current_app.extensions["easel"]

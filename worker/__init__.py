@@ -1,0 +1,1 @@
+"""The GPU worker: Celery entry point, thin tasks, and the generation engine."""

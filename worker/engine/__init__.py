@@ -1,0 +1,1 @@
+"""Plain classes that do the work; Celery only calls into them."""

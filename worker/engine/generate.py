@@ -1,0 +1,94 @@
+"""One pipeline call: a fresh scheduler, one generator per image, a step callback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from shared.registry import SCHEDULERS
+
+# name -> (diffusers class name, config overrides)
+_SCHEDULER_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++",
+                                                 "solver_order": 2}),
+    "lcm": ("LCMScheduler", {}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+assert set(_SCHEDULER_TABLE) == set(SCHEDULERS), "shared.registry.SCHEDULERS is out of sync"
+
+
+class JobCanceled(Exception):
+    """Raised from the step callback to stop a pipeline at the next step."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    scheduler: str
+    seeds: tuple[int, ...]
+
+
+StepCallback = Callable[[int, int], None]
+"""Called with (steps done, total steps); raises ``JobCanceled`` to stop."""
+
+
+def make_scheduler(name: str, base_config: Any) -> Any:
+    """A new scheduler instance of kind ``name`` from the model's scheduler config."""
+    import diffusers
+
+    class_name, overrides = _SCHEDULER_TABLE[name]
+    return getattr(diffusers, class_name).from_config(base_config, **overrides)
+
+
+def with_scheduler(pipe: Any, scheduler: Any) -> Any:
+    """A pipeline sharing ``pipe``'s modules but using its own ``scheduler``.
+
+    The cached pipeline is never mutated, so concurrent or later calls see it as
+    it was loaded.
+    """
+    return type(pipe).from_pipe(pipe, scheduler=scheduler)
+
+
+def generate(pipe: Any, request: GenerationRequest, on_step: StepCallback | None = None
+             ) -> list[Any]:
+    """Run txt2img for every seed in ``request``; returns PIL images in seed order."""
+    import torch
+
+    # 1. A fresh scheduler and a pipeline view that uses it.
+    call_pipe = with_scheduler(pipe, make_scheduler(request.scheduler, pipe.scheduler.config))
+    call_pipe.set_progress_bar_config(disable=True)
+    # 2. One generator per image (on the CPU, so seeds give the same noise on any device).
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
+    count = len(request.seeds)
+
+    # 3. Progress and cancel at every denoising step.
+    def callback(pipeline: Any, step: int, _timestep: Any, kwargs: dict[str, Any]
+                 ) -> dict[str, Any]:
+        if on_step is not None:
+            on_step(step + 1, int(getattr(pipeline, "num_timesteps", request.steps)))
+        return kwargs
+
+    # 4. Denoise and decode.
+    with torch.inference_mode():
+        result = call_pipe(
+            prompt=[request.prompt] * count,
+            negative_prompt=[request.negative_prompt] * count if request.negative_prompt else None,
+            width=request.width,
+            height=request.height,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            generator=generators,
+            callback_on_step_end=callback,
+            output_type="pil",
+        )
+    return list(result.images)

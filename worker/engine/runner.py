@@ -1,0 +1,178 @@
+"""Run one claimed job: load (warm), generate, store, record. Plain code, no Celery."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.errors import ModelLoadError, StorageError, UnknownModel
+from shared.models import Job, JobOutput, JobStatus, utcnow
+from shared.pngmeta import encode_png
+from shared.registry import Registry
+from shared.storage import Storage
+from worker.engine.claims import claim_next
+from worker.engine.generate import GenerationRequest, JobCanceled, generate
+from worker.engine.pipelines import PipelineCache
+
+log = logging.getLogger(__name__)
+
+
+def output_key(job_id: str, index: int) -> str:
+    """Where output ``index`` of a job is stored. Fixed per job, so a re-run overwrites."""
+    return f"jobs/{job_id}/{index}.png"
+
+
+def error_code_for(exc: BaseException) -> str:
+    """A stable, documented code for a failure."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "time_limit"
+    if isinstance(exc, UnknownModel):
+        return "unknown_model"
+    if isinstance(exc, ModelLoadError):
+        return "model_load_error"
+    if isinstance(exc, StorageError):
+        return "storage_error"
+    return "generation_error"
+
+
+class ProgressReporter:
+    """The step callback: writes (step, total) at most every ``interval`` seconds, and in
+    the same statement reads ``cancel_requested``, raising ``JobCanceled`` if set."""
+
+    def __init__(self, sessions: sessionmaker[Session], job_id: str, worker_id: str,
+                 interval: float) -> None:
+        self.sessions = sessions
+        self.job_id = job_id
+        self.worker_id = worker_id
+        self.interval = interval
+        self._last = float("-inf")
+        self.writes = 0
+
+    def __call__(self, step: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval and step < total:
+            return
+        self._last = now
+        with self.sessions() as session:
+            cancel = session.execute(
+                update(Job)
+                .where(Job.id == self.job_id, Job.status == JobStatus.RUNNING.value,
+                       Job.worker_id == self.worker_id)
+                .values(progress_step=step, progress_total=total)
+                .returning(Job.cancel_requested)
+            ).scalar_one_or_none()
+            session.commit()
+        self.writes += 1
+        if cancel is None or cancel:  # canceled, or no longer ours
+            raise JobCanceled(self.job_id)
+
+
+@dataclass
+class JobRunner:
+    """Claims and runs jobs for the models a worker serves."""
+
+    sessions: sessionmaker[Session]
+    registry: Registry
+    storage: Storage
+    cache: PipelineCache
+    worker_id: str
+    models: Sequence[str] = ()
+    progress_interval: float = 0.5
+
+    def run_next(self) -> str | None:
+        """Claim the best queued job and run it; its id, or ``None`` if none was queued."""
+        with self.sessions() as session:
+            job = claim_next(session, self.worker_id, self.models or None)
+            if job is None:
+                return None
+            session.expunge(job)
+        self.run(job)
+        return job.id
+
+    def run(self, job: Job) -> None:
+        """Run a job this worker has claimed, and record how it ended."""
+        started = time.perf_counter()
+        timings: dict[str, Any] = {}
+        if job.started_at is not None:
+            timings["queue_seconds"] = round((job.started_at - job.created_at).total_seconds(), 3)
+        log.info("running job %s", job.id, extra={"job_id": job.id, "model": job.model})
+        try:
+            spec = self.registry.get(job.model)
+            pipe, load_seconds = self.cache.get(spec)
+            timings["load_seconds"] = round(load_seconds, 3)
+            timings["model_cache_hit"] = load_seconds == 0.0
+            seeds = tuple(job.seed + i for i in range(job.num_images))
+            request = GenerationRequest(
+                prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width,
+                height=job.height, steps=job.steps, guidance_scale=job.guidance_scale,
+                scheduler=job.scheduler, seeds=seeds)
+            reporter = ProgressReporter(self.sessions, job.id, self.worker_id,
+                                        self.progress_interval)
+            t0 = time.perf_counter()
+            images = generate(pipe, request, reporter)
+            timings["generate_seconds"] = round(time.perf_counter() - t0, 3)
+            t0 = time.perf_counter()
+            outputs = self._store(job, images, seeds)
+            timings["store_seconds"] = round(time.perf_counter() - t0, 3)
+        except JobCanceled:
+            timings["run_seconds"] = round(time.perf_counter() - started, 3)
+            self._finish(job, JobStatus.CANCELED, timings)
+            log.info("job %s canceled while running", job.id, extra={"job_id": job.id})
+            return
+        except Exception as exc:
+            timings["run_seconds"] = round(time.perf_counter() - started, 3)
+            code = error_code_for(exc)
+            log.exception("job %s failed: %s", job.id, code, extra={"job_id": job.id})
+            self._finish(job, JobStatus.FAILED, timings, error=(code, str(exc)[:2000]))
+            return
+        timings["run_seconds"] = round(time.perf_counter() - started, 3)
+        self._finish(job, JobStatus.SUCCEEDED, timings, outputs=outputs)
+        log.info("job %s succeeded in %.2fs", job.id, timings["run_seconds"],
+                 extra={"job_id": job.id, "model": job.model})
+
+    def _store(self, job: Job, images: list[Any], seeds: Sequence[int]) -> list[JobOutput]:
+        outputs = []
+        base = {"job_id": job.id, "model": job.model, "type": job.type, **job.params()}
+        for index, (image, seed) in enumerate(zip(images, seeds, strict=True)):
+            data = encode_png(image, {**base, "seed": seed, "index": index})
+            key = output_key(job.id, index)
+            self.storage.put(key, data, "image/png")
+            outputs.append(JobOutput(job_id=job.id, index=index, seed=seed, storage_key=key,
+                                     width=image.width, height=image.height,
+                                     content_type="image/png", size_bytes=len(data)))
+        return outputs
+
+    def _finish(self, job: Job, status: JobStatus, timings: dict[str, Any],
+                error: tuple[str, str] | None = None,
+                outputs: list[JobOutput] | None = None) -> bool:
+        """Move our running job to ``status``; ``False`` if it is no longer ours."""
+        values: dict[str, Any] = {"status": status.value, "finished_at": utcnow(),
+                                  "timings": timings, "updated_at": utcnow()}
+        if error is not None:
+            values["error_code"], values["error_message"] = error
+        with self.sessions() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status == JobStatus.RUNNING.value,
+                       Job.worker_id == self.worker_id)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                session.rollback()
+                log.warning("job %s is no longer ours; result of this run dropped", job.id,
+                            extra={"job_id": job.id})
+                return False
+            if outputs:
+                session.execute(delete(JobOutput).where(JobOutput.job_id == job.id))
+                session.add_all(outputs)
+            session.commit()
+        return True

@@ -1,0 +1,123 @@
+"""Build ``tiny-sd``: a Stable-Diffusion-1.x-shaped pipeline with small random weights.
+
+Same component types and latent geometry as SD 1.x (CLIP text encoder + tokenizer,
+UNet2DConditionModel, a 4-block AutoencoderKL that downsamples by 8), built from a
+fixed seed so every machine gets the same weights, in about a second, with no
+download. It is saved with ``save_pretrained`` and served through the same loader
+as real models.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from filelock import FileLock
+
+SEED = 0
+
+
+def _byte_vocabulary() -> dict[str, int]:
+    """CLIP's byte-level alphabet (each byte char, alone and word-final) plus specials."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    alphabet = list(bytes_to_unicode().values())
+    tokens = alphabet + [ch + "</w>" for ch in alphabet] + ["<|startoftext|>", "<|endoftext|>"]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def _tokenizer():  # type: ignore[no-untyped-def]
+    from transformers import CLIPTokenizer
+
+    vocab = _byte_vocabulary()
+    # No merges: every character is a token. model_max_length=77 as in SD 1.x;
+    # without it the pipeline overflows.
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77), len(vocab)
+
+
+def build_tiny_pipeline():  # type: ignore[no-untyped-def]
+    """The tiny pipeline in memory, identical on every call."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer, vocab_size = _tokenizer()
+    torch.manual_seed(SEED)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4),
+        norm_num_groups=32,
+    )
+    torch.manual_seed(SEED)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 32, 64, 64),  # 4 blocks: 3 downsamplings, factor 8 as in SD
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=256,
+    )
+    torch.manual_seed(SEED)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+        hidden_size=32,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=77,
+    ))
+    scheduler = EulerAncestralDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        num_train_timesteps=1000, steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def ensure_tiny_model(location: Path) -> Path:
+    """Build and save ``tiny-sd`` at ``location`` unless it is already there.
+
+    Safe to call from several processes at once: one builds under a file lock and
+    moves the finished folder into place; the others wait and reuse it.
+    """
+    if (location / "model_index.json").exists():
+        return location
+    location.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(location) + ".lock"):
+        if (location / "model_index.json").exists():
+            return location
+        staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=location.parent))
+        try:
+            pipeline = build_tiny_pipeline()
+            out = staging / "model"
+            pipeline.save_pretrained(str(out), safe_serialization=True)
+            if location.exists():
+                shutil.rmtree(location)
+            os.replace(out, location)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return location
