@@ -52,16 +52,31 @@ def web(dev: bool, host: str | None, port: int | None, workers: int | None) -> N
         _setup_logging()
         create_app(settings).run(host=host, port=port, threaded=True)
         return
-    args = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}",
-            "--workers", str(workers or settings.web_workers), "--worker-class", "gthread",
-            "--threads", "4", "--access-logfile", "-", "--graceful-timeout", "20",
-            "web.wsgi:app"]
+    args = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"{host}:{port}",
+        "--workers",
+        str(workers or settings.web_workers),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        "4",
+        "--access-logfile",
+        "-",
+        "--graceful-timeout",
+        "20",
+        "web.wsgi:app",
+    ]
     os.execv(sys.executable, args)
 
 
 @main.command()
-@click.option("--models", default=None,
-              help="Comma-separated models to serve (EASEL_WORKER_MODELS); default all.")
+@click.option(
+    "--models", default=None, help="Comma-separated models to serve (EASEL_WORKER_MODELS); default all."
+)
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(models: str | None, loglevel: str) -> None:
     """Run a GPU worker: one process, concurrency 1, prefetch 1, acks late."""
@@ -84,11 +99,23 @@ def worker(models: str | None, loglevel: str) -> None:
     from worker.celery_app import app
 
     queues = ",".join(queue_name(name) for name in served)
-    app.worker_main([
-        "worker", "--queues", queues, "--concurrency", "1", "--prefetch-multiplier", "1",
-        "--hostname", f"easel-{os.getpid()}@%h", "--loglevel", loglevel,
-        "--without-gossip", "--without-mingle",
-    ])
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            queues,
+            "--concurrency",
+            "1",
+            "--prefetch-multiplier",
+            "1",
+            "--hostname",
+            f"easel-{os.getpid()}@%h",
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
 
 
 @main.command()
@@ -105,8 +132,7 @@ def run() -> None:
         subprocess.Popen([*easel, "worker"]),
         subprocess.Popen([*easel, "web"]),
     ]
-    click.echo(f"Easel on http://{settings.host}:{settings.port} "
-               f"(state in {settings.home}); Ctrl-C stops")
+    click.echo(f"Easel on http://{settings.host}:{settings.port} (state in {settings.home}); Ctrl-C stops")
     stopping = False
 
     def stop(*_: object) -> None:

@@ -38,29 +38,32 @@ def queue_position(session: Session, job: Job) -> int | None:
     """How many queued jobs of the same model will be claimed before this one."""
     if job.status != JobStatus.QUEUED.value:
         return None
-    ahead = select(func.count()).select_from(Job).where(
-        Job.status == JobStatus.QUEUED.value,
-        Job.model == job.model,
-        Job.id != job.id,
-        or_(
-            Job.priority > job.priority,
-            and_(Job.priority == job.priority, Job.created_at < job.created_at),
-            and_(Job.priority == job.priority, Job.created_at == job.created_at,
-                 Job.id < job.id),
-        ),
+    ahead = (
+        select(func.count())
+        .select_from(Job)
+        .where(
+            Job.status == JobStatus.QUEUED.value,
+            Job.model == job.model,
+            Job.id != job.id,
+            or_(
+                Job.priority > job.priority,
+                and_(Job.priority == job.priority, Job.created_at < job.created_at),
+                and_(Job.priority == job.priority, Job.created_at == job.created_at, Job.id < job.id),
+            ),
+        )
     )
     return int(session.scalar(ahead) or 0)
 
 
-def describe(job: Job, output_url: Callable[[Job, int], str],
-             position: int | None = None) -> JobView:
+def describe(job: Job, output_url: Callable[[Job, int], str], position: int | None = None) -> JobView:
     """The REST job object for ``job``; ``output_url(job, index)`` makes output links."""
     total = job.progress_total or job.steps
     step = min(job.progress_step, total) if total else 0
     if job.status == JobStatus.SUCCEEDED.value:
         step = total
-    error = (ErrorInfo(code=job.error_code or "error", message=job.error_message or "")
-             if job.error_code else None)
+    error = (
+        ErrorInfo(code=job.error_code or "error", message=job.error_message or "") if job.error_code else None
+    )
     return JobView(
         id=job.id,
         type=job.type,
@@ -71,8 +74,14 @@ def describe(job: Job, output_url: Callable[[Job, int], str],
         queue_position=position,
         eta_seconds=None,
         outputs=[
-            OutputInfo(index=o.index, seed=o.seed, url=output_url(job, o.index),
-                       width=o.width, height=o.height, content_type=o.content_type)
+            OutputInfo(
+                index=o.index,
+                seed=o.seed,
+                url=output_url(job, o.index),
+                width=o.width,
+                height=o.height,
+                content_type=o.content_type,
+            )
             for o in job.outputs
         ],
         error=error,

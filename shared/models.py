@@ -117,7 +117,9 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     outputs: Mapped[list[JobOutput]] = relationship(
-        back_populates="job", order_by="JobOutput.index", cascade="all, delete-orphan",
+        back_populates="job",
+        order_by="JobOutput.index",
+        cascade="all, delete-orphan",
         lazy="selectin",
     )
 

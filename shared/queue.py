@@ -52,9 +52,11 @@ def send_wakeup(app: Celery, job_id: str, model: str) -> bool:
     """
     try:
         app.send_task(
-            RUN_JOB_TASK, args=[job_id], queue=queue_name(model),
-            retry=True, retry_policy={"max_retries": 2, "interval_start": 0.1,
-                                      "interval_step": 0.2, "interval_max": 0.5},
+            RUN_JOB_TASK,
+            args=[job_id],
+            queue=queue_name(model),
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
         )
     except Exception:  # broker down: the row is the truth, log and go on
         log.exception("could not publish wake-up for job %s (model %s)", job_id, model)

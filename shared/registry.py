@@ -60,8 +60,7 @@ class ModelSpec(BaseModel):
                 f"[{self.min_size}, {self.max_size}]"
             )
         if self.default_scheduler not in SCHEDULERS:
-            raise ValueError(f"model {self.name!r}: unknown default_scheduler "
-                             f"{self.default_scheduler!r}")
+            raise ValueError(f"model {self.name!r}: unknown default_scheduler {self.default_scheduler!r}")
         if self.source is not ModelSource.TINY and not self.location:
             raise ValueError(f"model {self.name!r}: source {self.source} needs a location")
         return self
@@ -88,8 +87,9 @@ class Registry:
     def __init__(self, specs: list[ModelSpec], default: str) -> None:
         self._specs = {spec.name: spec for spec in specs}
         if default not in self._specs:
-            raise UnknownModel(f"default model {default!r} is not in the registry "
-                               f"(known: {', '.join(sorted(self._specs))})")
+            raise UnknownModel(
+                f"default model {default!r} is not in the registry (known: {', '.join(sorted(self._specs))})"
+            )
         self.default = default
 
     def __iter__(self):  # type: ignore[no-untyped-def]
@@ -104,9 +104,7 @@ class Registry:
         try:
             return self._specs[key]
         except KeyError:
-            raise UnknownModel(
-                f"unknown model {key!r}; known models: {', '.join(self.names())}"
-            ) from None
+            raise UnknownModel(f"unknown model {key!r}; known models: {', '.join(self.names())}") from None
 
 
 def load_registry(settings: Settings) -> Registry:
@@ -133,4 +131,3 @@ def _read_models_file(path: Path, settings: Settings) -> list[ModelSpec]:
     if not specs:
         raise ValueError(f"models file {str(path)!r} defines no [models.NAME] table")
     return specs
-

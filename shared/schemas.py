@@ -25,9 +25,18 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         str_strip_whitespace=True,
-        json_schema_extra={"examples": [{"type": "txt2img", "prompt": "a lighthouse at dusk",
-                                         "width": 256, "height": 256, "steps": 20,
-                                         "seed": 42}]},
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "txt2img",
+                    "prompt": "a lighthouse at dusk",
+                    "width": 256,
+                    "height": 256,
+                    "steps": 20,
+                    "seed": 42,
+                }
+            ]
+        },
     )
 
     type: JobType = Field(JobType.TXT2IMG, description="txt2img, img2img or inpaint.")
@@ -93,39 +102,63 @@ def resolve_job(request: JobCreate, registry: Registry, settings: Settings) -> R
         raise ValidationFailed(_summary(details), details) from None
     if request.type not in spec.types:
         served = ", ".join(t.value for t in spec.types)
-        details.append(field_detail(
-            "type", f"model {spec.name!r} does not serve {request.type.value!r} jobs "
-                    f"(it serves: {served})", request.type.value))
+        details.append(
+            field_detail(
+                "type",
+                f"model {spec.name!r} does not serve {request.type.value!r} jobs (it serves: {served})",
+                request.type.value,
+            )
+        )
     if len(request.prompt) > settings.max_prompt_chars:
-        details.append(field_detail(
-            "prompt", f"is {len(request.prompt)} characters; at most "
-                      f"{settings.max_prompt_chars} are allowed", request.prompt))
+        details.append(
+            field_detail(
+                "prompt",
+                f"is {len(request.prompt)} characters; at most {settings.max_prompt_chars} are allowed",
+                request.prompt,
+            )
+        )
     if len(request.negative_prompt) > settings.max_prompt_chars:
-        details.append(field_detail(
-            "negative_prompt", f"is {len(request.negative_prompt)} characters; at most "
-                               f"{settings.max_prompt_chars} are allowed",
-            request.negative_prompt))
+        details.append(
+            field_detail(
+                "negative_prompt",
+                f"is {len(request.negative_prompt)} characters; at most "
+                f"{settings.max_prompt_chars} are allowed",
+                request.negative_prompt,
+            )
+        )
     for name in ("width", "height"):
         value = getattr(request, name)
         if value is not None and not spec.min_size <= value <= spec.max_size:
-            details.append(field_detail(
-                name, f"{value} is outside model {spec.name!r}'s range "
-                      f"{spec.min_size}..{spec.max_size}", value))
+            details.append(
+                field_detail(
+                    name,
+                    f"{value} is outside model {spec.name!r}'s range {spec.min_size}..{spec.max_size}",
+                    value,
+                )
+            )
     if request.steps is not None and request.steps > spec.max_steps:
-        details.append(field_detail(
-            "steps", f"{request.steps} exceeds model {spec.name!r}'s maximum of "
-                     f"{spec.max_steps}", request.steps))
+        details.append(
+            field_detail(
+                "steps",
+                f"{request.steps} exceeds model {spec.name!r}'s maximum of {spec.max_steps}",
+                request.steps,
+            )
+        )
     if request.num_images > spec.max_num_images:
-        details.append(field_detail(
-            "num_images", f"{request.num_images} exceeds model {spec.name!r}'s maximum of "
-                          f"{spec.max_num_images}", request.num_images))
+        details.append(
+            field_detail(
+                "num_images",
+                f"{request.num_images} exceeds model {spec.name!r}'s maximum of {spec.max_num_images}",
+                request.num_images,
+            )
+        )
     if request.strength is not None and request.type is JobType.TXT2IMG:
-        details.append(field_detail(
-            "strength", "applies only to img2img and inpaint jobs", request.strength))
+        details.append(field_detail("strength", "applies only to img2img and inpaint jobs", request.strength))
     seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
     if seed + request.num_images - 1 > MAX_SEED:
-        details.append(field_detail(
-            "seed", f"{seed} + num_images - 1 exceeds the largest seed {MAX_SEED}", seed))
+        details.append(
+            field_detail("seed", f"{seed} + num_images - 1 exceeds the largest seed {MAX_SEED}", seed)
+        )
     if details:
         raise ValidationFailed(_summary(details), details)
     return _with_defaults(request, spec, seed)
@@ -140,8 +173,9 @@ def _with_defaults(request: JobCreate, spec: ModelSpec, seed: int) -> ResolvedJo
         width=request.width or spec.default_size,
         height=request.height or spec.default_size,
         steps=request.steps or spec.default_steps,
-        guidance_scale=(request.guidance_scale if request.guidance_scale is not None
-                        else spec.default_guidance_scale),
+        guidance_scale=(
+            request.guidance_scale if request.guidance_scale is not None else spec.default_guidance_scale
+        ),
         scheduler=request.scheduler or spec.default_scheduler,
         seed=seed,
         num_images=request.num_images,

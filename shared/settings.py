@@ -22,13 +22,16 @@ class Settings(BaseSettings):
     home: Path = Field(Path("var"), description="Folder for embedded state (SQLite, outputs, models)")
     database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///$EASEL_HOME/easel.db.")
     broker_url: str = Field("", description="Celery broker; default sqla+sqlite:///$EASEL_HOME/broker.db.")
-    storage_url: str = Field("", description="file:///path or s3://bucket/prefix; default $EASEL_HOME/outputs")
+    storage_url: str = Field(
+        "", description="file:///path or s3://bucket/prefix; default $EASEL_HOME/outputs"
+    )
     s3_endpoint_url: str | None = Field(None, description="Custom S3 endpoint (MinIO, R2, moto).")
     s3_region: str = Field("us-east-1", description="S3 region name.")
     s3_access_key_id: str | None = Field(None, description="S3 key id (else the AWS_* chain).")
     s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret (else the AWS_* chain).")
-    presign_expires_seconds: int = Field(900, ge=1, le=7 * 24 * 3600,
-                                         description="Lifetime of presigned output URLs.")
+    presign_expires_seconds: int = Field(
+        900, ge=1, le=7 * 24 * 3600, description="Lifetime of presigned output URLs."
+    )
 
     host: str = Field("127.0.0.1", description="Address `easel web` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `easel web` binds.")

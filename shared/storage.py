@@ -85,8 +85,12 @@ class S3Storage:
             region_name=settings.s3_region,
             aws_access_key_id=settings.s3_access_key_id,
             aws_secret_access_key=secret.get_secret_value() if secret else None,
-            config=Config(signature_version="s3v4", retries={"max_attempts": 3, "mode": "standard"},
-                          connect_timeout=5, read_timeout=30),
+            config=Config(
+                signature_version="s3v4",
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=30,
+            ),
         )
 
     def _key(self, key: str) -> str:
@@ -96,8 +100,9 @@ class S3Storage:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
-                                   ContentType=content_type)
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type
+            )
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(f"cannot write s3://{self.bucket}/{self._key(key)}: {exc}") from exc
 
@@ -111,7 +116,8 @@ class S3Storage:
 
     def presigned_url(self, key: str, expires_seconds: int) -> str | None:
         return self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self._key(key)},
             ExpiresIn=expires_seconds,
         )
 
@@ -133,6 +139,4 @@ def storage_from_settings(settings: Settings) -> Storage:
         if not url.netloc:
             raise ValueError(f"storage_url {settings.storage_url!r} names no bucket")
         return S3Storage(url.netloc, url.path, settings)
-    raise ValueError(
-        f"storage_url {settings.storage_url!r}: scheme must be file:// or s3://"
-    )
+    raise ValueError(f"storage_url {settings.storage_url!r}: scheme must be file:// or s3://")

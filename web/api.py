@@ -24,8 +24,9 @@ def job_payload(job_id: str) -> dict:
     with services().session() as session:
         job = session.get(Job, job_id)
         if job is None:
-            raise NotFound(f"no job with id {job_id!r}",
-                           [{"field": "id", "message": "not found", "value": job_id}])
+            raise NotFound(
+                f"no job with id {job_id!r}", [{"field": "id", "message": "not found", "value": job_id}]
+            )
         view = describe(job, output_url, queue_position(session, job))
     return view.model_dump(mode="json")
 
@@ -50,8 +51,10 @@ def get_output(job_id: str, index: int):  # type: ignore[no-untyped-def]
     with svc.session() as session:
         output = session.query(JobOutput).filter_by(job_id=job_id, index=index).one_or_none()
         if output is None:
-            raise NotFound(f"job {job_id!r} has no output {index}",
-                           [{"field": "index", "message": "not found", "value": index}])
+            raise NotFound(
+                f"job {job_id!r} has no output {index}",
+                [{"field": "index", "message": "not found", "value": index}],
+            )
         key, content_type = output.storage_key, output.content_type
     presigned = svc.storage.presigned_url(key, svc.settings.presign_expires_seconds)
     if presigned:
@@ -71,11 +74,15 @@ def list_models():  # type: ignore[no-untyped-def]
             types=list(spec.types),
             schedulers=list(SCHEDULERS),
             limits=ModelLimits(
-                min_size=spec.min_size, max_size=spec.max_size, default_size=spec.default_size,
-                max_steps=spec.max_steps, default_steps=spec.default_steps,
+                min_size=spec.min_size,
+                max_size=spec.max_size,
+                default_size=spec.default_size,
+                max_steps=spec.max_steps,
+                default_steps=spec.default_steps,
                 max_num_images=spec.max_num_images,
                 default_guidance_scale=spec.default_guidance_scale,
-                default_scheduler=spec.default_scheduler),
+                default_scheduler=spec.default_scheduler,
+            ),
         )
         for spec in registry
     ]

@@ -12,10 +12,8 @@ from shared.errors import EaselError
 log = logging.getLogger(__name__)
 
 
-def error_response(status: int, code: str, message: str, details: list | None = None
-                   ) -> tuple[Response, int]:
-    return jsonify({"error": {"code": code, "message": message,
-                              "details": details or []}}), status
+def error_response(status: int, code: str, message: str, details: list | None = None) -> tuple[Response, int]:
+    return jsonify({"error": {"code": code, "message": message, "details": details or []}}), status
 
 
 def init_app(app: Flask) -> None:
@@ -30,8 +28,7 @@ def init_app(app: Flask) -> None:
         code = (exc.name or "error").lower().replace(" ", "_")
         message = exc.description or exc.name
         if exc.code == 413:
-            message = (f"request body exceeds the limit of "
-                       f"{app.config['MAX_CONTENT_LENGTH']} bytes")
+            message = f"request body exceeds the limit of {app.config['MAX_CONTENT_LENGTH']} bytes"
         elif exc.code == 405:
             message = f"method {request.method} is not allowed on {request.path}"
         elif exc.code == 404:

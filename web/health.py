@@ -38,5 +38,4 @@ def readyz():  # type: ignore[no-untyped-def]
     except Exception as exc:
         checks["storage"] = f"unavailable: {type(exc).__name__}"
     ready = all(value == "ok" for value in checks.values())
-    return jsonify({"status": "ready" if ready else "unavailable", "checks": checks}), (
-        200 if ready else 503)
+    return jsonify({"status": "ready" if ready else "unavailable", "checks": checks}), (200 if ready else 503)

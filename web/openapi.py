@@ -24,9 +24,14 @@ def _json(name: str, description: str) -> dict[str, Any]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    text = {400: "Malformed body", 404: "Not found", 413: "Body too large",
-            415: "Unsupported content type", 422: "Invalid field values",
-            503: "Dependency unavailable"}
+    text = {
+        400: "Malformed body",
+        404: "Not found",
+        413: "Body too large",
+        415: "Unsupported content type",
+        422: "Invalid field values",
+        503: "Dependency unavailable",
+    }
     return {str(s): _json("ErrorResponse", text[s]) for s in statuses}
 
 
@@ -34,52 +39,92 @@ def _errors(*statuses: int) -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     """The whole document; schemas come from ``shared.schemas``."""
     _, defs = models_json_schema(
-        [(JobCreate, "validation"), (JobView, "serialization"), (ModelList, "serialization"),
-         (ErrorResponse, "serialization")],
+        [
+            (JobCreate, "validation"),
+            (JobView, "serialization"),
+            (ModelList, "serialization"),
+            (ErrorResponse, "serialization"),
+        ],
         ref_template=REF,
     )
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
     form_schema = {**_ref("JobCreate")}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Easel", "version": "1",
-                 "description": "Asynchronous image-generation jobs."},
+        "info": {"title": "Easel", "version": "1", "description": "Asynchronous image-generation jobs."},
         "paths": {
-            "/api/v1/jobs": {"post": {
-                "operationId": "createJob", "summary": "Submit a job",
-                "requestBody": {"required": True, "content": {
-                    "application/json": {"schema": _ref("JobCreate")},
-                    "multipart/form-data": {"schema": form_schema},
-                }},
-                "responses": {"202": {**_json("JobView", "Accepted; poll Location"),
-                                      "headers": {"Location": {"schema": {"type": "string"}}}},
-                              **_errors(400, 413, 415, 422)},
-            }},
-            "/api/v1/jobs/{job_id}": {"get": {
-                "operationId": "getJob", "summary": "A job", "parameters": [job_id],
-                "responses": {"200": _json("JobView", "The job"), **_errors(404)},
-            }},
-            "/api/v1/jobs/{job_id}/outputs/{index}": {"get": {
-                "operationId": "getOutput", "summary": "An output image",
-                "parameters": [job_id, {"name": "index", "in": "path", "required": True,
-                                        "schema": {"type": "integer", "minimum": 0}}],
-                "responses": {
-                    "200": {"description": "The image",
-                            "content": {"image/png": {"schema": {"type": "string",
-                                                                 "format": "binary"}}}},
-                    "302": {"description": "Redirect to a short-lived presigned URL"},
-                    **_errors(404)},
-            }},
-            "/api/v1/models": {"get": {
-                "operationId": "listModels", "summary": "Models and their limits",
-                "responses": {"200": _json("ModelList", "The models")},
-            }},
-            "/healthz": {"get": {"operationId": "healthz", "summary": "Alive",
-                                 "responses": {"200": {"description": "Alive"}}}},
-            "/readyz": {"get": {"operationId": "readyz",
-                                "summary": "Database, broker and storage reachable",
-                                "responses": {"200": {"description": "Ready"},
-                                              "503": {"description": "Not ready"}}}},
+            "/api/v1/jobs": {
+                "post": {
+                    "operationId": "createJob",
+                    "summary": "Submit a job",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": _ref("JobCreate")},
+                            "multipart/form-data": {"schema": form_schema},
+                        },
+                    },
+                    "responses": {
+                        "202": {
+                            **_json("JobView", "Accepted; poll Location"),
+                            "headers": {"Location": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(400, 413, 415, 422),
+                    },
+                }
+            },
+            "/api/v1/jobs/{job_id}": {
+                "get": {
+                    "operationId": "getJob",
+                    "summary": "A job",
+                    "parameters": [job_id],
+                    "responses": {"200": _json("JobView", "The job"), **_errors(404)},
+                }
+            },
+            "/api/v1/jobs/{job_id}/outputs/{index}": {
+                "get": {
+                    "operationId": "getOutput",
+                    "summary": "An output image",
+                    "parameters": [
+                        job_id,
+                        {
+                            "name": "index",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The image",
+                            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                        },
+                        "302": {"description": "Redirect to a short-lived presigned URL"},
+                        **_errors(404),
+                    },
+                }
+            },
+            "/api/v1/models": {
+                "get": {
+                    "operationId": "listModels",
+                    "summary": "Models and their limits",
+                    "responses": {"200": _json("ModelList", "The models")},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "Alive",
+                    "responses": {"200": {"description": "Alive"}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "Database, broker and storage reachable",
+                    "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}},
+                }
+            },
         },
         "components": {"schemas": defs["$defs"]},
     }

@@ -15,11 +15,16 @@ from web.submit import accept_job, request_fields
 bp = Blueprint("pages", __name__)
 
 
-def _form_context(values: dict[str, Any], errors: dict[str, str], message: str = ""
-                  ) -> dict[str, Any]:
+def _form_context(values: dict[str, Any], errors: dict[str, str], message: str = "") -> dict[str, Any]:
     registry = services().registry
-    return {"models": list(registry), "default_model": registry.get(None),
-            "schedulers": SCHEDULERS, "values": values, "errors": errors, "message": message}
+    return {
+        "models": list(registry),
+        "default_model": registry.get(None),
+        "schedulers": SCHEDULERS,
+        "values": values,
+        "errors": errors,
+        "message": message,
+    }
 
 
 @bp.get("/")
@@ -35,11 +40,16 @@ def submit():  # type: ignore[no-untyped-def]
     except EaselError as exc:
         errors: dict[str, str] = {}
         for detail in exc.details:
-            errors.setdefault(detail["field"], detail["message"]
-                              + (f" (got {detail['value']!r})" if detail.get("value") is not None
-                                 and repr(detail["value"]) not in detail["message"] else ""))
-        return render_template("index.html", **_form_context(values, errors, exc.message)), (
-            exc.status)
+            errors.setdefault(
+                detail["field"],
+                detail["message"]
+                + (
+                    f" (got {detail['value']!r})"
+                    if detail.get("value") is not None and repr(detail["value"]) not in detail["message"]
+                    else ""
+                ),
+            )
+        return render_template("index.html", **_form_context(values, errors, exc.message)), (exc.status)
     return redirect(url_for("pages.job_page", job_id=job.id), code=303)
 
 

@@ -31,19 +31,23 @@ def request_fields(request: Request) -> dict[str, Any]:
         try:
             data = json.loads(raw or b"null")
         except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"request body is not valid JSON: {exc}",
-                             [{"field": "body", "message": str(exc), "value": None}]) from None
+            raise BadRequest(
+                f"request body is not valid JSON: {exc}",
+                [{"field": "body", "message": str(exc), "value": None}],
+            ) from None
         if not isinstance(data, dict):
-            raise BadRequest(f"request body must be a JSON object, got {type(data).__name__}",
-                             [{"field": "body", "message": "must be a JSON object",
-                               "value": type(data).__name__}])
+            raise BadRequest(
+                f"request body must be a JSON object, got {type(data).__name__}",
+                [{"field": "body", "message": "must be a JSON object", "value": type(data).__name__}],
+            )
         return data
     if mimetype in FORM_TYPES:
         return {key: value for key, value in request.form.items() if value.strip() != ""}
     raise UnsupportedMediaType(
         f"Content-Type {mimetype or '(none)'!r} is not supported; send application/json or "
         f"multipart/form-data",
-        [{"field": "Content-Type", "message": "unsupported", "value": mimetype or None}])
+        [{"field": "Content-Type", "message": "unsupported", "value": mimetype or None}],
+    )
 
 
 def accept_job(services: Services, fields: dict[str, Any]) -> Job:

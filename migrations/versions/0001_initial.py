@@ -49,9 +49,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_jobs_claim", ["status", "model", "priority", "created_at"], unique=False
-        )
+        batch_op.create_index("ix_jobs_claim", ["status", "model", "priority", "created_at"], unique=False)
         batch_op.create_index("ix_jobs_created_at", ["created_at"], unique=False)
 
     op.create_table(

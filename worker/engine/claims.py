@@ -22,8 +22,7 @@ def _candidates(models: Sequence[str] | None):  # type: ignore[no-untyped-def]
     return query.order_by(Job.priority.desc(), Job.created_at, Job.id)
 
 
-def claim_next(session: Session, worker_id: str, models: Sequence[str] | None = None
-               ) -> Job | None:
+def claim_next(session: Session, worker_id: str, models: Sequence[str] | None = None) -> Job | None:
     """Claim the best queued job for ``models`` (all when empty) and commit.
 
     The claimed job is ``running`` with ``attempts`` raised by one. ``None`` when
@@ -55,9 +54,15 @@ def _mark_running(session: Session, job_id: str, worker_id: str) -> bool:
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
-        .values(status=JobStatus.RUNNING.value, attempts=Job.attempts + 1,
-                worker_id=worker_id, started_at=utcnow(), progress_step=0,
-                progress_total=Job.steps, updated_at=utcnow())
+        .values(
+            status=JobStatus.RUNNING.value,
+            attempts=Job.attempts + 1,
+            worker_id=worker_id,
+            started_at=utcnow(),
+            progress_step=0,
+            progress_total=Job.steps,
+            updated_at=utcnow(),
+        )
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1

@@ -38,8 +38,7 @@ def plan_device(requested: str, cuda_available: bool, cuda_count: int) -> Device
             raise ValueError(f"device {requested!r} asked for, but CUDA is not available")
         index = int(requested.partition(":")[2] or 0)
         if not 0 <= index < cuda_count:
-            raise ValueError(f"device {requested!r} asked for, but only {cuda_count} "
-                             f"GPU(s) are visible")
+            raise ValueError(f"device {requested!r} asked for, but only {cuda_count} GPU(s) are visible")
         return DevicePlan(f"cuda:{index}", "float16")
     raise ValueError(f"device {requested!r} is not one of auto, cpu, cuda, cuda:N")
 

@@ -40,17 +40,20 @@ def load_pipeline(spec: ModelSpec, plan: DevicePlan, offline: bool = True) -> An
             case ModelSource.TINY:
                 folder = ensure_tiny_model(Path(spec.location))
                 pipe = AutoPipelineForText2Image.from_pretrained(
-                    str(folder), dtype=dtype, local_files_only=True)
+                    str(folder), dtype=dtype, local_files_only=True
+                )
             case ModelSource.DIRECTORY:
                 pipe = AutoPipelineForText2Image.from_pretrained(
-                    spec.location, dtype=dtype, local_files_only=True)
+                    spec.location, dtype=dtype, local_files_only=True
+                )
             case ModelSource.HUGGINGFACE:
                 pipe = AutoPipelineForText2Image.from_pretrained(
-                    spec.location, dtype=dtype, local_files_only=offline)
+                    spec.location, dtype=dtype, local_files_only=offline
+                )
             case ModelSource.SINGLE_FILE:
                 pipe = StableDiffusionPipeline.from_single_file(
-                    spec.location, config=spec.config, dtype=dtype,
-                    local_files_only=offline)
+                    spec.location, config=spec.config, dtype=dtype, local_files_only=offline
+                )
     except Exception as exc:
         raise ModelLoadError(
             f"cannot load model {spec.name!r} ({spec.source.value} {spec.location!r}): {exc}"
@@ -88,8 +91,12 @@ class PipelineCache:
             seconds = time.perf_counter() - started
             self._pipelines[spec.name] = pipe
             self.loads[spec.name] = self.loads.get(spec.name, 0) + 1
-            log.info("loaded model %s in %.2fs", spec.name, seconds,
-                     extra={"model": spec.name, "load_seconds": round(seconds, 3)})
+            log.info(
+                "loaded model %s in %.2fs",
+                spec.name,
+                seconds,
+                extra={"model": spec.name, "load_seconds": round(seconds, 3)},
+            )
             return pipe, seconds
 
     def loaded(self) -> list[str]:

@@ -47,8 +47,7 @@ class ProgressReporter:
     """The step callback: writes (step, total) at most every ``interval`` seconds, and in
     the same statement reads ``cancel_requested``, raising ``JobCanceled`` if set."""
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: str, worker_id: str,
-                 interval: float) -> None:
+    def __init__(self, sessions: sessionmaker[Session], job_id: str, worker_id: str, interval: float) -> None:
         self.sessions = sessions
         self.job_id = job_id
         self.worker_id = worker_id
@@ -64,8 +63,11 @@ class ProgressReporter:
         with self.sessions() as session:
             cancel = session.execute(
                 update(Job)
-                .where(Job.id == self.job_id, Job.status == JobStatus.RUNNING.value,
-                       Job.worker_id == self.worker_id)
+                .where(
+                    Job.id == self.job_id,
+                    Job.status == JobStatus.RUNNING.value,
+                    Job.worker_id == self.worker_id,
+                )
                 .values(progress_step=step, progress_total=total)
                 .returning(Job.cancel_requested)
             ).scalar_one_or_none()
@@ -111,11 +113,16 @@ class JobRunner:
             timings["model_cache_hit"] = load_seconds == 0.0
             seeds = tuple(job.seed + i for i in range(job.num_images))
             request = GenerationRequest(
-                prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width,
-                height=job.height, steps=job.steps, guidance_scale=job.guidance_scale,
-                scheduler=job.scheduler, seeds=seeds)
-            reporter = ProgressReporter(self.sessions, job.id, self.worker_id,
-                                        self.progress_interval)
+                prompt=job.prompt,
+                negative_prompt=job.negative_prompt,
+                width=job.width,
+                height=job.height,
+                steps=job.steps,
+                guidance_scale=job.guidance_scale,
+                scheduler=job.scheduler,
+                seeds=seeds,
+            )
+            reporter = ProgressReporter(self.sessions, job.id, self.worker_id, self.progress_interval)
             t0 = time.perf_counter()
             images = generate(pipe, request, reporter)
             timings["generate_seconds"] = round(time.perf_counter() - t0, 3)
@@ -135,8 +142,12 @@ class JobRunner:
             return
         timings["run_seconds"] = round(time.perf_counter() - started, 3)
         self._finish(job, JobStatus.SUCCEEDED, timings, outputs=outputs)
-        log.info("job %s succeeded in %.2fs", job.id, timings["run_seconds"],
-                 extra={"job_id": job.id, "model": job.model})
+        log.info(
+            "job %s succeeded in %.2fs",
+            job.id,
+            timings["run_seconds"],
+            extra={"job_id": job.id, "model": job.model},
+        )
 
     def _store(self, job: Job, images: list[Any], seeds: Sequence[int]) -> list[JobOutput]:
         outputs = []
@@ -145,31 +156,51 @@ class JobRunner:
             data = encode_png(image, {**base, "seed": seed, "index": index})
             key = output_key(job.id, index)
             self.storage.put(key, data, "image/png")
-            outputs.append(JobOutput(job_id=job.id, index=index, seed=seed, storage_key=key,
-                                     width=image.width, height=image.height,
-                                     content_type="image/png", size_bytes=len(data)))
+            outputs.append(
+                JobOutput(
+                    job_id=job.id,
+                    index=index,
+                    seed=seed,
+                    storage_key=key,
+                    width=image.width,
+                    height=image.height,
+                    content_type="image/png",
+                    size_bytes=len(data),
+                )
+            )
         return outputs
 
-    def _finish(self, job: Job, status: JobStatus, timings: dict[str, Any],
-                error: tuple[str, str] | None = None,
-                outputs: list[JobOutput] | None = None) -> bool:
+    def _finish(
+        self,
+        job: Job,
+        status: JobStatus,
+        timings: dict[str, Any],
+        error: tuple[str, str] | None = None,
+        outputs: list[JobOutput] | None = None,
+    ) -> bool:
         """Move our running job to ``status``; ``False`` if it is no longer ours."""
-        values: dict[str, Any] = {"status": status.value, "finished_at": utcnow(),
-                                  "timings": timings, "updated_at": utcnow()}
+        values: dict[str, Any] = {
+            "status": status.value,
+            "finished_at": utcnow(),
+            "timings": timings,
+            "updated_at": utcnow(),
+        }
         if error is not None:
             values["error_code"], values["error_message"] = error
         with self.sessions() as session:
             result = session.execute(
                 update(Job)
-                .where(Job.id == job.id, Job.status == JobStatus.RUNNING.value,
-                       Job.worker_id == self.worker_id)
+                .where(
+                    Job.id == job.id, Job.status == JobStatus.RUNNING.value, Job.worker_id == self.worker_id
+                )
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:
                 session.rollback()
-                log.warning("job %s is no longer ours; result of this run dropped", job.id,
-                            extra={"job_id": job.id})
+                log.warning(
+                    "job %s is no longer ours; result of this run dropped", job.id, extra={"job_id": job.id}
+                )
                 return False
             if outputs:
                 session.execute(delete(JobOutput).where(JobOutput.job_id == job.id))

@@ -1,0 +1,36 @@
+# Thin wrapper: bootstrap .venv, then call the real tools.
+VENV ?= .venv
+PYTHON ?= python3
+# The CPU build on a laptop or CI; the worker image installs a CUDA build instead.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.easel-installed
+
+.PHONY: run test lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[worker,dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/easel run
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.throughput
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

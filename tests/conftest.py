@@ -1,0 +1,172 @@
+"""Session fixtures: the real services (PostgreSQL, Redis, S3 over HTTP) and stacks.
+
+Every test run gets its own PostgreSQL database, its own Redis database number
+and its own bucket, so runs never see each other's leftovers.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from tests.support import (
+    PG_ADMIN_URL,
+    REDIS_HOST,
+    REDIS_PORT,
+    Stack,
+    base_env,
+    free_port,
+    install_tiny_model,
+    unique_name,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny-sd folder, built once per test session."""
+    from worker.engine.tiny_model import ensure_tiny_model
+
+    return ensure_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this run, dropped at the end."""
+    name = unique_name("easel_test")
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    from shared.db import engine_for
+
+    engine_for.cache_clear()
+    with admin.connect() as conn:
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = :name AND pid <> pg_backend_pid()"
+            ),
+            {"name": name},
+        )
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
+    """An empty database of its own for one test."""
+    name = unique_name("easel_t")
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = :name AND pid <> pg_backend_pid()"
+            ),
+            {"name": name},
+        )
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis database number claimed for this run (lock key in db 0), emptied after."""
+    lock = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
+    token = uuid.uuid4().hex
+    for number in range(1, 16):
+        if lock.set(f"easel-test-lock:{number}", token, nx=True, ex=6 * 3600):
+            break
+    else:
+        pytest.fail("every Redis database 1-15 is claimed by another test run")
+    ours = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=number)
+    ours.flushdb()  # leftovers of a crashed run that held this number before
+    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{number}"
+    ours.flushdb()
+    if lock.get(f"easel-test-lock:{number}") == token.encode():
+        lock.delete(f"easel-test-lock:{number}")
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[dict[str, str]]:
+    """moto's S3 server over HTTP on a free port, with a bucket of this run's own."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    creds = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for key, value in creds.items():
+        os.environ.setdefault(key, value)
+    endpoint = f"http://127.0.0.1:{port}"
+    bucket = f"easel-test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    yield {"endpoint": endpoint, "bucket": bucket, **creds}
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def service_env(postgres_url: str, redis_url: str, s3: dict[str, str]) -> dict[str, str]:
+    """EASEL_ settings that point at the real PostgreSQL, Redis and S3."""
+    return {
+        "EASEL_DATABASE_URL": postgres_url,
+        "EASEL_BROKER_URL": redis_url,
+        "EASEL_STORAGE_URL": f"s3://{s3['bucket']}/outputs",
+        "EASEL_S3_ENDPOINT_URL": s3["endpoint"],
+        "AWS_ACCESS_KEY_ID": s3["AWS_ACCESS_KEY_ID"],
+        "AWS_SECRET_ACCESS_KEY": s3["AWS_SECRET_ACCESS_KEY"],
+        "AWS_DEFAULT_REGION": s3["AWS_DEFAULT_REGION"],
+    }
+
+
+def _stack(home: Path, tiny_model: Path, env: dict[str, str]) -> Stack:
+    home.mkdir(parents=True, exist_ok=True)
+    install_tiny_model(tiny_model, home)
+    stack = Stack(env=base_env(home, **env), workdir=home)
+    stack.migrate()
+    return stack
+
+
+@pytest.fixture(scope="session")
+def services_stack(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, service_env: dict[str, str]
+) -> Iterator[Stack]:
+    """web + one worker on PostgreSQL, Redis and S3."""
+    stack = _stack(tmp_path_factory.mktemp("services-stack"), tiny_model, service_env)
+    try:
+        stack.start_web()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def embedded_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Stack]:
+    """web + one worker on the embedded defaults: SQLite, SQLite broker, local folder."""
+    stack = _stack(tmp_path_factory.mktemp("embedded-stack"), tiny_model, {})
+    try:
+        stack.start_web()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()

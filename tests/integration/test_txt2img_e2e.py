@@ -1,0 +1,105 @@
+"""A txt2img job through real web and worker processes, on both configurations."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from shared.pngmeta import read_parameters
+from tests.support import Stack
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=["services", "embedded"])
+def stack(request: pytest.FixtureRequest) -> Stack:
+    return request.getfixturevalue(f"{request.param}_stack")
+
+
+def _download(url: str) -> tuple[requests.Response, bytes]:
+    response = requests.get(url, timeout=10)  # follows the S3 presigned redirect
+    response.raise_for_status()
+    return response, response.content
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+def test_submit_poll_download(stack: Stack) -> None:
+    created = stack.submit(
+        prompt="a red lighthouse",
+        width=64,
+        height=96,
+        steps=6,
+        seed=1234,
+        num_images=2,
+        scheduler="ddim",
+        guidance_scale=5.0,
+    )
+    assert created["status"] == "queued"
+    assert created["params"]["seed"] == 1234
+    job = stack.wait(created["id"])
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 1
+    assert job["progress"] == {"step": 6, "total": 6, "fraction": 1.0}
+    assert job["started_at"] and job["finished_at"] and job["worker_id"]
+    assert [o["seed"] for o in job["outputs"]] == [1234, 1235]
+    for output in job["outputs"]:
+        response, data = _download(output["url"])
+        assert response.headers["Content-Type"] == "image/png"
+        image = Image.open(io.BytesIO(data))
+        assert image.size == (64, 96) == (output["width"], output["height"])
+        meta = read_parameters(data)
+        assert meta["seed"] == output["seed"]
+        assert meta["prompt"] == "a red lighthouse"
+        assert meta["scheduler"] == "ddim" and meta["steps"] == 6
+        assert meta["job_id"] == job["id"] and meta["model"] == "tiny-sd"
+
+
+def test_same_seed_same_pixels_other_seed_differs(stack: Stack) -> None:
+    params = {"prompt": "a quiet harbour", "width": 64, "height": 64, "steps": 5, "scheduler": "euler_a"}
+    first = stack.submit(**params, seed=77)
+    again = stack.submit(**params, seed=77)
+    other = stack.submit(**params, seed=78)
+    images = []
+    for created in (first, again, other):
+        job = stack.wait(created["id"])
+        assert job["status"] == "succeeded", job
+        images.append(_pixels(_download(job["outputs"][0]["url"])[1]))
+    assert np.array_equal(images[0], images[1])
+    assert np.abs(images[0] - images[2]).mean() > 1.0
+
+
+def test_model_stays_warm_across_jobs(stack: Stack) -> None:
+    jobs = [
+        stack.wait(stack.submit(prompt=f"warm {i}", width=64, height=64, steps=2)["id"]) for i in range(4)
+    ]
+    assert all(job["status"] == "succeeded" for job in jobs), jobs
+    assert len({job["worker_id"] for job in jobs}) == 1
+    # The first job may have loaded the model (if no earlier test did); none after it.
+    assert all(job["timings"]["model_cache_hit"] for job in jobs[1:]), [j["timings"] for j in jobs]
+    assert all(job["timings"]["load_seconds"] == 0 for job in jobs[1:])
+    worker_log = next(p for p in stack.processes if p.name == "worker").log()
+    assert worker_log.count("loaded model tiny-sd") == 1, worker_log[-3000:]
+
+
+def test_readyz_reports_every_dependency(stack: Stack) -> None:
+    body = requests.get(stack.base_url + "/readyz", timeout=10).json()
+    assert body == {"status": "ready", "checks": {"database": "ok", "broker": "ok", "storage": "ok"}}
+
+
+def test_invalid_job_is_rejected_and_service_keeps_working(stack: Stack) -> None:
+    response = requests.post(
+        stack.base_url + "/api/v1/jobs", timeout=10, json={"prompt": "x", "width": 100, "scheduler": "nope"}
+    )
+    assert response.status_code == 422
+    fields = {d["field"]: d for d in response.json()["error"]["details"]}
+    assert fields["width"]["value"] == 100 and "multiple of 8" in fields["width"]["message"]
+    assert fields["scheduler"]["value"] == "nope"
+    job = stack.wait(stack.submit(prompt="still fine", width=64, height=64, steps=2)["id"])
+    assert job["status"] == "succeeded"
