@@ -12,16 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from tests.support import (
     PG_ADMIN_URL,
-    REDIS_HOST,
-    REDIS_PORT,
     Stack,
     base_env,
+    claimed_redis_db,
     free_port,
     install_tiny_model,
     unique_name,
@@ -85,20 +83,16 @@ def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A Redis database number claimed for this run (lock key in db 0), emptied after."""
-    lock = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
-    token = uuid.uuid4().hex
-    for number in range(1, 16):
-        if lock.set(f"easel-test-lock:{number}", token, nx=True, ex=6 * 3600):
-            break
-    else:
-        pytest.fail("every Redis database 1-15 is claimed by another test run")
-    ours = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=number)
-    ours.flushdb()  # leftovers of a crashed run that held this number before
-    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{number}"
-    ours.flushdb()
-    if lock.get(f"easel-test-lock:{number}") == token.encode():
-        lock.delete(f"easel-test-lock:{number}")
+    """A Redis database number claimed for this run."""
+    with claimed_redis_db() as url:
+        yield url
+
+
+@pytest.fixture
+def own_redis_url() -> Iterator[str]:
+    """A Redis database for one test, apart from the session stacks' workers."""
+    with claimed_redis_db() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

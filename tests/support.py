@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,32 @@ def install_tiny_model(prebuilt: Path, home: Path) -> None:
     target = home / "models" / "tiny-sd"
     if not target.exists():
         shutil.copytree(prebuilt, target)
+
+
+@contextmanager
+def claimed_redis_db() -> Iterator[str]:
+    """A Redis database number of the shared server claimed for this holder alone.
+
+    The claim is a lock key in database 0; the claimed database is emptied before
+    and after use, so no run sees another's leftovers.
+    """
+    import redis
+
+    lock = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
+    token = uuid.uuid4().hex
+    number = next(
+        (n for n in range(1, 16) if lock.set(f"easel-test-lock:{n}", token, nx=True, ex=6 * 3600)), None
+    )
+    if number is None:
+        raise RuntimeError("every Redis database 1-15 is claimed by another test run")
+    ours = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=number)
+    ours.flushdb()
+    try:
+        yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{number}"
+    finally:
+        ours.flushdb()
+        if lock.get(f"easel-test-lock:{number}") == token.encode():
+            lock.delete(f"easel-test-lock:{number}")
 
 
 def unique_name(prefix: str) -> str:

@@ -27,6 +27,13 @@ def _form_context(values: dict[str, Any], errors: dict[str, str], message: str =
     }
 
 
+def _field_message(detail: dict[str, Any]) -> str:
+    value = detail.get("value")
+    if value is None or str(value) in detail["message"]:
+        return detail["message"]
+    return f"{detail['message']} (got {value})"
+
+
 @bp.get("/")
 def index():  # type: ignore[no-untyped-def]
     return render_template("index.html", **_form_context({}, {}))
@@ -38,17 +45,7 @@ def submit():  # type: ignore[no-untyped-def]
     try:
         job = accept_job(services(), request_fields(request))
     except EaselError as exc:
-        errors: dict[str, str] = {}
-        for detail in exc.details:
-            errors.setdefault(
-                detail["field"],
-                detail["message"]
-                + (
-                    f" (got {detail['value']!r})"
-                    if detail.get("value") is not None and repr(detail["value"]) not in detail["message"]
-                    else ""
-                ),
-            )
+        errors = {d["field"]: _field_message(d) for d in reversed(exc.details)}
         return render_template("index.html", **_form_context(values, errors, exc.message)), (exc.status)
     return redirect(url_for("pages.job_page", job_id=job.id), code=303)
 

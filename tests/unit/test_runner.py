@@ -1,0 +1,164 @@
+"""JobRunner on SQLite, a local folder and the real tiny pipeline (no Celery)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import sessionmaker
+
+from shared.db import make_engine
+from shared.errors import StorageError
+from shared.jobs import create_job
+from shared.migrate import upgrade
+from shared.models import Job, JobOutput
+from shared.pngmeta import read_parameters
+from shared.registry import ModelSource, ModelSpec, Registry
+from shared.schemas import parse_job_request, resolve_job
+from shared.settings import Settings
+from shared.storage import LocalStorage
+from worker.engine.device import DevicePlan
+from worker.engine.pipelines import PipelineCache, load_pipeline
+from worker.engine.runner import JobRunner, ProgressReporter
+
+
+@pytest.fixture
+def env(tmp_path: Path, tiny_model: Path) -> Iterator[dict[str, Any]]:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    settings = Settings(home=tmp_path, database_url=url)
+    spec = ModelSpec(
+        name="tiny-sd", source=ModelSource.DIRECTORY, location=str(tiny_model), default_size=64, max_size=512
+    )
+    yield {
+        "sessions": sessionmaker(engine, expire_on_commit=False),
+        "settings": settings,
+        "registry": Registry([spec], "tiny-sd"),
+        "storage": LocalStorage(tmp_path / "out"),
+    }
+    engine.dispose()
+
+
+def make_runner(env: dict[str, Any], storage: Any = None, interval: float = 0.0) -> JobRunner:
+    cache = PipelineCache(loader=lambda spec: load_pipeline(spec, DevicePlan("cpu", "float32")))
+    return JobRunner(
+        sessions=env["sessions"],
+        registry=env["registry"],
+        storage=storage or env["storage"],
+        cache=cache,
+        worker_id="test:1",
+        models=["tiny-sd"],
+        progress_interval=interval,
+    )
+
+
+def enqueue(env: dict[str, Any], **fields: Any) -> str:
+    resolved = resolve_job(
+        parse_job_request({"prompt": "a cat", "steps": 3, **fields}), env["registry"], env["settings"]
+    )
+    with env["sessions"]() as session:
+        job = create_job(session, resolved)
+        session.commit()
+        return job.id
+
+
+def fetch(env: dict[str, Any], job_id: str) -> Job:
+    with env["sessions"]() as session:
+        return session.get(Job, job_id)
+
+
+def test_runs_a_job_to_success(env: dict[str, Any]) -> None:
+    job_id = enqueue(env, seed=40, num_images=2, width=64, height=80)
+    runner = make_runner(env)
+    assert runner.run_next() == job_id
+    assert runner.run_next() is None
+    job = fetch(env, job_id)
+    assert job.status == "succeeded" and job.error_code is None
+    assert job.progress_step == 3 and job.progress_total == 3
+    assert [(o.index, o.seed, o.width, o.height) for o in job.outputs] == [(0, 40, 64, 80), (1, 41, 64, 80)]
+    data = env["storage"].get(job.outputs[1].storage_key)
+    assert read_parameters(data)["seed"] == 41
+    assert set(job.timings) >= {
+        "queue_seconds",
+        "load_seconds",
+        "generate_seconds",
+        "store_seconds",
+        "run_seconds",
+        "model_cache_hit",
+    }
+    assert job.timings["model_cache_hit"] is False
+
+
+def test_second_job_uses_the_warm_pipeline(env: dict[str, Any]) -> None:
+    runner = make_runner(env)
+    for _ in range(2):
+        enqueue(env)
+        runner.run_next()
+    assert runner.cache.loads == {"tiny-sd": 1}
+
+
+class BrokenStorage(LocalStorage):
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        raise StorageError(f"cannot write {key!r}: disk full")
+
+
+def test_storage_failure_fails_the_job_with_a_code(env: dict[str, Any], tmp_path: Path) -> None:
+    job_id = enqueue(env)
+    make_runner(env, storage=BrokenStorage(tmp_path / "broken")).run_next()
+    job = fetch(env, job_id)
+    assert job.status == "failed" and job.error_code == "storage_error"
+    assert "disk full" in job.error_message and job.finished_at is not None
+    with env["sessions"]() as session:
+        assert session.query(JobOutput).count() == 0
+
+
+def test_cancel_request_stops_at_the_next_step(env: dict[str, Any]) -> None:
+    job_id = enqueue(env, steps=30)
+    runner = make_runner(env)
+    original_call = ProgressReporter.__call__
+
+    def cancel_at_step_2(self: ProgressReporter, step: int, total: int) -> None:
+        if step == 2:
+            with env["sessions"]() as session:
+                session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+                session.commit()
+        original_call(self, step, total)
+
+    ProgressReporter.__call__ = cancel_at_step_2  # type: ignore[method-assign]
+    try:
+        runner.run_next()
+    finally:
+        ProgressReporter.__call__ = original_call  # type: ignore[method-assign]
+    job = fetch(env, job_id)
+    assert job.status == "canceled" and job.progress_step == 2 and not job.outputs
+
+
+def test_progress_writes_are_throttled(env: dict[str, Any]) -> None:
+    job_id = enqueue(env)
+    with env["sessions"]() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(status="running", worker_id="test:1"))
+        session.commit()
+    reporter = ProgressReporter(env["sessions"], job_id, "test:1", interval=3600)
+    for step in range(1, 11):
+        reporter(step, 10)
+    assert reporter.writes == 2  # the first step, and the last
+    assert fetch(env, job_id).progress_step == 10
+
+
+def test_a_job_no_longer_ours_is_not_overwritten(env: dict[str, Any]) -> None:
+    job_id = enqueue(env)
+    runner = make_runner(env)
+    with env["sessions"]() as session:
+        job = session.get(Job, job_id)
+        session.execute(
+            update(Job).where(Job.id == job_id).values(status="running", worker_id="someone-else")
+        )
+        session.commit()
+        session.expunge(job)
+    runner.run(job)
+    after = fetch(env, job_id)
+    assert after.status == "running" and after.worker_id == "someone-else" and not after.outputs
