@@ -96,8 +96,10 @@ def worker(models: str | None, loglevel: str) -> None:
             from worker.engine.tiny_model import ensure_tiny_model
 
             ensure_tiny_model(Path(spec.location))
+    from worker import tasks
     from worker.celery_app import app
 
+    tasks.GPU_ROLE["enabled"] = True
     queues = ",".join(queue_name(name) for name in served)
     app.worker_main(
         [
@@ -119,8 +121,38 @@ def worker(models: str | None, loglevel: str) -> None:
 
 
 @main.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+def webhooks(loglevel: str) -> None:
+    """Deliver webhooks (threads; never holds a GPU). Needs EASEL_WEBHOOK_SECRET."""
+    settings = get_settings()
+    _setup_logging(loglevel)
+    from shared.queue import WEBHOOK_QUEUE
+    from worker.celery_app import app
+
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            WEBHOOK_QUEUE,
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(settings.webhook_concurrency),
+            "--prefetch-multiplier",
+            "4",
+            "--hostname",
+            f"easel-webhooks-{os.getpid()}@%h",
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@main.command()
 def run() -> None:
-    """Migrate, build the tiny model if missing, and run web + one worker (Ctrl-C stops)."""
+    """Migrate, then run web, one worker and the webhook sender (Ctrl-C stops them)."""
     _setup_logging()
     settings = get_settings()
     settings.ensure_home()
@@ -130,6 +162,7 @@ def run() -> None:
     easel = [sys.executable, "-m", "shared.cli"]
     children = [
         subprocess.Popen([*easel, "worker"]),
+        subprocess.Popen([*easel, "webhooks"]),
         subprocess.Popen([*easel, "web"]),
     ]
     click.echo(f"Easel on http://{settings.host}:{settings.port} (state in {settings.home}); Ctrl-C stops")

@@ -1,17 +1,36 @@
-"""Job records as the API sees them: create, fetch, describe."""
+"""Job records as the API sees them: create, describe, cancel, list."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
 from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.models import Job, JobStatus
+from shared.errors import Conflict, NotFound, ValidationFailed, field_detail
+from shared.models import Job, JobStatus, utcnow
 from shared.schemas import ErrorInfo, JobView, OutputInfo, Progress, ResolvedJob
 
+OutputUrl = Callable[[Job, int], str]
 
-def create_job(session: Session, resolved: ResolvedJob) -> Job:
+
+def request_hash(fields: dict[str, Any]) -> str:
+    """A fingerprint of what was submitted, to tell a retry from a different request."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def create_job(
+    session: Session,
+    resolved: ResolvedJob,
+    idempotency_key: str | None = None,
+    fingerprint: str | None = None,
+) -> Job:
     """Add a ``queued`` job row for ``resolved`` (committed by the caller)."""
     job = Job(
         type=resolved.type.value,
@@ -27,6 +46,9 @@ def create_job(session: Session, resolved: ResolvedJob) -> Job:
         seed=resolved.seed,
         num_images=resolved.num_images,
         strength=resolved.strength,
+        webhook_url=resolved.webhook_url,
+        idempotency_key=idempotency_key,
+        request_hash=fingerprint,
         timings={},
     )
     session.add(job)
@@ -34,36 +56,128 @@ def create_job(session: Session, resolved: ResolvedJob) -> Job:
     return job
 
 
-def queue_position(session: Session, job: Job) -> int | None:
-    """How many queued jobs of the same model will be claimed before this one."""
-    if job.status != JobStatus.QUEUED.value:
-        return None
-    ahead = (
-        select(func.count())
-        .select_from(Job)
-        .where(
-            Job.status == JobStatus.QUEUED.value,
-            Job.model == job.model,
-            Job.id != job.id,
-            or_(
-                Job.priority > job.priority,
-                and_(Job.priority == job.priority, Job.created_at < job.created_at),
-                and_(Job.priority == job.priority, Job.created_at == job.created_at, Job.id < job.id),
-            ),
+def find_replay(session: Session, idempotency_key: str, fingerprint: str) -> Job | None:
+    """The job first created with ``idempotency_key``; 409 if it was for other fields."""
+    job = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+    if job is not None and job.request_hash != fingerprint:
+        raise Conflict(
+            f"Idempotency-Key {idempotency_key!r} was already used for a different request (job {job.id})",
+            [field_detail("Idempotency-Key", "reused with different fields", idempotency_key)],
         )
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job with id {job_id!r}", [field_detail("id", "not found", job_id)])
+    return job
+
+
+def cancel_job(session: Session, job_id: str) -> Job:
+    """Cancel a queued job at once, or ask a running one to stop at its next step.
+
+    Raises ``Conflict`` (409) for a job that has already finished.
+    """
+    job = get_job(session, job_id)
+    if JobStatus(job.status).is_terminal:
+        raise _finished(job)
+    now = utcnow()
+    if job.status == JobStatus.QUEUED.value and _guarded_update(
+        session,
+        job_id,
+        JobStatus.QUEUED,
+        status=JobStatus.CANCELED.value,
+        cancel_requested=True,
+        finished_at=now,
+        updated_at=now,
+    ):
+        return get_job_fresh(session, job_id)
+    if _guarded_update(session, job_id, JobStatus.RUNNING, cancel_requested=True, updated_at=now):
+        return get_job_fresh(session, job_id)
+    raise _finished(get_job_fresh(session, job_id))  # it finished in the meantime
+
+
+def _guarded_update(session: Session, job_id: str, expected: JobStatus, **values: Any) -> bool:
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == expected.value)
+        .values(**values)
+        .execution_options(synchronize_session=False)
     )
-    return int(session.scalar(ahead) or 0)
+    session.commit()
+    return result.rowcount == 1
 
 
-def describe(job: Job, output_url: Callable[[Job, int], str], position: int | None = None) -> JobView:
+def _finished(job: Job) -> Conflict:
+    return Conflict(
+        f"job {job.id!r} has already finished ({job.status}); it cannot be canceled",
+        [field_detail("status", "already finished", job.status)],
+    )
+
+
+def get_job_fresh(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    return job
+
+
+# ---- listing ----------------------------------------------------------------------------
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, job_id = raw.split("|", 1)
+        return datetime.fromisoformat(stamp), job_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ValidationFailed(
+            f"cursor: {cursor!r} is not a cursor this API returned",
+            [field_detail("cursor", "is not a cursor this API returned", cursor)],
+        ) from None
+
+
+def list_jobs(
+    session: Session,
+    limit: int,
+    cursor: str | None = None,
+    status: str | None = None,
+    job_type: str | None = None,
+) -> tuple[list[Job], str | None]:
+    """Jobs newest first (created_at, then id), ``limit`` per page, and the next cursor."""
+    query = select(Job)
+    if status:
+        query = query.where(Job.status == status)
+    if job_type:
+        query = query.where(Job.type == job_type)
+    if cursor:
+        stamp, job_id = decode_cursor(cursor)
+        query = query.where(or_(Job.created_at < stamp, and_(Job.created_at == stamp, Job.id < job_id)))
+    jobs = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
+    return jobs[:limit], next_cursor
+
+
+# ---- the job object ---------------------------------------------------------------------
+
+
+def describe(
+    job: Job,
+    output_url: OutputUrl,
+    position: int | None = None,
+    eta_seconds: float | None = None,
+) -> JobView:
     """The REST job object for ``job``; ``output_url(job, index)`` makes output links."""
     total = job.progress_total or job.steps
     step = min(job.progress_step, total) if total else 0
     if job.status == JobStatus.SUCCEEDED.value:
         step = total
-    error = (
-        ErrorInfo(code=job.error_code or "error", message=job.error_message or "") if job.error_code else None
-    )
+    error = ErrorInfo(code=job.error_code, message=job.error_message or "") if job.error_code else None
     return JobView(
         id=job.id,
         type=job.type,
@@ -72,7 +186,7 @@ def describe(job: Job, output_url: Callable[[Job, int], str], position: int | No
         params=job.params(),
         progress=Progress(step=step, total=total, fraction=round(step / total, 4) if total else 0.0),
         queue_position=position,
-        eta_seconds=None,
+        eta_seconds=eta_seconds,
         outputs=[
             OutputInfo(
                 index=o.index,
@@ -87,8 +201,21 @@ def describe(job: Job, output_url: Callable[[Job, int], str], position: int | No
         error=error,
         attempts=job.attempts,
         worker_id=job.worker_id,
+        cancel_requested=job.cancel_requested,
+        webhook=_webhook_state(job),
         timings=job.timings or {},
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
     )
+
+
+def _webhook_state(job: Job) -> dict[str, Any] | None:
+    if not job.webhook_url:
+        return None
+    return {
+        "url": job.webhook_url,
+        "attempts": job.webhook_attempts,
+        "delivered_at": job.webhook_delivered_at.isoformat() if job.webhook_delivered_at else None,
+        "last_error": job.webhook_error,
+    }

@@ -15,6 +15,8 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "easel.run_job"
+DELIVER_WEBHOOK_TASK = "easel.deliver_webhook"
+WEBHOOK_QUEUE = "easel.webhooks"
 
 
 def queue_name(model: str) -> str:
@@ -60,5 +62,21 @@ def send_wakeup(app: Celery, job_id: str, model: str) -> bool:
         )
     except Exception:  # broker down: the row is the truth, log and go on
         log.exception("could not publish wake-up for job %s (model %s)", job_id, model)
+        return False
+    return True
+
+
+def send_webhook(app: Celery, job_id: str) -> bool:
+    """Queue the delivery of ``job_id``'s webhook on its own queue, away from the GPUs."""
+    try:
+        app.send_task(
+            DELIVER_WEBHOOK_TASK,
+            args=[job_id],
+            queue=WEBHOOK_QUEUE,
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
+        )
+    except Exception:
+        log.exception("could not queue the webhook of job %s", job_id)
         return False
     return True

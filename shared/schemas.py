@@ -9,7 +9,7 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.errors import ValidationFailed, field_detail
 from shared.models import JobType
@@ -51,6 +51,16 @@ class JobCreate(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Chosen and recorded if absent.")
     num_images: int = Field(1, ge=1, le=16, description="Images; seeds are seed, seed+1, ...")
     strength: float | None = Field(None, gt=0, le=1, description="img2img / inpaint only.")
+    webhook_url: AnyHttpUrl | None = Field(
+        None, description="POSTed the job object, signed, when the job finishes (http or https)."
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_only(cls, value: AnyHttpUrl | None) -> AnyHttpUrl | None:
+        if value is not None and len(str(value)) > 2048:
+            raise ValueError("must be at most 2048 characters")
+        return value
 
     @field_validator("width", "height")
     @classmethod
@@ -82,6 +92,7 @@ class ResolvedJob(BaseModel):
     seed: int
     num_images: int
     strength: float | None = None
+    webhook_url: str | None = None
 
 
 def parse_job_request(data: dict[str, Any]) -> JobCreate:
@@ -154,6 +165,14 @@ def resolve_job(request: JobCreate, registry: Registry, settings: Settings) -> R
         )
     if request.strength is not None and request.type is JobType.TXT2IMG:
         details.append(field_detail("strength", "applies only to img2img and inpaint jobs", request.strength))
+    if request.webhook_url is not None and settings.webhook_secret is None:
+        details.append(
+            field_detail(
+                "webhook_url",
+                "webhooks are disabled on this server (EASEL_WEBHOOK_SECRET is not set)",
+                str(request.webhook_url),
+            )
+        )
     seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
     if seed + request.num_images - 1 > MAX_SEED:
         details.append(
@@ -180,6 +199,7 @@ def _with_defaults(request: JobCreate, spec: ModelSpec, seed: int) -> ResolvedJo
         seed=seed,
         num_images=request.num_images,
         strength=request.strength,
+        webhook_url=str(request.webhook_url) if request.webhook_url else None,
     )
 
 
@@ -232,6 +252,13 @@ class ErrorInfo(BaseModel):
     message: str
 
 
+class WebhookState(BaseModel):
+    url: str
+    attempts: int
+    delivered_at: datetime | None
+    last_error: str | None
+
+
 class JobView(BaseModel):
     """The job object of the REST contract."""
 
@@ -247,10 +274,19 @@ class JobView(BaseModel):
     error: ErrorInfo | None
     attempts: int
     worker_id: str | None
+    cancel_requested: bool
+    webhook: WebhookState | None
     timings: dict[str, Any]
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class JobList(BaseModel):
+    """A page of jobs, newest first; pass ``next_cursor`` as ``cursor`` for the next page."""
+
+    jobs: list[JobView]
+    next_cursor: str | None
 
 
 class ModelLimits(BaseModel):

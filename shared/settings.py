@@ -48,6 +48,18 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(2000, ge=1, description="Longest accepted prompt.")
     progress_interval_seconds: float = Field(0.5, gt=0, description="Least time between progress writes.")
 
+    public_url: str = Field(
+        "", description="Base URL clients reach the web tier at; default http://host:port"
+    )
+    heartbeat_seconds: float = Field(5.0, gt=0, description="How often a worker records it is alive.")
+    worker_lost_after_seconds: float = Field(30.0, gt=0, description="Silence after which a worker is lost.")
+    eta_history_jobs: int = Field(20, ge=1, description="Recent jobs per model the ETA learns from.")
+    webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key for webhook signatures.")
+    webhook_max_attempts: int = Field(6, ge=1, le=50, description="Deliveries tried before giving up.")
+    webhook_backoff_seconds: float = Field(2.0, gt=0, description="First retry delay; doubles each time.")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one webhook request.")
+    webhook_concurrency: int = Field(8, ge=1, description="Parallel deliveries of `easel webhooks`.")
+
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:
         self.home = self.home.expanduser().resolve()
@@ -57,6 +69,9 @@ class Settings(BaseSettings):
             self.broker_url = f"sqla+sqlite:///{self.home / 'broker.db'}"
         if not self.storage_url:
             self.storage_url = (self.home / "outputs").as_uri()
+        if not self.public_url:
+            self.public_url = f"http://{self.host}:{self.port}"
+        self.public_url = self.public_url.rstrip("/")
         if self.task_time_limit <= self.task_soft_time_limit:
             raise ValueError(
                 f"task_time_limit ({self.task_time_limit}) must exceed "

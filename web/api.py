@@ -2,47 +2,94 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, redirect, request, url_for
+from typing import Any
 
-from shared.errors import NotFound
-from shared.jobs import describe, queue_position
-from shared.models import Job, JobOutput
+from flask import Blueprint, Response, jsonify, redirect, request, url_for
+from sqlalchemy.orm import Session
+
+from shared.errors import NotFound, ValidationFailed, field_detail
+from shared.eta import estimate_seconds, queue_position
+from shared.jobs import cancel_job, describe, get_job, list_jobs
+from shared.models import Job, JobOutput, JobStatus, JobType
+from shared.queue import send_webhook
 from shared.registry import SCHEDULERS
-from shared.schemas import ModelLimits, ModelList, ModelView
+from shared.schemas import JobList, ModelLimits, ModelList, ModelView
 from web.services import services
-from web.submit import accept_job, request_fields
+from web.submit import accept_job, idempotency_key, request_fields
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+MAX_PAGE = 100
 
 
 def output_url(job: Job, index: int) -> str:
     return url_for("api.get_output", job_id=job.id, index=index, _external=True)
 
 
-def job_payload(job_id: str) -> dict:
-    """The job object for ``job_id``, or ``NotFound``."""
-    with services().session() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise NotFound(
-                f"no job with id {job_id!r}", [{"field": "id", "message": "not found", "value": job_id}]
-            )
-        view = describe(job, output_url, queue_position(session, job))
-    return view.model_dump(mode="json")
+def job_view(session: Session, job: Job) -> dict[str, Any]:
+    """The job object, with its queue position and ETA."""
+    settings = services().settings
+    eta = estimate_seconds(session, job, settings.eta_history_jobs, settings.worker_lost_after_seconds)
+    return describe(job, output_url, queue_position(session, job), eta).model_dump(mode="json")
 
 
 @bp.post("/jobs")
 def create_job():  # type: ignore[no-untyped-def]
-    job = accept_job(services(), request_fields(request))
-    response = jsonify(job_payload(job.id))
+    svc = services()
+    job, replayed = accept_job(svc, request_fields(request), idempotency_key(request))
+    with svc.session() as session:
+        body = job_view(session, get_job(session, job.id))
+    response = jsonify(body)
     response.status_code = 202
     response.headers["Location"] = url_for("api.get_job", job_id=job.id)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return response
 
 
-@bp.get("/jobs/<job_id>")
-def get_job(job_id: str):  # type: ignore[no-untyped-def]
-    return jsonify(job_payload(job_id))
+@bp.get("/jobs")
+def jobs_index():  # type: ignore[no-untyped-def]
+    args = request.args
+    status, job_type = args.get("status") or None, args.get("type") or None
+    details = []
+    if status is not None and status not in {s.value for s in JobStatus}:
+        details.append(
+            field_detail("status", f"must be one of {', '.join(s.value for s in JobStatus)}", status)
+        )
+    if job_type is not None and job_type not in {t.value for t in JobType}:
+        details.append(
+            field_detail("type", f"must be one of {', '.join(t.value for t in JobType)}", job_type)
+        )
+    raw_limit = args.get("limit", "20")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+        details.append(field_detail("limit", f"must be a whole number from 1 to {MAX_PAGE}", raw_limit))
+    if details:
+        raise ValidationFailed(
+            "; ".join(f"{d['field']}: {d['message']} (got {d['value']!r})" for d in details), details
+        )
+    with services().session() as session:
+        jobs, next_cursor = list_jobs(session, int(raw_limit), args.get("cursor") or None, status, job_type)
+        views = [job_view(session, job) for job in jobs]
+    return jsonify(
+        JobList.model_validate({"jobs": views, "next_cursor": next_cursor}).model_dump(mode="json")
+    )
+
+
+@bp.get("/jobs/<job_id>", endpoint="get_job")
+def show_job(job_id: str):  # type: ignore[no-untyped-def]
+    with services().session() as session:
+        return jsonify(job_view(session, get_job(session, job_id)))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel(job_id: str):  # type: ignore[no-untyped-def]
+    svc = services()
+    with svc.session() as session:
+        job = cancel_job(session, job_id)
+        body = job_view(session, job)
+    if job.status == JobStatus.CANCELED.value and job.webhook_url:
+        send_webhook(svc.celery, job.id)  # a running job's webhook is sent by its worker
+    return jsonify(body)
 
 
 @bp.get("/jobs/<job_id>/outputs/<int:index>")
@@ -52,8 +99,7 @@ def get_output(job_id: str, index: int):  # type: ignore[no-untyped-def]
         output = session.query(JobOutput).filter_by(job_id=job_id, index=index).one_or_none()
         if output is None:
             raise NotFound(
-                f"job {job_id!r} has no output {index}",
-                [{"field": "index", "message": "not found", "value": index}],
+                f"job {job_id!r} has no output {index}", [field_detail("index", "not found", index)]
             )
         key, content_type = output.storage_key, output.content_type
     presigned = svc.storage.presigned_url(key, svc.settings.presign_expires_seconds)

@@ -1,4 +1,4 @@
-"""HTML pages: the txt2img form and the live job page."""
+"""HTML pages: the txt2img form, the live job page and the gallery."""
 
 from __future__ import annotations
 
@@ -7,12 +7,17 @@ from typing import Any
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 
 from shared.errors import EaselError
+from shared.jobs import list_jobs
 from shared.models import Job
 from shared.registry import SCHEDULERS
 from web.services import services
 from web.submit import accept_job, request_fields
 
 bp = Blueprint("pages", __name__)
+
+REUSED_FIELDS = ("model", "prompt", "negative_prompt", "width", "height", "steps", "guidance_scale",
+                 "scheduler", "seed", "num_images")
+GALLERY_PAGE = 24
 
 
 def _form_context(values: dict[str, Any], errors: dict[str, str], message: str = "") -> dict[str, Any]:
@@ -36,17 +41,27 @@ def _field_message(detail: dict[str, Any]) -> str:
 
 @bp.get("/")
 def index():  # type: ignore[no-untyped-def]
-    return render_template("index.html", **_form_context({}, {}))
+    """The form; ``?from=<job id>`` fills it with that job's settings."""
+    values: dict[str, Any] = {}
+    source = request.args.get("from")
+    if source:
+        with services().session() as session:
+            job = session.get(Job, source)
+            if job is None:
+                abort(404)
+            params = {"model": job.model, **job.params()}
+            values = {key: str(params[key]) for key in REUSED_FIELDS if params.get(key) is not None}
+    return render_template("index.html", **_form_context(values, {}))
 
 
 @bp.post("/")
 def submit():  # type: ignore[no-untyped-def]
     values = dict(request.form.items())
     try:
-        job = accept_job(services(), request_fields(request))
+        job, _ = accept_job(services(), request_fields(request))
     except EaselError as exc:
         errors = {d["field"]: _field_message(d) for d in reversed(exc.details)}
-        return render_template("index.html", **_form_context(values, errors, exc.message)), (exc.status)
+        return render_template("index.html", **_form_context(values, errors, exc.message)), exc.status
     return redirect(url_for("pages.job_page", job_id=job.id), code=303)
 
 
@@ -56,3 +71,14 @@ def job_page(job_id: str):  # type: ignore[no-untyped-def]
         if session.get(Job, job_id) is None:
             abort(404)
     return render_template("job.html", job_id=job_id)
+
+
+@bp.get("/gallery")
+def gallery():  # type: ignore[no-untyped-def]
+    """Past jobs, newest first, with a thumbnail of each one's first image."""
+    try:
+        with services().session() as session:
+            jobs, next_cursor = list_jobs(session, GALLERY_PAGE, request.args.get("cursor") or None)
+    except EaselError:
+        abort(400)
+    return render_template("gallery.html", jobs=jobs, next_cursor=next_cursor)

@@ -6,4 +6,4 @@ from shared.queue import make_celery
 from shared.settings import get_settings
 
 app = make_celery(get_settings())
-app.conf.include = ["worker.tasks"]
+app.conf.include = ["worker.tasks", "worker.webhook_tasks"]

@@ -7,8 +7,12 @@ import os
 import socket
 from functools import lru_cache
 
+from celery.signals import worker_process_init, worker_process_shutdown
+from sqlalchemy.orm import sessionmaker
+
 from shared.db import engine_for
-from shared.queue import RUN_JOB_TASK
+from shared.models import Job, JobStatus
+from shared.queue import RUN_JOB_TASK, send_webhook
 from shared.registry import load_registry
 from shared.settings import get_settings
 from shared.storage import storage_from_settings
@@ -16,30 +20,55 @@ from worker.celery_app import app
 from worker.engine.device import detect
 from worker.engine.pipelines import PipelineCache, load_pipeline
 from worker.engine.runner import JobRunner
+from worker.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
+
+# Set by `easel worker` before Celery forks its child: only GPU workers beat and claim.
+GPU_ROLE = {"enabled": False}
+
+
+def _notify(job: Job, status: JobStatus) -> None:
+    if job.webhook_url:
+        send_webhook(app, job.id)
 
 
 @lru_cache(maxsize=1)
 def get_runner() -> JobRunner:
     """This process's runner; its pipeline cache stays warm across tasks."""
-    from sqlalchemy.orm import sessionmaker
-
     settings = get_settings()
     registry = load_registry(settings)
     plan = detect(settings.device)
     log.info("worker device %s (%s)", plan.device, plan.dtype)
-    cache = PipelineCache(loader=lambda spec: load_pipeline(spec, plan, settings.offline))
     models = settings.served_models or registry.names()
+    sessions = sessionmaker(engine_for(settings.database_url), expire_on_commit=False)
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
     return JobRunner(
-        sessions=sessionmaker(engine_for(settings.database_url), expire_on_commit=False),
+        sessions=sessions,
         registry=registry,
         storage=storage_from_settings(settings),
-        cache=cache,
-        worker_id=f"{socket.gethostname()}:{os.getpid()}",
+        cache=PipelineCache(loader=lambda spec: load_pipeline(spec, plan, settings.offline)),
+        worker_id=worker_id,
         models=models,
         progress_interval=settings.progress_interval_seconds,
+        on_finished=_notify,
+        heartbeat=Heartbeat(sessions, worker_id, models, plan.device, settings.heartbeat_seconds),
     )
+
+
+@worker_process_init.connect
+def _start_heartbeat(**_: object) -> None:
+    if not GPU_ROLE["enabled"]:
+        return
+    runner = get_runner()
+    if runner.heartbeat is not None:
+        runner.heartbeat.start()
+
+
+@worker_process_shutdown.connect
+def _stop_heartbeat(**_: object) -> None:
+    if get_runner.cache_info().currsize and get_runner().heartbeat is not None:
+        get_runner().heartbeat.stop()  # type: ignore[union-attr]
 
 
 @app.task(name=RUN_JOB_TASK, acks_late=True)

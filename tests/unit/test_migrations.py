@@ -27,7 +27,7 @@ def test_postgres_schema_matches_models(fresh_postgres_url: str) -> None:
     assert _diff(fresh_postgres_url) == []
     upgrade(fresh_postgres_url)  # idempotent at head
     engine = create_engine(fresh_postgres_url)
-    assert set(inspect(engine).get_table_names()) == {"jobs", "job_outputs", "alembic_version"}
+    assert set(inspect(engine).get_table_names()) == {*Base.metadata.tables, "alembic_version"}
     engine.dispose()
 
 

@@ -1,16 +1,16 @@
-// Live job page: polls the job object and renders status, progress and images.
+// Live job page: polls the job object and renders status, queue, ETA, progress and images.
 "use strict";
 (function () {
   const root = document.getElementById("job");
   const url = root.dataset.jobUrl;
+  const cancelUrl = root.dataset.cancelUrl;
   const terminal = new Set(["succeeded", "failed", "canceled"]);
   const $ = (id) => document.getElementById(id);
+  let timer = null;
 
-  function renderParams(job) {
-    const table = $("params");
+  function fillTable(table, entries) {
     table.replaceChildren();
-    const rows = Object.entries({ type: job.type, model: job.model, ...job.params });
-    for (const [key, value] of rows) {
+    for (const [key, value] of entries) {
       const tr = table.insertRow();
       tr.insertCell().textContent = key;
       tr.insertCell().textContent = String(value);
@@ -36,24 +36,37 @@
     }
   }
 
+  function seconds(value) {
+    return value == null ? "" : value.toFixed(value < 10 ? 2 : 1) + " s";
+  }
+
   function render(job) {
-    $("status").textContent = job.status;
+    $("status").textContent = job.status + (job.cancel_requested && !terminal.has(job.status) ? " (canceling)" : "");
     $("status").dataset.status = job.status;
-    $("queue").textContent = job.queue_position != null ? "(position " + job.queue_position + " in queue)" : "";
+    $("queue").textContent = job.queue_position != null ? "· position " + job.queue_position + " in queue" : "";
+    $("eta").textContent = job.eta_seconds != null ? "· about " + seconds(job.eta_seconds) + " left" : "";
     const pct = Math.round(job.progress.fraction * 100);
     $("bar").style.width = pct + "%";
     $("bar").setAttribute("aria-valuenow", String(pct));
     $("steps").textContent = "step " + job.progress.step + " of " + job.progress.total;
+    $("cancel").hidden = terminal.has(job.status);
     if (job.error) {
       $("error").hidden = false;
       $("error").textContent = job.error.code + ": " + job.error.message;
     }
-    renderParams(job);
+    fillTable($("params"), Object.entries({ type: job.type, model: job.model, ...job.params }));
+    const t = job.timings || {};
+    const rows = [["attempts", job.attempts]];
+    if (t.queue_seconds != null) rows.push(["queue wait", seconds(t.queue_seconds)]);
+    if (t.run_seconds != null) rows.push(["run time", seconds(t.run_seconds)]);
+    if (t.generate_seconds != null) rows.push(["denoising", seconds(t.generate_seconds)]);
+    if (t.load_seconds != null) rows.push(["model load", seconds(t.load_seconds)]);
+    fillTable($("timings"), rows);
     renderImages(job);
   }
 
   async function poll() {
-    let delay = 500;
+    let delay = 400;
     try {
       const response = await fetch(url, { headers: { Accept: "application/json" } });
       if (response.ok) {
@@ -66,7 +79,23 @@
     } catch (err) {
       delay = 2000;
     }
-    setTimeout(poll, delay);
+    timer = setTimeout(poll, delay);
   }
+
+  $("cancel").addEventListener("click", async () => {
+    $("cancel").disabled = true;
+    const response = await fetch(cancelUrl, { method: "POST", headers: { Accept: "application/json" } });
+    const body = await response.json();
+    if (response.ok) {
+      render(body);
+    } else if (body.error) {
+      $("error").hidden = false;
+      $("error").textContent = body.error.message;
+    }
+    $("cancel").disabled = false;
+    clearTimeout(timer);
+    poll();
+  });
+
   poll();
 })();

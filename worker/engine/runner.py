@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from shared.storage import Storage
 from worker.engine.claims import claim_next
 from worker.engine.generate import GenerationRequest, JobCanceled, generate
 from worker.engine.pipelines import PipelineCache
+from worker.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ class JobRunner:
     worker_id: str
     models: Sequence[str] = ()
     progress_interval: float = 0.5
+    on_finished: Callable[[Job, JobStatus], None] | None = None
+    heartbeat: Heartbeat | None = None
 
     def run_next(self) -> str | None:
         """Claim the best queued job and run it; its id, or ``None`` if none was queued."""
@@ -96,7 +99,13 @@ class JobRunner:
             if job is None:
                 return None
             session.expunge(job)
-        self.run(job)
+        if self.heartbeat is not None:
+            self.heartbeat.current_job_id = job.id
+        try:
+            self.run(job)
+        finally:
+            if self.heartbeat is not None:
+                self.heartbeat.current_job_id = None
         return job.id
 
     def run(self, job: Job) -> None:
@@ -178,7 +187,11 @@ class JobRunner:
         error: tuple[str, str] | None = None,
         outputs: list[JobOutput] | None = None,
     ) -> bool:
-        """Move our running job to ``status``; ``False`` if it is no longer ours."""
+        """Move our running job to ``status``; ``False`` if it is no longer ours.
+
+        A job whose cancel was requested after its last step ends ``canceled``, not
+        ``succeeded``: the client asked, and nothing it did not want is published.
+        """
         values: dict[str, Any] = {
             "status": status.value,
             "finished_at": utcnow(),
@@ -188,14 +201,17 @@ class JobRunner:
         if error is not None:
             values["error_code"], values["error_message"] = error
         with self.sessions() as session:
+            mine = (Job.id == job.id, Job.status == JobStatus.RUNNING.value, Job.worker_id == self.worker_id)
+            guard = (*mine, Job.cancel_requested.is_(False)) if status is JobStatus.SUCCEEDED else mine
             result = session.execute(
-                update(Job)
-                .where(
-                    Job.id == job.id, Job.status == JobStatus.RUNNING.value, Job.worker_id == self.worker_id
-                )
-                .values(**values)
-                .execution_options(synchronize_session=False)
+                update(Job).where(*guard).values(**values).execution_options(synchronize_session=False)
             )
+            if result.rowcount != 1 and status is JobStatus.SUCCEEDED:
+                status, outputs = JobStatus.CANCELED, None
+                values["status"] = status.value
+                result = session.execute(
+                    update(Job).where(*mine).values(**values).execution_options(synchronize_session=False)
+                )
             if result.rowcount != 1:
                 session.rollback()
                 log.warning(
@@ -206,4 +222,6 @@ class JobRunner:
                 session.execute(delete(JobOutput).where(JobOutput.job_id == job.id))
                 session.add_all(outputs)
             session.commit()
+        if self.on_finished is not None:
+            self.on_finished(job, status)
         return True

@@ -1,0 +1,112 @@
+"""Queue-wait and run-time estimates, learned from recent jobs of the same model.
+
+A job's cost is ``overhead + rate * steps * megapixels * images``: ``rate`` (seconds
+per step per megapixel-image) and ``overhead`` (load, encode, store) are the medians
+over the model's last ``EASEL_ETA_HISTORY_JOBS`` succeeded jobs. With no history yet,
+a prior of 0.5 s per step-megapixel and 0.2 s of overhead stands in.
+
+- running job: ``rate * remaining steps * megapixels * images``;
+- queued job: (cost of the queued jobs ahead of it + what remains of the model's
+  running jobs) / live workers serving the model, plus its own cost.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from shared.models import Job, JobStatus, Worker, utcnow
+
+PRIOR_RATE = 0.5
+PRIOR_OVERHEAD = 0.2
+
+
+@dataclass(frozen=True)
+class CostModel:
+    rate: float  # seconds per step per megapixel-image
+    overhead: float  # seconds per job outside denoising
+
+    def cost(self, steps: int, width: int, height: int, images: int) -> float:
+        return self.overhead + self.rate * steps * width * height / 1e6 * images
+
+
+def cost_model(session: Session, model: str, history: int) -> CostModel:
+    """The model's cost figures from its recent succeeded jobs (or the prior)."""
+    rows = session.execute(
+        select(Job.steps, Job.width, Job.height, Job.num_images, Job.timings)
+        .where(Job.model == model, Job.status == JobStatus.SUCCEEDED.value)
+        .order_by(Job.finished_at.desc())
+        .limit(history)
+    ).all()
+    rates, overheads = [], []
+    for steps, width, height, images, timings in rows:
+        generate, run = (timings or {}).get("generate_seconds"), (timings or {}).get("run_seconds")
+        work = steps * width * height / 1e6 * images
+        if generate and work > 0:
+            rates.append(generate / work)
+            if run is not None:
+                overheads.append(max(0.0, run - generate - (timings.get("load_seconds") or 0)))
+    if not rates:
+        return CostModel(PRIOR_RATE, PRIOR_OVERHEAD)
+    return CostModel(statistics.median(rates), statistics.median(overheads) if overheads else 0.0)
+
+
+def live_workers(session: Session, model: str, lost_after: float) -> int:
+    """Workers seen within ``lost_after`` seconds that serve ``model``."""
+    since = utcnow() - timedelta(seconds=lost_after)
+    rows = session.scalars(
+        select(Worker.models).where(Worker.last_seen_at >= since, Worker.stopped_at.is_(None))
+    ).all()
+    return sum(1 for models in rows if not models or model in models)
+
+
+def estimate_seconds(session: Session, job: Job, history: int, lost_after: float) -> float | None:
+    """Seconds until ``job`` finishes, or ``None`` once it has."""
+    if job.status not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
+        return None
+    model = cost_model(session, job.model, history)
+    mpx = job.width * job.height / 1e6 * job.num_images
+    if job.status == JobStatus.RUNNING.value:
+        total = job.progress_total or job.steps
+        return round(max(0.1, model.rate * max(0, total - job.progress_step) * mpx), 2)
+    ahead_count, ahead_work = session.execute(
+        select(
+            func.count(), func.coalesce(func.sum(Job.steps * Job.width * Job.height * Job.num_images), 0)
+        ).where(
+            Job.status == JobStatus.QUEUED.value, Job.model == job.model, Job.id != job.id, _ahead_of(job)
+        )
+    ).one()
+    running_work = session.scalar(
+        select(
+            func.coalesce(
+                func.sum((Job.progress_total - Job.progress_step) * Job.width * Job.height * Job.num_images),
+                0,
+            )
+        ).where(Job.status == JobStatus.RUNNING.value, Job.model == job.model)
+    )
+    workers = max(1, live_workers(session, job.model, lost_after))
+    wait = ahead_count * model.overhead + model.rate * (float(ahead_work) + float(running_work or 0)) / 1e6
+    own = model.cost(job.steps, job.width, job.height, job.num_images)
+    return round(max(0.1, wait / workers + own), 2)
+
+
+def _ahead_of(job: Job):  # type: ignore[no-untyped-def]
+    return or_(
+        Job.priority > job.priority,
+        and_(Job.priority == job.priority, Job.created_at < job.created_at),
+        and_(Job.priority == job.priority, Job.created_at == job.created_at, Job.id < job.id),
+    )
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    """How many queued jobs of the same model will be claimed before this one."""
+    if job.status != JobStatus.QUEUED.value:
+        return None
+    ahead = select(func.count()).where(
+        Job.status == JobStatus.QUEUED.value, Job.model == job.model, Job.id != job.id, _ahead_of(job)
+    )
+    return int(session.scalar(ahead) or 0)
