@@ -69,6 +69,8 @@ class Settings(BaseSettings):
             self.broker_url = f"sqla+sqlite:///{self.home / 'broker.db'}"
         if not self.storage_url:
             self.storage_url = (self.home / "outputs").as_uri()
+        if self.webhook_secret is not None and not self.webhook_secret.get_secret_value():
+            self.webhook_secret = None  # an empty variable (compose's default) means "off"
         if not self.public_url:
             self.public_url = f"http://{self.host}:{self.port}"
         self.public_url = self.public_url.rstrip("/")

@@ -132,10 +132,21 @@ def service_env(postgres_url: str, redis_url: str, s3: dict[str, str]) -> dict[s
     }
 
 
+WEBHOOK_SECRET = "test-webhook-secret"
+STACK_SETTINGS = {
+    "EASEL_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    "EASEL_WEBHOOK_MAX_ATTEMPTS": "3",
+    "EASEL_WEBHOOK_BACKOFF_SECONDS": "0.3",
+    "EASEL_WEBHOOK_TIMEOUT_SECONDS": "2",
+    "EASEL_PROGRESS_INTERVAL_SECONDS": "0.2",
+    "EASEL_HEARTBEAT_SECONDS": "1",
+}
+
+
 def _stack(home: Path, tiny_model: Path, env: dict[str, str]) -> Stack:
     home.mkdir(parents=True, exist_ok=True)
     install_tiny_model(tiny_model, home)
-    stack = Stack(env=base_env(home, **env), workdir=home)
+    stack = Stack(env=base_env(home, **STACK_SETTINGS, **env), workdir=home)
     stack.migrate()
     return stack
 
@@ -149,6 +160,7 @@ def services_stack(
     try:
         stack.start_web()
         stack.start_worker()
+        stack.start_webhooks()
         yield stack
     finally:
         stack.stop()
@@ -161,6 +173,7 @@ def embedded_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -
     try:
         stack.start_web()
         stack.start_worker()
+        stack.start_webhooks()
         yield stack
     finally:
         stack.stop()

@@ -119,6 +119,21 @@ class Stack:
         assert process.popen.poll() is None, f"{name} exited:\n{process.log()[-3000:]}"
         return process
 
+    def start_webhooks(self) -> Process:
+        process = start_process("webhooks", easel("webhooks"), self.env, self.workdir)
+        self.processes.append(process)
+        wait_for(
+            lambda: " ready." in process.log() or process.popen.poll() is not None, 60, "webhooks to start"
+        )
+        assert process.popen.poll() is None, f"webhooks exited:\n{process.log()[-3000:]}"
+        return process
+
+    def worker_log(self) -> str:
+        return "".join(p.log() for p in self.processes if p.name.startswith("worker"))
+
+    def cancel(self, job_id: str) -> requests.Response:
+        return requests.post(f"{self.base_url}/api/v1/jobs/{job_id}/cancel", timeout=10)
+
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()

@@ -8,7 +8,8 @@ from typing import Any
 from flask import Blueprint, jsonify
 from pydantic.json_schema import models_json_schema
 
-from shared.schemas import ErrorResponse, JobCreate, JobView, ModelList
+from shared.models import JobStatus, JobType
+from shared.schemas import ErrorResponse, JobCreate, JobList, JobView, ModelList
 
 bp = Blueprint("openapi", __name__)
 
@@ -27,6 +28,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     text = {
         400: "Malformed body",
         404: "Not found",
+        409: "Conflict: already finished, or Idempotency-Key reused for other fields",
         413: "Body too large",
         415: "Unsupported content type",
         422: "Invalid field values",
@@ -42,6 +44,7 @@ def openapi_document() -> dict[str, Any]:
         [
             (JobCreate, "validation"),
             (JobView, "serialization"),
+            (JobList, "serialization"),
             (ModelList, "serialization"),
             (ErrorResponse, "serialization"),
         ],
@@ -57,6 +60,15 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "operationId": "createJob",
                     "summary": "Submit a job",
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                            "description": "A retried POST with the same key returns the first job.",
+                        }
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -69,8 +81,39 @@ def openapi_document() -> dict[str, Any]:
                             **_json("JobView", "Accepted; poll Location"),
                             "headers": {"Location": {"schema": {"type": "string"}}},
                         },
-                        **_errors(400, 413, 415, 422),
+                        **_errors(400, 409, 413, 415, 422),
                     },
+                },
+                "get": {
+                    "operationId": "listJobs",
+                    "summary": "Jobs, newest first, with cursor pagination",
+                    "parameters": [
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": [s.value for s in JobStatus]},
+                        },
+                        {
+                            "name": "type",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": [t.value for t in JobType]},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                        },
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {"200": _json("JobList", "A page of jobs"), **_errors(422)},
+                },
+            },
+            "/api/v1/jobs/{job_id}/cancel": {
+                "post": {
+                    "operationId": "cancelJob",
+                    "summary": "Cancel a queued job, or stop a running one at its next step",
+                    "parameters": [job_id],
+                    "responses": {"200": _json("JobView", "The job"), **_errors(404, 409)},
                 }
             },
             "/api/v1/jobs/{job_id}": {

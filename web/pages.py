@@ -15,8 +15,18 @@ from web.submit import accept_job, request_fields
 
 bp = Blueprint("pages", __name__)
 
-REUSED_FIELDS = ("model", "prompt", "negative_prompt", "width", "height", "steps", "guidance_scale",
-                 "scheduler", "seed", "num_images")
+REUSED_FIELDS = (
+    "model",
+    "prompt",
+    "negative_prompt",
+    "width",
+    "height",
+    "steps",
+    "guidance_scale",
+    "scheduler",
+    "seed",
+    "num_images",
+)
 GALLERY_PAGE = 24
 
 

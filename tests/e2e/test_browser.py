@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,13 @@ def page(browser: Any, embedded_stack: Stack) -> Iterator[Any]:
     context.close()
 
 
+def wait_until_finished(page: Any, timeout: float = 120_000) -> None:
+    page.wait_for_function(
+        "['succeeded', 'failed', 'canceled'].includes(document.querySelector('#status').dataset.status)",
+        timeout=timeout,
+    )
+
+
 def test_form_submit_shows_the_finished_image(page: Any, embedded_stack: Stack) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.goto("/")
@@ -64,9 +72,8 @@ def test_form_submit_shows_the_finished_image(page: Any, embedded_stack: Stack) 
     page.wait_for_url("**/jobs/*")
     status = page.locator("#status")
     status.wait_for()
-    page.wait_for_function(
-        "document.querySelector('#status').dataset.status === 'succeeded'", timeout=120_000
-    )
+    wait_until_finished(page)
+    assert status.get_attribute("data-status") == "succeeded", page.locator("#error").inner_text()
     image = page.locator("img.output").first
     image.wait_for()
     page.wait_for_function("document.querySelector('img.output').naturalWidth === 128")
@@ -91,3 +98,50 @@ def test_form_errors_are_shown_next_to_fields(page: Any) -> None:
     assert "multiple of 8" in page.locator("#width-error").inner_text()
     assert "required" in page.locator("#prompt-error").inner_text()
     assert page.input_value("input[name=width]") == "100"
+
+
+def test_progress_bar_moves_then_the_image_appears(page: Any, embedded_stack: Stack) -> None:
+    job = embedded_stack.submit(prompt="watch me", width=512, height=512, steps=40, scheduler="euler", seed=3)
+    page.goto(f"/jobs/{job['id']}")
+    values: set[int] = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        values.add(int(page.locator("#bar").get_attribute("aria-valuenow")))
+        if page.locator("#status").get_attribute("data-status") in ("succeeded", "failed", "canceled"):
+            break
+        page.wait_for_timeout(100)
+    assert page.locator("#status").get_attribute("data-status") == "succeeded"
+    assert {v for v in values if 0 < v < 100}, values  # seen part-way, not only 0 and 100
+    page.locator("img.output").wait_for()
+    page.wait_for_function("document.querySelector('img.output').naturalWidth === 512")
+    assert "run time" in page.locator("#timings").inner_text()
+    assert page.locator("#cancel").is_hidden()
+
+
+def test_cancel_from_the_job_page(page: Any, embedded_stack: Stack) -> None:
+    job = embedded_stack.submit(prompt="cancel me", width=512, height=512, steps=150, scheduler="euler")
+    page.goto(f"/jobs/{job['id']}")
+    page.wait_for_function("document.querySelector('#status').dataset.status === 'running'", timeout=60_000)
+    page.click("#cancel")
+    page.wait_for_function("document.querySelector('#status').dataset.status === 'canceled'", timeout=60_000)
+    final = embedded_stack.job(job["id"])
+    assert final["status"] == "canceled" and final["progress"]["step"] < 150
+    assert page.locator("#cancel").is_hidden()
+
+
+def test_gallery_links_to_jobs_and_reuses_settings(page: Any, embedded_stack: Stack) -> None:
+    job = embedded_stack.wait(
+        embedded_stack.submit(
+            prompt="gallery piece", width=64, height=64, steps=3, seed=99, scheduler="ddim"
+        )["id"]
+    )
+    page.goto("/gallery")
+    tile = page.locator(f"a[href='/jobs/{job['id']}']")
+    tile.locator("img").wait_for()
+    page.screenshot(path=str(ARTIFACTS / "gallery.png"), full_page=True)
+    tile.click()
+    page.wait_for_url(f"**/jobs/{job['id']}")
+    page.click("#reuse")
+    assert page.input_value("textarea[name=prompt]") == "gallery piece"
+    assert page.input_value("input[name=seed]") == "99"
+    assert page.locator("select[name=scheduler]").input_value() == "ddim"

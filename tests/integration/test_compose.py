@@ -7,10 +7,13 @@ the hostnames (postgres, redis, minio) at this machine's services.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,9 +24,18 @@ import requests
 import yaml
 from sqlalchemy.engine import make_url
 
+from shared.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from tests.support import ROOT, Stack, install_tiny_model, start_process, wait_for
+from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver().start()
+    yield receiver
+    receiver.stop()
 
 
 def load_compose() -> dict[str, Any]:
@@ -32,20 +44,37 @@ def load_compose() -> dict[str, Any]:
 
 def test_compose_declares_the_whole_stack() -> None:
     services = load_compose()["services"]
-    assert {"redis", "postgres", "minio", "create-bucket", "migrate", "web", "worker", "flower"} <= set(
-        services
-    )
+    assert {
+        "redis",
+        "postgres",
+        "minio",
+        "create-bucket",
+        "migrate",
+        "web",
+        "worker",
+        "webhooks",
+        "flower",
+    } <= set(services)
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
     assert services["web"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert "mc mb" in services["create-bucket"]["command"][0]
 
 
+# What the operator exports before `docker compose up` (compose interpolates it).
+HOST_ENV = {"EASEL_WEBHOOK_SECRET": "compose-secret"}
+
+
+def interpolate(value: str) -> str:
+    """Compose's ``${VAR:-default}``: the operator's value, else the default."""
+    return re.sub(r"\$\{([A-Z_]+):-([^}]*)\}", lambda m: HOST_ENV.get(m[1], m[2]), value)
+
+
 def localize(
     env: dict[str, str], postgres_url: str, redis_url: str, s3_endpoint: str, home: Path
 ) -> dict[str, str]:
     """The compose environment with its hostnames pointed at this machine."""
-    out = dict(env)
+    out = {key: interpolate(str(value)) for key, value in env.items()}
     compose_db = make_url(out["EASEL_DATABASE_URL"])
     local_db = make_url(postgres_url)
     # Same driver and scheme as compose; the host, port, role and database are ours.
@@ -78,7 +107,12 @@ def command(service: dict[str, Any]) -> list[str]:
 
 @pytest.mark.timeout(300)
 def test_compose_commands_run_a_job(
-    tmp_path: Path, tiny_model: Path, fresh_postgres_url: str, own_redis_url: str, s3: dict[str, str]
+    tmp_path: Path,
+    tiny_model: Path,
+    fresh_postgres_url: str,
+    own_redis_url: str,
+    receiver: Receiver,
+    s3: dict[str, str],
 ) -> None:
     compose = load_compose()["services"]
     bucket = urlsplit(compose["web"]["environment"]["EASEL_STORAGE_URL"]).netloc
@@ -101,7 +135,7 @@ def test_compose_commands_run_a_job(
                     compose[name]["environment"], fresh_postgres_url, own_redis_url, s3["endpoint"], tmp_path
                 ),
             }
-            for name in ("migrate", "web", "worker")
+            for name in ("migrate", "web", "worker", "webhooks")
         }
         envs["web"]["EASEL_PORT"] = str(stack.port)
         subprocess.run(
@@ -114,11 +148,24 @@ def test_compose_commands_run_a_job(
         )
         web = start_process("web", command(compose["web"]), envs["web"], tmp_path)
         worker = start_process("worker", command(compose["worker"]), envs["worker"], tmp_path)
-        stack.processes += [web, worker]
+        hooks = start_process("webhooks", command(compose["webhooks"]), envs["webhooks"], tmp_path)
+        stack.processes += [web, worker, hooks]
         wait_for(lambda: requests.get(stack.base_url + "/readyz", timeout=2).ok, 60, "web")
-        wait_for(lambda: " ready." in worker.log(), 120, "worker")
-        job = stack.wait(stack.submit(prompt="compose", width=64, height=64, steps=2)["id"])
+        wait_for(lambda: " ready." in worker.log() and " ready." in hooks.log(), 120, "worker and webhooks")
+        hook_url = receiver.url + "/compose"
+        job = stack.wait(
+            stack.submit(prompt="compose", width=64, height=64, steps=2, webhook_url=hook_url)["id"]
+        )
         assert job["status"] == "succeeded", stack.logs()
+        delivery = wait_for(lambda: receiver.on("/compose"), 30, "the webhook")[0]
+        assert verify_signature(
+            "compose-secret",
+            delivery.body,
+            delivery.headers[TIMESTAMP_HEADER],
+            delivery.headers[SIGNATURE_HEADER],
+        )
+        # Output links in the payload use compose's EASEL_PUBLIC_URL.
+        assert json.loads(delivery.body)["outputs"][0]["url"].startswith("http://localhost:8000/api/v1/jobs/")
         listed = boto3.client(
             "s3",
             endpoint_url=s3["endpoint"],

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.errors import ModelLoadError, StorageError, UnknownModel
@@ -64,11 +64,7 @@ class ProgressReporter:
         with self.sessions() as session:
             cancel = session.execute(
                 update(Job)
-                .where(
-                    Job.id == self.job_id,
-                    Job.status == JobStatus.RUNNING.value,
-                    Job.worker_id == self.worker_id,
-                )
+                .where(*self._mine())
                 .values(progress_step=step, progress_total=total)
                 .returning(Job.cancel_requested)
             ).scalar_one_or_none()
@@ -76,6 +72,16 @@ class ProgressReporter:
         self.writes += 1
         if cancel is None or cancel:  # canceled, or no longer ours
             raise JobCanceled(self.job_id)
+
+    def check_cancel(self) -> None:
+        """Raise ``JobCanceled`` if a cancel was requested or the job is no longer ours."""
+        with self.sessions() as session:
+            cancel = session.scalar(select(Job.cancel_requested).where(*self._mine()))
+        if cancel is None or cancel:
+            raise JobCanceled(self.job_id)
+
+    def _mine(self) -> tuple[Any, ...]:
+        return (Job.id == self.job_id, Job.status == JobStatus.RUNNING.value, Job.worker_id == self.worker_id)
 
 
 @dataclass
@@ -135,6 +141,7 @@ class JobRunner:
             t0 = time.perf_counter()
             images = generate(pipe, request, reporter)
             timings["generate_seconds"] = round(time.perf_counter() - t0, 3)
+            reporter.check_cancel()  # asked to cancel while decoding: store nothing
             t0 = time.perf_counter()
             outputs = self._store(job, images, seeds)
             timings["store_seconds"] = round(time.perf_counter() - t0, 3)
