@@ -18,6 +18,14 @@ from shared.models import Job, JobStatus, utcnow
 from shared.schemas import ErrorInfo, JobView, OutputInfo, Progress, ResolvedJob
 
 OutputUrl = Callable[[Job, int], str]
+InputUrl = Callable[[Job, str], str]
+
+INPUT_NAMES = ("image", "mask")
+
+
+def input_key(job_id: str, name: str) -> str:
+    """Where an input of a job is stored: ``jobs/<id>/input-image.png`` or ``-mask.png``."""
+    return f"jobs/{job_id}/input-{name}.png"
 
 
 def request_hash(fields: dict[str, Any]) -> str:
@@ -46,7 +54,10 @@ def create_job(
         seed=resolved.seed,
         num_images=resolved.num_images,
         strength=resolved.strength,
+        mask_blur=resolved.mask_blur,
+        keep_unmasked=resolved.keep_unmasked,
         webhook_url=resolved.webhook_url,
+        progress_total=resolved.denoising_steps,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
         timings={},
@@ -171,6 +182,7 @@ def describe(
     output_url: OutputUrl,
     position: int | None = None,
     eta_seconds: float | None = None,
+    input_url: InputUrl | None = None,
 ) -> JobView:
     """The REST job object for ``job``; ``output_url(job, index)`` makes output links."""
     total = job.progress_total or job.steps
@@ -198,6 +210,11 @@ def describe(
             )
             for o in job.outputs
         ],
+        inputs={
+            name: (input_url(job, name) if input_url else None)
+            for name, key in (("image", job.input_key), ("mask", job.mask_key))
+            if key
+        },
         error=error,
         attempts=job.attempts,
         worker_id=job.worker_id,

@@ -102,6 +102,10 @@ class Job(Base):
     seed: Mapped[int] = mapped_column(BigInteger)
     num_images: Mapped[int] = mapped_column(Integer, default=1)
     strength: Mapped[float | None] = mapped_column(Float, nullable=True)
+    mask_blur: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    keep_unmasked: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    input_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    mask_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
 
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     progress_step: Mapped[int] = mapped_column(Integer, default=0)
@@ -148,8 +152,9 @@ class Job(Base):
             "seed": self.seed,
             "num_images": self.num_images,
         }
-        if self.strength is not None:
-            params["strength"] = self.strength
+        for name in ("strength", "mask_blur", "keep_unmasked"):
+            if getattr(self, name) is not None:
+                params[name] = getattr(self, name)
         return params
 
 

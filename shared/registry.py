@@ -42,7 +42,8 @@ class ModelSpec(BaseModel):
     source: ModelSource
     location: str = ""
     config: str | None = Field(None, description="Diffusers config folder for single files.")
-    types: tuple[JobType, ...] = (JobType.TXT2IMG,)
+    types: tuple[JobType, ...] = (JobType.TXT2IMG, JobType.IMG2IMG, JobType.INPAINT)
+    inpainting: bool = Field(False, description="A dedicated inpainting checkpoint (9-channel UNet).")
     min_size: int = Field(64, ge=8, multiple_of=8)
     max_size: int = Field(1024, ge=8, multiple_of=8)
     default_size: int = Field(512, ge=8, multiple_of=8)
@@ -61,6 +62,11 @@ class ModelSpec(BaseModel):
             )
         if self.default_scheduler not in SCHEDULERS:
             raise ValueError(f"model {self.name!r}: unknown default_scheduler {self.default_scheduler!r}")
+        if self.inpainting and set(self.types) != {JobType.INPAINT}:
+            raise ValueError(
+                f"model {self.name!r}: an inpainting checkpoint serves only inpaint jobs; "
+                f'set types = ["inpaint"]'
+            )
         if self.source is not ModelSource.TINY and not self.location:
             raise ValueError(f"model {self.name!r}: source {self.source} needs a location")
         return self

@@ -6,17 +6,22 @@ The OpenAPI document is generated from these classes (``web/openapi.py``).
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from PIL import Image
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.errors import ValidationFailed, field_detail
+from shared.images import default_size
 from shared.models import JobType
 from shared.registry import SCHEDULERS, ModelSpec, Registry
 from shared.settings import Settings
 
 MAX_SEED = 2**53 - 1  # exact in JavaScript numbers, so a page can show it unchanged
+DEFAULT_STRENGTH = {JobType.IMG2IMG: 0.75, JobType.INPAINT: 1.0}
+DEFAULT_MASK_BLUR = 4
 
 
 class JobCreate(BaseModel):
@@ -50,7 +55,17 @@ class JobCreate(BaseModel):
     scheduler: str | None = Field(None, description=f"One of {', '.join(SCHEDULERS)}.")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Chosen and recorded if absent.")
     num_images: int = Field(1, ge=1, le=16, description="Images; seeds are seed, seed+1, ...")
-    strength: float | None = Field(None, gt=0, le=1, description="img2img / inpaint only.")
+    strength: float | None = Field(
+        None, gt=0, le=1, description="img2img / inpaint: how much to change (default 0.75 / 1.0)."
+    )
+    image: str | None = Field(None, description="img2img / inpaint: PNG, JPEG or WebP, base64 (JSON only).")
+    mask: str | None = Field(None, description="inpaint: white repaints, black keeps; base64 (JSON only).")
+    mask_blur: int | None = Field(
+        None, ge=0, le=64, description="inpaint: feather of the mask edge in pixels."
+    )
+    keep_unmasked: bool | None = Field(
+        None, description="inpaint: paste pixels outside the mask back from the input (default true)."
+    )
     webhook_url: AnyHttpUrl | None = Field(
         None, description="POSTed the job object, signed, when the job finishes (http or https)."
     )
@@ -92,7 +107,24 @@ class ResolvedJob(BaseModel):
     seed: int
     num_images: int
     strength: float | None = None
+    mask_blur: int | None = None
+    keep_unmasked: bool | None = None
     webhook_url: str | None = None
+
+    @property
+    def denoising_steps(self) -> int:
+        """Steps the pipeline will run: img2img and inpaint skip the first ``1 - strength``."""
+        if self.strength is None:
+            return self.steps
+        return min(int(self.steps * self.strength), self.steps)
+
+
+@dataclass
+class JobInputs:
+    """Decoded uploads: the image of img2img / inpaint and the mask of inpaint."""
+
+    image: Image.Image | None = None
+    mask: Image.Image | None = None
 
 
 def parse_job_request(data: dict[str, Any]) -> JobCreate:
@@ -103,8 +135,11 @@ def parse_job_request(data: dict[str, Any]) -> JobCreate:
         raise ValidationFailed(_summary(details := _details(exc)), details) from None
 
 
-def resolve_job(request: JobCreate, registry: Registry, settings: Settings) -> ResolvedJob:
+def resolve_job(
+    request: JobCreate, registry: Registry, settings: Settings, inputs: JobInputs | None = None
+) -> ResolvedJob:
     """Apply the model's defaults and limits; raise ``ValidationFailed`` on any breach."""
+    inputs = inputs or JobInputs()
     details: list[dict[str, Any]] = []
     try:
         spec = registry.get(request.model)
@@ -163,8 +198,7 @@ def resolve_job(request: JobCreate, registry: Registry, settings: Settings) -> R
                 request.num_images,
             )
         )
-    if request.strength is not None and request.type is JobType.TXT2IMG:
-        details.append(field_detail("strength", "applies only to img2img and inpaint jobs", request.strength))
+    details += _check_inputs(request, inputs)
     if request.webhook_url is not None and settings.webhook_secret is None:
         details.append(
             field_detail(
@@ -180,17 +214,78 @@ def resolve_job(request: JobCreate, registry: Registry, settings: Settings) -> R
         )
     if details:
         raise ValidationFailed(_summary(details), details)
-    return _with_defaults(request, spec, seed)
+    resolved = _with_defaults(request, spec, seed, inputs)
+    if resolved.denoising_steps < 1:
+        message = (
+            f"{resolved.strength} with {resolved.steps} steps leaves no denoising step; "
+            f"raise strength or steps"
+        )
+        raise ValidationFailed(f"strength: {message}", [field_detail("strength", message, resolved.strength)])
+    return resolved
 
 
-def _with_defaults(request: JobCreate, spec: ModelSpec, seed: int) -> ResolvedJob:
+def _check_inputs(request: JobCreate, inputs: JobInputs) -> list[dict[str, Any]]:
+    """The fields that depend on the job type: image, mask, strength, mask_blur."""
+    details = []
+    kind = request.type
+    if kind is JobType.TXT2IMG:
+        for name in ("strength", "mask_blur", "keep_unmasked"):
+            if getattr(request, name) is not None:
+                details.append(
+                    field_detail(name, "applies only to img2img and inpaint jobs", getattr(request, name))
+                )
+        if inputs.image is not None:
+            details.append(field_detail("image", "applies only to img2img and inpaint jobs"))
+    elif inputs.image is None:
+        details.append(field_detail("image", f"is required for {kind.value} jobs"))
+    if kind is not JobType.INPAINT:
+        if inputs.mask is not None:
+            details.append(field_detail("mask", "applies only to inpaint jobs"))
+        if kind is JobType.IMG2IMG:
+            for name in ("mask_blur", "keep_unmasked"):
+                if getattr(request, name) is not None:
+                    details.append(field_detail(name, "applies only to inpaint jobs", getattr(request, name)))
+    elif inputs.mask is None:
+        details.append(field_detail("mask", "is required for inpaint jobs"))
+    elif inputs.image is not None and inputs.mask.size != inputs.image.size:
+        mask_size, image_size = "x".join(map(str, inputs.mask.size)), "x".join(map(str, inputs.image.size))
+        details.append(
+            field_detail("mask", f"is {mask_size} but the image is {image_size}; they must match", mask_size)
+        )
+    return details
+
+
+def _output_size(request: JobCreate, spec: ModelSpec, inputs: JobInputs) -> tuple[int, int]:
+    """Explicit sizes win; otherwise the input image's size fitted to the model."""
+    if inputs.image is None:
+        return request.width or spec.default_size, request.height or spec.default_size
+    width, height = default_size(*inputs.image.size, spec.min_size, spec.max_size)
+    if request.width and request.height:
+        return request.width, request.height
+    if request.width:  # keep the input's aspect for the side not given
+        return request.width, _fit8(request.width * inputs.image.height / inputs.image.width, spec)
+    if request.height:
+        return _fit8(request.height * inputs.image.width / inputs.image.height, spec), request.height
+    return width, height
+
+
+def _fit8(side: float, spec: ModelSpec) -> int:
+    return min(spec.max_size, max(spec.min_size, int(side) // 8 * 8))
+
+
+def _with_defaults(request: JobCreate, spec: ModelSpec, seed: int, inputs: JobInputs) -> ResolvedJob:
+    width, height = _output_size(request, spec, inputs)
+    strength = request.strength
+    if strength is None and request.type is not JobType.TXT2IMG:
+        strength = DEFAULT_STRENGTH[request.type]
+    inpaint = request.type is JobType.INPAINT
     return ResolvedJob(
         type=request.type,
         model=spec.name,
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
-        width=request.width or spec.default_size,
-        height=request.height or spec.default_size,
+        width=width,
+        height=height,
         steps=request.steps or spec.default_steps,
         guidance_scale=(
             request.guidance_scale if request.guidance_scale is not None else spec.default_guidance_scale
@@ -198,7 +293,13 @@ def _with_defaults(request: JobCreate, spec: ModelSpec, seed: int) -> ResolvedJo
         scheduler=request.scheduler or spec.default_scheduler,
         seed=seed,
         num_images=request.num_images,
-        strength=request.strength,
+        strength=strength,
+        mask_blur=(request.mask_blur if request.mask_blur is not None else DEFAULT_MASK_BLUR)
+        if inpaint
+        else None,
+        keep_unmasked=(request.keep_unmasked if request.keep_unmasked is not None else True)
+        if inpaint
+        else None,
         webhook_url=str(request.webhook_url) if request.webhook_url else None,
     )
 
@@ -271,6 +372,7 @@ class JobView(BaseModel):
     queue_position: int | None
     eta_seconds: float | None
     outputs: list[OutputInfo]
+    inputs: dict[str, str | None] = Field(description="Links to the stored image and mask, if any.")
     error: ErrorInfo | None
     attempts: int
     worker_id: str | None

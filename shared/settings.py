@@ -36,7 +36,11 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `easel web` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `easel web` binds.")
     web_workers: int = Field(2, ge=1, description="gunicorn worker processes for `easel web`.")
-    max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    max_image_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest accepted image or mask file."
+    )
+    max_image_pixels: int = Field(4096 * 4096, ge=64 * 64, description="Most pixels in an uploaded image.")
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
 
     models_file: Path | None = Field(None, description="TOML model registry; default: the built-in tiny-sd.")
     default_model: str = Field("tiny-sd", description="Model used when a job names none.")

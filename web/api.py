@@ -26,17 +26,21 @@ def output_url(job: Job, index: int) -> str:
     return url_for("api.get_output", job_id=job.id, index=index, _external=True)
 
 
+def input_url(job: Job, name: str) -> str:
+    return url_for("api.get_input", job_id=job.id, name=name, _external=True)
+
+
 def job_view(session: Session, job: Job) -> dict[str, Any]:
     """The job object, with its queue position and ETA."""
     settings = services().settings
     eta = estimate_seconds(session, job, settings.eta_history_jobs, settings.worker_lost_after_seconds)
-    return describe(job, output_url, queue_position(session, job), eta).model_dump(mode="json")
+    return describe(job, output_url, queue_position(session, job), eta, input_url).model_dump(mode="json")
 
 
 @bp.post("/jobs")
 def create_job():  # type: ignore[no-untyped-def]
     svc = services()
-    job, replayed = accept_job(svc, request_fields(request), idempotency_key(request))
+    job, replayed = accept_job(svc, request_fields(request), idempotency_key(request), request.files)
     with svc.session() as session:
         body = job_view(session, get_job(session, job.id))
     response = jsonify(body)
@@ -102,9 +106,26 @@ def get_output(job_id: str, index: int):  # type: ignore[no-untyped-def]
                 f"job {job_id!r} has no output {index}", [field_detail("index", "not found", index)]
             )
         key, content_type = output.storage_key, output.content_type
+    return _serve(key, content_type)
+
+
+@bp.get("/jobs/<job_id>/inputs/<any(image, mask):name>")
+def get_input(job_id: str, name: str):  # type: ignore[no-untyped-def]
+    """The stored input image or mask of an img2img / inpaint job."""
+    with services().session() as session:
+        job = get_job(session, job_id)
+        key = job.input_key if name == "image" else job.mask_key
+    if key is None:
+        raise NotFound(f"job {job_id!r} has no input {name!r}", [field_detail("name", "not found", name)])
+    return _serve(key, "image/png")
+
+
+def _serve(key: str, content_type: str) -> Response:
+    """The object's bytes, or a redirect to a presigned URL when storage offers one."""
+    svc = services()
     presigned = svc.storage.presigned_url(key, svc.settings.presign_expires_seconds)
     if presigned:
-        return redirect(presigned, code=302)
+        return redirect(presigned, code=302)  # type: ignore[return-value]
     response = Response(svc.storage.get(key), mimetype=content_type)
     response.headers["Cache-Control"] = "private, max-age=3600, immutable"
     return response

@@ -7,7 +7,7 @@ import logging
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import EaselError
+from shared.errors import EaselError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,15 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(EaselError)
     def _easel_error(exc: EaselError):  # type: ignore[no-untyped-def]
         return jsonify(exc.to_dict()), exc.status
+
+    @app.errorhandler(StorageError)
+    def _storage_error(exc: StorageError):  # type: ignore[no-untyped-def]
+        log.warning("storage unavailable on %s %s: %s", request.method, request.path, exc)
+        response, status = error_response(
+            503, "storage_unavailable", "storage is unavailable; try again shortly"
+        )
+        response.headers["Retry-After"] = "5"
+        return response, status
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]

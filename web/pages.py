@@ -16,6 +16,9 @@ from web.submit import accept_job, request_fields
 bp = Blueprint("pages", __name__)
 
 REUSED_FIELDS = (
+    "type",
+    "strength",
+    "mask_blur",
     "model",
     "prompt",
     "negative_prompt",
@@ -49,29 +52,50 @@ def _field_message(detail: dict[str, Any]) -> str:
     return f"{detail['message']} (got {value})"
 
 
+def _reused_values() -> dict[str, Any]:
+    """``?from=<job id>``: that job's settings, to fill a form with."""
+    source = request.args.get("from")
+    if not source:
+        return {}
+    with services().session() as session:
+        job = session.get(Job, source)
+        if job is None:
+            abort(404)
+        params = {"model": job.model, "type": job.type, **job.params()}
+    return {key: str(params[key]) for key in REUSED_FIELDS if params.get(key) is not None}
+
+
 @bp.get("/")
 def index():  # type: ignore[no-untyped-def]
-    """The form; ``?from=<job id>`` fills it with that job's settings."""
-    values: dict[str, Any] = {}
-    source = request.args.get("from")
-    if source:
-        with services().session() as session:
-            job = session.get(Job, source)
-            if job is None:
-                abort(404)
-            params = {"model": job.model, **job.params()}
-            values = {key: str(params[key]) for key in REUSED_FIELDS if params.get(key) is not None}
-    return render_template("index.html", **_form_context(values, {}))
+    """The txt2img form; ``?from=<job id>`` fills it with that job's settings."""
+    return render_template("index.html", **_form_context(_reused_values(), {}))
 
 
 @bp.post("/")
 def submit():  # type: ignore[no-untyped-def]
     values = dict(request.form.items())
     try:
-        job, _ = accept_job(services(), request_fields(request))
+        job, _ = accept_job(services(), request_fields(request), files=request.files)
     except EaselError as exc:
         errors = {d["field"]: _field_message(d) for d in reversed(exc.details)}
         return render_template("index.html", **_form_context(values, errors, exc.message)), exc.status
+    return redirect(url_for("pages.job_page", job_id=job.id), code=303)
+
+
+@bp.get("/edit")
+def edit():  # type: ignore[no-untyped-def]
+    """img2img and inpaint: upload an image, paint or upload a mask."""
+    return render_template("edit.html", **_form_context(_reused_values(), {}))
+
+
+@bp.post("/edit")
+def edit_submit():  # type: ignore[no-untyped-def]
+    values = dict(request.form.items())
+    try:
+        job, _ = accept_job(services(), request_fields(request), files=request.files)
+    except EaselError as exc:
+        errors = {d["field"]: _field_message(d) for d in reversed(exc.details)}
+        return render_template("edit.html", **_form_context(values, errors, exc.message)), exc.status
     return redirect(url_for("pages.job_page", job_id=job.id), code=303)
 
 

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Request
 from sqlalchemy.exc import IntegrityError
+from werkzeug.datastructures import FileStorage
 
 from shared.errors import BadRequest, UnsupportedMediaType, ValidationFailed, field_detail
-from shared.jobs import create_job, find_replay, request_hash
+from shared.images import as_mask, as_rgb, decode_base64, encode_png_bytes, load_image
+from shared.jobs import INPUT_NAMES, create_job, find_replay, input_key, request_hash
 from shared.models import Job
 from shared.queue import send_wakeup
-from shared.schemas import parse_job_request, resolve_job
+from shared.schemas import JobInputs, parse_job_request, resolve_job
 from web.services import Services
 
 log = logging.getLogger(__name__)
@@ -64,25 +68,61 @@ def idempotency_key(request: Request) -> str | None:
     return key
 
 
-def accept_job(services: Services, fields: dict[str, Any], key: str | None = None) -> tuple[Job, bool]:
-    """Validate, record the job as ``queued`` (committed), then wake a worker.
+def upload_bytes(fields: dict[str, Any], files: Mapping[str, FileStorage]) -> dict[str, bytes]:
+    """The image and mask uploads (multipart files, or base64 strings in JSON), removed
+    from ``fields``."""
+    raw: dict[str, bytes] = {}
+    for name in INPUT_NAMES:
+        value = fields.pop(name, None)
+        upload = files.get(name)
+        if upload is not None and upload.filename:
+            raw[name] = upload.read()
+        elif isinstance(value, str) and value.strip():
+            raw[name] = decode_base64(name, value)
+        elif value is not None and not isinstance(value, str):
+            raise ValidationFailed(
+                f"{name}: must be a base64 string or a multipart file",
+                [field_detail(name, "must be a base64 string or a multipart file", type(value).__name__)],
+            )
+    return raw
+
+
+def decode_inputs(services: Services, raw: dict[str, bytes]) -> JobInputs:
+    settings = services.settings
+    limits = (settings.max_image_bytes, settings.max_image_pixels)
+    image = as_rgb(load_image("image", raw["image"], *limits)) if "image" in raw else None
+    mask = as_mask(load_image("mask", raw["mask"], *limits)) if "mask" in raw else None
+    return JobInputs(image=image, mask=mask)
+
+
+def accept_job(
+    services: Services,
+    fields: dict[str, Any],
+    key: str | None = None,
+    files: Mapping[str, FileStorage] | None = None,
+) -> tuple[Job, bool]:
+    """Validate, record the job as ``queued`` with its inputs stored, then wake a worker.
 
     Returns the job and whether it is a replay of an earlier request with the same
     ``Idempotency-Key`` (then nothing new is recorded or enqueued). Nothing is
     enqueued for invalid input; a broker failure after the commit loses nothing,
     because the row is the source of truth.
     """
-    fingerprint = request_hash(fields)
+    fields = dict(fields)
+    raw = upload_bytes(fields, files or {})
+    fingerprint = request_hash({**fields, **{n: hashlib.sha256(b).hexdigest() for n, b in raw.items()}})
     if key is not None:
         with services.session() as session:
             replay = find_replay(session, key, fingerprint)
         if replay is not None:
             return replay, True
     request = parse_job_request(fields)
-    resolved = resolve_job(request, services.registry, services.settings)
+    inputs = decode_inputs(services, raw)
+    resolved = resolve_job(request, services.registry, services.settings, inputs)
     try:
         with services.session() as session:
             job = create_job(session, resolved, key, fingerprint if key else None)
+            _store_inputs(services, job, inputs)
     except IntegrityError:
         if key is None:
             raise
@@ -93,3 +133,13 @@ def accept_job(services: Services, fields: dict[str, Any], key: str | None = Non
     send_wakeup(services.celery, job.id, job.model)
     log.info("accepted job %s", job.id, extra={"job_id": job.id, "model": job.model})
     return job, False
+
+
+def _store_inputs(services: Services, job: Job, inputs: JobInputs) -> None:
+    """Put the inputs in storage before the row commits: a committed job always has them."""
+    if inputs.image is not None:
+        job.input_key = input_key(job.id, "image")
+        services.storage.put(job.input_key, encode_png_bytes(inputs.image), "image/png")
+    if inputs.mask is not None:
+        job.mask_key = input_key(job.id, "mask")
+        services.storage.put(job.mask_key, encode_png_bytes(inputs.mask), "image/png")

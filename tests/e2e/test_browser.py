@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import requests
+from PIL import Image
 
 from tests.support import ROOT, Stack
 
@@ -145,3 +149,51 @@ def test_gallery_links_to_jobs_and_reuses_settings(page: Any, embedded_stack: St
     assert page.input_value("textarea[name=prompt]") == "gallery piece"
     assert page.input_value("input[name=seed]") == "99"
     assert page.locator("select[name=scheduler]").input_value() == "ddim"
+
+
+def test_paint_a_mask_and_inpaint(page: Any, embedded_stack: Stack) -> None:
+    from tests.images import encode, gradient
+
+    page.goto("/edit")
+    page.check("input[name=type][value=inpaint]")
+    page.set_input_files(
+        "#image-file",
+        files=[{"name": "in.png", "mimeType": "image/png", "buffer": encode(gradient(128, 128))}],
+    )
+    canvas = page.locator("#mask-canvas")
+    canvas.wait_for()
+    box = canvas.bounding_box()
+    page.fill("#brush", "20")
+    # One stroke across the middle of the image.
+    page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] * 0.5, steps=8)
+    page.mouse.up()
+    page.fill("textarea[name=prompt]", "a stripe")
+    page.fill("input[name=steps]", "6")
+    page.fill("input[name=mask_blur]", "0")
+    page.screenshot(path=str(ARTIFACTS / "inpaint-form.png"), full_page=True)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/jobs/*")
+    wait_until_finished(page)
+    assert page.locator("#status").get_attribute("data-status") == "succeeded"
+    page.locator("img.output").wait_for()
+    page.locator("img.input-mask").wait_for()
+    job = embedded_stack.job(page.url.rsplit("/", 1)[1])
+    assert job["type"] == "inpaint" and (job["params"]["width"], job["params"]["height"]) == (128, 128)
+    mask = np.asarray(Image.open(io.BytesIO(requests.get(job["inputs"]["mask"], timeout=10).content)))
+    assert mask[64, 64] == 255 and mask[64, 10] == 0 and mask[10, 64] == 0  # painted stripe only
+    out = np.asarray(Image.open(io.BytesIO(requests.get(job["outputs"][0]["url"], timeout=10).content)))
+    source = np.asarray(gradient(128, 128))
+    keep = mask == 0
+    assert np.array_equal(out[keep], source[keep])
+    page.screenshot(path=str(ARTIFACTS / "inpaint-job.png"), full_page=True)
+
+
+def test_edit_page_shows_errors_next_to_fields(page: Any) -> None:
+    page.goto("/edit")
+    page.check("input[name=type][value=inpaint]")
+    page.fill("textarea[name=prompt]", "no image")
+    page.click("button[type=submit]")
+    assert "required for inpaint" in page.locator("#image-error").inner_text()
+    assert "required for inpaint" in page.locator("#mask-error").inner_text()

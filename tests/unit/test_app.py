@@ -163,7 +163,7 @@ def test_models_endpoint(client: FlaskClient) -> None:
     models = client.get("/api/v1/models").get_json()["models"]
     assert [m["name"] for m in models] == ["tiny-sd"]
     tiny = models[0]
-    assert tiny["default"] is True and tiny["types"] == ["txt2img"]
+    assert tiny["default"] is True and tiny["types"] == ["txt2img", "img2img", "inpaint"]
     assert {"ddim", "euler", "euler_a", "dpmpp_2m", "lcm"} <= set(tiny["schedulers"])
     assert tiny["limits"]["min_size"] == 64 and tiny["limits"]["max_size"] == 512
 

@@ -73,7 +73,7 @@ def test_form_strings_are_coerced(settings: Settings) -> None:
         ({"seed": -1}, "seed", -1, "greater than or equal to 0"),
         ({"seed": MAX_SEED, "num_images": 2}, "seed", MAX_SEED, "exceeds the largest seed"),
         ({"strength": 0.5}, "strength", 0.5, "only to img2img and inpaint"),
-        ({"type": "img2img"}, "type", "img2img", "does not serve 'img2img'"),
+        ({"type": "img2img"}, "image", None, "is required for img2img jobs"),
         ({"type": "paint"}, "type", "paint", "'txt2img', 'img2img' or 'inpaint'"),
         ({"width": "wide"}, "width", "wide", "valid integer"),
         ({"colour": "red"}, "colour", "red", "not a known field"),

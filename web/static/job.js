@@ -36,6 +36,25 @@
     }
   }
 
+  function renderInputs(job) {
+    const box = $("inputs");
+    const names = Object.keys(job.inputs || {});
+    if (!names.length || box.childElementCount === names.length) return;
+    $("inputs-section").hidden = false;
+    box.replaceChildren();
+    for (const name of names) {
+      const fig = document.createElement("figure");
+      const img = document.createElement("img");
+      img.src = job.inputs[name];
+      img.alt = "input " + name;
+      img.className = "input-" + name;
+      const cap = document.createElement("figcaption");
+      cap.textContent = name;
+      fig.append(img, cap);
+      box.append(fig);
+    }
+  }
+
   function seconds(value) {
     return value == null ? "" : value.toFixed(value < 10 ? 2 : 1) + " s";
   }
@@ -63,6 +82,10 @@
     if (t.load_seconds != null) rows.push(["model load", seconds(t.load_seconds)]);
     fillTable($("timings"), rows);
     renderImages(job);
+    renderInputs(job);
+    const reuse = new URL($("reuse").href);
+    reuse.pathname = job.type === "txt2img" ? "/" : "/edit";
+    $("reuse").href = reuse.toString();
   }
 
   async function poll() {

@@ -60,7 +60,6 @@ def _mark_running(session: Session, job_id: str, worker_id: str) -> bool:
             worker_id=worker_id,
             started_at=utcnow(),
             progress_step=0,
-            progress_total=Job.steps,
             updated_at=utcnow(),
         )
         .execution_options(synchronize_session=False)

@@ -6,6 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image, ImageFilter
+
+from shared.models import JobType
 from shared.registry import SCHEDULERS
 
 # name -> (diffusers class name, config overrides)
@@ -35,6 +38,12 @@ class GenerationRequest:
     guidance_scale: float
     scheduler: str
     seeds: tuple[int, ...]
+    job_type: JobType = JobType.TXT2IMG
+    image: Image.Image | None = None  # img2img / inpaint: the input, RGB
+    mask: Image.Image | None = None  # inpaint: L, white repaints
+    strength: float | None = None
+    mask_blur: int = 0
+    keep_unmasked: bool = True
 
 
 StepCallback = Callable[[int, int], None]
@@ -62,7 +71,10 @@ def with_scheduler(pipe: Any, scheduler: Any) -> Any:
 
 
 def generate(pipe: Any, request: GenerationRequest, on_step: StepCallback | None = None) -> list[Any]:
-    """Run txt2img for every seed in ``request``; returns PIL images in seed order."""
+    """Run the job for every seed in ``request``; returns PIL images in seed order.
+
+    ``pipe`` is the pipeline for ``request.job_type`` (txt2img, img2img or inpaint).
+    """
     import torch
 
     # 1. A fresh scheduler and a pipeline view that uses it.
@@ -78,17 +90,49 @@ def generate(pipe: Any, request: GenerationRequest, on_step: StepCallback | None
             on_step(step + 1, int(getattr(pipeline, "num_timesteps", request.steps)))
         return kwargs
 
-    # 4. Denoise and decode.
+    # 4. The inputs of each job type, at the output size.
+    size = (request.width, request.height)
+    kwargs: dict[str, Any] = {}
+    if request.job_type is JobType.TXT2IMG:
+        kwargs.update(width=request.width, height=request.height)
+    else:
+        if request.image is None:
+            raise ValueError(f"{request.job_type.value} needs an input image")
+        image = fit(request.image, size, Image.Resampling.LANCZOS)
+        kwargs.update(image=[image] * count, strength=request.strength)
+        if request.job_type is JobType.INPAINT:
+            if request.mask is None:
+                raise ValueError("inpaint needs a mask")
+            mask = fit(request.mask, size, Image.Resampling.BILINEAR)
+            kwargs.update(mask_image=[mask] * count, width=request.width, height=request.height)
+
+    # 5. Denoise and decode.
     with torch.inference_mode():
         result = call_pipe(
             prompt=[request.prompt] * count,
             negative_prompt=[request.negative_prompt] * count if request.negative_prompt else None,
-            width=request.width,
-            height=request.height,
             num_inference_steps=request.steps,
             guidance_scale=request.guidance_scale,
             generator=generators,
             callback_on_step_end=callback,
             output_type="pil",
+            **kwargs,
         )
-    return list(result.images)
+    images = list(result.images)
+
+    # 6. Inpaint: what the mask keeps is the input's, exactly (a feathered seam between).
+    if request.job_type is JobType.INPAINT and request.keep_unmasked:
+        images = [keep_unmasked(out, image, mask, request.mask_blur) for out in images]
+    return images
+
+
+def fit(image: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:
+    return image if image.size == size else image.resize(size, resample)
+
+
+def keep_unmasked(output: Image.Image, source: Image.Image, mask: Image.Image, blur: int) -> Image.Image:
+    """``output`` where the mask is white, ``source`` where it is black, blended between."""
+    alpha = mask.convert("L")
+    if blur:
+        alpha = alpha.filter(ImageFilter.GaussianBlur(blur))
+    return Image.composite(output.convert("RGB"), source.convert("RGB"), alpha)

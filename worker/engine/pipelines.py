@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import ModelLoadError
+from shared.models import JobType
 from shared.registry import ModelSource, ModelSpec
 from worker.engine.device import DevicePlan, torch_dtype
 from worker.engine.tiny_model import ensure_tiny_model
@@ -21,37 +22,39 @@ log = logging.getLogger(__name__)
 
 
 def load_pipeline(spec: ModelSpec, plan: DevicePlan, offline: bool = True) -> Any:
-    """Load ``spec``'s text-to-image pipeline onto ``plan.device``.
+    """Load ``spec``'s pipeline onto ``plan.device``.
 
     Every source ends in a diffusers pipeline: a Hub id or a local folder through
-    ``AutoPipelineForText2Image.from_pretrained``, a checkpoint file through
-    ``from_single_file``. ``tiny-sd`` is built on first use, then loaded from its
-    folder like any other local model.
+    ``AutoPipelineForText2Image.from_pretrained`` (``AutoPipelineForInpainting`` for a
+    dedicated inpainting checkpoint), a checkpoint file through ``from_single_file``.
+    ``tiny-sd`` is built on first use, then loaded from its folder like any other
+    local model.
     """
-    from diffusers import AutoPipelineForText2Image, StableDiffusionPipeline
+    from diffusers import (
+        AutoPipelineForInpainting,
+        AutoPipelineForText2Image,
+        StableDiffusionInpaintPipeline,
+        StableDiffusionPipeline,
+    )
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     dtype = torch_dtype(plan)
+    auto = AutoPipelineForInpainting if spec.inpainting else AutoPipelineForText2Image
+    single = StableDiffusionInpaintPipeline if spec.inpainting else StableDiffusionPipeline
     try:
         match spec.source:
             case ModelSource.TINY:
-                folder = ensure_tiny_model(Path(spec.location))
-                pipe = AutoPipelineForText2Image.from_pretrained(
-                    str(folder), dtype=dtype, local_files_only=True
-                )
+                folder = ensure_tiny_model(Path(spec.location), inpainting=spec.inpainting)
+                pipe = auto.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
             case ModelSource.DIRECTORY:
-                pipe = AutoPipelineForText2Image.from_pretrained(
-                    spec.location, dtype=dtype, local_files_only=True
-                )
+                pipe = auto.from_pretrained(spec.location, dtype=dtype, local_files_only=True)
             case ModelSource.HUGGINGFACE:
-                pipe = AutoPipelineForText2Image.from_pretrained(
-                    spec.location, dtype=dtype, local_files_only=offline
-                )
+                pipe = auto.from_pretrained(spec.location, dtype=dtype, local_files_only=offline)
             case ModelSource.SINGLE_FILE:
-                pipe = StableDiffusionPipeline.from_single_file(
+                pipe = single.from_single_file(
                     spec.location, config=spec.config, dtype=dtype, local_files_only=offline
                 )
     except Exception as exc:
@@ -63,6 +66,37 @@ def load_pipeline(spec: ModelSpec, plan: DevicePlan, offline: bool = True) -> An
     return pipe
 
 
+class ModelPipelines:
+    """One model's weights and the pipelines that share them, one per job type.
+
+    img2img and inpaint pipelines are made from the loaded one with ``from_pipe``
+    (same module objects, no second copy of the weights), once per model.
+    """
+
+    def __init__(self, spec: ModelSpec, base: Any) -> None:
+        self.spec = spec
+        self.base = base
+        self._by_type: dict[JobType, Any] = {}
+        if spec.inpainting:
+            self._by_type[JobType.INPAINT] = base
+        else:
+            self._by_type[JobType.TXT2IMG] = base
+
+    def for_type(self, job_type: JobType | str) -> Any:
+        job_type = JobType(job_type)
+        if job_type not in self._by_type:
+            if job_type not in self.spec.types:
+                raise ValueError(f"model {self.spec.name!r} does not serve {job_type.value} jobs")
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            auto = AutoPipelineForImage2Image if job_type is JobType.IMG2IMG else AutoPipelineForInpainting
+            # dtype: from_pipe casts the shared modules to float32 unless told otherwise.
+            pipe = auto.from_pipe(self.base, dtype=self.base.dtype)
+            pipe.set_progress_bar_config(disable=True)
+            self._by_type[job_type] = pipe
+        return self._by_type[job_type]
+
+
 Loader = Callable[[ModelSpec], Any]
 
 
@@ -72,12 +106,12 @@ class PipelineCache:
 
     loader: Loader
     max_models: int = 1
-    _pipelines: OrderedDict[str, Any] = field(default_factory=OrderedDict)
+    _pipelines: OrderedDict[str, ModelPipelines] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     loads: dict[str, int] = field(default_factory=dict)
 
-    def get(self, spec: ModelSpec) -> tuple[Any, float]:
-        """The warm pipeline for ``spec`` and the seconds spent loading it (0.0 if warm)."""
+    def get(self, spec: ModelSpec) -> tuple[ModelPipelines, float]:
+        """The warm pipelines of ``spec`` and the seconds spent loading them (0.0 if warm)."""
         with self._lock:
             if spec.name in self._pipelines:
                 self._pipelines.move_to_end(spec.name)
@@ -87,7 +121,7 @@ class PipelineCache:
                 log.info("evicted model %s from the pipeline cache", evicted)
                 _free_memory()
             started = time.perf_counter()
-            pipe = self.loader(spec)
+            pipe = ModelPipelines(spec, self.loader(spec))
             seconds = time.perf_counter() - started
             self._pipelines[spec.name] = pipe
             self.loads[spec.name] = self.loads.get(spec.name, 0) + 1

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.errors import ModelLoadError, StorageError, UnknownModel
-from shared.models import Job, JobOutput, JobStatus, utcnow
+from shared.models import Job, JobOutput, JobStatus, JobType, utcnow
 from shared.pngmeta import encode_png
 from shared.registry import Registry
 from shared.storage import Storage
@@ -123,20 +125,12 @@ class JobRunner:
         log.info("running job %s", job.id, extra={"job_id": job.id, "model": job.model})
         try:
             spec = self.registry.get(job.model)
-            pipe, load_seconds = self.cache.get(spec)
+            pipelines, load_seconds = self.cache.get(spec)
             timings["load_seconds"] = round(load_seconds, 3)
             timings["model_cache_hit"] = load_seconds == 0.0
+            pipe = pipelines.for_type(job.type)
             seeds = tuple(job.seed + i for i in range(job.num_images))
-            request = GenerationRequest(
-                prompt=job.prompt,
-                negative_prompt=job.negative_prompt,
-                width=job.width,
-                height=job.height,
-                steps=job.steps,
-                guidance_scale=job.guidance_scale,
-                scheduler=job.scheduler,
-                seeds=seeds,
-            )
+            request = self._request(job, seeds)
             reporter = ProgressReporter(self.sessions, job.id, self.worker_id, self.progress_interval)
             t0 = time.perf_counter()
             images = generate(pipe, request, reporter)
@@ -164,6 +158,31 @@ class JobRunner:
             timings["run_seconds"],
             extra={"job_id": job.id, "model": job.model},
         )
+
+    def _request(self, job: Job, seeds: tuple[int, ...]) -> GenerationRequest:
+        """What the pipeline gets: the job's parameters and its stored inputs."""
+        image = self._load_input(job.input_key, "RGB") if job.input_key else None
+        mask = self._load_input(job.mask_key, "L") if job.mask_key else None
+        return GenerationRequest(
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt,
+            width=job.width,
+            height=job.height,
+            steps=job.steps,
+            guidance_scale=job.guidance_scale,
+            scheduler=job.scheduler,
+            seeds=seeds,
+            job_type=JobType(job.type),
+            image=image,
+            mask=mask,
+            strength=job.strength,
+            mask_blur=job.mask_blur or 0,
+            keep_unmasked=job.keep_unmasked is not False,
+        )
+
+    def _load_input(self, key: str, mode: str) -> Image.Image:
+        with Image.open(io.BytesIO(self.storage.get(key))) as image:
+            return image.convert(mode)
 
     def _store(self, job: Job, images: list[Any], seeds: Sequence[int]) -> list[JobOutput]:
         outputs = []

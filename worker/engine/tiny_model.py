@@ -37,12 +37,17 @@ def _tokenizer():  # type: ignore[no-untyped-def]
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77), len(vocab)
 
 
-def build_tiny_pipeline():  # type: ignore[no-untyped-def]
-    """The tiny pipeline in memory, identical on every call."""
+def build_tiny_pipeline(inpainting: bool = False):  # type: ignore[no-untyped-def]
+    """The tiny pipeline in memory, identical on every call.
+
+    ``inpainting`` builds the dedicated-inpainting variant: a 9-channel UNet (latents,
+    mask, masked-image latents) in a ``StableDiffusionInpaintPipeline``.
+    """
     import torch
     from diffusers import (
         AutoencoderKL,
         EulerAncestralDiscreteScheduler,
+        StableDiffusionInpaintPipeline,
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
@@ -54,7 +59,7 @@ def build_tiny_pipeline():  # type: ignore[no-untyped-def]
         block_out_channels=(32, 64),
         layers_per_block=2,
         sample_size=32,
-        in_channels=4,
+        in_channels=9 if inpainting else 4,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -96,7 +101,8 @@ def build_tiny_pipeline():  # type: ignore[no-untyped-def]
         num_train_timesteps=1000,
         steps_offset=1,
     )
-    return StableDiffusionPipeline(
+    pipeline_class = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
+    return pipeline_class(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
@@ -108,7 +114,7 @@ def build_tiny_pipeline():  # type: ignore[no-untyped-def]
     )
 
 
-def ensure_tiny_model(location: Path) -> Path:
+def ensure_tiny_model(location: Path, inpainting: bool = False) -> Path:
     """Build and save ``tiny-sd`` at ``location`` unless it is already there.
 
     Safe to call from several processes at once: one builds under a file lock and
@@ -122,7 +128,7 @@ def ensure_tiny_model(location: Path) -> Path:
             return location
         staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=location.parent))
         try:
-            pipeline = build_tiny_pipeline()
+            pipeline = build_tiny_pipeline(inpainting)
             out = staging / "model"
             pipeline.save_pretrained(str(out), safe_serialization=True)
             if location.exists():
