@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     default_model: str = Field("tiny-sd", description="Model used when a job names none.")
     offline: bool = Field(True, description="Never download weights (HF_HUB_OFFLINE).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    cpu_threads: int = Field(0, ge=0, description="Torch threads of a CPU worker; 0 lets torch decide.")
+    preload_models: str = Field(
+        "default", description="Models a worker loads at start: names, default or none."
+    )
     worker_models: str = Field("", description="Comma-separated models a worker serves; default all.")
     task_soft_time_limit: int = Field(600, ge=1, description="Seconds before a job is asked to stop.")
     task_time_limit: int = Field(660, ge=1, description="Seconds before the worker child is killed.")
@@ -57,6 +61,12 @@ class Settings(BaseSettings):
     )
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a worker records it is alive.")
     worker_lost_after_seconds: float = Field(30.0, gt=0, description="Silence after which a worker is lost.")
+    max_attempts: int = Field(3, ge=1, le=20, description="Runs a job gets when its worker is lost.")
+    idle_republish_seconds: float = Field(
+        10.0, gt=0, description="Idle time before lost wake-ups are republished."
+    )
+    db_retry_seconds: float = Field(300.0, gt=0, description="How long a worker retries a database write.")
+    storage_retry_attempts: int = Field(4, ge=1, le=20, description="Tries of one output upload.")
     eta_history_jobs: int = Field(20, ge=1, description="Recent jobs per model the ETA learns from.")
     webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key for webhook signatures.")
     webhook_max_attempts: int = Field(6, ge=1, le=50, description="Deliveries tried before giving up.")
@@ -89,6 +99,13 @@ class Settings(BaseSettings):
     def served_models(self) -> list[str]:
         """Models this worker serves (empty list means every registered model)."""
         return [m.strip() for m in self.worker_models.split(",") if m.strip()]
+
+    def preload_list(self, default_model: str) -> list[str]:
+        """The models to load at worker start (``default`` is the default model)."""
+        names = [m.strip() for m in self.preload_models.split(",") if m.strip()]
+        if names == ["none"]:
+            return []
+        return [default_model if name == "default" else name for name in names]
 
     @property
     def models_dir(self) -> Path:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify, request
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from shared.errors import EaselError, StorageError
@@ -26,6 +28,20 @@ def init_app(app: Flask) -> None:
         log.warning("storage unavailable on %s %s: %s", request.method, request.path, exc)
         response, status = error_response(
             503, "storage_unavailable", "storage is unavailable; try again shortly"
+        )
+        response.headers["Retry-After"] = "5"
+        return response, status
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    @app.errorhandler(DisconnectionError)
+    @app.errorhandler(PoolTimeout)
+    def _database_unavailable(exc: Exception):  # type: ignore[no-untyped-def]
+        log.warning("database unavailable on %s %s: %s", request.method, request.path, type(exc).__name__)
+        response, status = error_response(
+            503,
+            "database_unavailable",
+            "the database is unavailable; try again shortly (an Idempotency-Key makes retries safe)",
         )
         response.headers["Retry-After"] = "5"
         return response, status

@@ -12,7 +12,7 @@ from sqlalchemy.orm import sessionmaker
 
 from shared.db import engine_for
 from shared.models import Job, JobStatus
-from shared.queue import RUN_JOB_TASK, send_webhook
+from shared.queue import RUN_JOB_TASK, send_wakeup, send_webhook
 from shared.registry import load_registry
 from shared.settings import get_settings
 from shared.storage import storage_from_settings
@@ -21,6 +21,7 @@ from worker.engine.device import detect
 from worker.engine.pipelines import PipelineCache, load_pipeline
 from worker.engine.runner import JobRunner
 from worker.heartbeat import Heartbeat
+from worker.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ def get_runner() -> JobRunner:
     settings = get_settings()
     registry = load_registry(settings)
     plan = detect(settings.device)
+    if not plan.is_cuda and settings.cpu_threads:
+        import torch
+
+        torch.set_num_threads(settings.cpu_threads)
     log.info("worker device %s (%s)", plan.device, plan.dtype)
     models = settings.served_models or registry.names()
     sessions = sessionmaker(engine_for(settings.database_url), expire_on_commit=False)
@@ -52,17 +57,42 @@ def get_runner() -> JobRunner:
         models=models,
         progress_interval=settings.progress_interval_seconds,
         on_finished=_notify,
-        heartbeat=Heartbeat(sessions, worker_id, models, plan.device, settings.heartbeat_seconds),
+        heartbeat=Heartbeat(
+            sessions,
+            worker_id,
+            models,
+            plan.device,
+            settings.heartbeat_seconds,
+            sweeper=Sweeper(
+                sessions=sessions,
+                models=models,
+                publish=lambda job_id, model: send_wakeup(app, job_id, model),
+                notify=lambda job_id: send_webhook(app, job_id),
+                max_attempts=settings.max_attempts,
+                lost_after=settings.worker_lost_after_seconds,
+                idle_republish_after=settings.idle_republish_seconds,
+            ),
+        ),
+        db_retry_seconds=settings.db_retry_seconds,
+        storage_attempts=settings.storage_retry_attempts,
     )
 
 
 @worker_process_init.connect
-def _start_heartbeat(**_: object) -> None:
+def _start_worker_process(**_: object) -> None:
+    """In each worker child: start beating, then warm the models asked for."""
     if not GPU_ROLE["enabled"]:
         return
+    settings = get_settings()
     runner = get_runner()
     if runner.heartbeat is not None:
         runner.heartbeat.start()
+    for name in settings.preload_list(runner.registry.default):
+        if name in runner.models:
+            try:
+                runner.cache.get(runner.registry.get(name))
+            except Exception:  # a bad model must not keep the worker from serving the others
+                log.exception("could not preload model %s", name)
 
 
 @worker_process_shutdown.connect

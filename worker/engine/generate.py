@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from PIL import Image, ImageFilter
 
 from shared.models import JobType
 from shared.registry import SCHEDULERS
+
+log = logging.getLogger(__name__)
 
 # name -> (diffusers class name, config overrides)
 _SCHEDULER_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
@@ -70,11 +73,50 @@ def with_scheduler(pipe: Any, scheduler: Any) -> Any:
     return type(pipe)(**{**pipe.components, "scheduler": scheduler}, **config)
 
 
+class GpuOutOfMemory(RuntimeError):
+    """Even one image at a time does not fit in the GPU's memory."""
+
+
 def generate(pipe: Any, request: GenerationRequest, on_step: StepCallback | None = None) -> list[Any]:
     """Run the job for every seed in ``request``; returns PIL images in seed order.
 
     ``pipe`` is the pipeline for ``request.job_type`` (txt2img, img2img or inpaint).
+    On CUDA out-of-memory the cache is freed and the batch is retried as two halves
+    (recursively); one image that still does not fit raises ``GpuOutOfMemory``.
     """
+    import torch
+
+    try:
+        return _generate(pipe, request, on_step)
+    except torch.cuda.OutOfMemoryError as exc:
+        free_accelerator_memory()
+        if len(request.seeds) == 1:
+            raise GpuOutOfMemory(
+                f"out of GPU memory for one {request.width}x{request.height} image; "
+                f"use a smaller size or a worker with more memory"
+            ) from exc
+        half = len(request.seeds) // 2
+        log.warning(
+            "out of GPU memory for %d images; retrying as %d + %d",
+            len(request.seeds),
+            half,
+            len(request.seeds) - half,
+        )
+        first = generate(pipe, replace(request, seeds=request.seeds[:half]), on_step)
+        return first + generate(pipe, replace(request, seeds=request.seeds[half:]), on_step)
+
+
+def free_accelerator_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _generate(pipe: Any, request: GenerationRequest, on_step: StepCallback | None) -> list[Any]:
     import torch
 
     # 1. A fresh scheduler and a pipeline view that uses it.

@@ -16,6 +16,7 @@ from shared.errors import ModelLoadError
 from shared.models import JobType
 from shared.registry import ModelSource, ModelSpec
 from worker.engine.device import DevicePlan, torch_dtype
+from worker.engine.generate import free_accelerator_memory
 from worker.engine.tiny_model import ensure_tiny_model
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class PipelineCache:
             while len(self._pipelines) >= self.max_models:
                 evicted, _ = self._pipelines.popitem(last=False)
                 log.info("evicted model %s from the pipeline cache", evicted)
-                _free_memory()
+                free_accelerator_memory()
             started = time.perf_counter()
             pipe = ModelPipelines(spec, self.loader(spec))
             seconds = time.perf_counter() - started
@@ -135,16 +136,3 @@ class PipelineCache:
 
     def loaded(self) -> list[str]:
         return list(self._pipelines)
-
-
-def _free_memory() -> None:
-    import gc
-
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover - torch is a worker dependency
-        pass

@@ -11,7 +11,9 @@ from typing import Any
 
 from PIL import Image
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
 from shared.errors import ModelLoadError, StorageError, UnknownModel
 from shared.models import Job, JobOutput, JobStatus, JobType, utcnow
@@ -19,7 +21,7 @@ from shared.pngmeta import encode_png
 from shared.registry import Registry
 from shared.storage import Storage
 from worker.engine.claims import claim_next
-from worker.engine.generate import GenerationRequest, JobCanceled, generate
+from worker.engine.generate import GenerationRequest, GpuOutOfMemory, JobCanceled, generate
 from worker.engine.pipelines import PipelineCache
 from worker.heartbeat import Heartbeat
 
@@ -43,6 +45,8 @@ def error_code_for(exc: BaseException) -> str:
         return "model_load_error"
     if isinstance(exc, StorageError):
         return "storage_error"
+    if isinstance(exc, GpuOutOfMemory):
+        return "out_of_memory"
     return "generation_error"
 
 
@@ -63,22 +67,29 @@ class ProgressReporter:
         if now - self._last < self.interval and step < total:
             return
         self._last = now
-        with self.sessions() as session:
-            cancel = session.execute(
-                update(Job)
-                .where(*self._mine())
-                .values(progress_step=step, progress_total=total)
-                .returning(Job.cancel_requested)
-            ).scalar_one_or_none()
-            session.commit()
+        try:
+            with self.sessions() as session:
+                cancel = session.execute(
+                    update(Job)
+                    .where(*self._mine())
+                    .values(progress_step=step, progress_total=total)
+                    .returning(Job.cancel_requested)
+                ).scalar_one_or_none()
+                session.commit()
+        except SQLAlchemyError:  # a database blip must not fail the job: skip this write
+            log.warning("progress of job %s not recorded (database unavailable)", self.job_id)
+            return
         self.writes += 1
         if cancel is None or cancel:  # canceled, or no longer ours
             raise JobCanceled(self.job_id)
 
     def check_cancel(self) -> None:
         """Raise ``JobCanceled`` if a cancel was requested or the job is no longer ours."""
-        with self.sessions() as session:
-            cancel = session.scalar(select(Job.cancel_requested).where(*self._mine()))
+        try:
+            with self.sessions() as session:
+                cancel = session.scalar(select(Job.cancel_requested).where(*self._mine()))
+        except SQLAlchemyError:
+            return  # cannot tell now; the guarded finish decides
         if cancel is None or cancel:
             raise JobCanceled(self.job_id)
 
@@ -99,6 +110,8 @@ class JobRunner:
     progress_interval: float = 0.5
     on_finished: Callable[[Job, JobStatus], None] | None = None
     heartbeat: Heartbeat | None = None
+    db_retry_seconds: float = 300.0
+    storage_attempts: int = 4
 
     def run_next(self) -> str | None:
         """Claim the best queued job and run it; its id, or ``None`` if none was queued."""
@@ -190,7 +203,7 @@ class JobRunner:
         for index, (image, seed) in enumerate(zip(images, seeds, strict=True)):
             data = encode_png(image, {**base, "seed": seed, "index": index})
             key = output_key(job.id, index)
-            self.storage.put(key, data, "image/png")
+            self._put_with_retries(key, data)
             outputs.append(
                 JobOutput(
                     job_id=job.id,
@@ -205,7 +218,40 @@ class JobRunner:
             )
         return outputs
 
-    def _finish(
+    def _put_with_retries(self, key: str, data: bytes) -> None:
+        """Upload with exponential backoff; the last ``StorageError`` fails the job."""
+        for attempt in Retrying(
+            retry=retry_if_exception_type(StorageError),
+            stop=stop_after_attempt(self.storage_attempts),
+            wait=wait_exponential(multiplier=0.5, max=8),
+            before_sleep=lambda state: log.warning(
+                "upload of %s failed (attempt %d); retrying", key, state.attempt_number
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                self.storage.put(key, data, "image/png")
+
+    def _finish(self, job: Job, status: JobStatus, timings: dict[str, Any], **kwargs: Any) -> bool:
+        """``_finish_once`` retried through database outages for ``db_retry_seconds``:
+        finished work is never marked lost because the database blinked."""
+        for attempt in Retrying(
+            retry=retry_if_exception_type((OperationalError, InterfaceError, DisconnectionError)),
+            stop=stop_after_delay(self.db_retry_seconds),
+            wait=wait_exponential(multiplier=0.5, max=10),
+            before_sleep=lambda state: log.warning(
+                "recording job %s failed (attempt %d); retrying",
+                job.id,
+                state.attempt_number,
+                extra={"job_id": job.id},
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                return self._finish_once(job, status, timings, **kwargs)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _finish_once(
         self,
         job: Job,
         status: JobStatus,

@@ -1,0 +1,24 @@
+"""The chaos script at a small size: zero jobs lost, zero run twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.chaos import run
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def test_chaos_loses_nothing_and_runs_nothing_twice(tiny_model: Path) -> None:
+    report = run(
+        jobs=30, workers=2, kills=3, redis_restarts=1, db_stops=1, seed=7, timeout=600, tiny_model=tiny_model
+    )
+    print(report)
+    assert report.accepted == 30
+    assert (report.worker_kills, report.redis_restarts, report.db_stops) == (3, 1, 1)
+    assert report.lost == 0
+    assert report.run_twice == 0
+    assert report.duplicated_outputs == 0
+    assert report.succeeded == 30, report.failures

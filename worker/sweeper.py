@@ -1,0 +1,137 @@
+"""Recovery sweeps, run by every live worker from its heartbeat thread.
+
+1. **Lost workers.** A running job whose worker stopped, or whose heartbeat is older
+   than ``EASEL_WORKER_LOST_AFTER_SECONDS``, goes back to ``queued`` (its attempts
+   were counted when it was claimed) and a wake-up is published; once it has used
+   ``EASEL_MAX_ATTEMPTS`` attempts it ends ``failed`` with ``worker_lost`` instead.
+   A worker sweeps only after its own database connection has been healthy for that
+   long, so an outage that silenced every heartbeat does not look like lost workers.
+2. **Lost wake-ups.** A worker that has been idle for ``EASEL_IDLE_REPUBLISH_SECONDS``
+   while jobs for its models have been queued that long republishes their wake-ups
+   (the broker lost them: Redis restarted empty, a publish failed). Duplicate
+   wake-ups are harmless: each one claims the best queued job or nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.models import Job, JobStatus, Worker, utcnow
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, str], object]  # (job id, model)
+Notify = Callable[[str], object]  # job id that reached a terminal state
+
+
+@dataclass
+class SweepResult:
+    requeued: int = 0
+    failed: int = 0
+    republished: int = 0
+
+
+@dataclass
+class Sweeper:
+    sessions: sessionmaker[Session]
+    models: Sequence[str]
+    publish: Publish
+    notify: Notify | None = None
+    max_attempts: int = 3
+    lost_after: float = 30.0
+    idle_republish_after: float = 10.0
+    republish_cap: int = 64
+
+    def recover_lost_jobs(self) -> SweepResult:
+        """Requeue (or fail, past the attempt limit) the jobs of lost workers."""
+        result = SweepResult()
+        stale = utcnow() - timedelta(seconds=self.lost_after)
+        with self.sessions() as session:
+            rows = session.execute(
+                select(Job.id, Job.model, Job.worker_id, Job.attempts, Job.cancel_requested, Job.webhook_url)
+                .outerjoin(Worker, Worker.id == Job.worker_id)
+                .where(
+                    Job.status == JobStatus.RUNNING.value,
+                    or_(Worker.id.is_(None), Worker.stopped_at.is_not(None), Worker.last_seen_at < stale),
+                )
+                .limit(500)
+            ).all()
+            for job_id, model, worker_id, attempts, cancel, webhook in rows:
+                now = utcnow()
+                if cancel:
+                    values = {"status": JobStatus.CANCELED.value, "finished_at": now}
+                elif attempts >= self.max_attempts:
+                    values = {
+                        "status": JobStatus.FAILED.value,
+                        "finished_at": now,
+                        "error_code": "worker_lost",
+                        "error_message": (
+                            f"the worker running this job was lost on each of its {attempts} attempts "
+                            f"(last: {worker_id}); giving up after EASEL_MAX_ATTEMPTS={self.max_attempts}"
+                        ),
+                    }
+                else:
+                    values = {"status": JobStatus.QUEUED.value, "worker_id": None, "progress_step": 0}
+                done = session.execute(
+                    update(Job)
+                    .where(
+                        Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.worker_id == worker_id
+                    )
+                    .values(**values, updated_at=now)
+                    .execution_options(synchronize_session=False)
+                ).rowcount
+                session.commit()
+                if not done:
+                    continue
+                if values["status"] == JobStatus.QUEUED.value:
+                    result.requeued += 1
+                    log.warning(
+                        "job %s requeued: worker %s was lost (attempt %d)",
+                        job_id,
+                        worker_id,
+                        attempts,
+                        extra={"job_id": job_id},
+                    )
+                    self.publish(job_id, model)
+                else:
+                    result.failed += 1
+                    log.error(
+                        "job %s ended %s: worker %s lost",
+                        job_id,
+                        values["status"],
+                        worker_id,
+                        extra={"job_id": job_id},
+                    )
+                    if webhook and self.notify is not None:
+                        self.notify(job_id)
+        return result
+
+    def republish_lost_wakeups(self, idle_seconds: float) -> int:
+        """Wake-ups for jobs queued too long while this worker sat idle."""
+        if idle_seconds < self.idle_republish_after:
+            return 0
+        cutoff = utcnow() - timedelta(seconds=self.idle_republish_after)
+        with self.sessions() as session:
+            query = select(Job.id, Job.model).where(
+                Job.status == JobStatus.QUEUED.value, Job.created_at < cutoff
+            )
+            if self.models:
+                query = query.where(Job.model.in_(list(self.models)))
+            rows = session.execute(
+                query.order_by(Job.priority.desc(), Job.created_at).limit(self.republish_cap)
+            ).all()
+        for job_id, model in rows:
+            self.publish(job_id, model)
+        if rows:
+            log.warning(
+                "republished %d wake-up(s) for jobs queued over %.0fs while idle",
+                len(rows),
+                self.idle_republish_after,
+            )
+        return len(rows)
