@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[worker,dev]"
 	touch $(STAMP)
 
+# The local demo runs without authentication unless EASEL_AUTH_ENABLED says otherwise.
 run: $(STAMP)
-	$(BIN)/easel run
+	EASEL_AUTH_ENABLED=$${EASEL_AUTH_ENABLED:-false} $(BIN)/easel run
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

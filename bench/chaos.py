@@ -37,6 +37,7 @@ CHAOS_SETTINGS = {
     "EASEL_WORKER_LOST_AFTER_SECONDS": "3",
     "EASEL_IDLE_REPUBLISH_SECONDS": "2",
     "EASEL_MAX_ATTEMPTS": "10",
+    "EASEL_AUTH_ENABLED": "false",
     "EASEL_PROGRESS_INTERVAL_SECONDS": "0.2",
     "EASEL_CPU_THREADS": "1",  # two CPU workers on two cores: one thread each, not four
 }

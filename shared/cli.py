@@ -37,6 +37,67 @@ def migrate() -> None:
     click.echo(f"database at head: {_safe_url(settings.database_url)}")
 
 
+@main.group()
+def keys() -> None:
+    """API keys: create (shown once), list, revoke."""
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="May see and cancel every job.")
+def keys_create(name: str, admin: bool) -> None:
+    """Make a key and print it; only its hash is stored."""
+    from shared.db import session_scope
+    from shared.keys import create_key
+
+    with session_scope(get_settings().database_url) as session:
+        row, key = create_key(session, name, admin)
+        prefix = row.prefix
+    click.echo(key)
+    click.echo(
+        f"# key {prefix} ({'admin' if admin else 'user'}) for {name!r}: store it now, "
+        "it cannot be shown again",
+        err=True,
+    )
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Every key: prefix, name, role, created, last used, revoked."""
+    from sqlalchemy import select
+
+    from shared.db import session_scope
+    from shared.models import ApiKey
+
+    def when(value: object) -> str:
+        return value.isoformat(timespec="seconds") if value else "-"  # type: ignore[attr-defined]
+
+    with session_scope(get_settings().database_url) as session:
+        rows = session.scalars(select(ApiKey).order_by(ApiKey.created_at)).all()
+        click.echo(f"{'PREFIX':10} {'NAME':20} {'ROLE':6} {'CREATED':25} {'LAST USED':25} REVOKED")
+        for row in rows:
+            click.echo(
+                f"{row.prefix:10} {row.name[:20]:20} {'admin' if row.is_admin else 'user':6} "
+                f"{when(row.created_at):25} {when(row.last_used_at):25} {when(row.revoked_at)}"
+            )
+
+
+@keys.command("revoke")
+@click.argument("ref")
+def keys_revoke(ref: str) -> None:
+    """Revoke a key by its prefix or id; it stops working at once."""
+    from shared.db import session_scope
+    from shared.keys import find_key
+    from shared.models import utcnow
+
+    with session_scope(get_settings().database_url) as session:
+        row = find_key(session, ref)
+        if row is None:
+            raise click.ClickException(f"no key with prefix or id {ref!r}")
+        row.revoked_at = row.revoked_at or utcnow()
+        click.echo(f"revoked {row.prefix} ({row.name})")
+
+
 @main.command()
 @click.option("--dev", is_flag=True, help="Flask's development server instead of gunicorn.")
 @click.option("--host", default=None, help="Bind address (EASEL_HOST).")

@@ -40,6 +40,11 @@ class Conflict(EaselError):
     status, code = 409, "conflict"
 
 
+class TooManyJobs(EaselError):
+    status, code = 429, "too_many_jobs"
+    retry_after = 10
+
+
 class UnknownModel(ValueError):
     """A model name that the registry does not know."""
 

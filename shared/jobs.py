@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import Conflict, NotFound, ValidationFailed, field_detail
@@ -38,6 +38,7 @@ def create_job(
     resolved: ResolvedJob,
     idempotency_key: str | None = None,
     fingerprint: str | None = None,
+    owner_id: str | None = None,
 ) -> Job:
     """Add a ``queued`` job row for ``resolved`` (committed by the caller)."""
     job = Job(
@@ -60,6 +61,7 @@ def create_job(
         progress_total=resolved.denoising_steps,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
+        owner_id=owner_id,
         timings={},
     )
     session.add(job)
@@ -67,9 +69,9 @@ def create_job(
     return job
 
 
-def find_replay(session: Session, idempotency_key: str, fingerprint: str) -> Job | None:
-    """The job first created with ``idempotency_key``; 409 if it was for other fields."""
-    job = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+def find_replay(session: Session, idempotency_key: str, fingerprint: str, owner_id: str | None) -> Job | None:
+    """The job this owner first created with ``idempotency_key``; 409 if for other fields."""
+    job = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key, Job.owner_id == owner_id))
     if job is not None and job.request_hash != fingerprint:
         raise Conflict(
             f"Idempotency-Key {idempotency_key!r} was already used for a different request (job {job.id})",
@@ -78,19 +80,20 @@ def find_replay(session: Session, idempotency_key: str, fingerprint: str) -> Job
     return job
 
 
-def get_job(session: Session, job_id: str) -> Job:
+def get_job(session: Session, job_id: str, owner: str | None = None) -> Job:
+    """The job, or ``NotFound`` (also when ``owner`` is given and the job is someone else's)."""
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or (owner is not None and job.owner_id != owner):
         raise NotFound(f"no job with id {job_id!r}", [field_detail("id", "not found", job_id)])
     return job
 
 
-def cancel_job(session: Session, job_id: str) -> Job:
+def cancel_job(session: Session, job_id: str, owner: str | None = None) -> Job:
     """Cancel a queued job at once, or ask a running one to stop at its next step.
 
     Raises ``Conflict`` (409) for a job that has already finished.
     """
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, owner)
     if JobStatus(job.status).is_terminal:
         raise _finished(job)
     now = utcnow()
@@ -127,6 +130,18 @@ def _finished(job: Job) -> Conflict:
     )
 
 
+def active_jobs(session: Session, owner_id: str) -> int:
+    """Queued and running jobs of one owner."""
+    return int(
+        session.scalar(
+            select(func.count()).where(
+                Job.owner_id == owner_id, Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value])
+            )
+        )
+        or 0
+    )
+
+
 def get_job_fresh(session: Session, job_id: str) -> Job:
     job = session.get(Job, job_id, populate_existing=True)
     assert job is not None
@@ -159,9 +174,12 @@ def list_jobs(
     cursor: str | None = None,
     status: str | None = None,
     job_type: str | None = None,
+    owner: str | None = None,
 ) -> tuple[list[Job], str | None]:
     """Jobs newest first (created_at, then id), ``limit`` per page, and the next cursor."""
     query = select(Job)
+    if owner is not None:
+        query = query.where(Job.owner_id == owner)
     if status:
         query = query.where(Job.status == status)
     if job_type:

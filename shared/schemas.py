@@ -16,6 +16,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, 
 from shared.errors import ValidationFailed, field_detail
 from shared.images import default_size
 from shared.models import JobType
+from shared.netsafety import UnsafeUrl, check_public_url
 from shared.registry import SCHEDULERS, ModelSpec, Registry
 from shared.settings import Settings
 
@@ -199,6 +200,11 @@ def resolve_job(
             )
         )
     details += _check_inputs(request, inputs)
+    if request.webhook_url is not None and settings.webhook_secret is not None:
+        try:
+            check_public_url(str(request.webhook_url), settings.webhook_allow_private)
+        except UnsafeUrl as exc:
+            details.append(field_detail("webhook_url", str(exc), str(request.webhook_url)))
     if request.webhook_url is not None and settings.webhook_secret is None:
         details.append(
             field_detail(

@@ -7,6 +7,7 @@ transport on SQLite as the broker, outputs in a local folder and the locally bui
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -42,6 +43,15 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64, description="Most pixels in an uploaded image.")
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
 
+    auth_enabled: bool = Field(True, description="Require API keys (REST) and a login (pages).")
+    secret_key: SecretStr | None = Field(
+        None, description="Signs web sessions; default: made once in EASEL_HOME."
+    )
+    session_cookie_secure: bool = Field(False, description="Send the session cookie over HTTPS only.")
+    rate_limit: str = Field("600/minute", description="Requests per API key (or address) to the REST API.")
+    submit_rate_limit: str = Field("60/minute", description="Job submissions per API key (or address).")
+    max_queued_per_key: int = Field(100, ge=1, description="Queued + running jobs one key may have.")
+    webhook_allow_private: bool = Field(False, description="Allow webhooks to private/loopback addresses.")
     models_file: Path | None = Field(None, description="TOML model registry; default: the built-in tiny-sd.")
     default_model: str = Field("tiny-sd", description="Model used when a job names none.")
     offline: bool = Field(True, description="Never download weights (HF_HUB_OFFLINE).")
@@ -106,6 +116,20 @@ class Settings(BaseSettings):
         if names == ["none"]:
             return []
         return [default_model if name == "default" else name for name in names]
+
+    def session_secret(self) -> str:
+        """The session signing key: the setting, else one made once and kept in EASEL_HOME."""
+        if self.secret_key is not None and self.secret_key.get_secret_value():
+            return self.secret_key.get_secret_value()
+        import secrets
+
+        self.ensure_home()
+        path = self.home / "secret_key"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
 
     @property
     def models_dir(self) -> Path:

@@ -155,8 +155,14 @@ def _stack(home: Path, tiny_model: Path, env: dict[str, str]) -> Stack:
 def services_stack(
     tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, service_env: dict[str, str]
 ) -> Iterator[Stack]:
-    """web + one worker on PostgreSQL, Redis and S3."""
-    stack = _stack(tmp_path_factory.mktemp("services-stack"), tiny_model, service_env)
+    """web + one worker on PostgreSQL, Redis and S3, with authentication on (a key made by
+    `easel keys create` rides on every request)."""
+    stack = _stack(
+        tmp_path_factory.mktemp("services-stack"),
+        tiny_model,
+        {**service_env, "EASEL_WEBHOOK_ALLOW_PRIVATE": "true"},
+    )
+    stack.create_key("services-stack")
     try:
         stack.start_web()
         stack.start_worker()
@@ -168,8 +174,9 @@ def services_stack(
 
 @pytest.fixture(scope="session")
 def embedded_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Stack]:
-    """web + one worker on the embedded defaults: SQLite, SQLite broker, local folder."""
-    stack = _stack(tmp_path_factory.mktemp("embedded-stack"), tiny_model, {})
+    """web + one worker on the embedded defaults (SQLite, SQLite broker, local folder),
+    authentication off as in `make run`."""
+    stack = _stack(tmp_path_factory.mktemp("embedded-stack"), tiny_model, {"EASEL_AUTH_ENABLED": "false"})
     try:
         stack.start_web()
         stack.start_worker()

@@ -90,6 +90,20 @@ class Stack:
     workdir: Path
     port: int = field(default_factory=free_port)
     processes: list[Process] = field(default_factory=list)
+    api_key: str | None = None
+    http: requests.Session = field(default_factory=requests.Session)
+
+    def create_key(self, name: str = "tests", admin: bool = False) -> str:
+        """A key made with `easel keys create`, used for every request of this stack."""
+        args = ["keys", "create", name, *(["--admin"] if admin else [])]
+        result = subprocess.run(
+            easel(*args), env=self.env, check=True, cwd=str(ROOT), capture_output=True, text=True
+        )
+        key = result.stdout.strip().splitlines()[0]
+        if self.api_key is None:
+            self.api_key = key
+            self.http.headers["Authorization"] = f"Bearer {key}"
+        return key
 
     @property
     def base_url(self) -> str:
@@ -131,8 +145,14 @@ class Stack:
     def worker_log(self) -> str:
         return "".join(p.log() for p in self.processes if p.name.startswith("worker"))
 
+    def download(self, url: str) -> requests.Response:
+        """An output or input, following the redirect to a presigned URL when storage is S3."""
+        response = self.http.get(url, timeout=10)
+        response.raise_for_status()
+        return response
+
     def cancel(self, job_id: str) -> requests.Response:
-        return requests.post(f"{self.base_url}/api/v1/jobs/{job_id}/cancel", timeout=10)
+        return self.http.post(f"{self.base_url}/api/v1/jobs/{job_id}/cancel", timeout=10)
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -144,12 +164,12 @@ class Stack:
     # -- REST helpers --------------------------------------------------------------------
 
     def submit(self, **fields: Any) -> dict[str, Any]:
-        response = requests.post(self.base_url + "/api/v1/jobs", json=fields, timeout=10)
+        response = self.http.post(self.base_url + "/api/v1/jobs", json=fields, timeout=10)
         assert response.status_code == 202, response.text
         return response.json()
 
     def job(self, job_id: str) -> dict[str, Any]:
-        response = requests.get(f"{self.base_url}/api/v1/jobs/{job_id}", timeout=10)
+        response = self.http.get(f"{self.base_url}/api/v1/jobs/{job_id}", timeout=10)
         response.raise_for_status()
         return response.json()
 

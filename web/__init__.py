@@ -11,13 +11,16 @@ from shared.settings import Settings, get_settings
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app for ``settings`` (the environment's when ``None``)."""
-    from web import api, errors, health, openapi, pages
+    from web import api, auth, errors, health, limits, openapi, pages, security
     from web.services import Services
 
     settings = settings or get_settings()
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes, JSON_SORT_KEYS=False)
     Services(settings).init_app(app)
+    auth.init_app(app)  # before the limiter: limits are counted per API key
+    limits.init_app(app, settings)
+    security.init_app(app, settings)
     errors.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)

@@ -14,10 +14,13 @@ from shared.models import Job, JobOutput, JobStatus, JobType
 from shared.queue import send_webhook
 from shared.registry import SCHEDULERS
 from shared.schemas import JobList, ModelLimits, ModelList, ModelView
+from web.auth import current_principal
+from web.limits import api_limit, limiter, submit_limit
 from web.services import services
 from web.submit import accept_job, idempotency_key, request_fields
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
+limiter.limit(api_limit)(bp)
 
 MAX_PAGE = 100
 
@@ -38,9 +41,13 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
 
 
 @bp.post("/jobs")
+@limiter.limit(submit_limit)
 def create_job():  # type: ignore[no-untyped-def]
     svc = services()
-    job, replayed = accept_job(svc, request_fields(request), idempotency_key(request), request.files)
+    principal = current_principal()
+    job, replayed = accept_job(
+        svc, request_fields(request), idempotency_key(request), request.files, owner_id=principal.owner_id
+    )
     with svc.session() as session:
         body = job_view(session, get_job(session, job.id))
     response = jsonify(body)
@@ -54,7 +61,7 @@ def create_job():  # type: ignore[no-untyped-def]
 @bp.get("/jobs")
 def jobs_index():  # type: ignore[no-untyped-def]
     args = request.args
-    status, job_type = args.get("status") or None, args.get("type") or None
+    status, job_type = args.get("status"), args.get("type")
     details = []
     if status is not None and status not in {s.value for s in JobStatus}:
         details.append(
@@ -72,7 +79,14 @@ def jobs_index():  # type: ignore[no-untyped-def]
             "; ".join(f"{d['field']}: {d['message']} (got {d['value']!r})" for d in details), details
         )
     with services().session() as session:
-        jobs, next_cursor = list_jobs(session, int(raw_limit), args.get("cursor") or None, status, job_type)
+        jobs, next_cursor = list_jobs(
+            session,
+            int(raw_limit),
+            args.get("cursor") or None,
+            status,
+            job_type,
+            current_principal().owner_filter,
+        )
         views = [job_view(session, job) for job in jobs]
     return jsonify(
         JobList.model_validate({"jobs": views, "next_cursor": next_cursor}).model_dump(mode="json")
@@ -82,14 +96,14 @@ def jobs_index():  # type: ignore[no-untyped-def]
 @bp.get("/jobs/<job_id>", endpoint="get_job")
 def show_job(job_id: str):  # type: ignore[no-untyped-def]
     with services().session() as session:
-        return jsonify(job_view(session, get_job(session, job_id)))
+        return jsonify(job_view(session, get_job(session, job_id, current_principal().owner_filter)))
 
 
 @bp.post("/jobs/<job_id>/cancel")
 def cancel(job_id: str):  # type: ignore[no-untyped-def]
     svc = services()
     with svc.session() as session:
-        job = cancel_job(session, job_id)
+        job = cancel_job(session, job_id, current_principal().owner_filter)
         body = job_view(session, job)
     if job.status == JobStatus.CANCELED.value and job.webhook_url:
         send_webhook(svc.celery, job.id)  # a running job's webhook is sent by its worker
@@ -100,6 +114,7 @@ def cancel(job_id: str):  # type: ignore[no-untyped-def]
 def get_output(job_id: str, index: int):  # type: ignore[no-untyped-def]
     svc = services()
     with svc.session() as session:
+        get_job(session, job_id, current_principal().owner_filter)
         output = session.query(JobOutput).filter_by(job_id=job_id, index=index).one_or_none()
         if output is None:
             raise NotFound(
@@ -113,7 +128,7 @@ def get_output(job_id: str, index: int):  # type: ignore[no-untyped-def]
 def get_input(job_id: str, name: str):  # type: ignore[no-untyped-def]
     """The stored input image or mask of an img2img / inpaint job."""
     with services().session() as session:
-        job = get_job(session, job_id)
+        job = get_job(session, job_id, current_principal().owner_filter)
         key = job.input_key if name == "image" else job.mask_key
     if key is None:
         raise NotFound(f"job {job_id!r} has no input {name!r}", [field_detail("name", "not found", name)])

@@ -21,7 +21,11 @@ def error_response(status: int, code: str, message: str, details: list | None = 
 def init_app(app: Flask) -> None:
     @app.errorhandler(EaselError)
     def _easel_error(exc: EaselError):  # type: ignore[no-untyped-def]
-        return jsonify(exc.to_dict()), exc.status
+        response = jsonify(exc.to_dict())
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(retry_after)
+        return response, exc.status
 
     @app.errorhandler(StorageError)
     def _storage_error(exc: StorageError):  # type: ignore[no-untyped-def]
@@ -58,7 +62,17 @@ def init_app(app: Flask) -> None:
             message = f"method {request.method} is not allowed on {request.path}"
         elif exc.code == 404:
             message = f"no such resource: {request.path}"
-        return error_response(exc.code or 500, code, message)
+        elif exc.code == 429:
+            from web.limits import retry_after_seconds
+
+            message = f"rate limit exceeded ({exc.description}); retry after the Retry-After seconds"
+            response, status = error_response(429, "rate_limited", message)
+            response.headers["Retry-After"] = str(retry_after_seconds())
+            return response, status
+        response, status = error_response(exc.code or 500, code, message)
+        if exc.code == 405 and getattr(exc, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return response, status
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]

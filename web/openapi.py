@@ -37,6 +37,24 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): _json("ErrorResponse", text[s]) for s in statuses}
 
 
+def _with_common_errors(document: dict[str, Any]) -> dict[str, Any]:
+    """Every API operation may answer 401 (no or bad key), 429 (limits) and 503
+    (database or storage unavailable); health routes are public."""
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            if path.startswith("/api/v1/") and path != "/api/v1/openapi.json":
+                operation["responses"].setdefault(
+                    "401", _json("ErrorResponse", "Missing, unknown or revoked API key")
+                )
+                operation["responses"].setdefault(
+                    "429", _json("ErrorResponse", "Rate limit or queued-jobs cap")
+                )
+                operation["responses"].setdefault("503", _json("ErrorResponse", "Dependency unavailable"))
+            else:
+                operation["security"] = []
+    return document
+
+
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
     """The whole document; schemas come from ``shared.schemas``."""
@@ -52,125 +70,160 @@ def openapi_document() -> dict[str, Any]:
     )
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
     form_schema = {**_ref("JobCreate")}
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "Easel", "version": "1", "description": "Asynchronous image-generation jobs."},
-        "paths": {
-            "/api/v1/jobs": {
-                "post": {
-                    "operationId": "createJob",
-                    "summary": "Submit a job",
-                    "parameters": [
-                        {
-                            "name": "Idempotency-Key",
-                            "in": "header",
-                            "required": False,
-                            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-                            "description": "A retried POST with the same key returns the first job.",
-                        }
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": _ref("JobCreate")},
-                            "multipart/form-data": {"schema": form_schema},
-                        },
-                    },
-                    "responses": {
-                        "202": {
-                            **_json("JobView", "Accepted; poll Location"),
-                            "headers": {"Location": {"schema": {"type": "string"}}},
-                        },
-                        **_errors(400, 409, 413, 415, 422),
-                    },
-                },
-                "get": {
-                    "operationId": "listJobs",
-                    "summary": "Jobs, newest first, with cursor pagination",
-                    "parameters": [
-                        {
-                            "name": "status",
-                            "in": "query",
-                            "schema": {"type": "string", "enum": [s.value for s in JobStatus]},
-                        },
-                        {
-                            "name": "type",
-                            "in": "query",
-                            "schema": {"type": "string", "enum": [t.value for t in JobType]},
-                        },
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
-                        },
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                    ],
-                    "responses": {"200": _json("JobList", "A page of jobs"), **_errors(422)},
-                },
-            },
-            "/api/v1/jobs/{job_id}/cancel": {
-                "post": {
-                    "operationId": "cancelJob",
-                    "summary": "Cancel a queued job, or stop a running one at its next step",
-                    "parameters": [job_id],
-                    "responses": {"200": _json("JobView", "The job"), **_errors(404, 409)},
-                }
-            },
-            "/api/v1/jobs/{job_id}": {
-                "get": {
-                    "operationId": "getJob",
-                    "summary": "A job",
-                    "parameters": [job_id],
-                    "responses": {"200": _json("JobView", "The job"), **_errors(404)},
-                }
-            },
-            "/api/v1/jobs/{job_id}/outputs/{index}": {
-                "get": {
-                    "operationId": "getOutput",
-                    "summary": "An output image",
-                    "parameters": [
-                        job_id,
-                        {
-                            "name": "index",
-                            "in": "path",
+    return _with_common_errors(
+        {
+            "openapi": "3.1.0",
+            "info": {"title": "Easel", "version": "1", "description": "Asynchronous image-generation jobs."},
+            "paths": {
+                "/api/v1/jobs": {
+                    "post": {
+                        "operationId": "createJob",
+                        "summary": "Submit a job",
+                        "parameters": [
+                            {
+                                "name": "Idempotency-Key",
+                                "in": "header",
+                                "required": False,
+                                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                                "description": "A retried POST with the same key returns the first job.",
+                            }
+                        ],
+                        "requestBody": {
                             "required": True,
-                            "schema": {"type": "integer", "minimum": 0},
+                            "content": {
+                                "application/json": {"schema": _ref("JobCreate")},
+                                "multipart/form-data": {"schema": form_schema},
+                            },
                         },
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "The image",
-                            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                        "responses": {
+                            "202": {
+                                **_json("JobView", "Accepted; poll Location"),
+                                "headers": {"Location": {"schema": {"type": "string"}}},
+                            },
+                            **_errors(400, 409, 413, 415, 422),
                         },
-                        "302": {"description": "Redirect to a short-lived presigned URL"},
-                        **_errors(404),
                     },
-                }
+                    "get": {
+                        "operationId": "listJobs",
+                        "summary": "Jobs, newest first, with cursor pagination",
+                        "parameters": [
+                            {
+                                "name": "status",
+                                "in": "query",
+                                "schema": {"type": "string", "enum": [s.value for s in JobStatus]},
+                            },
+                            {
+                                "name": "type",
+                                "in": "query",
+                                "schema": {"type": "string", "enum": [t.value for t in JobType]},
+                            },
+                            {
+                                "name": "limit",
+                                "in": "query",
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                            },
+                            {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        ],
+                        "responses": {"200": _json("JobList", "A page of jobs"), **_errors(422)},
+                    },
+                },
+                "/api/v1/jobs/{job_id}/cancel": {
+                    "post": {
+                        "operationId": "cancelJob",
+                        "summary": "Cancel a queued job, or stop a running one at its next step",
+                        "parameters": [job_id],
+                        "responses": {"200": _json("JobView", "The job"), **_errors(404, 409)},
+                    }
+                },
+                "/api/v1/jobs/{job_id}": {
+                    "get": {
+                        "operationId": "getJob",
+                        "summary": "A job",
+                        "parameters": [job_id],
+                        "responses": {"200": _json("JobView", "The job"), **_errors(404)},
+                    }
+                },
+                "/api/v1/jobs/{job_id}/outputs/{index}": {
+                    "get": {
+                        "operationId": "getOutput",
+                        "summary": "An output image",
+                        "parameters": [
+                            job_id,
+                            {
+                                "name": "index",
+                                "in": "path",
+                                "required": True,
+                                "schema": {"type": "integer", "minimum": 0},
+                            },
+                        ],
+                        "responses": {
+                            "200": {
+                                "description": "The image",
+                                "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                            },
+                            "302": {"description": "Redirect to a short-lived presigned URL"},
+                            **_errors(404),
+                        },
+                    }
+                },
+                "/api/v1/jobs/{job_id}/inputs/{name}": {
+                    "get": {
+                        "operationId": "getInput",
+                        "summary": "The stored input image or mask of an img2img / inpaint job",
+                        "parameters": [
+                            job_id,
+                            {
+                                "name": "name",
+                                "in": "path",
+                                "required": True,
+                                "schema": {"type": "string", "enum": ["image", "mask"]},
+                            },
+                        ],
+                        "responses": {
+                            "200": {
+                                "description": "The PNG",
+                                "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                            },
+                            "302": {"description": "Redirect to a short-lived presigned URL"},
+                            **_errors(404),
+                        },
+                    }
+                },
+                "/api/v1/models": {
+                    "get": {
+                        "operationId": "listModels",
+                        "summary": "Models and their limits",
+                        "responses": {"200": _json("ModelList", "The models")},
+                    }
+                },
+                "/healthz": {
+                    "get": {
+                        "operationId": "healthz",
+                        "summary": "Alive",
+                        "responses": {"200": {"description": "Alive"}},
+                    }
+                },
+                "/readyz": {
+                    "get": {
+                        "operationId": "readyz",
+                        "summary": "Database, broker and storage reachable",
+                        "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}},
+                    }
+                },
             },
-            "/api/v1/models": {
-                "get": {
-                    "operationId": "listModels",
-                    "summary": "Models and their limits",
-                    "responses": {"200": _json("ModelList", "The models")},
-                }
+            "components": {
+                "schemas": defs["$defs"],
+                "securitySchemes": {
+                    "apiKey": {
+                        "type": "http",
+                        "scheme": "bearer",
+                        "description": "An API key from `easel keys create`.",
+                    }
+                },
             },
-            "/healthz": {
-                "get": {
-                    "operationId": "healthz",
-                    "summary": "Alive",
-                    "responses": {"200": {"description": "Alive"}},
-                }
-            },
-            "/readyz": {
-                "get": {
-                    "operationId": "readyz",
-                    "summary": "Database, broker and storage reachable",
-                    "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}},
-                }
-            },
-        },
-        "components": {"schemas": defs["$defs"]},
-    }
+            "security": [{"apiKey": []}],
+        }
+    )
 
 
 @bp.get("/api/v1/openapi.json")

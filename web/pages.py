@@ -10,6 +10,7 @@ from shared.errors import EaselError
 from shared.jobs import list_jobs
 from shared.models import Job
 from shared.registry import SCHEDULERS
+from web.auth import current_principal
 from web.services import services
 from web.submit import accept_job, request_fields
 
@@ -45,6 +46,11 @@ def _form_context(values: dict[str, Any], errors: dict[str, str], message: str =
     }
 
 
+def _visible(job: Job) -> bool:
+    owner = current_principal().owner_filter
+    return owner is None or job.owner_id == owner
+
+
 def _field_message(detail: dict[str, Any]) -> str:
     value = detail.get("value")
     if value is None or str(value) in detail["message"]:
@@ -59,7 +65,7 @@ def _reused_values() -> dict[str, Any]:
         return {}
     with services().session() as session:
         job = session.get(Job, source)
-        if job is None:
+        if job is None or not _visible(job):
             abort(404)
         params = {"model": job.model, "type": job.type, **job.params()}
     return {key: str(params[key]) for key in REUSED_FIELDS if params.get(key) is not None}
@@ -75,7 +81,9 @@ def index():  # type: ignore[no-untyped-def]
 def submit():  # type: ignore[no-untyped-def]
     values = dict(request.form.items())
     try:
-        job, _ = accept_job(services(), request_fields(request), files=request.files)
+        job, _ = accept_job(
+            services(), request_fields(request), files=request.files, owner_id=current_principal().owner_id
+        )
     except EaselError as exc:
         errors = {d["field"]: _field_message(d) for d in reversed(exc.details)}
         return render_template("index.html", **_form_context(values, errors, exc.message)), exc.status
@@ -92,7 +100,9 @@ def edit():  # type: ignore[no-untyped-def]
 def edit_submit():  # type: ignore[no-untyped-def]
     values = dict(request.form.items())
     try:
-        job, _ = accept_job(services(), request_fields(request), files=request.files)
+        job, _ = accept_job(
+            services(), request_fields(request), files=request.files, owner_id=current_principal().owner_id
+        )
     except EaselError as exc:
         errors = {d["field"]: _field_message(d) for d in reversed(exc.details)}
         return render_template("edit.html", **_form_context(values, errors, exc.message)), exc.status
@@ -102,7 +112,8 @@ def edit_submit():  # type: ignore[no-untyped-def]
 @bp.get("/jobs/<job_id>")
 def job_page(job_id: str):  # type: ignore[no-untyped-def]
     with services().session() as session:
-        if session.get(Job, job_id) is None:
+        job = session.get(Job, job_id)
+        if job is None or not _visible(job):
             abort(404)
     return render_template("job.html", job_id=job_id)
 
@@ -112,7 +123,12 @@ def gallery():  # type: ignore[no-untyped-def]
     """Past jobs, newest first, with a thumbnail of each one's first image."""
     try:
         with services().session() as session:
-            jobs, next_cursor = list_jobs(session, GALLERY_PAGE, request.args.get("cursor") or None)
+            jobs, next_cursor = list_jobs(
+                session,
+                GALLERY_PAGE,
+                request.args.get("cursor") or None,
+                owner=current_principal().owner_filter,
+            )
     except EaselError:
         abort(400)
     return render_template("gallery.html", jobs=jobs, next_cursor=next_cursor)

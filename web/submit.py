@@ -12,9 +12,9 @@ from flask import Request
 from sqlalchemy.exc import IntegrityError
 from werkzeug.datastructures import FileStorage
 
-from shared.errors import BadRequest, UnsupportedMediaType, ValidationFailed, field_detail
+from shared.errors import BadRequest, TooManyJobs, UnsupportedMediaType, ValidationFailed, field_detail
 from shared.images import as_mask, as_rgb, decode_base64, encode_png_bytes, load_image
-from shared.jobs import INPUT_NAMES, create_job, find_replay, input_key, request_hash
+from shared.jobs import INPUT_NAMES, active_jobs, create_job, find_replay, input_key, request_hash
 from shared.models import Job
 from shared.queue import send_wakeup
 from shared.schemas import JobInputs, parse_job_request, resolve_job
@@ -47,7 +47,9 @@ def request_fields(request: Request) -> dict[str, Any]:
             )
         return data
     if mimetype in FORM_TYPES:
-        return {key: value for key, value in request.form.items() if value.strip() != ""}
+        return {
+            key: value for key, value in request.form.items() if value.strip() != "" and key != "csrf_token"
+        }
     raise UnsupportedMediaType(
         f"Content-Type {mimetype or '(none)'!r} is not supported; "
         "send application/json or multipart/form-data",
@@ -100,6 +102,7 @@ def accept_job(
     fields: dict[str, Any],
     key: str | None = None,
     files: Mapping[str, FileStorage] | None = None,
+    owner_id: str | None = None,
 ) -> tuple[Job, bool]:
     """Validate, record the job as ``queued`` with its inputs stored, then wake a worker.
 
@@ -113,21 +116,30 @@ def accept_job(
     fingerprint = request_hash({**fields, **{n: hashlib.sha256(b).hexdigest() for n, b in raw.items()}})
     if key is not None:
         with services.session() as session:
-            replay = find_replay(session, key, fingerprint)
+            replay = find_replay(session, key, fingerprint, owner_id)
         if replay is not None:
             return replay, True
+    if owner_id is not None:
+        with services.session() as session:
+            active = active_jobs(session, owner_id)
+        if active >= services.settings.max_queued_per_key:
+            raise TooManyJobs(
+                f"this key already has {active} queued or running jobs; at most "
+                f"{services.settings.max_queued_per_key} are allowed (EASEL_MAX_QUEUED_PER_KEY)",
+                [field_detail("jobs", "too many queued or running jobs", active)],
+            )
     request = parse_job_request(fields)
     inputs = decode_inputs(services, raw)
     resolved = resolve_job(request, services.registry, services.settings, inputs)
     try:
         with services.session() as session:
-            job = create_job(session, resolved, key, fingerprint if key else None)
+            job = create_job(session, resolved, key, fingerprint if key else None, owner_id)
             _store_inputs(services, job, inputs)
     except IntegrityError:
         if key is None:
             raise
         with services.session() as session:  # a concurrent request with the same key won
-            replay = find_replay(session, key, fingerprint)
+            replay = find_replay(session, key, fingerprint, owner_id)
         assert replay is not None
         return replay, True
     send_wakeup(services.celery, job.id, job.model)

@@ -27,6 +27,7 @@ def get_deliverer() -> WebhookDeliverer | None:
         secret=settings.webhook_secret.get_secret_value(),
         public_url=settings.public_url,
         timeout=settings.webhook_timeout_seconds,
+        allow_private=settings.webhook_allow_private,
     )
 
 

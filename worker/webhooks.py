@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.jobs import describe
 from shared.models import Job, JobStatus, utcnow
+from shared.netsafety import UnsafeUrl, check_public_url
 from shared.webhooks import DELIVERY_HEADER, EVENT_HEADER, signed_headers
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ class WebhookDeliverer:
     secret: str
     public_url: str
     timeout: float = 10.0
+    allow_private: bool = False
 
     def output_url(self, job: Job, index: int) -> str:
         return f"{self.public_url}/api/v1/jobs/{job.id}/outputs/{index}"
@@ -49,11 +51,14 @@ class WebhookDeliverer:
         }
         error: str | None = None
         try:
+            check_public_url(url, self.allow_private)
             response = requests.post(
                 url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
             )
             if not 200 <= response.status_code < 300:
                 error = f"HTTP {response.status_code} from receiver"
+        except UnsafeUrl as exc:
+            error = f"refused: {exc}"
         except requests.RequestException as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
         self._record(job_id, error)

@@ -57,7 +57,8 @@ def page(browser: Any, embedded_stack: Stack) -> Iterator[Any]:
 
 def wait_until_finished(page: Any, timeout: float = 120_000) -> None:
     page.wait_for_function(
-        "['succeeded', 'failed', 'canceled'].includes(document.querySelector('#status').dataset.status)",
+        "() => ['succeeded', 'failed', 'canceled']"
+        ".includes(document.querySelector('#status').dataset.status)",
         timeout=timeout,
     )
 
@@ -80,14 +81,14 @@ def test_form_submit_shows_the_finished_image(page: Any, embedded_stack: Stack) 
     assert status.get_attribute("data-status") == "succeeded", page.locator("#error").inner_text()
     image = page.locator("img.output").first
     image.wait_for()
-    page.wait_for_function("document.querySelector('img.output').naturalWidth === 128")
+    page.wait_for_function("() => document.querySelector('img.output').naturalWidth === 128")
     assert image.get_attribute("alt") == "output 0, seed 31337"
     assert page.locator("#bar").get_attribute("aria-valuenow") == "100"
     assert "step 8 of 8" in page.locator("#steps").inner_text()
     params = page.locator("#params").inner_text()
     assert "dpmpp_2m" in params and "31337" in params
     page.wait_for_function(  # let the bar's CSS transition finish before the picture
-        "(b => b.getBoundingClientRect().width === b.parentElement.getBoundingClientRect().width)"
+        "() => (b => b.getBoundingClientRect().width === b.parentElement.getBoundingClientRect().width)"
         "(document.querySelector('#bar'))"
     )
     page.screenshot(path=str(ARTIFACTS / "job.png"), full_page=True)
@@ -117,7 +118,7 @@ def test_progress_bar_moves_then_the_image_appears(page: Any, embedded_stack: St
     assert page.locator("#status").get_attribute("data-status") == "succeeded"
     assert {v for v in values if 0 < v < 100}, values  # seen part-way, not only 0 and 100
     page.locator("img.output").wait_for()
-    page.wait_for_function("document.querySelector('img.output').naturalWidth === 512")
+    page.wait_for_function("() => document.querySelector('img.output').naturalWidth === 512")
     assert "run time" in page.locator("#timings").inner_text()
     assert page.locator("#cancel").is_hidden()
 
@@ -125,9 +126,13 @@ def test_progress_bar_moves_then_the_image_appears(page: Any, embedded_stack: St
 def test_cancel_from_the_job_page(page: Any, embedded_stack: Stack) -> None:
     job = embedded_stack.submit(prompt="cancel me", width=512, height=512, steps=150, scheduler="euler")
     page.goto(f"/jobs/{job['id']}")
-    page.wait_for_function("document.querySelector('#status').dataset.status === 'running'", timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelector('#status').dataset.status === 'running'", timeout=60_000
+    )
     page.click("#cancel")
-    page.wait_for_function("document.querySelector('#status').dataset.status === 'canceled'", timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelector('#status').dataset.status === 'canceled'", timeout=60_000
+    )
     final = embedded_stack.job(job["id"])
     assert final["status"] == "canceled" and final["progress"]["step"] < 150
     assert page.locator("#cancel").is_hidden()

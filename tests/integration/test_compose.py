@@ -62,7 +62,7 @@ def test_compose_declares_the_whole_stack() -> None:
 
 
 # What the operator exports before `docker compose up` (compose interpolates it).
-HOST_ENV = {"EASEL_WEBHOOK_SECRET": "compose-secret"}
+HOST_ENV = {"EASEL_WEBHOOK_SECRET": "compose-secret", "EASEL_WEBHOOK_ALLOW_PRIVATE": "true"}
 
 
 def interpolate(value: str) -> str:
@@ -146,6 +146,9 @@ def test_compose_commands_run_a_job(
             capture_output=True,
             timeout=120,
         )
+        # Authentication is on in compose: an operator makes a key with the same settings.
+        stack.env = envs["migrate"]
+        stack.create_key("compose-operator")
         web = start_process("web", command(compose["web"]), envs["web"], tmp_path)
         worker = start_process("worker", command(compose["worker"]), envs["worker"], tmp_path)
         hooks = start_process("webhooks", command(compose["webhooks"]), envs["webhooks"], tmp_path)

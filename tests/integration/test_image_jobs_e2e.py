@@ -6,7 +6,6 @@ import io
 
 import numpy as np
 import pytest
-import requests
 from PIL import Image
 
 from shared.pngmeta import read_parameters
@@ -19,12 +18,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(params=["services", "embedded"])
 def stack(request: pytest.FixtureRequest) -> Stack:
     return request.getfixturevalue(f"{request.param}_stack")
-
-
-def download(url: str) -> bytes:
-    response = requests.get(url, timeout=10)
-    response.raise_for_status()
-    return response.content
 
 
 def pixels(data: bytes) -> np.ndarray:
@@ -45,14 +38,14 @@ def test_img2img_json(stack: Stack) -> None:
     done = stack.wait(job["id"])
     assert done["status"] == "succeeded", done
     assert done["progress"]["total"] == 4  # 8 steps at strength 0.5
-    data = download(done["outputs"][0]["url"])
+    data = stack.download(done["outputs"][0]["url"]).content
     assert Image.open(io.BytesIO(data)).size == (96, 64)
     assert read_parameters(data)["strength"] == 0.5
-    assert Image.open(io.BytesIO(download(done["inputs"]["image"]))).size == (96, 64)
+    assert Image.open(io.BytesIO(stack.download(done["inputs"]["image"]).content)).size == (96, 64)
 
 
 def test_inpaint_multipart_keeps_unmasked_pixels(stack: Stack) -> None:
-    response = requests.post(
+    response = stack.http.post(
         stack.base_url + "/api/v1/jobs",
         data={"type": "inpaint", "prompt": "a window", "steps": "6", "seed": "8", "mask_blur": "0"},
         files={
@@ -64,7 +57,7 @@ def test_inpaint_multipart_keeps_unmasked_pixels(stack: Stack) -> None:
     assert response.status_code == 202, response.text
     done = stack.wait(response.json()["id"])
     assert done["status"] == "succeeded", done
-    out, source = pixels(download(done["outputs"][0]["url"])), pixels(encode(gradient()))
+    out, source = pixels(stack.download(done["outputs"][0]["url"]).content), pixels(encode(gradient()))
     keep = np.asarray(box_mask()) == 0
     assert np.array_equal(out[keep], source[keep])
     assert np.abs(out[~keep] - source[~keep]).mean() > 5
@@ -72,7 +65,7 @@ def test_inpaint_multipart_keeps_unmasked_pixels(stack: Stack) -> None:
 
 
 def test_img2img_multipart_and_inpaint_json(stack: Stack) -> None:
-    response = requests.post(
+    response = stack.http.post(
         stack.base_url + "/api/v1/jobs",
         data={"type": "img2img", "prompt": "p", "steps": "4", "width": "64", "height": "64"},
         files={"image": ("in.webp", encode(gradient(128, 128), "WEBP"), "image/webp")},
@@ -92,7 +85,7 @@ def test_img2img_multipart_and_inpaint_json(stack: Stack) -> None:
         done = stack.wait(job_id)
         assert done["status"] == "succeeded", done
         for output in done["outputs"]:
-            assert Image.open(io.BytesIO(download(output["url"]))).size == (64, 64)
+            assert Image.open(io.BytesIO(stack.download(output["url"]).content)).size == (64, 64)
     assert [o["seed"] for o in stack.job(inpaint["id"])["outputs"]] == [3, 4]
 
 

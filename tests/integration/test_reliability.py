@@ -29,6 +29,7 @@ RELIABILITY_SETTINGS = {
     "EASEL_WORKER_LOST_AFTER_SECONDS": "3",
     "EASEL_IDLE_REPUBLISH_SECONDS": "2",
     "EASEL_MAX_ATTEMPTS": "3",
+    "EASEL_AUTH_ENABLED": "false",
     "EASEL_CPU_THREADS": "1",  # up to two CPU workers share two cores
 }
 LONG = {"width": 512, "height": 512, "scheduler": "euler", "steps": 40}

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_easel_run_serves_a_job_on_embedded_defaults_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
-    env = base_env(tmp_path / "var", EASEL_PORT=str(port))
+    env = base_env(tmp_path / "var", EASEL_PORT=str(port), EASEL_AUTH_ENABLED="false")  # as `make run` does
     process = start_process("run", easel("run"), env, tmp_path)
     stack = Stack(env=env, workdir=tmp_path, port=port, processes=[process])
     try:

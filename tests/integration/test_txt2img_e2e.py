@@ -20,12 +20,6 @@ def stack(request: pytest.FixtureRequest) -> Stack:
     return request.getfixturevalue(f"{request.param}_stack")
 
 
-def _download(url: str) -> tuple[requests.Response, bytes]:
-    response = requests.get(url, timeout=10)  # follows the S3 presigned redirect
-    response.raise_for_status()
-    return response, response.content
-
-
 def _pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
 
@@ -50,7 +44,8 @@ def test_submit_poll_download(stack: Stack) -> None:
     assert job["started_at"] and job["finished_at"] and job["worker_id"]
     assert [o["seed"] for o in job["outputs"]] == [1234, 1235]
     for output in job["outputs"]:
-        response, data = _download(output["url"])
+        response = stack.download(output["url"])
+        data = response.content
         assert response.headers["Content-Type"] == "image/png"
         image = Image.open(io.BytesIO(data))
         assert image.size == (64, 96) == (output["width"], output["height"])
@@ -70,7 +65,7 @@ def test_same_seed_same_pixels_other_seed_differs(stack: Stack) -> None:
     for created in (first, again, other):
         job = stack.wait(created["id"])
         assert job["status"] == "succeeded", job
-        images.append(_pixels(_download(job["outputs"][0]["url"])[1]))
+        images.append(_pixels(stack.download(job["outputs"][0]["url"]).content))
     assert np.array_equal(images[0], images[1])
     assert np.abs(images[0] - images[2]).mean() > 1.0
 
@@ -94,7 +89,7 @@ def test_readyz_reports_every_dependency(stack: Stack) -> None:
 
 
 def test_invalid_job_is_rejected_and_service_keeps_working(stack: Stack) -> None:
-    response = requests.post(
+    response = stack.http.post(
         stack.base_url + "/api/v1/jobs", timeout=10, json={"prompt": "x", "width": 100, "scheduler": "nope"}
     )
     assert response.status_code == 422

@@ -22,14 +22,16 @@ from web import create_app
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    settings = Settings(home=tmp_path, max_request_bytes=64 * 1024)
+    settings = Settings(home=tmp_path, max_request_bytes=64 * 1024, auth_enabled=False)
     upgrade(settings.database_url)
     return settings
 
 
 @pytest.fixture
 def app(settings: Settings) -> Flask:
-    return create_app(settings)
+    app = create_app(settings)
+    app.config["WTF_CSRF_ENABLED"] = False  # CSRF has its own tests (test_security.py)
+    return app
 
 
 @pytest.fixture
@@ -175,7 +177,7 @@ def test_health_and_readiness(client: FlaskClient) -> None:
 
 
 def test_readiness_names_what_is_down(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path, broker_url="redis://127.0.0.1:1/0")
+    settings = Settings(home=tmp_path, broker_url="redis://127.0.0.1:1/0", auth_enabled=False)
     upgrade(settings.database_url)
     response = create_app(settings).test_client().get("/readyz")
     assert response.status_code == 503

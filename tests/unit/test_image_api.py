@@ -22,7 +22,11 @@ from web import create_app
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     settings = Settings(
-        home=tmp_path, max_image_bytes=200_000, max_image_pixels=1_000_000, max_request_bytes=1_000_000
+        home=tmp_path,
+        max_image_bytes=200_000,
+        max_image_pixels=1_000_000,
+        max_request_bytes=1_000_000,
+        auth_enabled=False,
     )
     upgrade(settings.database_url)
     return settings

@@ -19,7 +19,9 @@ from web import create_app
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    settings = Settings(home=tmp_path, webhook_secret="s3cret")
+    settings = Settings(
+        home=tmp_path, webhook_secret="s3cret", auth_enabled=False, webhook_allow_private=True
+    )
     upgrade(settings.database_url)
     return settings
 
@@ -130,7 +132,7 @@ def test_webhook_url_must_be_http_and_enabled(client: FlaskClient, tmp_path: Pat
     response = client.post("/api/v1/jobs", json={"prompt": "p", "webhook_url": "ftp://example.test/x"})
     assert response.status_code == 422
     assert response.get_json()["error"]["details"][0]["field"] == "webhook_url"
-    disabled = Settings(home=tmp_path / "off")
+    disabled = Settings(home=tmp_path / "off", auth_enabled=False)
     upgrade(disabled.database_url)
     off = (
         create_app(disabled)

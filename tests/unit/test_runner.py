@@ -162,3 +162,27 @@ def test_a_job_no_longer_ours_is_not_overwritten(env: dict[str, Any]) -> None:
     runner.run(job)
     after = fetch(env, job_id)
     assert after.status == "running" and after.worker_id == "someone-else" and not after.outputs
+
+
+def test_job_over_its_time_limit_fails_and_the_worker_goes_on(env: dict[str, Any]) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    job_id = enqueue(env, steps=20)
+    runner = make_runner(env)
+    original_call = ProgressReporter.__call__
+
+    def limit_at_step_3(self: ProgressReporter, step: int, total: int) -> None:
+        if step == 3:
+            raise SoftTimeLimitExceeded()  # what Celery raises in the task at the soft limit
+        original_call(self, step, total)
+
+    ProgressReporter.__call__ = limit_at_step_3  # type: ignore[method-assign]
+    try:
+        runner.run_next()
+    finally:
+        ProgressReporter.__call__ = original_call  # type: ignore[method-assign]
+    job = fetch(env, job_id)
+    assert job.status == "failed" and job.error_code == "time_limit" and not job.outputs
+    after = enqueue(env)
+    runner.run_next()
+    assert fetch(env, after).status == "succeeded"

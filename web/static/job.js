@@ -107,7 +107,11 @@
 
   $("cancel").addEventListener("click", async () => {
     $("cancel").disabled = true;
-    const response = await fetch(cancelUrl, { method: "POST", headers: { Accept: "application/json" } });
+    const token = document.querySelector("meta[name=csrf-token]").content;
+    const response = await fetch(cancelUrl, {
+      method: "POST",
+      headers: { Accept: "application/json", "X-CSRFToken": token },
+    });
     const body = await response.json();
     if (response.ok) {
       render(body);

@@ -1,0 +1,174 @@
+"""Who is calling: API keys (``Authorization: Bearer``) for REST, a signed session for pages.
+
+Authentication is on by default. ``EASEL_AUTH_ENABLED=false`` (the local demo of
+``make run``) makes every caller an anonymous admin, and the pages say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_wtf.csrf import CSRFProtect
+
+from shared.db import session_scope
+from shared.keys import authenticate
+from shared.models import ApiKey
+
+bp = Blueprint("auth", __name__)
+csrf = CSRFProtect()
+
+ANONYMOUS_OWNER = "anonymous"
+PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/api/v1/openapi.json", "/login", "/static/", "/docs")
+
+
+@dataclass(frozen=True)
+class Principal:
+    owner_id: str
+    name: str
+    is_admin: bool
+    via_session: bool = False
+
+    @property
+    def owner_filter(self) -> str | None:
+        """The owner to restrict queries to; ``None`` for admins (they see every job)."""
+        return None if self.is_admin else self.owner_id
+
+
+ANONYMOUS = Principal(ANONYMOUS_OWNER, "anonymous", is_admin=True)
+
+
+def current_principal() -> Principal:
+    return g.principal
+
+
+def init_app(app: Flask) -> None:
+    settings = app.extensions["easel"].settings
+    app.secret_key = settings.session_secret()
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.session_cookie_secure,
+        SESSION_COOKIE_NAME="easel_session",
+        WTF_CSRF_CHECK_DEFAULT=False,  # checked below: forms always, the API only for cookie callers
+        WTF_CSRF_TIME_LIMIT=None,
+    )
+    csrf.init_app(app)
+    app.before_request(_identify)
+    app.context_processor(lambda: {"auth_enabled": settings.auth_enabled, "principal": g.get("principal")})
+    app.register_blueprint(bp)
+
+
+def _check_csrf() -> None:
+    if current_app.config.get("WTF_CSRF_ENABLED", True):
+        csrf.protect()
+
+
+def _is_api(path: str) -> bool:
+    return path.startswith("/api/")
+
+
+def _identify() -> Response | tuple[Response, int] | None:
+    path = request.path
+    api = _is_api(path)
+    settings = current_app.extensions["easel"].settings
+    public = path.startswith(PUBLIC_PATHS)
+    if not settings.auth_enabled:
+        g.principal = ANONYMOUS
+        if not api and request.method == "POST":
+            _check_csrf()
+        return None
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        key = _key_for(token) if scheme.lower() == "bearer" else None
+        if key is None:
+            return _unauthorized("the API key is unknown, malformed or revoked")
+        g.principal = Principal(key.id, key.name, key.is_admin)
+        return None
+    key = _key_for_session()
+    if key is not None:
+        g.principal = Principal(key.id, key.name, key.is_admin, via_session=True)
+        if request.method == "POST":  # a cookie rides along on cross-site posts: check the token
+            _check_csrf()
+        return None
+    g.principal = None
+    if public:
+        if not api and request.method == "POST":
+            _check_csrf()
+        return None
+    if api:
+        return _unauthorized("send an API key: Authorization: Bearer <key>")
+    return redirect(url_for("auth.login", next=request.full_path if request.query_string else path))
+
+
+def _key_for(token: str) -> ApiKey | None:
+    with session_scope(current_app.extensions["easel"].settings.database_url) as db:
+        key = authenticate(db, token)
+        if key is not None:
+            db.expunge(key)
+        return key
+
+
+def _key_for_session() -> ApiKey | None:
+    key_id = session.get("key_id")
+    if not key_id:
+        return None
+    with session_scope(current_app.extensions["easel"].settings.database_url) as db:
+        key = db.get(ApiKey, key_id)
+        if key is None or key.revoked_at is not None:
+            session.clear()
+            return None
+        db.expunge(key)
+        return key
+
+
+def _unauthorized(message: str) -> tuple[Response, int]:
+    response = jsonify({"error": {"code": "unauthorized", "message": message, "details": []}})
+    response.headers["WWW-Authenticate"] = 'Bearer realm="easel"'
+    return response, 401
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this site (no scheme or host), else the home page."""
+    if not target or urlsplit(target).scheme or urlsplit(target).netloc or not target.startswith("/"):
+        return url_for("pages.index")
+    return target
+
+
+@bp.get("/login")
+def login():  # type: ignore[no-untyped-def]
+    return render_template("login.html", next=request.args.get("next", ""), error="")
+
+
+@bp.post("/login")
+def login_submit():  # type: ignore[no-untyped-def]
+    key = _key_for(request.form.get("api_key", ""))
+    if key is None:
+        return render_template(
+            "login.html",
+            next=request.form.get("next", ""),
+            error="That key is unknown, malformed or revoked.",
+        ), 401
+    session.clear()
+    session["key_id"] = key.id
+    return redirect(_safe_next(request.form.get("next")), code=303)
+
+
+@bp.post("/logout")
+def logout():  # type: ignore[no-untyped-def]
+    session.clear()
+    return redirect(url_for("auth.login"), code=303)
