@@ -77,8 +77,8 @@ def index():  # type: ignore[no-untyped-def]
     return render_template("index.html", **_form_context(_reused_values(), {}))
 
 
-@bp.post("/")
-def submit():  # type: ignore[no-untyped-def]
+def _submit_form(template: str):  # type: ignore[no-untyped-def]
+    """Accept a form post, or show ``template`` again with the errors next to the fields."""
     values = dict(request.form.items())
     try:
         job, _ = accept_job(
@@ -86,8 +86,13 @@ def submit():  # type: ignore[no-untyped-def]
         )
     except EaselError as exc:
         errors = {d["field"]: _field_message(d) for d in reversed(exc.details)}
-        return render_template("index.html", **_form_context(values, errors, exc.message)), exc.status
+        return render_template(template, **_form_context(values, errors, exc.message)), exc.status
     return redirect(url_for("pages.job_page", job_id=job.id), code=303)
+
+
+@bp.post("/")
+def submit():  # type: ignore[no-untyped-def]
+    return _submit_form("index.html")
 
 
 @bp.get("/edit")
@@ -98,15 +103,7 @@ def edit():  # type: ignore[no-untyped-def]
 
 @bp.post("/edit")
 def edit_submit():  # type: ignore[no-untyped-def]
-    values = dict(request.form.items())
-    try:
-        job, _ = accept_job(
-            services(), request_fields(request), files=request.files, owner_id=current_principal().owner_id
-        )
-    except EaselError as exc:
-        errors = {d["field"]: _field_message(d) for d in reversed(exc.details)}
-        return render_template("edit.html", **_form_context(values, errors, exc.message)), exc.status
-    return redirect(url_for("pages.job_page", job_id=job.id), code=303)
+    return _submit_form("edit.html")
 
 
 @bp.get("/jobs/<job_id>")

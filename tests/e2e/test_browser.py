@@ -66,6 +66,7 @@ def wait_until_finished(page: Any, timeout: float = 120_000) -> None:
 def test_form_submit_shows_the_finished_image(page: Any, embedded_stack: Stack) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.goto("/")
+    assert "Authentication is off" in page.locator("#auth-off").inner_text()  # the demo says so
     page.fill("textarea[name=prompt]", "a lighthouse on a cliff")
     page.fill("input[name=width]", "128")
     page.fill("input[name=height]", "96")
