@@ -37,6 +37,145 @@ def migrate() -> None:
     click.echo(f"database at head: {_safe_url(settings.database_url)}")
 
 
+def _client(url: str | None, key: str | None):  # type: ignore[no-untyped-def]
+    from shared.client import EaselClient
+
+    return EaselClient(url, key)
+
+
+api_options = [
+    click.option(
+        "--url",
+        envvar="EASEL_API_URL",
+        default="http://127.0.0.1:8000",
+        show_default=True,
+        help="The Easel server (EASEL_API_URL).",
+    ),
+    click.option("--key", envvar="EASEL_API_KEY", default=None, help="API key (EASEL_API_KEY)."),
+]
+
+
+def with_api(function):  # type: ignore[no-untyped-def]
+    for option in reversed(api_options):
+        function = option(function)
+    return function
+
+
+def _fail(exc: Exception) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--type", "job_type", type=click.Choice(["txt2img", "img2img", "inpaint"]), default="txt2img")
+@click.option("--image", type=click.Path(exists=True, dir_okay=False), help="Input image (img2img, inpaint).")
+@click.option("--mask", type=click.Path(exists=True, dir_okay=False), help="Mask, white repaints (inpaint).")
+@click.option("--model")
+@click.option("--negative-prompt")
+@click.option("--width", type=int)
+@click.option("--height", type=int)
+@click.option("--steps", type=int)
+@click.option("--guidance-scale", type=float)
+@click.option("--scheduler")
+@click.option("--seed", type=int)
+@click.option("--num-images", type=int)
+@click.option("--strength", type=float)
+@click.option("--wait", is_flag=True, help="Wait for the job, with a progress bar.")
+@click.option("--out", type=click.Path(file_okay=False), help="With --wait: save the images here.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
+@with_api
+def submit(
+    prompt: str,
+    job_type: str,
+    image: str | None,
+    mask: str | None,
+    wait: bool,
+    out: str | None,
+    timeout: float | None,
+    url: str,
+    key: str | None,
+    **params: object,
+) -> None:
+    """Submit a job and print its id (or, with --wait, wait and save its images)."""
+    from shared.client import EaselApiError
+
+    client = _client(url, key)
+    try:
+        job = client.submit(prompt, type=job_type, image=image, mask=mask, **params)
+    except EaselApiError as exc:
+        raise _fail(exc) from None
+    click.echo(job["id"])
+    if not wait:
+        return
+    with click.progressbar(length=job["progress"]["total"] or 1, label="denoising", file=sys.stderr) as bar:
+
+        def advance(current: dict) -> None:
+            bar.length = current["progress"]["total"] or bar.length
+            bar.update(current["progress"]["step"] - bar.pos)
+
+        job = client.wait(job["id"], timeout=timeout, on_progress=advance)
+    click.echo(
+        f"{job['status']}" + (f": {job['error']['code']}: {job['error']['message']}" if job["error"] else ""),
+        err=True,
+    )
+    if out and job["status"] == "succeeded":
+        for path in client.download(job, out):
+            click.echo(str(path))
+    if job["status"] != "succeeded":
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("job_id")
+@with_api
+def status(job_id: str, url: str, key: str | None) -> None:
+    """Print a job object as JSON."""
+    import json
+
+    from shared.client import EaselApiError
+
+    try:
+        click.echo(json.dumps(_client(url, key).get(job_id), indent=2))
+    except EaselApiError as exc:
+        raise _fail(exc) from None
+
+
+@main.command()
+@click.argument("job_id")
+@with_api
+def cancel(job_id: str, url: str, key: str | None) -> None:
+    """Cancel a queued or running job."""
+    from shared.client import EaselApiError
+
+    try:
+        job = _client(url, key).cancel(job_id)
+    except EaselApiError as exc:
+        raise _fail(exc) from None
+    click.echo(
+        f"{job['id']} {job['status']}"
+        + (" (stopping at the next step)" if job["status"] == "running" else "")
+    )
+
+
+@main.command()
+@click.option("--status", "job_status", default=None)
+@click.option("--limit", type=int, default=20, show_default=True)
+@with_api
+def jobs(job_status: str | None, limit: int, url: str, key: str | None) -> None:
+    """List your jobs, newest first."""
+    from shared.client import EaselApiError
+
+    try:
+        page = _client(url, key).list(status=job_status, limit=limit)
+    except EaselApiError as exc:
+        raise _fail(exc) from None
+    for job in page["jobs"]:
+        click.echo(
+            f"{job['id']}  {job['status']:9}  {job['type']:7}  {job['created_at'][:19]}  "
+            f"{job['params']['prompt'][:50]}"
+        )
+
+
 @main.group()
 def keys() -> None:
     """API keys: create (shown once), list, revoke."""

@@ -139,6 +139,8 @@ STACK_SETTINGS = {
     "EASEL_WEBHOOK_TIMEOUT_SECONDS": "2",
     "EASEL_PROGRESS_INTERVAL_SECONDS": "0.2",
     "EASEL_HEARTBEAT_SECONDS": "1",
+    "EASEL_SUBMIT_RATE_LIMIT": "100000/minute",  # the suite submits fast; limits have their own tests
+    "EASEL_RATE_LIMIT": "100000/minute",
 }
 
 

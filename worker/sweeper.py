@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.models import Job, JobStatus, Worker, utcnow
@@ -58,7 +58,13 @@ class Sweeper:
                 .outerjoin(Worker, Worker.id == Job.worker_id)
                 .where(
                     Job.status == JobStatus.RUNNING.value,
-                    or_(Worker.id.is_(None), Worker.stopped_at.is_not(None), Worker.last_seen_at < stale),
+                    or_(
+                        # No heartbeat row at all: give a worker that could not write its
+                        # first beat the same grace as a silent one.
+                        and_(Worker.id.is_(None), Job.started_at < stale),
+                        Worker.stopped_at.is_not(None),
+                        Worker.last_seen_at < stale,
+                    ),
                 )
                 .limit(500)
             ).all()

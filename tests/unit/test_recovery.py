@@ -37,6 +37,7 @@ def add(
     age: float = 0,
     cancel: bool = False,
     model: str = "m",
+    started: float = 60,
 ) -> str:
     with sessions() as session:
         job = Job(
@@ -52,6 +53,7 @@ def add(
             seed=1,
             num_images=1,
             timings={},
+            started_at=utcnow() - timedelta(seconds=started) if status == "running" else None,
             attempts=attempts,
             worker_id=worker,
             cancel_requested=cancel,
@@ -104,7 +106,9 @@ def test_jobs_of_lost_stopped_and_unknown_workers_are_requeued(sessions: session
     alive = add(sessions, worker="alive")
     lost = [add(sessions, worker=w) for w in ("silent", "stopped", "never-seen")]
     published: list[tuple[str, str]] = []
+    just_claimed = add(sessions, worker="not-yet-beating", started=1)  # its first beat may still come
     result = sweeper(sessions, published, []).recover_lost_jobs()
+    assert status_of(sessions, just_claimed).status == "running"
     assert result.requeued == 3 and sorted(j for j, _ in published) == sorted(lost)
     assert status_of(sessions, alive).status == "running"
     for job_id in lost:

@@ -1,0 +1,182 @@
+"""A Python client for Easel's REST API. Needs only ``requests`` (no torch, no Flask).
+
+    from shared.client import EaselClient
+
+    client = EaselClient("http://127.0.0.1:8000", api_key="easel_...")
+    job = client.submit("a lighthouse at dusk", width=256, height=256, seed=42)
+    job = client.wait(job["id"], on_progress=lambda j: print(j["progress"]["fraction"]))
+    paths = client.download(job, "out/")
+
+The URL and key default to ``EASEL_API_URL`` and ``EASEL_API_KEY``. Responses of
+429 and 503 are retried with backoff, honouring ``Retry-After``; other errors raise
+``EaselApiError`` carrying the error shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+ImageInput = str | Path | bytes
+
+
+class EaselApiError(Exception):
+    """An error answer: ``status``, ``code``, ``message`` and ``details`` of the error shape."""
+
+    def __init__(self, status: int, body: dict[str, Any] | None, text: str = "") -> None:
+        error = (body or {}).get("error") or {}
+        self.status = status
+        self.code: str = error.get("code", "http_error")
+        self.message: str = error.get("message", text[:500] or f"HTTP {status}")
+        self.details: list[dict[str, Any]] = error.get("details", [])
+        super().__init__(f"{status} {self.code}: {self.message}")
+
+
+class JobTimeout(TimeoutError):
+    """``wait`` gave up before the job finished."""
+
+
+class EaselClient:
+    """Typed calls for submit, get, list, cancel, wait and download."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 5,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.url = (url or os.environ.get("EASEL_API_URL") or "http://127.0.0.1:8000").rstrip("/")
+        key = api_key if api_key is not None else os.environ.get("EASEL_API_KEY")
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.http = session or requests.Session()
+        if key:
+            self.http.headers["Authorization"] = f"Bearer {key}"
+
+    # -- transport -------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        url = path if path.startswith("http") else f"{self.url}{path}"
+        for attempt in range(self.max_retries + 1):
+            response = self.http.request(method, url, timeout=self.timeout, **kwargs)
+            if response.status_code not in (429, 503) or attempt == self.max_retries:
+                break
+            time.sleep(_retry_delay(response, attempt))
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            raise EaselApiError(response.status_code, body, response.text)
+        return response
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        prompt: str,
+        *,
+        type: str = "txt2img",
+        image: ImageInput | None = None,
+        mask: ImageInput | None = None,
+        idempotency_key: str | None = None,
+        **params: Any,
+    ) -> dict[str, Any]:
+        """Submit a job; ``params`` are the REST fields (width, steps, seed, ...).
+
+        ``image`` and ``mask`` take a path or bytes and go up as multipart files.
+        """
+        fields = {"type": type, "prompt": prompt, **{k: v for k, v in params.items() if v is not None}}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        files = {
+            name: (f"{name}.png", _read(value))
+            for name, value in (("image", image), ("mask", mask))
+            if value is not None
+        }
+        if files:
+            data = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fields.items()}
+            return self._request("POST", "/api/v1/jobs", data=data, files=files, headers=headers).json()
+        return self._request("POST", "/api/v1/jobs", json=fields, headers=headers).json()
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/api/v1/jobs/{job_id}").json()
+
+    def list(
+        self,
+        status: str | None = None,
+        type: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """One page: ``{"jobs": [...], "next_cursor": ...}``, newest first."""
+        query = {
+            k: v
+            for k, v in {"status": status, "type": type, "limit": limit, "cursor": cursor}.items()
+            if v is not None
+        }
+        return self._request("GET", "/api/v1/jobs", params=query).json()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/api/v1/jobs/{job_id}/cancel").json()
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        interval: float = 0.5,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the job finishes; ``on_progress`` gets each changed job object."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last: dict[str, Any] | None = None
+        while True:
+            job = self.get(job_id)
+            if on_progress is not None and (
+                last is None or job["progress"] != last["progress"] or job["status"] != last["status"]
+            ):
+                on_progress(job)
+            last = job
+            if job["status"] in TERMINAL:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise JobTimeout(f"job {job_id} is still {job['status']} after {timeout}s")
+            time.sleep(interval)
+
+    def download(self, job: dict[str, Any], directory: str | Path) -> list[Path]:
+        """Save every output of a finished job as ``<id>-<index>.png``; the paths written."""
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for output in job["outputs"]:
+            path = folder / f"{job['id']}-{output['index']}.png"
+            path.write_bytes(self._request("GET", output["url"]).content)
+            paths.append(path)
+        return paths
+
+
+def _read(value: ImageInput) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+def _retry_delay(response: requests.Response, attempt: int) -> float:
+    """``Retry-After`` seconds when given (capped at 60), else 0.5, 1, 2, ... seconds."""
+    header = response.headers.get("Retry-After", "")
+    if header.isdigit():
+        return min(60.0, float(header))
+    return min(30.0, 0.5 * 2**attempt)
+
+
+def encode_image(value: ImageInput) -> str:
+    """Base64 of an image path or bytes, for the JSON API's ``image`` / ``mask``."""
+    return base64.b64encode(_read(value)).decode()
