@@ -164,13 +164,13 @@ class JobRunner:
             self._finish(job, JobStatus.FAILED, timings, error=(code, str(exc)[:2000]))
             return
         timings["run_seconds"] = round(time.perf_counter() - started, 3)
-        self._finish(job, JobStatus.SUCCEEDED, timings, outputs=outputs)
-        log.info(
-            "job %s succeeded in %.2fs",
-            job.id,
-            timings["run_seconds"],
-            extra={"job_id": job.id, "model": job.model},
-        )
+        if self._finish(job, JobStatus.SUCCEEDED, timings, outputs=outputs) is JobStatus.SUCCEEDED:
+            log.info(
+                "job %s succeeded in %.2fs",
+                job.id,
+                timings["run_seconds"],
+                extra={"job_id": job.id, "model": job.model},
+            )
 
     def _request(self, job: Job, seeds: tuple[int, ...]) -> GenerationRequest:
         """What the pipeline gets: the job's parameters and its stored inputs."""
@@ -232,7 +232,9 @@ class JobRunner:
             with attempt:
                 self.storage.put(key, data, "image/png")
 
-    def _finish(self, job: Job, status: JobStatus, timings: dict[str, Any], **kwargs: Any) -> bool:
+    def _finish(
+        self, job: Job, status: JobStatus, timings: dict[str, Any], **kwargs: Any
+    ) -> JobStatus | None:
         """``_finish_once`` retried through database outages for ``db_retry_seconds``:
         finished work is never marked lost because the database blinked."""
         for attempt in Retrying(
@@ -258,8 +260,9 @@ class JobRunner:
         timings: dict[str, Any],
         error: tuple[str, str] | None = None,
         outputs: list[JobOutput] | None = None,
-    ) -> bool:
-        """Move our running job to ``status``; ``False`` if it is no longer ours.
+    ) -> JobStatus | None:
+        """Move our running job to ``status``; the status it got, or ``None`` if the job is
+        no longer ours.
 
         A job whose cancel was requested after its last step ends ``canceled``, not
         ``succeeded``: the client asked, and nothing it did not want is published.
@@ -289,11 +292,11 @@ class JobRunner:
                 log.warning(
                     "job %s is no longer ours; result of this run dropped", job.id, extra={"job_id": job.id}
                 )
-                return False
+                return None
             if outputs:
                 session.execute(delete(JobOutput).where(JobOutput.job_id == job.id))
                 session.add_all(outputs)
             session.commit()
         if self.on_finished is not None:
             self.on_finished(job, status)
-        return True
+        return status
