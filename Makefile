@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 # The local demo runs without authentication unless EASEL_AUTH_ENABLED says otherwise.
 run: $(STAMP)
-	EASEL_AUTH_ENABLED=$${EASEL_AUTH_ENABLED:-false} $(BIN)/easel run
+	EASEL_AUTH_ENABLED=$${EASEL_AUTH_ENABLED:-false} EASEL_LOG_FORMAT=$${EASEL_LOG_FORMAT:-text} $(BIN)/easel run
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -16,7 +15,9 @@ from shared.settings import get_settings
 
 
 def _setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from shared.logs import setup_logging
+
+    setup_logging(level, get_settings().log_format)
 
 
 @click.group()

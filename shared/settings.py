@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64, description="Most pixels in an uploaded image.")
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
 
+    log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON, or plain text.")
     auth_enabled: bool = Field(True, description="Require API keys (REST) and a login (pages).")
     secret_key: SecretStr | None = Field(
         None, description="Signs web sessions; default: made once in EASEL_HOME."

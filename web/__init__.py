@@ -11,19 +11,25 @@ from shared.settings import Settings, get_settings
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app for ``settings`` (the environment's when ``None``)."""
-    from web import api, auth, errors, health, limits, openapi, pages, security
+    from web import api, auth, docs, errors, health, limits, openapi, pages, request_ids, security
     from web.services import Services
 
     settings = settings or get_settings()
+    if not logging.getLogger().handlers:  # under gunicorn: the app's own log lines
+        from shared.logs import setup_logging
+
+        setup_logging("INFO", settings.log_format)
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes, JSON_SORT_KEYS=False)
     Services(settings).init_app(app)
+    request_ids.init_app(app)  # first, so even a 401 carries its request id
     auth.init_app(app)  # before the limiter: limits are counted per API key
     limits.init_app(app, settings)
     security.init_app(app, settings)
     errors.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(docs.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(pages.bp)
     logging.getLogger(__name__).debug("app created for %s", settings.database_url)

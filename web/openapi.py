@@ -55,6 +55,48 @@ def _with_common_errors(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+JOB_EXAMPLES = {
+    "txt2img": {
+        "summary": "Text to image",
+        "value": {
+            "type": "txt2img",
+            "prompt": "a lighthouse at dusk, oil painting",
+            "negative_prompt": "blurry",
+            "width": 256,
+            "height": 256,
+            "steps": 20,
+            "guidance_scale": 7.5,
+            "scheduler": "dpmpp_2m",
+            "seed": 42,
+            "num_images": 2,
+        },
+    },
+    "img2img": {
+        "summary": "Image to image (image as base64 or a data: URL)",
+        "value": {
+            "type": "img2img",
+            "prompt": "the same scene in watercolour",
+            "image": "<base64 PNG, JPEG or WebP>",
+            "strength": 0.6,
+            "steps": 30,
+            "seed": 7,
+        },
+    },
+    "inpaint": {
+        "summary": "Inpaint (white in the mask is repainted)",
+        "value": {
+            "type": "inpaint",
+            "prompt": "a red door",
+            "image": "<base64 image>",
+            "mask": "<base64 mask>",
+            "mask_blur": 4,
+            "steps": 30,
+            "webhook_url": "https://example.com/easel-hook",
+        },
+    },
+}
+
+
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
     """The whole document; schemas come from ``shared.schemas``."""
@@ -91,7 +133,7 @@ def openapi_document() -> dict[str, Any]:
                         "requestBody": {
                             "required": True,
                             "content": {
-                                "application/json": {"schema": _ref("JobCreate")},
+                                "application/json": {"schema": _ref("JobCreate"), "examples": JOB_EXAMPLES},
                                 "multipart/form-data": {"schema": form_schema},
                             },
                         },

@@ -203,3 +203,20 @@ def test_edit_page_shows_errors_next_to_fields(page: Any) -> None:
     page.click("button[type=submit]")
     assert "required for inpaint" in page.locator("#image-error").inner_text()
     assert "required for inpaint" in page.locator("#mask-error").inner_text()
+
+
+def test_api_docs_page_loads_with_no_external_requests(page: Any, embedded_stack: Stack) -> None:
+    page.goto("/docs")
+    title = page.locator(".swagger-ui .info .title")
+    title.wait_for(timeout=30_000)
+    assert "Easel" in title.inner_text()
+    page.locator(".opblock-summary-path", has_text="/api/v1/jobs").first.wait_for()
+    post = page.locator(".opblock-post .opblock-summary").first
+    post.click()
+    examples = page.locator(".examples-select select").first  # the request examples of each job type
+    examples.wait_for()
+    options = examples.inner_text().lower()
+    assert "text to image" in options and "image to image" in options and "inpaint" in options
+    page.screenshot(path=str(ARTIFACTS / "docs.png"), full_page=False)
+    outside = [u for u in page.requests_seen if not u.startswith(embedded_stack.base_url)]
+    assert outside == []

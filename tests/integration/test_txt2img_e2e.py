@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -98,3 +99,13 @@ def test_invalid_job_is_rejected_and_service_keeps_working(stack: Stack) -> None
     assert fields["scheduler"]["value"] == "nope"
     job = stack.wait(stack.submit(prompt="still fine", width=64, height=64, steps=2)["id"])
     assert job["status"] == "succeeded"
+
+
+def test_worker_log_lines_about_a_job_are_json_with_its_id(services_stack: Stack) -> None:
+    job = services_stack.wait(services_stack.submit(prompt="logged", width=64, height=64, steps=2)["id"])
+    lines = [json.loads(line) for line in services_stack.worker_log().splitlines() if line.startswith("{")]
+    about = [line for line in lines if line.get("job_id") == job["id"]]
+    assert {"running job", "succeeded"} <= {
+        word for line in about for word in ("running job", "succeeded") if word in line["message"]
+    }
+    assert all(line["model"] == "tiny-sd" for line in about if "succeeded" in line["message"])
