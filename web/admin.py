@@ -1,0 +1,93 @@
+"""The operator view (admin keys only): workers, queue depth per model, recent failures,
+and requeue / cancel of any job."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import Blueprint, abort, redirect, render_template, url_for
+from sqlalchemy import func, select, update
+
+from shared.jobs import cancel_job, get_job
+from shared.models import Job, JobOutput, JobStatus, Worker, utcnow
+from shared.queue import send_wakeup
+from web.auth import current_principal
+from web.services import services
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+RECENT_FAILURES = 20
+
+
+@bp.before_request
+def _admins_only() -> None:
+    principal = current_principal()
+    if principal is None or not principal.is_admin:
+        abort(403)
+
+
+@bp.get("")
+def overview():  # type: ignore[no-untyped-def]
+    svc = services()
+    live_since = utcnow() - timedelta(seconds=svc.settings.worker_lost_after_seconds)
+    with svc.session() as session:
+        workers = session.scalars(
+            select(Worker).where(Worker.stopped_at.is_(None)).order_by(Worker.last_seen_at.desc()).limit(200)
+        ).all()
+        depth = session.execute(
+            select(Job.model, Job.status, func.count())
+            .where(Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+            .group_by(Job.model, Job.status)
+        ).all()
+        failures = session.scalars(
+            select(Job)
+            .where(Job.status == JobStatus.FAILED.value)
+            .order_by(Job.finished_at.desc())
+            .limit(RECENT_FAILURES)
+        ).all()
+    queues: dict[str, dict[str, int]] = {}
+    for model, status, count in depth:
+        queues.setdefault(model, {"queued": 0, "running": 0})[status] = count
+    for name in svc.registry.names():
+        queues.setdefault(name, {"queued": 0, "running": 0})
+    return render_template(
+        "admin.html", workers=workers, live_since=live_since, queues=queues, failures=failures
+    )
+
+
+@bp.post("/jobs/<job_id>/requeue")
+def requeue(job_id: str):  # type: ignore[no-untyped-def]
+    """Run a failed or canceled job again from scratch (same parameters and seed)."""
+    svc = services()
+    with svc.session() as session:
+        job = get_job(session, job_id)
+        done = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_([JobStatus.FAILED.value, JobStatus.CANCELED.value]))
+            .values(
+                status=JobStatus.QUEUED.value,
+                attempts=0,
+                error_code=None,
+                error_message=None,
+                cancel_requested=False,
+                worker_id=None,
+                started_at=None,
+                finished_at=None,
+                progress_step=0,
+                created_at=utcnow(),
+                updated_at=utcnow(),
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if done:
+            session.query(JobOutput).filter_by(job_id=job_id).delete()
+        model = job.model
+    if done:
+        send_wakeup(svc.celery, job_id, model)
+    return redirect(url_for("admin.overview"), code=303)
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel(job_id: str):  # type: ignore[no-untyped-def]
+    with services().session() as session:
+        cancel_job(session, job_id)
+    return redirect(url_for("admin.overview"), code=303)
