@@ -13,6 +13,12 @@ import click
 
 from shared.settings import get_settings
 
+# gunicorn's access log as JSON lines, with the request id the app sent back.
+ACCESS_LOG_JSON = (
+    '{"ts": "%(t)s", "logger": "access", "method": "%(m)s", "path": "%(U)s", "status": %(s)s, '
+    '"bytes": "%(B)s", "duration_ms": %(M)s, "request_id": "%({x-request-id}o)s"}'
+)
+
 
 def _setup_logging(level: str = "INFO") -> None:
     from shared.logs import setup_logging
@@ -269,9 +275,10 @@ def web(dev: bool, host: str | None, port: int | None, workers: int | None) -> N
         "-",
         "--graceful-timeout",
         "20",
-        "web.wsgi:app",
     ]
-    os.execv(sys.executable, args)
+    if settings.log_format == "json":
+        args += ["--access-logformat", ACCESS_LOG_JSON]
+    os.execv(sys.executable, [*args, "web.wsgi:app"])
 
 
 @main.command()

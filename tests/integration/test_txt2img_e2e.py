@@ -11,7 +11,7 @@ import requests
 from PIL import Image
 
 from shared.pngmeta import read_parameters
-from tests.support import Stack
+from tests.support import Stack, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -109,3 +109,22 @@ def test_worker_log_lines_about_a_job_are_json_with_its_id(services_stack: Stack
         word for line in about for word in ("running job", "succeeded") if word in line["message"]
     }
     assert all(line["model"] == "tiny-sd" for line in about if "succeeded" in line["message"])
+
+
+def test_web_access_log_lines_are_json_with_the_request_id(services_stack: Stack) -> None:
+    response = services_stack.http.get(
+        services_stack.base_url + "/healthz", headers={"X-Request-ID": "probe-7"}, timeout=10
+    )
+    assert response.headers["X-Request-ID"] == "probe-7"
+    web = next(p for p in services_stack.processes if p.name == "web")
+
+    def logged() -> bool:  # gunicorn writes the line just after the response
+        lines = [json.loads(line) for line in web.log().splitlines() if line.startswith('{"ts"')]
+        return any(
+            line.get("request_id") == "probe-7"
+            and line.get("path") == "/healthz"
+            and line.get("status") == 200
+            for line in lines
+        )
+
+    wait_for(logged, 10, "the access log line")
