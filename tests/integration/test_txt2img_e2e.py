@@ -109,6 +109,8 @@ def test_worker_log_lines_about_a_job_are_json_with_its_id(services_stack: Stack
         word for line in about for word in ("running job", "succeeded") if word in line["message"]
     }
     assert all(line["model"] == "tiny-sd" for line in about if "succeeded" in line["message"])
+    run_lines = [line for line in about if "running job" in line["message"] or "succeeded" in line["message"]]
+    assert len({line["batch_id"] for line in run_lines}) == 1  # one run, one batch id on its lines
 
 
 def test_web_access_log_lines_are_json_with_the_request_id(services_stack: Stack) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -135,7 +136,9 @@ class JobRunner:
         timings: dict[str, Any] = {}
         if job.started_at is not None:
             timings["queue_seconds"] = round((job.started_at - job.created_at).total_seconds(), 3)
-        log.info("running job %s", job.id, extra={"job_id": job.id, "model": job.model})
+        # Every run is a batch (of one job, until jobs are batched together): its lines share an id.
+        context = {"job_id": job.id, "model": job.model, "batch_id": uuid.uuid4().hex[:16]}
+        log.info("running job %s", job.id, extra=context)
         try:
             spec = self.registry.get(job.model)
             pipelines, load_seconds = self.cache.get(spec)
@@ -155,12 +158,12 @@ class JobRunner:
         except JobCanceled:
             timings["run_seconds"] = round(time.perf_counter() - started, 3)
             self._finish(job, JobStatus.CANCELED, timings)
-            log.info("job %s canceled while running", job.id, extra={"job_id": job.id})
+            log.info("job %s canceled while running", job.id, extra=context)
             return
         except Exception as exc:
             timings["run_seconds"] = round(time.perf_counter() - started, 3)
             code = error_code_for(exc)
-            log.exception("job %s failed: %s", job.id, code, extra={"job_id": job.id})
+            log.exception("job %s failed: %s", job.id, code, extra=context)
             self._finish(job, JobStatus.FAILED, timings, error=(code, str(exc)[:2000]))
             return
         timings["run_seconds"] = round(time.perf_counter() - started, 3)
@@ -169,7 +172,7 @@ class JobRunner:
                 "job %s succeeded in %.2fs",
                 job.id,
                 timings["run_seconds"],
-                extra={"job_id": job.id, "model": job.model},
+                extra=context,
             )
 
     def _request(self, job: Job, seeds: tuple[int, ...]) -> GenerationRequest:
