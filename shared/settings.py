@@ -16,6 +16,23 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """``"512x512,768x512"`` -> ``[(512, 512), (768, 512)]`` (width x height, multiples of 8)."""
+    shapes: list[tuple[int, int]] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        width, sep, height = item.lower().partition("x")
+        if not sep or not width.strip().isdigit() or not height.strip().isdigit():
+            raise ValueError(f"compile shape {item!r} is not WIDTHxHEIGHT, e.g. 512x512")
+        shape = (int(width), int(height))
+        if min(shape) <= 0 or shape[0] % 8 or shape[1] % 8:
+            raise ValueError(f"compile shape {item!r}: width and height must be positive multiples of 8")
+        if shape not in shapes:
+            shapes.append(shape)
+    return shapes
+
+
 class Settings(BaseSettings):
     """Every knob of Easel. Each field is read from ``EASEL_<FIELD>``."""
 
@@ -67,6 +84,20 @@ class Settings(BaseSettings):
     task_time_limit: int = Field(660, ge=1, description="Seconds before the worker child is killed.")
     max_prompt_chars: int = Field(2000, ge=1, description="Longest accepted prompt.")
     progress_interval_seconds: float = Field(0.5, gt=0, description="Least time between progress writes.")
+    max_priority: int = Field(
+        10, ge=0, le=1000, description="Highest `priority` a non-admin key may ask for."
+    )
+    max_batch_size: int = Field(4, ge=1, le=64, description="Most images of compatible jobs in one call.")
+    batch_wait_ms: int = Field(0, ge=0, le=10_000, description="How long a claim waits for a batch to fill.")
+    max_loaded_models: int = Field(1, ge=1, description="Models a worker keeps loaded (LRU).")
+    max_loaded_bytes: int = Field(0, ge=0, description="Weight bytes a worker keeps loaded; 0 = no limit.")
+    torch_compile: bool = Field(False, description="torch.compile the UNet on CUDA, warmed up per shape.")
+    compile_shapes: str = Field("", description="WxH sizes to warm up at start when compiling.")
+    channels_last: bool = Field(True, description="channels_last memory format for the UNet on CUDA.")
+    vae_tiling_pixels: int = Field(
+        1024 * 1024, ge=0, description="Output pixels from which the VAE decodes in tiles; 0 = never."
+    )
+    metrics_port: int = Field(0, ge=0, le=65535, description="Port a worker serves /metrics on; 0 = off.")
 
     public_url: str = Field(
         "", description="Base URL clients reach the web tier at; default http://host:port"
@@ -100,6 +131,7 @@ class Settings(BaseSettings):
         if not self.public_url:
             self.public_url = f"http://{self.host}:{self.port}"
         self.public_url = self.public_url.rstrip("/")
+        parse_shapes(self.compile_shapes)  # a bad size fails here, naming it
         if self.task_time_limit <= self.task_soft_time_limit:
             raise ValueError(
                 f"task_time_limit ({self.task_time_limit}) must exceed "

@@ -16,20 +16,29 @@ from shared.errors import ModelLoadError
 from shared.models import JobType
 from shared.registry import ModelSource, ModelSpec
 from worker.engine.device import DevicePlan, torch_dtype
+from worker.engine.fastpath import apply_fast_path, plan_fast_path
 from worker.engine.generate import free_accelerator_memory
 from worker.engine.tiny_model import ensure_tiny_model
 
 log = logging.getLogger(__name__)
 
 
-def load_pipeline(spec: ModelSpec, plan: DevicePlan, offline: bool = True) -> Any:
-    """Load ``spec``'s pipeline onto ``plan.device``.
+def load_pipeline(
+    spec: ModelSpec,
+    plan: DevicePlan,
+    offline: bool = True,
+    *,
+    channels_last: bool = True,
+    torch_compile: bool = False,
+) -> Any:
+    """Load ``spec``'s pipeline onto ``plan.device``, then apply the fast path.
 
     Every source ends in a diffusers pipeline: a Hub id or a local folder through
     ``AutoPipelineForText2Image.from_pretrained`` (``AutoPipelineForInpainting`` for a
     dedicated inpainting checkpoint), a checkpoint file through ``from_single_file``.
     ``tiny-sd`` is built on first use, then loaded from its folder like any other
-    local model.
+    local model. ``channels_last`` and ``torch_compile`` take effect on CUDA only
+    (``worker.engine.fastpath``).
     """
     from diffusers import (
         AutoPipelineForInpainting,
@@ -64,7 +73,27 @@ def load_pipeline(spec: ModelSpec, plan: DevicePlan, offline: bool = True) -> An
         ) from exc
     pipe = pipe.to(plan.device)
     pipe.set_progress_bar_config(disable=True)
+    apply_fast_path(pipe, plan_fast_path(plan, channels_last=channels_last, torch_compile=torch_compile))
     return pipe
+
+
+def weight_bytes(pipe: Any) -> int:
+    """Parameter and buffer bytes of the torch modules of ``pipe`` (0 for anything else)."""
+    import torch
+
+    components = getattr(pipe, "components", None)
+    if not isinstance(components, dict):
+        return 0
+    seen: set[int] = set()
+    total = 0
+    for module in components.values():
+        if not isinstance(module, torch.nn.Module):
+            continue
+        for tensor in (*module.parameters(), *module.buffers()):
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                total += tensor.numel() * tensor.element_size()
+    return total
 
 
 class ModelPipelines:
@@ -77,6 +106,7 @@ class ModelPipelines:
     def __init__(self, spec: ModelSpec, base: Any) -> None:
         self.spec = spec
         self.base = base
+        self.bytes = weight_bytes(base)
         self._by_type: dict[JobType, Any] = {}
         if spec.inpainting:
             self._by_type[JobType.INPAINT] = base
@@ -97,19 +127,42 @@ class ModelPipelines:
             self._by_type[job_type] = pipe
         return self._by_type[job_type]
 
+    def release(self) -> None:
+        """Drop every pipeline of this model, so its weights can be freed."""
+        self._by_type.clear()
+        self.base = None
+
 
 Loader = Callable[[ModelSpec], Any]
 
 
 @dataclass
 class PipelineCache:
-    """Loaded pipelines by model name, least recently used evicted past ``max_models``."""
+    """Loaded pipelines by model name, least recently used evicted past a budget.
+
+    ``max_models`` caps how many models stay loaded; ``max_bytes`` (0 = no limit) caps
+    their weight bytes. Before a load, LRU models are evicted until there is room for
+    one more, and, if this model's size is known from an earlier load, until it fits
+    the byte budget (so two models never sit in GPU memory at once when one fits).
+    After a load, LRU others are evicted while the total is over ``max_bytes``; the
+    model just loaded always stays, even alone over the budget.
+    """
 
     loader: Loader
     max_models: int = 1
+    max_bytes: int = 0
     _pipelines: OrderedDict[str, ModelPipelines] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _sizes: dict[str, int] = field(default_factory=dict)
     loads: dict[str, int] = field(default_factory=dict)
+    on_load: Callable[[str, float, int], None] | None = None
+    """Called after each load with (model, seconds, models now loaded): metrics."""
+
+    def __post_init__(self) -> None:
+        if self.max_models < 1:
+            raise ValueError(f"max_models must be at least 1, got {self.max_models}")
+        if self.max_bytes < 0:
+            raise ValueError(f"max_bytes must be 0 (no limit) or positive, got {self.max_bytes}")
 
     def get(self, spec: ModelSpec) -> tuple[ModelPipelines, float]:
         """The warm pipelines of ``spec`` and the seconds spent loading them (0.0 if warm)."""
@@ -117,22 +170,57 @@ class PipelineCache:
             if spec.name in self._pipelines:
                 self._pipelines.move_to_end(spec.name)
                 return self._pipelines[spec.name], 0.0
+            evicted = False
             while len(self._pipelines) >= self.max_models:
-                evicted, _ = self._pipelines.popitem(last=False)
-                log.info("evicted model %s from the pipeline cache", evicted)
+                evicted = self._evict_lru()
+            known = self._sizes.get(spec.name)
+            while self._pipelines and known is not None and self._over_budget(known):
+                evicted = self._evict_lru()
+            if evicted:
                 free_accelerator_memory()
             started = time.perf_counter()
             pipe = ModelPipelines(spec, self.loader(spec))
             seconds = time.perf_counter() - started
             self._pipelines[spec.name] = pipe
+            self._sizes[spec.name] = pipe.bytes
             self.loads[spec.name] = self.loads.get(spec.name, 0) + 1
             log.info(
-                "loaded model %s in %.2fs",
+                "loaded model %s in %.2fs (%d weight bytes)",
                 spec.name,
                 seconds,
-                extra={"model": spec.name, "load_seconds": round(seconds, 3)},
+                pipe.bytes,
+                extra={"model": spec.name, "load_seconds": round(seconds, 3), "weight_bytes": pipe.bytes},
             )
+            evicted = False
+            while self._over_budget(0) and len(self._pipelines) > 1:
+                evicted = self._evict_lru()
+            if evicted:
+                free_accelerator_memory()
+            if self._over_budget(0):
+                log.warning(
+                    "model %s alone (%d bytes) is over max_bytes %d; keeping it loaded",
+                    spec.name,
+                    pipe.bytes,
+                    self.max_bytes,
+                )
+            if self.on_load is not None:
+                self.on_load(spec.name, seconds, len(self._pipelines))
             return pipe, seconds
 
     def loaded(self) -> list[str]:
+        """Loaded model names, least recently used first."""
         return list(self._pipelines)
+
+    def bytes_loaded(self) -> int:
+        """Weight bytes of the loaded models."""
+        return sum(p.bytes for p in self._pipelines.values())
+
+    def _over_budget(self, extra: int) -> bool:
+        return self.max_bytes > 0 and self.bytes_loaded() + extra > self.max_bytes
+
+    def _evict_lru(self) -> bool:
+        """Drop the least recently used model; the caller then frees accelerator memory."""
+        name, pipes = self._pipelines.popitem(last=False)
+        pipes.release()
+        log.info("evicted model %s from the pipeline cache (%d weight bytes)", name, pipes.bytes)
+        return True

@@ -1,0 +1,205 @@
+"""The GPU fast path: its choices, tested without a GPU, and applying it leaves the tiny pipeline working."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from shared.registry import ModelSource, ModelSpec
+from shared.settings import Settings, parse_shapes
+from worker.engine.device import DevicePlan
+from worker.engine.fastpath import (
+    FastPathPlan,
+    apply_fast_path,
+    is_compiled,
+    plan_fast_path,
+    set_vae_tiling,
+    use_vae_tiling,
+    warm_up,
+)
+from worker.engine.generate import GenerationRequest, generate, make_scheduler, with_scheduler
+from worker.engine.pipelines import load_pipeline
+
+CPU = DevicePlan("cpu", "float32")
+CUDA = DevicePlan("cuda:0", "float16")
+
+
+# --- choices ---------------------------------------------------------------------------------
+
+
+def test_cpu_gets_sdpa_only_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="worker.engine.fastpath"):
+        plan = plan_fast_path(CPU, channels_last=True, torch_compile=True)
+    assert (plan.sdpa, plan.channels_last, plan.compile) == (True, False, False)
+    assert "channels_last skipped: CUDA only (device cpu)" in caplog.text
+    assert "torch.compile skipped: CUDA only (device cpu)" in caplog.text
+    assert len(plan.reasons) == 2
+
+
+def test_cpu_with_nothing_asked_has_nothing_to_explain() -> None:
+    assert plan_fast_path(CPU, channels_last=False, torch_compile=False).reasons == ()
+
+
+@pytest.mark.parametrize(
+    ("channels_last", "torch_compile"), [(True, False), (True, True), (False, True), (False, False)]
+)
+def test_cuda_follows_the_settings(channels_last: bool, torch_compile: bool) -> None:
+    plan = plan_fast_path(CUDA, channels_last=channels_last, torch_compile=torch_compile)
+    assert plan == FastPathPlan(sdpa=True, channels_last=channels_last, compile=torch_compile)
+
+
+def test_no_sdpa_in_torch_keeps_default_attention() -> None:
+    plan = plan_fast_path(CUDA, sdpa_available=False)
+    assert not plan.sdpa and "SDPA attention unavailable" in plan.reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "shapes"),
+    [
+        ("512x512,768x512", [(512, 512), (768, 512)]),
+        (" 512X768 , 64x64,", [(512, 768), (64, 64)]),
+        ("512x512,512x512", [(512, 512)]),
+        ("", []),
+    ],
+)
+def test_parse_shapes(text: str, shapes: list[tuple[int, int]]) -> None:
+    assert parse_shapes(text) == shapes
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("512", "compile shape '512' is not WIDTHxHEIGHT"),
+        ("512x512,foo", "compile shape 'foo' is not WIDTHxHEIGHT"),
+        ("512x", "compile shape '512x'"),
+        ("-8x512", "compile shape '-8x512'"),
+        ("0x512", "'0x512': width and height must be positive multiples of 8"),
+        ("513x512", "'513x512': width and height must be positive multiples of 8"),
+    ],
+)
+def test_parse_shapes_names_the_bad_value(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_shapes(text)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "pixels", "tiled"),
+    [
+        (1024, 1024, 1024 * 1024, True),  # at the threshold
+        (1024, 1016, 1024 * 1024, False),  # just under
+        (1536, 1024, 1024 * 1024, True),
+        (4096, 4096, 0, False),  # 0 = never
+        (64, 64, 4096, True),
+    ],
+)
+def test_vae_tiling_threshold(width: int, height: int, pixels: int, tiled: bool) -> None:
+    assert use_vae_tiling(width, height, pixels) is tiled
+
+
+# --- on the real tiny pipeline ----------------------------------------------------------------
+
+
+def load(folder: Path) -> Any:
+    spec = ModelSpec(name="t", source=ModelSource.DIRECTORY, location=str(folder), default_size=256)
+    return load_pipeline(spec, CPU, channels_last=False, torch_compile=False)
+
+
+def run(pipe: Any, size: int = 64) -> np.ndarray:
+    req = GenerationRequest(
+        prompt="a green hill",
+        negative_prompt="",
+        width=size,
+        height=size,
+        steps=2,
+        guidance_scale=7.5,
+        scheduler="euler",
+        seeds=(5,),
+    )
+    [image] = generate(pipe, req)
+    assert image.size == (size, size)
+    return np.asarray(image, dtype=np.int16)
+
+
+def processors(pipe: Any) -> Counter[str]:
+    return Counter(type(p).__name__ for p in pipe.unet.attn_processors.values())
+
+
+def test_diffusers_already_uses_sdpa_and_the_cpu_plan_changes_nothing(tiny_model: Path) -> None:
+    pipe = load(tiny_model)
+    before = run(pipe)
+    done = apply_fast_path(pipe, plan_fast_path(CPU, channels_last=True, torch_compile=True))
+    assert done == ["sdpa (already default)"]
+    assert set(processors(pipe)) == {"AttnProcessor2_0"}
+    assert not is_compiled(pipe.unet)
+    assert np.array_equal(run(pipe), before)
+
+
+def test_plain_attention_is_switched_to_sdpa(tiny_model: Path) -> None:
+    from diffusers.models.attention_processor import AttnProcessor
+
+    pipe = load(tiny_model)
+    reference = run(pipe)
+    pipe.unet.set_attn_processor(AttnProcessor())
+    done = apply_fast_path(pipe, FastPathPlan())
+    assert done == [f"sdpa ({sum(processors(pipe).values())} processors switched)"]
+    assert set(processors(pipe)) == {"AttnProcessor2_0"}
+    assert np.abs(run(pipe) - reference).max() <= 1
+
+
+def test_channels_last_and_compile_mechanics_run_on_the_cpu(tiny_model: Path) -> None:
+    """The CUDA-only steps forced on the CPU (eager backend: tracing, no code generation)."""
+    pipe = load(tiny_model)
+    reference = run(pipe)
+    plan = FastPathPlan(channels_last=True, compile=True, compile_backend="eager")
+    try:
+        assert apply_fast_path(pipe, plan)[1:] == ["channels_last", "torch.compile unet (eager)"]
+        assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        assert pipe.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        assert is_compiled(pipe.unet)
+        assert list(warm_up(pipe, [(64, 64)], steps=2)) == [(64, 64)]
+        assert np.abs(run(pipe) - reference).max() <= 1
+    finally:
+        torch._dynamo.reset()
+
+
+def test_warm_up_does_nothing_without_a_compiled_unet(tiny_model: Path) -> None:
+    assert warm_up(load(tiny_model), [(64, 64)]) == {}
+
+
+def test_set_vae_tiling_toggles_the_shared_vae_both_ways(tiny_model: Path) -> None:
+    pipe = load(tiny_model)
+    assert pipe.vae.use_tiling is False
+    view = with_scheduler(pipe, make_scheduler("ddim", pipe.scheduler.config))
+    set_vae_tiling(view, True)
+    assert pipe.vae.use_tiling is True  # a per-call view shares the VAE: the flag must be set every call
+    set_vae_tiling(pipe, True)
+    assert pipe.vae.use_tiling is True
+    set_vae_tiling(view, False)
+    assert pipe.vae.use_tiling is False
+    set_vae_tiling(object(), True)  # no VAE: nothing to do
+
+
+def test_tiled_decode_runs_past_the_tile_size(tiny_model: Path) -> None:
+    pipe = load(tiny_model)
+    assert pipe.vae.tile_sample_min_size == 256  # tiny-sd's VAE tiles above 256 px
+    latents = torch.randn(1, 4, 40, 40, generator=torch.Generator().manual_seed(0))  # 320x320 px
+
+    def decode(width: int, height: int, tiling_pixels: int) -> torch.Tensor:
+        set_vae_tiling(pipe, use_vae_tiling(width, height, tiling_pixels))
+        with torch.inference_mode():
+            return pipe.vae.decode(latents).sample
+
+    tiled, whole = decode(320, 320, 1024), decode(320, 320, 0)
+    assert tiled.shape == whole.shape == (1, 3, 320, 320)
+    assert not torch.equal(tiled, whole)  # the tiles really were decoded separately
+
+
+def test_a_bad_compile_shape_fails_at_settings_load_naming_it() -> None:
+    with pytest.raises(ValueError, match="512by512"):
+        Settings(compile_shapes="512x512,512by512")

@@ -1,0 +1,168 @@
+"""The GPU fast path: what to turn on for a device, and turning it on.
+
+``plan_fast_path`` is a pure function of the device plan and the settings, so the
+choices are unit-tested on a CPU-only machine. On CUDA: SDPA attention (diffusers'
+default on torch 2, made explicit where a module fell back to the plain processor),
+``channels_last`` UNet/VAE, and optionally ``torch.compile`` of the UNet, warmed up
+per served shape at worker start by ``warm_up``. On the CPU: SDPA only; the rest is
+skipped with a logged reason. VAE tiling is chosen per call by output size
+(``use_vae_tiling``) and always set, on or off (``set_vae_tiling``), so one request
+never leaks into the next. Nothing here claims a speed-up; it is measured on a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from worker.engine.device import DevicePlan
+
+log = logging.getLogger(__name__)
+
+Shape = tuple[int, int]  # (width, height)
+
+
+@dataclass(frozen=True)
+class FastPathPlan:
+    """What ``apply_fast_path`` does to a freshly loaded pipeline."""
+
+    sdpa: bool = True
+    channels_last: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
+    reasons: tuple[str, ...] = ()  # why something asked for is off
+
+
+def plan_fast_path(
+    device: DevicePlan,
+    *,
+    channels_last: bool = True,
+    torch_compile: bool = False,
+    sdpa_available: bool = True,
+    compile_backend: str = "inductor",
+) -> FastPathPlan:
+    """The fast path for ``device`` given the settings; each refusal is logged with its reason."""
+    reasons: list[str] = []
+    if channels_last and not device.is_cuda:
+        reasons.append(f"channels_last skipped: CUDA only (device {device.device})")
+    if torch_compile and not device.is_cuda:
+        reasons.append(f"torch.compile skipped: CUDA only (device {device.device})")
+    if not sdpa_available:
+        reasons.append("SDPA attention unavailable in this torch; keeping the default processors")
+    for reason in reasons:
+        log.info("fast path: %s", reason)
+    return FastPathPlan(
+        sdpa=sdpa_available,
+        channels_last=channels_last and device.is_cuda,
+        compile=torch_compile and device.is_cuda,
+        compile_backend=compile_backend,
+        reasons=tuple(reasons),
+    )
+
+
+def use_vae_tiling(width: int, height: int, tiling_pixels: int) -> bool:
+    """Whether an output of ``width`` x ``height`` decodes in tiles (``tiling_pixels`` 0 = never)."""
+    return tiling_pixels > 0 and width * height >= tiling_pixels
+
+
+def set_vae_tiling(pipe: Any, enabled: bool) -> None:
+    """Turn the VAE's tiled encode/decode on or off; call before every pipeline call.
+
+    The VAE is shared by every pipeline of a model, so the flag is always set, never
+    left as the previous call had it.
+    """
+    vae = getattr(pipe, "vae", None)
+    if vae is None:
+        return
+    if enabled:
+        vae.enable_tiling()
+    else:
+        vae.disable_tiling()
+
+
+def apply_fast_path(pipe: Any, plan: FastPathPlan) -> list[str]:
+    """Apply ``plan`` to a loaded pipeline in place; returns what was done, for the log."""
+    import torch
+
+    done: list[str] = []
+    unet = getattr(pipe, "unet", None)
+    vae = getattr(pipe, "vae", None)
+    modules = [m for m in (unet, vae) if isinstance(m, torch.nn.Module)]
+    if plan.sdpa:
+        switched = sum(_use_sdpa(module) for module in modules)
+        done.append(f"sdpa ({switched} processors switched)" if switched else "sdpa (already default)")
+    if plan.channels_last:
+        for module in modules:
+            module.to(memory_format=torch.channels_last)
+        done.append("channels_last")
+    if plan.compile and isinstance(unet, torch.nn.Module):
+        unet.compile(backend=plan.compile_backend)  # in place: the pipeline keeps its module object
+        done.append(f"torch.compile unet ({plan.compile_backend})")
+    log.info("fast path applied: %s", ", ".join(done) or "nothing")
+    return done
+
+
+def _use_sdpa(module: Any) -> int:
+    """Switch plain ``AttnProcessor`` attention to ``AttnProcessor2_0`` (SDPA); returns the count.
+
+    Only where the math is the same: ``scale_qk`` attention (SDPA scales by 1/sqrt(d)).
+    Custom processors (LoRA, IP-Adapter, ...) are left alone.
+    """
+    import torch.nn.functional as F
+    from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+
+    if not hasattr(F, "scaled_dot_product_attention"):
+        return 0
+    switched = 0
+    for sub in module.modules():
+        if isinstance(sub, Attention) and type(sub.processor) is AttnProcessor and sub.scale_qk:
+            sub.set_processor(AttnProcessor2_0())
+            switched += 1
+    return switched
+
+
+def is_compiled(module: Any) -> bool:
+    """Whether ``module`` was compiled (in place with ``Module.compile`` or wrapped)."""
+    return getattr(module, "_compiled_call_impl", None) is not None or hasattr(module, "_orig_mod")
+
+
+def warm_up(pipe: Any, shapes: list[Shape], steps: int = 2) -> dict[Shape, float]:
+    """One short call per shape so the first real job does not pay the compile.
+
+    Does nothing unless the UNet is compiled. Runs with classifier-free guidance
+    (the UNet batch real jobs use) and stops at the latents (the VAE is not compiled).
+    Uses its own scheduler, so the cached pipeline's state is untouched. Returns the
+    seconds per shape.
+    """
+    import torch
+    from PIL import Image
+
+    from worker.engine.generate import with_scheduler
+
+    if not shapes or not is_compiled(getattr(pipe, "unet", None)):
+        return {}
+    seconds: dict[Shape, float] = {}
+    for width, height in shapes:
+        call = with_scheduler(pipe, type(pipe.scheduler).from_config(pipe.scheduler.config))
+        call.set_progress_bar_config(disable=True)
+        extra: dict[str, Any] = {}
+        if "Inpaint" in type(pipe).__name__:
+            blank, mask = Image.new("RGB", (width, height)), Image.new("L", (width, height), 255)
+            extra = {"image": blank, "mask_image": mask}
+        started = time.perf_counter()
+        with torch.inference_mode():
+            call(
+                prompt="warm-up",
+                width=width,
+                height=height,
+                num_inference_steps=steps,
+                guidance_scale=7.5,
+                generator=torch.Generator("cpu").manual_seed(0),
+                output_type="latent",
+                **extra,
+            )
+        seconds[(width, height)] = time.perf_counter() - started
+        log.info("warmed up %dx%d in %.1fs", width, height, seconds[(width, height)])
+    return seconds
