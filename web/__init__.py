@@ -12,6 +12,7 @@ from shared.settings import Settings, get_settings
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app for ``settings`` (the environment's when ``None``)."""
     from web import admin, api, auth, docs, errors, health, limits, openapi, pages, request_ids, security
+    from web.metrics import bp as metrics_bp
     from web.services import Services
 
     settings = settings or get_settings()
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(docs.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics_bp)
     app.register_blueprint(pages.bp)
     logging.getLogger(__name__).debug("app created for %s", settings.database_url)
     return app

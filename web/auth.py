@@ -32,7 +32,7 @@ bp = Blueprint("auth", __name__)
 csrf = CSRFProtect()
 
 ANONYMOUS_OWNER = "anonymous"
-PUBLIC_PATHS = ("/healthz", "/readyz", "/api/v1/openapi.json", "/login", "/static/", "/docs")
+PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/api/v1/openapi.json", "/login", "/static/", "/docs")
 
 
 @dataclass(frozen=True)

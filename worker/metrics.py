@@ -1,0 +1,155 @@
+"""A worker process's own Prometheus series, served on ``EASEL_METRICS_PORT``.
+
+The series live on a dedicated registry (``REGISTRY``), process-global like the
+pipeline cache: each Celery child (one per GPU) counts what it did and serves it
+from a small HTTP thread. The web tier's ``/metrics`` holds the cluster-wide view
+derived from the database; these add what only the worker sees (batches, model
+loads) and per-worker timings. Observing never raises into the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
+
+from shared.models import utcnow
+
+log = logging.getLogger(__name__)
+
+# The same bounds as the web tier's histograms (web/metrics.py), so the two compare.
+QUEUE_WAIT_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+RUN_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
+LOAD_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+
+disable_created_metrics()  # no ``*_created`` series: they double the output and no dashboard uses them
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+
+JOBS_FINISHED = Counter(
+    "easel_worker_jobs_finished",
+    "Jobs this worker finished, by final status.",
+    ["status", "type", "model"],
+    registry=REGISTRY,
+)
+QUEUE_WAIT = Histogram(
+    "easel_worker_queue_wait_seconds",
+    "Seconds the jobs this worker finished waited from submission to their start.",
+    ["model"],
+    buckets=QUEUE_WAIT_BUCKETS,
+    registry=REGISTRY,
+)
+RUN = Histogram(
+    "easel_worker_run_seconds",
+    "Seconds the jobs this worker finished ran, claim to finish.",
+    ["model"],
+    buckets=RUN_BUCKETS,
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "easel_worker_batch_size",
+    "Images generated per pipeline call.",
+    ["model"],
+    buckets=BATCH_BUCKETS,
+    registry=REGISTRY,
+)
+BATCH_JOBS = Histogram(
+    "easel_worker_batch_jobs",
+    "Jobs run together per pipeline call.",
+    ["model"],
+    buckets=BATCH_BUCKETS,
+    registry=REGISTRY,
+)
+MODEL_LOADS = Counter(
+    "easel_worker_model_loads", "Models loaded into the pipeline cache.", ["model"], registry=REGISTRY
+)
+MODEL_LOAD_SECONDS = Histogram(
+    "easel_worker_model_load_seconds",
+    "Seconds a model took to load.",
+    ["model"],
+    buckets=LOAD_BUCKETS,
+    registry=REGISTRY,
+)
+MODELS_LOADED = Gauge("easel_worker_models_loaded", "Models loaded (warm) now.", registry=REGISTRY)
+
+_server_lock = threading.Lock()
+_server_port: int | None = None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return max(0.0, float(value))
+
+
+def observe_job_finished(model: str, job_type: str, status: str, timings: Mapping[str, Any]) -> None:
+    """Count a finished job; ``timings`` may hold ``queue_seconds`` and ``run_seconds``."""
+    try:
+        JOBS_FINISHED.labels(status=status, type=job_type, model=model).inc()
+        queue_seconds = _number(timings.get("queue_seconds"))
+        if queue_seconds is not None:
+            QUEUE_WAIT.labels(model=model).observe(queue_seconds)
+        run_seconds = _number(timings.get("run_seconds"))
+        if run_seconds is not None:
+            RUN.labels(model=model).observe(run_seconds)
+    except Exception:  # metrics must never fail a job
+        log.warning("could not record metrics of a finished job", exc_info=True)
+
+
+def job_timings(
+    created_at: datetime | None, started_at: datetime | None, now: datetime | None = None
+) -> dict[str, float]:
+    """``queue_seconds`` (created to started) and ``run_seconds`` (started to ``now``)."""
+    if started_at is None:
+        return {}
+    now = now or utcnow()
+    timings = {"run_seconds": (now - started_at).total_seconds()}
+    if created_at is not None:
+        timings["queue_seconds"] = (started_at - created_at).total_seconds()
+    return timings
+
+
+def observe_batch(model: str, images: int, jobs: int) -> None:
+    """One pipeline call of ``jobs`` jobs generating ``images`` images in all."""
+    BATCH_SIZE.labels(model=model).observe(images)
+    BATCH_JOBS.labels(model=model).observe(jobs)
+
+
+def observe_model_load(model: str, seconds: float) -> None:
+    """A model loaded into the cache (a miss) in ``seconds``."""
+    MODEL_LOADS.labels(model=model).inc()
+    MODEL_LOAD_SECONDS.labels(model=model).observe(max(0.0, seconds))
+
+
+def set_models_loaded(count: int) -> None:
+    """How many models the cache holds now (after a load or an eviction)."""
+    MODELS_LOADED.set(count)
+
+
+def start_server(port: int, addr: str = "0.0.0.0") -> None:
+    """Serve ``REGISTRY`` on ``addr:port`` from a daemon thread; a second call is a no-op.
+
+    Raises ``OSError`` when the port is taken.
+    """
+    global _server_port
+    with _server_lock:
+        if _server_port is not None:
+            if _server_port != port:
+                log.warning("metrics already served on port %d, not %d", _server_port, port)
+            return
+        start_http_server(port, addr=addr, registry=REGISTRY)
+        _server_port = port
+    log.info("serving metrics on %s:%d/metrics", addr, port)
