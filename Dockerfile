@@ -29,7 +29,8 @@ COPY web ./web
 COPY worker ./worker
 COPY migrations ./migrations
 RUN pip install ".[worker]"
-RUN useradd --create-home easel && mkdir -p /data && chown easel /data
+# The compose volumes mounted here start with these folders' owner, so the worker can write them.
+RUN useradd --create-home easel && mkdir -p /data/models /data/gpu-locks && chown -R easel /data
 USER easel
 ENV EASEL_HOME=/data
 CMD ["easel", "worker"]

@@ -7,19 +7,20 @@ a prior of 0.5 s per step-megapixel and 0.2 s of overhead stands in.
 
 - running job: ``rate * remaining steps * megapixels * images``;
 - queued job: (cost of the queued jobs ahead of it + what remains of the model's
-  running jobs) / live workers serving the model, plus its own cost.
+  running jobs) / live workers serving the model, plus its own cost; ``None`` while
+  no live worker serves the model (it waits for one to start).
 """
 
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from datetime import timedelta
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from shared.models import Job, JobStatus, Worker, utcnow
+from shared.models import Job, JobStatus
+from shared.workers import live_workers
 
 PRIOR_RATE = 0.5
 PRIOR_OVERHEAD = 0.2
@@ -55,19 +56,19 @@ def cost_model(session: Session, model: str, history: int) -> CostModel:
     return CostModel(statistics.median(rates), statistics.median(overheads) if overheads else 0.0)
 
 
-def live_workers(session: Session, model: str, lost_after: float) -> int:
-    """Workers seen within ``lost_after`` seconds that serve ``model``."""
-    since = utcnow() - timedelta(seconds=lost_after)
-    rows = session.scalars(
-        select(Worker.models).where(Worker.last_seen_at >= since, Worker.stopped_at.is_(None))
-    ).all()
-    return sum(1 for models in rows if not models or model in models)
-
-
-def estimate_seconds(session: Session, job: Job, history: int, lost_after: float) -> float | None:
-    """Seconds until ``job`` finishes, or ``None`` once it has."""
+def estimate_seconds(
+    session: Session, job: Job, history: int, lost_after: float, workers: int | None = None
+) -> float | None:
+    """Seconds until ``job`` finishes; ``None`` once it has, or while it is queued and
+    no live worker serves its model. ``workers`` (live workers serving the job's
+    model) saves a query when the caller has already counted them."""
     if job.status not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
         return None
+    if job.status == JobStatus.QUEUED.value:
+        if workers is None:
+            workers = live_workers(session, job.model, lost_after)
+        if workers == 0:
+            return None
     model = cost_model(session, job.model, history)
     mpx = job.width * job.height / 1e6 * job.num_images
     if job.status == JobStatus.RUNNING.value:
@@ -88,10 +89,9 @@ def estimate_seconds(session: Session, job: Job, history: int, lost_after: float
             )
         ).where(Job.status == JobStatus.RUNNING.value, Job.model == job.model)
     )
-    workers = max(1, live_workers(session, job.model, lost_after))
     wait = ahead_count * model.overhead + model.rate * (float(ahead_work) + float(running_work or 0)) / 1e6
     own = model.cost(job.steps, job.width, job.height, job.num_images)
-    return round(max(0.1, wait / workers + own), 2)
+    return round(max(0.1, wait / max(1, workers or 0) + own), 2)
 
 
 def _ahead_of(job: Job):  # type: ignore[no-untyped-def]

@@ -234,7 +234,7 @@ def openapi_document() -> dict[str, Any]:
                 "/api/v1/models": {
                     "get": {
                         "operationId": "listModels",
-                        "summary": "Models and their limits",
+                        "summary": "Models, their limits and the live workers serving each",
                         "responses": {"200": _json("ModelList", "The models")},
                     }
                 },

@@ -158,12 +158,12 @@ def test_eta_uses_history_and_live_workers(client: FlaskClient, settings: Settin
         finished_at=utcnow(),
         timings={"generate_seconds": 4.0, "run_seconds": 4.5, "load_seconds": 0.0},
     )
-    # 10 steps of 64x64 took 4 s: 4 / (10 * 0.004096) s per step-megapixel; 0.5 s overhead.
     queued = [submit(client, steps=10) for _ in range(2)]
-    assert queued[0]["eta_seconds"] == pytest.approx(4.5, rel=0.01)
-    assert queued[1]["eta_seconds"] == pytest.approx(9.0, rel=0.01)
-    with session_scope(settings.database_url) as session:
-        for name in ("a", "b"):
+    # No worker serves tiny-sd yet: the jobs wait for one, with no estimate.
+    assert all(q["waiting_for_worker"] and q["eta_seconds"] is None for q in queued)
+
+    def add_worker(name: str) -> None:
+        with session_scope(settings.database_url) as session:
             session.add(
                 Worker(
                     id=name,
@@ -174,6 +174,14 @@ def test_eta_uses_history_and_live_workers(client: FlaskClient, settings: Settin
                     last_seen_at=utcnow(),
                 )
             )
+
+    add_worker("a")
+    # 10 steps of 64x64 took 4 s: 4 / (10 * 0.004096) s per step-megapixel; 0.5 s overhead.
+    first, second = (client.get(f"/api/v1/jobs/{q['id']}").get_json() for q in queued)
+    assert not first["waiting_for_worker"] and not second["waiting_for_worker"]
+    assert first["eta_seconds"] == pytest.approx(4.5, rel=0.01)
+    assert second["eta_seconds"] == pytest.approx(9.0, rel=0.01)
+    add_worker("b")
     later = client.get(f"/api/v1/jobs/{queued[1]['id']}").get_json()
     assert later["eta_seconds"] == pytest.approx(4.5 / 2 + 4.5, rel=0.01)
 

@@ -1,4 +1,5 @@
-// Live job page: polls the job object and renders status, queue, ETA, progress and images.
+// Live job page: polls the job object and renders status, queue, ETA, progress, images and
+// whether the job waits for a worker serving its model.
 "use strict";
 (function () {
   const root = document.getElementById("job");
@@ -68,6 +69,10 @@
     $("bar").style.width = pct + "%";
     $("bar").setAttribute("aria-valuenow", String(pct));
     $("steps").textContent = "step " + job.progress.step + " of " + job.progress.total;
+    $("waiting").hidden = !job.waiting_for_worker;
+    $("waiting").textContent = job.waiting_for_worker
+      ? "No worker serving model " + job.model + " is running; the job waits until one starts."
+      : "";
     $("cancel").hidden = terminal.has(job.status);
     if (job.error) {
       $("error").hidden = false;
