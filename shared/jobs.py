@@ -58,6 +58,7 @@ def create_job(
         mask_blur=resolved.mask_blur,
         keep_unmasked=resolved.keep_unmasked,
         webhook_url=resolved.webhook_url,
+        priority=resolved.priority,
         progress_total=resolved.denoising_steps,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
@@ -201,8 +202,13 @@ def describe(
     position: int | None = None,
     eta_seconds: float | None = None,
     input_url: InputUrl | None = None,
+    serving_workers: int | None = None,
 ) -> JobView:
-    """The REST job object for ``job``; ``output_url(job, index)`` makes output links."""
+    """The REST job object for ``job``; ``output_url(job, index)`` makes output links.
+
+    ``serving_workers`` is the number of live workers serving the job's model (``None``:
+    not counted); a queued job with none is ``waiting_for_worker``.
+    """
     total = job.progress_total or job.steps
     step = min(job.progress_step, total) if total else 0
     if job.status == JobStatus.SUCCEEDED.value:
@@ -217,6 +223,7 @@ def describe(
         progress=Progress(step=step, total=total, fraction=round(step / total, 4) if total else 0.0),
         queue_position=position,
         eta_seconds=eta_seconds,
+        waiting_for_worker=waiting_for_worker(job, serving_workers),
         outputs=[
             OutputInfo(
                 index=o.index,
@@ -237,12 +244,20 @@ def describe(
         attempts=job.attempts,
         worker_id=job.worker_id,
         cancel_requested=job.cancel_requested,
+        priority=job.priority,
+        batch_id=job.batch_id,
+        batch_size=job.batch_size,
         webhook=_webhook_state(job),
         timings=job.timings or {},
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
     )
+
+
+def waiting_for_worker(job: Job, serving_workers: int | None) -> bool:
+    """Whether ``job`` is queued while no live worker serves its model (``None``: unknown)."""
+    return job.status == JobStatus.QUEUED.value and serving_workers == 0
 
 
 def _webhook_state(job: Job) -> dict[str, Any] | None:

@@ -83,6 +83,8 @@ class Job(Base):
         # The claim query: queued jobs of a model, best priority first, then oldest.
         Index("ix_jobs_claim", "status", "model", "priority", "created_at"),
         Index("ix_jobs_created_at", "created_at"),
+        # Owner turns at claim time: when each owner's last job started.
+        Index("ix_jobs_owner_started", "owner_id", "started_at"),
         UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
     )
 
@@ -112,6 +114,8 @@ class Job(Base):
     progress_total: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    batch_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    batch_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

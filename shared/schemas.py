@@ -21,6 +21,7 @@ from shared.registry import SCHEDULERS, ModelSpec, Registry
 from shared.settings import Settings
 
 MAX_SEED = 2**53 - 1  # exact in JavaScript numbers, so a page can show it unchanged
+MAX_PRIORITY = 1000  # admin keys; others are capped by EASEL_MAX_PRIORITY
 DEFAULT_STRENGTH = {JobType.IMG2IMG: 0.75, JobType.INPAINT: 1.0}
 DEFAULT_MASK_BLUR = 4
 
@@ -70,6 +71,12 @@ class JobCreate(BaseModel):
     webhook_url: AnyHttpUrl | None = Field(
         None, description="POSTed the job object, signed, when the job finishes (http or https)."
     )
+    priority: int = Field(
+        0,
+        ge=0,
+        le=MAX_PRIORITY,
+        description="Higher runs first; above EASEL_MAX_PRIORITY (default 10) needs an admin key.",
+    )
 
     @field_validator("webhook_url")
     @classmethod
@@ -111,6 +118,7 @@ class ResolvedJob(BaseModel):
     mask_blur: int | None = None
     keep_unmasked: bool | None = None
     webhook_url: str | None = None
+    priority: int = 0
 
     @property
     def denoising_steps(self) -> int:
@@ -137,11 +145,28 @@ def parse_job_request(data: dict[str, Any]) -> JobCreate:
 
 
 def resolve_job(
-    request: JobCreate, registry: Registry, settings: Settings, inputs: JobInputs | None = None
+    request: JobCreate,
+    registry: Registry,
+    settings: Settings,
+    inputs: JobInputs | None = None,
+    admin: bool = False,
 ) -> ResolvedJob:
-    """Apply the model's defaults and limits; raise ``ValidationFailed`` on any breach."""
+    """Apply the model's defaults and limits; raise ``ValidationFailed`` on any breach.
+
+    ``admin`` callers may ask for any priority up to ``MAX_PRIORITY``; others up to
+    ``settings.max_priority``.
+    """
     inputs = inputs or JobInputs()
     details: list[dict[str, Any]] = []
+    if not admin and request.priority > settings.max_priority:
+        details.append(
+            field_detail(
+                "priority",
+                f"{request.priority} exceeds {settings.max_priority}, the most a non-admin key may ask "
+                f"for (EASEL_MAX_PRIORITY)",
+                request.priority,
+            )
+        )
     try:
         spec = registry.get(request.model)
     except ValueError as exc:
@@ -307,6 +332,7 @@ def _with_defaults(request: JobCreate, spec: ModelSpec, seed: int, inputs: JobIn
         if inpaint
         else None,
         webhook_url=str(request.webhook_url) if request.webhook_url else None,
+        priority=request.priority,
     )
 
 
@@ -376,13 +402,21 @@ class JobView(BaseModel):
     params: dict[str, Any]
     progress: Progress
     queue_position: int | None
-    eta_seconds: float | None
+    eta_seconds: float | None = Field(
+        description="Seconds until the job finishes; null once finished or while it waits for a worker."
+    )
+    waiting_for_worker: bool = Field(
+        description="Queued, and no live worker serves its model: it waits until one starts."
+    )
     outputs: list[OutputInfo]
     inputs: dict[str, str | None] = Field(description="Links to the stored image and mask, if any.")
     error: ErrorInfo | None
     attempts: int
     worker_id: str | None
     cancel_requested: bool
+    priority: int
+    batch_id: str | None = Field(description="Jobs run in one pipeline call share this id.")
+    batch_size: int | None = Field(description="Images in that pipeline call (all jobs of the batch).")
     webhook: WebhookState | None
     timings: dict[str, Any]
     created_at: datetime
@@ -414,6 +448,10 @@ class ModelView(BaseModel):
     types: list[JobType]
     schedulers: list[str]
     limits: ModelLimits
+    workers: int = Field(
+        description="Live workers serving this model (heartbeat within EASEL_WORKER_LOST_AFTER_SECONDS); "
+        "0: its jobs wait until one starts."
+    )
 
 
 class ModelList(BaseModel):

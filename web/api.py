@@ -14,6 +14,7 @@ from shared.models import Job, JobOutput, JobStatus, JobType
 from shared.queue import send_webhook
 from shared.registry import SCHEDULERS
 from shared.schemas import JobList, ModelLimits, ModelList, ModelView
+from shared.workers import live_workers, live_workers_by_model
 from web.auth import current_principal
 from web.limits import api_limit, limiter, submit_limit
 from web.services import services
@@ -34,10 +35,14 @@ def input_url(job: Job, name: str) -> str:
 
 
 def job_view(session: Session, job: Job) -> dict[str, Any]:
-    """The job object, with its queue position and ETA."""
+    """The job object, with its queue position, ETA and whether it waits for a worker."""
     settings = services().settings
-    eta = estimate_seconds(session, job, settings.eta_history_jobs, settings.worker_lost_after_seconds)
-    return describe(job, output_url, queue_position(session, job), eta, input_url).model_dump(mode="json")
+    lost_after = settings.worker_lost_after_seconds
+    workers = live_workers(session, job.model, lost_after) if job.status == JobStatus.QUEUED.value else None
+    eta = estimate_seconds(session, job, settings.eta_history_jobs, lost_after, workers)
+    return describe(
+        job, output_url, queue_position(session, job), eta, input_url, serving_workers=workers
+    ).model_dump(mode="json")
 
 
 @bp.post("/jobs")
@@ -46,7 +51,12 @@ def create_job():  # type: ignore[no-untyped-def]
     svc = services()
     principal = current_principal()
     job, replayed = accept_job(
-        svc, request_fields(request), idempotency_key(request), request.files, owner_id=principal.owner_id
+        svc,
+        request_fields(request),
+        idempotency_key(request),
+        request.files,
+        owner_id=principal.owner_id,
+        admin=principal.is_admin,
     )
     with svc.session() as session:
         body = job_view(session, get_job(session, job.id))
@@ -148,7 +158,10 @@ def _serve(key: str, content_type: str) -> Response:
 
 @bp.get("/models")
 def list_models():  # type: ignore[no-untyped-def]
-    registry = services().registry
+    svc = services()
+    registry = svc.registry
+    with svc.session() as session:
+        workers = live_workers_by_model(session, registry.names(), svc.settings.worker_lost_after_seconds)
     models = [
         ModelView(
             name=spec.name,
@@ -165,6 +178,7 @@ def list_models():  # type: ignore[no-untyped-def]
                 default_guidance_scale=spec.default_guidance_scale,
                 default_scheduler=spec.default_scheduler,
             ),
+            workers=workers[spec.name],
         )
         for spec in registry
     ]

@@ -81,8 +81,13 @@ def _submit_form(template: str):  # type: ignore[no-untyped-def]
     """Accept a form post, or show ``template`` again with the errors next to the fields."""
     values = dict(request.form.items())
     try:
+        principal = current_principal()
         job, _ = accept_job(
-            services(), request_fields(request), files=request.files, owner_id=current_principal().owner_id
+            services(),
+            request_fields(request),
+            files=request.files,
+            owner_id=principal.owner_id,
+            admin=principal.is_admin,
         )
     except EaselError as exc:
         errors = {d["field"]: _field_message(d) for d in reversed(exc.details)}

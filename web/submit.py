@@ -103,6 +103,7 @@ def accept_job(
     key: str | None = None,
     files: Mapping[str, FileStorage] | None = None,
     owner_id: str | None = None,
+    admin: bool = False,
 ) -> tuple[Job, bool]:
     """Validate, record the job as ``queued`` with its inputs stored, then wake a worker.
 
@@ -130,7 +131,7 @@ def accept_job(
             )
     request = parse_job_request(fields)
     inputs = decode_inputs(services, raw)
-    resolved = resolve_job(request, services.registry, services.settings, inputs)
+    resolved = resolve_job(request, services.registry, services.settings, inputs, admin=admin)
     try:
         with services.session() as session:
             job = create_job(session, resolved, key, fingerprint if key else None, owner_id)

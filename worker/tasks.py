@@ -14,10 +14,12 @@ from shared.db import engine_for
 from shared.models import Job, JobStatus
 from shared.queue import RUN_JOB_TASK, send_wakeup, send_webhook
 from shared.registry import load_registry
-from shared.settings import get_settings
+from shared.settings import get_settings, parse_shapes
 from shared.storage import storage_from_settings
+from worker import metrics as worker_metrics
 from worker.celery_app import app
 from worker.engine.device import detect
+from worker.engine.fastpath import warm_up
 from worker.engine.pipelines import PipelineCache, load_pipeline
 from worker.engine.runner import JobRunner
 from worker.heartbeat import Heartbeat
@@ -30,8 +32,17 @@ GPU_ROLE = {"enabled": False}
 
 
 def _notify(job: Job, status: JobStatus) -> None:
+    """After the runner recorded a job's final status: metrics, then its webhook."""
+    worker_metrics.observe_job_finished(
+        job.model, job.type, status.value, worker_metrics.job_timings(job.created_at, job.started_at)
+    )
     if job.webhook_url:
         send_webhook(app, job.id)
+
+
+def _model_loaded(model: str, seconds: float, loaded: int) -> None:
+    worker_metrics.observe_model_load(model, seconds)
+    worker_metrics.set_models_loaded(loaded)
 
 
 @lru_cache(maxsize=1)
@@ -52,7 +63,18 @@ def get_runner() -> JobRunner:
         sessions=sessions,
         registry=registry,
         storage=storage_from_settings(settings),
-        cache=PipelineCache(loader=lambda spec: load_pipeline(spec, plan, settings.offline)),
+        cache=PipelineCache(
+            loader=lambda spec: load_pipeline(
+                spec,
+                plan,
+                settings.offline,
+                channels_last=settings.channels_last,
+                torch_compile=settings.torch_compile,
+            ),
+            max_models=settings.max_loaded_models,
+            max_bytes=settings.max_loaded_bytes,
+            on_load=_model_loaded,
+        ),
         worker_id=worker_id,
         models=models,
         progress_interval=settings.progress_interval_seconds,
@@ -75,30 +97,49 @@ def get_runner() -> JobRunner:
         ),
         db_retry_seconds=settings.db_retry_seconds,
         storage_attempts=settings.storage_retry_attempts,
+        max_batch_images=settings.max_batch_size,
+        batch_wait_seconds=settings.batch_wait_ms / 1000,
+        overlap_store=True,
+        on_batch=worker_metrics.observe_batch,
+        vae_tiling_pixels=settings.vae_tiling_pixels,
     )
 
 
 @worker_process_init.connect
 def _start_worker_process(**_: object) -> None:
-    """In each worker child: start beating, then warm the models asked for."""
+    """In each worker child: serve metrics, start beating, then warm the models asked for."""
     if not GPU_ROLE["enabled"]:
         return
     settings = get_settings()
+    if settings.metrics_port:
+        try:
+            worker_metrics.start_server(settings.metrics_port)
+        except OSError:  # a taken port must not keep the worker from serving jobs
+            log.exception("could not serve metrics on port %d", settings.metrics_port)
     runner = get_runner()
     if runner.heartbeat is not None:
         runner.heartbeat.start()
+    shapes = parse_shapes(settings.compile_shapes)
     for name in settings.preload_list(runner.registry.default):
         if name in runner.models:
             try:
-                runner.cache.get(runner.registry.get(name))
+                pipelines, _ = runner.cache.get(runner.registry.get(name))
+                warm_up(pipelines.base, shapes)  # only with EASEL_TORCH_COMPILE on CUDA
             except Exception:  # a bad model must not keep the worker from serving the others
                 log.exception("could not preload model %s", name)
 
 
 @worker_process_shutdown.connect
-def _stop_heartbeat(**_: object) -> None:
-    if get_runner.cache_info().currsize and get_runner().heartbeat is not None:
-        get_runner().heartbeat.stop()  # type: ignore[union-attr]
+def _stop_worker_process(**_: object) -> None:
+    """Store what the last batch made, then stop beating."""
+    if not get_runner.cache_info().currsize:
+        return
+    runner = get_runner()
+    try:
+        runner.drain()
+    finally:
+        if runner.heartbeat is not None:
+            runner.heartbeat.stop()
 
 
 @app.task(name=RUN_JOB_TASK, acks_late=True)

@@ -90,8 +90,9 @@ def test_cancel_queued_and_running_jobs_then_the_worker_goes_on(stack: Stack) ->
 def test_queue_position_counts_down_and_eta_is_positive(stack: Stack) -> None:
     first = stack.submit(prompt="ahead", steps=30, **LONG)
     wait_for(lambda: stack.job(first["id"])["status"] == "running", 60, "the first job to start")
-    middle = [stack.submit(prompt=f"mid {i}", steps=8, **LONG) for i in range(2)]
-    last = stack.submit(prompt="last", steps=8, **LONG)
+    # Different step counts: different batch keys, so each job waits for its own claim.
+    middle = [stack.submit(prompt=f"mid {i}", steps=8 + i, **LONG) for i in range(2)]
+    last = stack.submit(prompt="last", steps=10, **LONG)
     assert last["queue_position"] == 2 and last["eta_seconds"] > 0
     states = sample(stack, last["id"], ("running", "succeeded"))
     positions = [s["queue_position"] for s in states if s["status"] == "queued"]

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db import make_engine
 from shared.migrate import upgrade
 from shared.models import Job, JobStatus, utcnow
-from worker.engine.claims import claim_next
+from worker.engine.claims import claim_batch, claim_next
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -35,6 +35,10 @@ def add_job(
     priority: int = 0,
     age: float = 0.0,
     status: JobStatus = JobStatus.QUEUED,
+    owner: str | None = None,
+    width: int = 64,
+    num_images: int = 1,
+    scheduler: str = "ddim",
 ) -> str:
     with sessions() as session:
         job = Job(
@@ -44,13 +48,14 @@ def add_job(
             priority=priority,
             prompt="p",
             negative_prompt="",
-            width=64,
+            width=width,
             height=64,
             steps=2,
             guidance_scale=7.5,
-            scheduler="ddim",
+            scheduler=scheduler,
             seed=1,
-            num_images=1,
+            num_images=num_images,
+            owner_id=owner,
             timings={},
             created_at=utcnow() - timedelta(seconds=age),
         )
@@ -122,3 +127,85 @@ def test_a_job_taken_between_select_and_update_is_not_claimed_twice(sessions: se
         session.execute(update(Job).where(Job.id == job_id).values(status="running"))
         session.commit()
     assert claim(sessions) is None
+
+
+def batch(
+    sessions: sessionmaker[Session], max_images: int, worker: str = "w1", **kwargs: object
+) -> list[Job]:
+    with sessions() as session:
+        return claim_batch(session, worker, None, max_images, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_batch_takes_compatible_jobs_in_claim_order_up_to_max_images(
+    sessions: sessionmaker[Session],
+) -> None:
+    same = [add_job(sessions, age=30 - i) for i in range(5)]
+    add_job(sessions, age=40, width=128)  # oldest, but another batch key
+    first = batch(sessions, max_images=4)
+    assert [job.width for job in first] == [128]  # the head decides the key: oldest first
+    second = batch(sessions, max_images=4)
+    assert [job.id for job in second] == same[:4]
+    assert {job.batch_id for job in second} != {None} and len({job.batch_id for job in second}) == 1
+    assert {job.batch_size for job in second} == {4}
+    assert {job.status for job in second} == {JobStatus.RUNNING.value}
+    assert [job.id for job in batch(sessions, max_images=4)] == same[4:]
+
+
+def test_jobs_with_different_batch_keys_never_share_a_batch(sessions: sessionmaker[Session]) -> None:
+    for i in range(6):
+        add_job(sessions, age=i, scheduler=("ddim", "euler")[i % 2], width=(64, 64, 128)[i % 3])
+    while claimed := batch(sessions, max_images=8):
+        keys = {(job.scheduler, job.width) for job in claimed}
+        assert len(keys) == 1, keys
+
+
+def test_images_not_jobs_fill_a_batch(sessions: sessionmaker[Session]) -> None:
+    big = add_job(sessions, age=3, num_images=3)
+    too_big = add_job(sessions, age=2, num_images=2)
+    small = add_job(sessions, age=1, num_images=1)
+    claimed = batch(sessions, max_images=4)
+    assert [job.id for job in claimed] == [big, small]
+    assert {job.batch_size for job in claimed} == {4}
+    assert [job.id for job in batch(sessions, max_images=4)] == [too_big]
+
+
+def test_owners_take_turns_within_a_priority(sessions: sessionmaker[Session]) -> None:
+    flood = [add_job(sessions, owner="flooder", age=100 - i) for i in range(20)]
+    single = add_job(sessions, owner="other", age=1)
+    order = [claim(sessions).id for _ in range(3)]  # type: ignore[union-attr]
+    assert order == [flood[0], single, flood[1]]
+
+
+def test_priority_beats_turns(sessions: sessionmaker[Session]) -> None:
+    add_job(sessions, owner="a", age=10)
+    urgent = add_job(sessions, owner="a", age=1, priority=3)
+    assert claim(sessions).id == urgent  # type: ignore[union-attr]
+
+
+def test_a_batch_waits_for_compatible_jobs(sessions: sessionmaker[Session]) -> None:
+    add_job(sessions)
+    late: list[str] = []
+    timer = threading.Timer(0.2, lambda: late.append(add_job(sessions)))
+    timer.start()
+    claimed = batch(sessions, max_images=2, wait_seconds=30)
+    timer.join()
+    assert len(claimed) == 2 and claimed[1].id == late[0]  # it returned once full, not after 30 s
+    assert {job.batch_size for job in claimed} == {2}
+
+
+def test_concurrent_batch_claims_never_share_a_job(sessions: sessionmaker[Session]) -> None:
+    job_ids = {add_job(sessions, age=i) for i in range(40)}
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        while jobs := batch(sessions, max_images=3, worker=name):
+            with lock:
+                claimed.extend(job.id for job in jobs)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(claimed) == sorted(job_ids)

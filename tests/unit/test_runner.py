@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 from sqlalchemy import update
 from sqlalchemy.orm import sessionmaker
 
@@ -20,6 +24,7 @@ from shared.registry import ModelSource, ModelSpec, Registry
 from shared.schemas import parse_job_request, resolve_job
 from shared.settings import Settings
 from shared.storage import LocalStorage
+from tests.support import wait_for
 from worker.engine.device import DevicePlan
 from worker.engine.pipelines import PipelineCache, load_pipeline
 from worker.engine.runner import JobRunner, ProgressReporter
@@ -186,3 +191,111 @@ def test_job_over_its_time_limit_fails_and_the_worker_goes_on(env: dict[str, Any
     after = enqueue(env)
     runner.run_next()
     assert fetch(env, after).status == "succeeded"
+
+
+def make_batching_runner(env: dict[str, Any], max_images: int = 4, **kwargs: Any) -> JobRunner:
+    runner = make_runner(env, **kwargs)
+    runner.max_batch_images = max_images
+    return runner
+
+
+def pixels(env: dict[str, Any], job: Job) -> list[np.ndarray]:
+    return [np.asarray(Image.open(io.BytesIO(env["storage"].get(o.storage_key)))) for o in job.outputs]
+
+
+def test_compatible_jobs_run_as_one_batch_with_the_pixels_they_get_alone(env: dict[str, Any]) -> None:
+    fields = [
+        {"prompt": "a red fox", "seed": 3, "num_images": 2},
+        {"prompt": "a blue lake", "seed": 9, "negative_prompt": "fog"},
+        {"prompt": "a green hill", "seed": 3},
+    ]
+    ids = [enqueue(env, **f, width=64, height=64) for f in fields]
+    other_key = enqueue(env, prompt="a cat", width=72, height=64)
+    runner = make_batching_runner(env)
+    assert runner.run_next() == ids[0]
+    batched = [fetch(env, job_id) for job_id in ids]
+    assert all(job.status == "succeeded" for job in batched)
+    assert len({job.batch_id for job in batched}) == 1 and batched[0].batch_id is not None
+    assert {job.batch_size for job in batched} == {4}
+    assert fetch(env, other_key).status == "queued"  # another batch key never joins
+
+    alone = make_runner(env)  # max one image per call
+    for f in fields:
+        enqueue(env, **f, width=64, height=64)
+    while alone.run_next() is not None:
+        pass
+    with env["sessions"]() as session:
+        singles = (
+            session.query(Job)
+            .filter(Job.status == "succeeded", Job.id.notin_([*ids, other_key]))
+            .order_by(Job.created_at)
+            .all()
+        )
+    assert [job.batch_size for job in singles] == [2, 1, 1]  # the 2-image job still runs whole
+    for job, single in zip(batched, singles, strict=True):
+        for a, b in zip(pixels(env, job), pixels(env, single), strict=True):
+            assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # equal within quantization
+
+
+def test_a_canceled_job_leaves_the_batch_and_the_others_finish(env: dict[str, Any]) -> None:
+    ids = [enqueue(env, steps=30, seed=i) for i in range(3)]
+    runner = make_batching_runner(env)
+    original_call = ProgressReporter.__call__
+
+    def cancel_second_at_step_2(self: ProgressReporter, step: int, total: int) -> None:
+        if step == 2:
+            with env["sessions"]() as session:
+                session.execute(update(Job).where(Job.id == ids[1]).values(cancel_requested=True))
+                session.commit()
+        original_call(self, step, total)
+
+    ProgressReporter.__call__ = cancel_second_at_step_2  # type: ignore[method-assign]
+    try:
+        runner.run_next()
+    finally:
+        ProgressReporter.__call__ = original_call  # type: ignore[method-assign]
+    jobs = [fetch(env, job_id) for job_id in ids]
+    assert [job.status for job in jobs] == ["succeeded", "canceled", "succeeded"]
+    assert jobs[1].progress_step == 2 and not jobs[1].outputs  # it left at the step it was canceled
+    assert len(jobs[0].outputs) == 1 and len(jobs[2].outputs) == 1
+
+
+def test_a_job_with_a_missing_input_fails_alone(env: dict[str, Any]) -> None:
+    good = enqueue(env, seed=1)
+    bad = enqueue(env, seed=2)
+    with env["sessions"]() as session:  # a txt2img row pointing at an input that is not stored
+        session.execute(update(Job).where(Job.id == bad).values(input_key="jobs/nowhere/image.png"))
+        session.commit()
+    make_batching_runner(env).run_next()
+    assert fetch(env, good).status == "succeeded"
+    failed = fetch(env, bad)
+    assert failed.status == "failed" and failed.error_code is not None
+
+
+class GatedStorage(LocalStorage):
+    """Uploads wait until ``gate`` opens."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.gate = threading.Event()
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        assert self.gate.wait(60), "the test never opened the gate"
+        super().put(key, data, content_type)
+
+
+def test_the_next_batch_starts_while_the_last_one_is_stored(env: dict[str, Any], tmp_path: Path) -> None:
+    storage = GatedStorage(tmp_path / "gated")
+    runner = make_runner(env, storage=storage)
+    runner.overlap_store = True
+    first, second = enqueue(env, seed=1), enqueue(env, seed=2)
+    assert runner.run_next() == first  # generated; its upload is blocked
+    assert fetch(env, first).status == "running"  # not succeeded before its outputs are stored
+    generated = threading.Thread(target=runner.run_next)
+    generated.start()  # the next batch generates meanwhile, then waits for the first upload
+    wait_for(lambda: fetch(env, second).progress_step == 3, 60, "the second job denoised")
+    assert fetch(env, first).status == "running"
+    storage.gate.set()
+    generated.join(60)
+    runner.drain()
+    assert [fetch(env, job_id).status for job_id in (first, second)] == ["succeeded", "succeeded"]

@@ -105,3 +105,12 @@ def test_every_problem_is_reported_at_once(settings: Settings) -> None:
     fields = [d["field"] for d in info.value.details]
     assert fields == ["width", "steps", "num_images"]
     assert "width: 576 is outside model 'tiny-sd'" in info.value.message
+
+
+def test_priority_above_the_key_limit_needs_an_admin(settings: Settings) -> None:
+    assert submit(settings, prompt="p", priority=settings.max_priority).priority == settings.max_priority
+    error = errors_of(settings, prompt="p", priority=settings.max_priority + 1)["priority"]
+    assert error["value"] == settings.max_priority + 1 and "EASEL_MAX_PRIORITY" in error["message"]
+    request = parse_job_request({"prompt": "p", "priority": 500})
+    assert resolve_job(request, load_registry(settings), settings, admin=True).priority == 500
+    assert "priority" in errors_of(settings, prompt="p", priority=1001)  # the bound holds for admins too

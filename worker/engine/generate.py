@@ -1,16 +1,18 @@
-"""One pipeline call: a fresh scheduler, one generator per image, a step callback."""
+"""One pipeline call for one job or a batch of compatible jobs: a fresh scheduler, one
+generator per image, a step callback."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image, ImageFilter
 
 from shared.models import JobType
 from shared.registry import SCHEDULERS
+from worker.engine.fastpath import set_vae_tiling, use_vae_tiling
 
 log = logging.getLogger(__name__)
 
@@ -77,33 +79,103 @@ class GpuOutOfMemory(RuntimeError):
     """Even one image at a time does not fit in the GPU's memory."""
 
 
-def generate(pipe: Any, request: GenerationRequest, on_step: StepCallback | None = None) -> list[Any]:
-    """Run the job for every seed in ``request``; returns PIL images in seed order.
+BATCH_KEY_FIELDS = ("job_type", "width", "height", "steps", "guidance_scale", "scheduler", "strength")
+"""What jobs must share to run in one pipeline call (with the model; DESIGN principle 5)."""
 
-    ``pipe`` is the pipeline for ``request.job_type`` (txt2img, img2img or inpaint).
-    On CUDA out-of-memory the cache is freed and the batch is retried as two halves
-    (recursively); one image that still does not fit raises ``GpuOutOfMemory``.
+
+@dataclass(frozen=True)
+class _Item:
+    """One image of a pipeline call: its job's prompts and inputs, and its own seed."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    image: Image.Image | None
+    mask: Image.Image | None
+
+
+def generate(
+    pipe: Any, request: GenerationRequest, on_step: StepCallback | None = None, *, vae_tiling_pixels: int = 0
+) -> list[Any]:
+    """Run the job for every seed in ``request``; returns PIL images in seed order."""
+    return generate_batch(pipe, [request], on_step, vae_tiling_pixels=vae_tiling_pixels)[0]
+
+
+def generate_batch(
+    pipe: Any,
+    requests: Sequence[GenerationRequest],
+    on_step: StepCallback | None = None,
+    *,
+    vae_tiling_pixels: int = 0,
+) -> list[list[Any]]:
+    """Run compatible requests as one pipeline call; each request's images in seed order.
+
+    ``pipe`` is the pipeline for the requests' job type (txt2img, img2img or inpaint).
+    The requests must agree on ``BATCH_KEY_FIELDS``; prompts, seeds, inputs and masks
+    are per request. One generator per image makes each image the one its request
+    would get alone. On CUDA out-of-memory the cache is freed and the call is retried
+    as two halves (recursively); one image that still does not fit raises
+    ``GpuOutOfMemory``. The VAE decodes in tiles from ``vae_tiling_pixels`` output
+    pixels on (0: never).
     """
+    if not requests:
+        return []
+    head = requests[0]
+    for other in requests[1:]:
+        for name in BATCH_KEY_FIELDS:
+            if getattr(other, name) != getattr(head, name):
+                raise ValueError(
+                    f"requests of one batch must share {name}: {getattr(head, name)!r} != "
+                    f"{getattr(other, name)!r}"
+                )
+    items = [item for request in requests for item in _items(request)]
+    tiling = use_vae_tiling(head.width, head.height, vae_tiling_pixels)
+    images = _generate_split(pipe, head, items, on_step, tiling)
+    results: list[list[Any]] = []
+    for request in requests:
+        own, images = images[: len(request.seeds)], images[len(request.seeds) :]
+        # Inpaint: what the mask keeps is the input's, exactly (a feathered seam between).
+        if request.job_type is JobType.INPAINT and request.keep_unmasked:
+            item = _items(request)[0]
+            own = [keep_unmasked(out, item.image, item.mask, request.mask_blur) for out in own]  # type: ignore[arg-type]
+        results.append(own)
+    return results
+
+
+def _items(request: GenerationRequest) -> list[_Item]:
+    size = (request.width, request.height)
+    image = mask = None
+    if request.job_type is not JobType.TXT2IMG:
+        if request.image is None:
+            raise ValueError(f"{request.job_type.value} needs an input image")
+        image = fit(request.image, size, Image.Resampling.LANCZOS)
+    if request.job_type is JobType.INPAINT:
+        if request.mask is None:
+            raise ValueError("inpaint needs a mask")
+        mask = fit(request.mask, size, Image.Resampling.BILINEAR)
+    return [_Item(request.prompt, request.negative_prompt, seed, image, mask) for seed in request.seeds]
+
+
+def _generate_split(
+    pipe: Any, head: GenerationRequest, items: list[_Item], on_step: StepCallback | None, tiling: bool
+) -> list[Any]:
     import torch
 
     try:
-        return _generate(pipe, request, on_step)
+        return _call(pipe, head, items, on_step, tiling)
     except torch.cuda.OutOfMemoryError as exc:
         free_accelerator_memory()
-        if len(request.seeds) == 1:
+        if len(items) == 1:
             raise GpuOutOfMemory(
-                f"out of GPU memory for one {request.width}x{request.height} image; "
+                f"out of GPU memory for one {head.width}x{head.height} image; "
                 f"use a smaller size or a worker with more memory"
             ) from exc
-        half = len(request.seeds) // 2
+        half = len(items) // 2
         log.warning(
-            "out of GPU memory for %d images; retrying as %d + %d",
-            len(request.seeds),
-            half,
-            len(request.seeds) - half,
+            "out of GPU memory for %d images; retrying as %d + %d", len(items), half, len(items) - half
         )
-        first = generate(pipe, replace(request, seeds=request.seeds[:half]), on_step)
-        return first + generate(pipe, replace(request, seeds=request.seeds[half:]), on_step)
+        first = _generate_split(pipe, head, items[:half], on_step, tiling)
+        return first + _generate_split(pipe, head, items[half:], on_step, tiling)
 
 
 def free_accelerator_memory() -> None:
@@ -116,56 +188,46 @@ def free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _generate(pipe: Any, request: GenerationRequest, on_step: StepCallback | None) -> list[Any]:
+def _call(
+    pipe: Any, head: GenerationRequest, items: list[_Item], on_step: StepCallback | None, tiling: bool
+) -> list[Any]:
     import torch
 
     # 1. A fresh scheduler and a pipeline view that uses it.
-    call_pipe = with_scheduler(pipe, make_scheduler(request.scheduler, pipe.scheduler.config))
+    call_pipe = with_scheduler(pipe, make_scheduler(head.scheduler, pipe.scheduler.config))
     call_pipe.set_progress_bar_config(disable=True)
+    set_vae_tiling(call_pipe, tiling)  # set on every call (the VAE is shared), so no call leaks into the next
     # 2. One generator per image (on the CPU, so seeds give the same noise on any device).
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
-    count = len(request.seeds)
+    generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
 
     # 3. Progress and cancel at every denoising step.
     def callback(pipeline: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         if on_step is not None:
-            on_step(step + 1, int(getattr(pipeline, "num_timesteps", request.steps)))
+            on_step(step + 1, int(getattr(pipeline, "num_timesteps", head.steps)))
         return kwargs
 
-    # 4. The inputs of each job type, at the output size.
-    size = (request.width, request.height)
+    # 4. The inputs of each job type, at the output size, one per image.
     kwargs: dict[str, Any] = {}
-    if request.job_type is JobType.TXT2IMG:
-        kwargs.update(width=request.width, height=request.height)
+    if head.job_type is JobType.TXT2IMG:
+        kwargs.update(width=head.width, height=head.height)
     else:
-        if request.image is None:
-            raise ValueError(f"{request.job_type.value} needs an input image")
-        image = fit(request.image, size, Image.Resampling.LANCZOS)
-        kwargs.update(image=[image] * count, strength=request.strength)
-        if request.job_type is JobType.INPAINT:
-            if request.mask is None:
-                raise ValueError("inpaint needs a mask")
-            mask = fit(request.mask, size, Image.Resampling.BILINEAR)
-            kwargs.update(mask_image=[mask] * count, width=request.width, height=request.height)
+        kwargs.update(image=[item.image for item in items], strength=head.strength)
+        if head.job_type is JobType.INPAINT:
+            kwargs.update(mask_image=[item.mask for item in items], width=head.width, height=head.height)
 
-    # 5. Denoise and decode.
+    # 5. Denoise and decode. (An empty negative prompt is what diffusers uses for none.)
     with torch.inference_mode():
         result = call_pipe(
-            prompt=[request.prompt] * count,
-            negative_prompt=[request.negative_prompt] * count if request.negative_prompt else None,
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance_scale,
+            prompt=[item.prompt for item in items],
+            negative_prompt=[item.negative_prompt for item in items],
+            num_inference_steps=head.steps,
+            guidance_scale=head.guidance_scale,
             generator=generators,
             callback_on_step_end=callback,
             output_type="pil",
             **kwargs,
         )
-    images = list(result.images)
-
-    # 6. Inpaint: what the mask keeps is the input's, exactly (a feathered seam between).
-    if request.job_type is JobType.INPAINT and request.keep_unmasked:
-        images = [keep_unmasked(out, image, mask, request.mask_blur) for out in images]
-    return images
+    return list(result.images)
 
 
 def fit(image: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:

@@ -1,4 +1,5 @@
-"""Run one claimed job: load (warm), generate, store, record. Plain code, no Celery."""
+"""Run claimed jobs, one batch per pipeline call: load (warm), generate, store, record.
+Plain code, no Celery."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
@@ -21,8 +23,8 @@ from shared.models import Job, JobOutput, JobStatus, JobType, utcnow
 from shared.pngmeta import encode_png
 from shared.registry import Registry
 from shared.storage import Storage
-from worker.engine.claims import claim_next
-from worker.engine.generate import GenerationRequest, GpuOutOfMemory, JobCanceled, generate
+from worker.engine.claims import claim_batch
+from worker.engine.generate import GenerationRequest, GpuOutOfMemory, JobCanceled, generate_batch
 from worker.engine.pipelines import PipelineCache
 from worker.heartbeat import Heartbeat
 
@@ -52,14 +54,28 @@ def error_code_for(exc: BaseException) -> str:
 
 
 class ProgressReporter:
-    """The step callback: writes (step, total) at most every ``interval`` seconds, and in
-    the same statement reads ``cancel_requested``, raising ``JobCanceled`` if set."""
+    """The step callback of one pipeline call, for every job in it.
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: str, worker_id: str, interval: float) -> None:
+    Writes (step, total) at most every ``interval`` seconds, in one statement for
+    all of the call's jobs, which also reads their ``cancel_requested``. A job that
+    was canceled (or is no longer ours) leaves the batch: ``on_leave(job_id,
+    canceled)`` is called and the others go on. When no job is left, ``JobCanceled``
+    interrupts the pipeline at this step.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        job_ids: str | Sequence[str],
+        worker_id: str,
+        interval: float,
+        on_leave: Callable[[str, bool], None] | None = None,
+    ) -> None:
         self.sessions = sessions
-        self.job_id = job_id
+        self.active = [job_ids] if isinstance(job_ids, str) else list(job_ids)
         self.worker_id = worker_id
         self.interval = interval
+        self.on_leave = on_leave
         self._last = float("-inf")
         self.writes = 0
 
@@ -70,32 +86,54 @@ class ProgressReporter:
         self._last = now
         try:
             with self.sessions() as session:
-                cancel = session.execute(
+                rows = session.execute(
                     update(Job)
                     .where(*self._mine())
                     .values(progress_step=step, progress_total=total)
-                    .returning(Job.cancel_requested)
-                ).scalar_one_or_none()
+                    .returning(Job.id, Job.cancel_requested)
+                ).all()
                 session.commit()
-        except SQLAlchemyError:  # a database blip must not fail the job: skip this write
-            log.warning("progress of job %s not recorded (database unavailable)", self.job_id)
+        except SQLAlchemyError:  # a database blip must not fail the jobs: skip this write
+            log.warning("progress of jobs %s not recorded (database unavailable)", ",".join(self.active))
             return
         self.writes += 1
-        if cancel is None or cancel:  # canceled, or no longer ours
-            raise JobCanceled(self.job_id)
+        self._keep({job_id: bool(cancel) for job_id, cancel in rows})
 
     def check_cancel(self) -> None:
-        """Raise ``JobCanceled`` if a cancel was requested or the job is no longer ours."""
+        """Let canceled jobs (and jobs no longer ours) leave; ``JobCanceled`` if none is left."""
         try:
             with self.sessions() as session:
-                cancel = session.scalar(select(Job.cancel_requested).where(*self._mine()))
+                rows = session.execute(select(Job.id, Job.cancel_requested).where(*self._mine())).all()
         except SQLAlchemyError:
             return  # cannot tell now; the guarded finish decides
-        if cancel is None or cancel:
-            raise JobCanceled(self.job_id)
+        self._keep({job_id: bool(cancel) for job_id, cancel in rows})
+
+    def _keep(self, cancel_by_id: dict[str, bool]) -> None:
+        for job_id in list(self.active):
+            if job_id not in cancel_by_id or cancel_by_id[job_id]:
+                self.active.remove(job_id)
+                if self.on_leave is not None:
+                    self.on_leave(job_id, job_id in cancel_by_id)
+        if not self.active:
+            raise JobCanceled(",".join(cancel_by_id) or "batch")
 
     def _mine(self) -> tuple[Any, ...]:
-        return (Job.id == self.job_id, Job.status == JobStatus.RUNNING.value, Job.worker_id == self.worker_id)
+        return (
+            Job.id.in_(self.active),
+            Job.status == JobStatus.RUNNING.value,
+            Job.worker_id == self.worker_id,
+        )
+
+
+@dataclass
+class _Done:
+    """A job whose images are made, waiting to be stored and recorded."""
+
+    job: Job
+    images: list[Any]
+    seeds: tuple[int, ...]
+    timings: dict[str, Any]
+    context: dict[str, Any]
 
 
 @dataclass
@@ -113,67 +151,178 @@ class JobRunner:
     heartbeat: Heartbeat | None = None
     db_retry_seconds: float = 300.0
     storage_attempts: int = 4
+    max_batch_images: int = 1
+    batch_wait_seconds: float = 0.0
+    overlap_store: bool = False
+    on_batch: Callable[[str, int, int], None] | None = None
+    vae_tiling_pixels: int = 0
+    _store_pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+    _pending: Future[None] | None = field(default=None, init=False, repr=False)
 
     def run_next(self) -> str | None:
-        """Claim the best queued job and run it; its id, or ``None`` if none was queued."""
+        """Claim the best queued job and its batch, and run them; the head job's id, or
+        ``None`` if nothing was queued."""
         with self.sessions() as session:
-            job = claim_next(session, self.worker_id, self.models or None)
-            if job is None:
-                return None
-            session.expunge(job)
+            jobs = claim_batch(
+                session, self.worker_id, self.models or None, self.max_batch_images, self.batch_wait_seconds
+            )
+            for job in jobs:
+                session.expunge(job)
+        if not jobs:
+            return None
         if self.heartbeat is not None:
-            self.heartbeat.current_job_id = job.id
+            self.heartbeat.current_job_id = jobs[0].id
         try:
-            self.run(job)
+            self.run_batch(jobs)
         finally:
             if self.heartbeat is not None:
                 self.heartbeat.current_job_id = None
-        return job.id
+        return jobs[0].id
 
     def run(self, job: Job) -> None:
-        """Run a job this worker has claimed, and record how it ended."""
+        """Run one job this worker has claimed, and record how it ended."""
+        self.run_batch([job])
+
+    def run_batch(self, jobs: Sequence[Job]) -> None:
+        """Run jobs this worker has claimed together (same batch key) in one pipeline call.
+
+        Each job ends on its own: a canceled job leaves the batch, a job whose input
+        cannot be read fails alone, and if the shared call fails, each job is run
+        alone so that only a job that fails by itself is marked failed.
+        """
         started = time.perf_counter()
-        timings: dict[str, Any] = {}
+        batch_id = jobs[0].batch_id or uuid.uuid4().hex[:16]
+        contexts = {job.id: {"job_id": job.id, "model": job.model, "batch_id": batch_id} for job in jobs}
+        shared: dict[str, Any] = {"batch_jobs": len(jobs), "batch_images": sum(j.num_images for j in jobs)}
+        for job in jobs:
+            log.info("running job %s", job.id, extra=contexts[job.id])
+        try:
+            spec = self.registry.get(jobs[0].model)
+            pipelines, load_seconds = self.cache.get(spec)
+            shared["load_seconds"] = round(load_seconds, 3)
+            shared["model_cache_hit"] = load_seconds == 0.0
+            pipe = pipelines.for_type(jobs[0].type)
+        except Exception as exc:
+            for job in jobs:
+                self._fail(job, exc, self._timings(job, started, shared), contexts[job.id])
+            return
+        requests: dict[str, GenerationRequest] = {}
+        for job in jobs:
+            try:
+                requests[job.id] = self._request(job, self._seeds(job))
+            except Exception as exc:  # an unreadable input fails its own job only
+                self._fail(job, exc, self._timings(job, started, shared), contexts[job.id])
+        self._generate_and_store(
+            [j for j in jobs if j.id in requests], requests, pipe, started, shared, contexts
+        )
+
+    def _generate_and_store(
+        self,
+        jobs: list[Job],
+        requests: dict[str, GenerationRequest],
+        pipe: Any,
+        started: float,
+        shared: dict[str, Any],
+        contexts: dict[str, dict[str, Any]],
+    ) -> None:
+        if not jobs:
+            return
+        by_id = {job.id: job for job in jobs}
+
+        def leave(job_id: str, canceled: bool) -> None:
+            job = by_id[job_id]
+            if canceled:
+                self._finish(job, JobStatus.CANCELED, self._timings(job, started, shared))
+                log.info("job %s canceled while running", job_id, extra=contexts[job_id])
+            else:
+                log.warning(
+                    "job %s is no longer ours; dropped from its batch", job_id, extra=contexts[job_id]
+                )
+
+        reporter = ProgressReporter(
+            self.sessions, [j.id for j in jobs], self.worker_id, self.progress_interval, leave
+        )
+        if self.on_batch is not None:
+            self.on_batch(jobs[0].model, sum(len(requests[j.id].seeds) for j in jobs), len(jobs))
+        t0 = time.perf_counter()
+        try:
+            results = generate_batch(
+                pipe, [requests[j.id] for j in jobs], reporter, vae_tiling_pixels=self.vae_tiling_pixels
+            )
+            reporter.check_cancel()  # asked to cancel while decoding: store nothing for those
+        except JobCanceled:
+            return  # every job left the batch, each recorded as it left
+        except Exception as exc:
+            from celery.exceptions import SoftTimeLimitExceeded
+
+            remaining = [by_id[job_id] for job_id in reporter.active]
+            if len(remaining) > 1 and not isinstance(exc, SoftTimeLimitExceeded):
+                log.warning(
+                    "batch of %d jobs failed (%s); running each alone",
+                    len(remaining),
+                    exc,
+                    extra=contexts[remaining[0].id],
+                )
+                for job in remaining:
+                    self._generate_and_store([job], requests, pipe, started, shared, contexts)
+                return
+            for job in remaining:
+                self._fail(job, exc, self._timings(job, started, shared), contexts[job.id])
+            return
+        shared = {**shared, "generate_seconds": round(time.perf_counter() - t0, 3)}
+        done = [
+            _Done(job, images, requests[job.id].seeds, self._timings(job, started, shared), contexts[job.id])
+            for job, images in zip(jobs, results, strict=True)
+            if job.id in reporter.active
+        ]
+        self._submit_store(done)
+
+    def _submit_store(self, done: list[_Done]) -> None:
+        """Store and record ``done``; with ``overlap_store``, in a background thread so the
+        next batch can start denoising meanwhile (at most one batch waits to be stored)."""
+        if not self.overlap_store:
+            self._store_all(done)
+            return
+        self.drain()
+        if self._store_pool is None:
+            self._store_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="easel-store")
+        self._pending = self._store_pool.submit(self._store_all, done)
+
+    def drain(self) -> None:
+        """Wait until the outputs handed to the background thread are stored and recorded."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _store_all(self, done: list[_Done]) -> None:
+        for item in done:
+            job, timings = item.job, item.timings
+            t0 = time.perf_counter()
+            try:
+                outputs = self._store(job, item.images, item.seeds)
+            except Exception as exc:
+                self._fail(job, exc, timings, item.context)
+                continue
+            timings["store_seconds"] = round(time.perf_counter() - t0, 3)
+            timings["run_seconds"] = round(timings["run_seconds"] + timings["store_seconds"], 3)
+            if self._finish(job, JobStatus.SUCCEEDED, timings, outputs=outputs) is JobStatus.SUCCEEDED:
+                log.info("job %s succeeded in %.2fs", job.id, timings["run_seconds"], extra=item.context)
+
+    def _fail(self, job: Job, exc: BaseException, timings: dict[str, Any], context: dict[str, Any]) -> None:
+        code = error_code_for(exc)
+        log.error("job %s failed: %s", job.id, code, exc_info=exc, extra=context)
+        self._finish(job, JobStatus.FAILED, timings, error=(code, str(exc)[:2000]))
+
+    @staticmethod
+    def _seeds(job: Job) -> tuple[int, ...]:
+        return tuple(job.seed + i for i in range(job.num_images))
+
+    @staticmethod
+    def _timings(job: Job, started: float, shared: dict[str, Any]) -> dict[str, Any]:
+        timings = {**shared, "run_seconds": round(time.perf_counter() - started, 3)}
         if job.started_at is not None:
             timings["queue_seconds"] = round((job.started_at - job.created_at).total_seconds(), 3)
-        # Every run is a batch (of one job, until jobs are batched together): its lines share an id.
-        context = {"job_id": job.id, "model": job.model, "batch_id": uuid.uuid4().hex[:16]}
-        log.info("running job %s", job.id, extra=context)
-        try:
-            spec = self.registry.get(job.model)
-            pipelines, load_seconds = self.cache.get(spec)
-            timings["load_seconds"] = round(load_seconds, 3)
-            timings["model_cache_hit"] = load_seconds == 0.0
-            pipe = pipelines.for_type(job.type)
-            seeds = tuple(job.seed + i for i in range(job.num_images))
-            request = self._request(job, seeds)
-            reporter = ProgressReporter(self.sessions, job.id, self.worker_id, self.progress_interval)
-            t0 = time.perf_counter()
-            images = generate(pipe, request, reporter)
-            timings["generate_seconds"] = round(time.perf_counter() - t0, 3)
-            reporter.check_cancel()  # asked to cancel while decoding: store nothing
-            t0 = time.perf_counter()
-            outputs = self._store(job, images, seeds)
-            timings["store_seconds"] = round(time.perf_counter() - t0, 3)
-        except JobCanceled:
-            timings["run_seconds"] = round(time.perf_counter() - started, 3)
-            self._finish(job, JobStatus.CANCELED, timings)
-            log.info("job %s canceled while running", job.id, extra=context)
-            return
-        except Exception as exc:
-            timings["run_seconds"] = round(time.perf_counter() - started, 3)
-            code = error_code_for(exc)
-            log.exception("job %s failed: %s", job.id, code, extra=context)
-            self._finish(job, JobStatus.FAILED, timings, error=(code, str(exc)[:2000]))
-            return
-        timings["run_seconds"] = round(time.perf_counter() - started, 3)
-        if self._finish(job, JobStatus.SUCCEEDED, timings, outputs=outputs) is JobStatus.SUCCEEDED:
-            log.info(
-                "job %s succeeded in %.2fs",
-                job.id,
-                timings["run_seconds"],
-                extra=context,
-            )
+        return timings
 
     def _request(self, job: Job, seeds: tuple[int, ...]) -> GenerationRequest:
         """What the pipeline gets: the job's parameters and its stored inputs."""
