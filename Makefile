@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.easel-installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench bench-throughput bench-batching bench-api clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,13 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# `make bench` runs the chaos run; BENCH=throughput|batching|api (or `make bench-api`) another.
+BENCH ?= chaos
 bench: $(STAMP)
-	$(BIN)/python -m bench.chaos $(BENCH_ARGS)
+	$(BIN)/python -m bench.$(BENCH) $(BENCH_ARGS)
+
+bench-throughput bench-batching bench-api: $(STAMP)
+	$(BIN)/python -m bench.$(@:bench-%=%) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

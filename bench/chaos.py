@@ -11,26 +11,22 @@ servers and an S3 endpoint (moto) are started for the run; nothing shared is tou
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import re
 import signal
-import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import requests
 from sqlalchemy import create_engine, text
 
-from tests.servers import PrivatePostgres, PrivateRedis
-from tests.support import Stack, base_env, free_port, wait_for
+from bench._stack import Services, easel_stack, emit, exit_cleanly_on_sigterm, post_job, progress, services
+from tests.support import Stack, wait_for
 
 CHAOS_SETTINGS = {
     "EASEL_HEARTBEAT_SECONDS": "0.5",
@@ -63,25 +59,13 @@ class Report:
     failures: dict[str, int] = field(default_factory=dict)
 
 
-def _submit(stack: Stack, payload: dict[str, Any], report: Report, deadline: float) -> str | None:
-    """POST with an Idempotency-Key, retried through 503s and connection errors."""
-    key = uuid.uuid4().hex
-    while time.monotonic() < deadline:
-        try:
-            response = requests.post(
-                stack.base_url + "/api/v1/jobs", json=payload, timeout=15, headers={"Idempotency-Key": key}
-            )
-        except requests.RequestException:
-            report.submit_retries += 1
-            time.sleep(0.2)
-            continue
-        if response.status_code == 202:
-            return response.json()["id"]
-        if response.status_code not in (429, 503):
-            raise RuntimeError(f"unexpected {response.status_code}: {response.text}")
-        report.submit_retries += 1
-        time.sleep(0.2)
-    return None
+def _submit(
+    session: requests.Session, stack: Stack, payload: dict[str, Any], report: Report, deadline: float
+) -> str | None:
+    """POST with an Idempotency-Key, retried through 429/503 and connection errors."""
+    job_id, retries = post_job(session, stack.base_url, payload, deadline)
+    report.submit_retries += retries
+    return job_id
 
 
 def _status(stack: Stack, job_id: str) -> str:
@@ -100,55 +84,65 @@ def run(
     seed: int = 0,
     timeout: float = 600,
     tiny_model: Path | None = None,
+    keep: bool = False,
 ) -> Report:
     """One chaos run; returns its report (also usable from tests)."""
-    from moto.server import ThreadedMotoServer
-
     rng = random.Random(seed)
     report = Report(jobs_requested=jobs)
     started = time.monotonic()
-    home = Path(tempfile.mkdtemp(prefix="easel-chaos-"))
-    redis_server, postgres = PrivateRedis().start(), PrivatePostgres().start()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    moto.start()
-    endpoint = f"http://127.0.0.1:{moto._port}"
-    creds = {
-        "AWS_ACCESS_KEY_ID": "chaos",
-        "AWS_SECRET_ACCESS_KEY": "chaos",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="chaos",
-        aws_secret_access_key="chaos",
-    )
-    s3.create_bucket(Bucket="chaos")
-    if tiny_model is not None:
-        from tests.support import install_tiny_model
+    with (
+        services(private=True, bucket="chaos") as found,
+        easel_stack(found, CHAOS_SETTINGS, tiny_model, keep=keep, prefix="easel-chaos-") as stack,
+    ):
+        assert found.redis is not None and found.postgres is not None
+        accepted: list[str] = []
+        try:
+            stack.start_web()
+            for n in range(workers):
+                stack.start_worker(f"worker-{n}")
+            deadline = started + timeout
+            _chaos(stack, found, jobs, kills, redis_restarts, db_stops, rng, report, accepted, deadline)
+            drain_started = time.monotonic()
+            progress(f"submitted {len(accepted)} jobs and done the chaos; draining")
+            wait_for(
+                lambda: all(_status(stack, j) in TERMINAL for j in accepted),
+                max(30.0, deadline - time.monotonic()),
+                "every accepted job to finish",
+                interval=0.5,
+            )
+            report.seconds_to_drain = round(time.monotonic() - drain_started, 1)
+        except TimeoutError:
+            pass  # reported as lost below
+        finally:
+            report.accepted = len(accepted)
+            statuses = Counter(_status(stack, j) for j in accepted)
+            report.succeeded, report.failed, report.canceled = (
+                statuses[s] for s in ("succeeded", "failed", "canceled")
+            )
+            report.lost = report.accepted - report.succeeded - report.failed - report.canceled
+            _count_duplicates(stack, accepted, found.s3, report)
+            report.seconds_total = round(time.monotonic() - started, 1)
+    return report
 
-        install_tiny_model(tiny_model, home)
-    env = base_env(
-        home,
-        **CHAOS_SETTINGS,
-        **creds,
-        EASEL_DATABASE_URL=postgres.url,
-        EASEL_BROKER_URL=redis_server.url,
-        EASEL_STORAGE_URL="s3://chaos/out",
-        EASEL_S3_ENDPOINT_URL=endpoint,
-    )
-    stack = Stack(env=env, workdir=home)
-    accepted: list[str] = []
-    try:
-        stack.migrate()
-        stack.start_web()
-        for n in range(workers):
-            stack.start_worker(f"worker-{n}")
-        deadline = started + timeout
-        done_submitting = threading.Event()
 
-        def submitter() -> None:
+def _chaos(
+    stack: Stack,
+    found: Services,
+    jobs: int,
+    kills: int,
+    redis_restarts: int,
+    db_stops: int,
+    rng: random.Random,
+    report: Report,
+    accepted: list[str],
+    deadline: float,
+) -> None:
+    """Submit ``jobs`` from a thread while workers are killed, Redis restarts empty and
+    PostgreSQL stops, one event at a time over the submission window."""
+    assert found.redis is not None and found.postgres is not None
+
+    def submitter() -> None:
+        with requests.Session() as session:
             for i in range(jobs):
                 payload = {
                     "prompt": f"chaos {i}",
@@ -158,59 +152,34 @@ def run(
                     "num_images": rng.choice([1, 1, 2]),
                     "seed": i,
                 }
-                job_id = _submit(stack, payload, report, deadline)
+                job_id = _submit(session, stack, payload, report, deadline)
                 if job_id:
                     accepted.append(job_id)
                 time.sleep(rng.uniform(0.0, 0.15))
-            done_submitting.set()
 
-        thread = threading.Thread(target=submitter)
-        thread.start()
-        # The chaos, spread over the submission window, one event at a time.
-        events = ["kill"] * kills + ["redis"] * redis_restarts + ["db"] * db_stops
-        rng.shuffle(events)
-        for index, event in enumerate(events):
-            time.sleep(rng.uniform(0.5, 2.5))
-            if event == "kill":
-                live = [p for p in stack.processes if p.name.startswith("worker") and p.popen.poll() is None]
-                victim = rng.choice(live)
-                os.killpg(victim.popen.pid, signal.SIGKILL)
-                victim.popen.wait(timeout=30)
-                report.worker_kills += 1
-                stack.start_worker(f"worker-r{index}")
-            elif event == "redis":
-                redis_server.restart_empty()
-                report.redis_restarts += 1
-            else:
-                postgres.stop()
-                time.sleep(rng.uniform(1.0, 3.0))  # the outage itself
-                postgres.start()
-                report.db_stops += 1
-        thread.join()
-        drain_started = time.monotonic()
-        wait_for(
-            lambda: all(_status(stack, j) in TERMINAL for j in accepted),
-            max(30.0, deadline - time.monotonic()),
-            "every accepted job to finish",
-            interval=0.5,
-        )
-        report.seconds_to_drain = round(time.monotonic() - drain_started, 1)
-    except TimeoutError:
-        pass  # reported as lost below
-    finally:
-        report.accepted = len(accepted)
-        statuses = Counter(_status(stack, j) for j in accepted)
-        report.succeeded, report.failed, report.canceled = (
-            statuses[s] for s in ("succeeded", "failed", "canceled")
-        )
-        report.lost = report.accepted - report.succeeded - report.failed - report.canceled
-        _count_duplicates(stack, accepted, s3, report)
-        report.seconds_total = round(time.monotonic() - started, 1)
-        stack.stop()
-        redis_server.stop()
-        postgres.destroy()
-        moto.stop()
-    return report
+    thread = threading.Thread(target=submitter)
+    thread.start()
+    events = ["kill"] * kills + ["redis"] * redis_restarts + ["db"] * db_stops
+    rng.shuffle(events)
+    for index, event in enumerate(events):
+        time.sleep(rng.uniform(0.5, 2.5))
+        if event == "kill":
+            live = [p for p in stack.processes if p.name.startswith("worker") and p.popen.poll() is None]
+            victim = rng.choice(live)
+            os.killpg(victim.popen.pid, signal.SIGKILL)
+            victim.popen.wait(timeout=30)
+            report.worker_kills += 1
+            stack.start_worker(f"worker-r{index}")
+        elif event == "redis":
+            found.redis.restart_empty()
+            report.redis_restarts += 1
+        else:
+            found.postgres.stop()
+            time.sleep(rng.uniform(1.0, 3.0))  # the outage itself
+            found.postgres.start()
+            report.db_stops += 1
+        progress(f"chaos event {index + 1}/{len(events)}: {event}")
+    thread.join()
 
 
 def _count_duplicates(stack: Stack, accepted: list[str], s3: Any, report: Report) -> None:
@@ -246,7 +215,7 @@ def _count_duplicates(stack: Stack, accepted: list[str], s3: Any, report: Report
     report.failures = {code or "none": int(n) for code, n in failures}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -257,11 +226,20 @@ def main() -> None:
     parser.add_argument("--db-stops", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=900)
-    args = parser.parse_args()
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder and process logs")
+    args = parser.parse_args(argv)
+    exit_cleanly_on_sigterm()
     report = run(
-        args.jobs, args.workers, args.kills, args.redis_restarts, args.db_stops, args.seed, args.timeout
+        args.jobs,
+        args.workers,
+        args.kills,
+        args.redis_restarts,
+        args.db_stops,
+        args.seed,
+        args.timeout,
+        keep=args.keep,
     )
-    print(json.dumps(asdict(report), indent=2))
+    emit(asdict(report))
 
 
 if __name__ == "__main__":

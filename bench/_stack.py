@@ -1,0 +1,517 @@
+"""What the benchmarks share: the services (PostgreSQL, Redis, S3), real ``easel``
+processes on them, job submission and completion, figures and progress lines.
+
+Every run gets its own database, Redis database number and bucket, and removes them
+(and its temporary folder, and its processes) when it ends, also on Ctrl-C or SIGTERM.
+``private=True`` starts private ``redis-server`` and PostgreSQL servers instead of
+using the shared ones (the chaos run stops and restarts them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.servers import PrivatePostgres, PrivateRedis
+from tests.support import (
+    PG_ADMIN_URL,
+    Process,
+    Stack,
+    base_env,
+    claimed_redis_db,
+    easel,
+    free_port,
+    install_tiny_model,
+    start_process,
+    wait_for,
+)
+
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+# Limits that would otherwise refuse a benchmark's bursts (each has its own tests).
+NO_LIMITS = {
+    "EASEL_RATE_LIMIT": "100000000/minute",
+    "EASEL_SUBMIT_RATE_LIMIT": "100000000/minute",
+    "EASEL_MAX_QUEUED_PER_KEY": "100000000",
+}
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+# This process: offline, and quiet (no download bars, no S3 request lines from moto).
+for _name, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+}.items():
+    os.environ.setdefault(_name, _value)
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr (stdout carries only the JSON figures)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def emit(figures: dict[str, Any]) -> None:
+    """The one JSON object a benchmark prints."""
+    print(json.dumps(figures, indent=2))
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM into an exception, so the ``finally`` blocks stop processes and
+    drop databases as they do on Ctrl-C."""
+
+    def raise_exit(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, raise_exit)
+
+
+# -- services ----------------------------------------------------------------------------
+
+
+@dataclass
+class Services:
+    """Where one run's processes keep their state."""
+
+    database_url: str
+    broker_url: str
+    s3_endpoint: str | None = None
+    bucket: str | None = None
+    s3: Any = None  # a boto3 client of the endpoint
+    postgres: PrivatePostgres | None = None
+    redis: PrivateRedis | None = None
+
+    def env(self) -> dict[str, str]:
+        env = {"EASEL_DATABASE_URL": self.database_url, "EASEL_BROKER_URL": self.broker_url}
+        if self.s3_endpoint:
+            env.update(
+                EASEL_STORAGE_URL=f"s3://{self.bucket}/out",
+                EASEL_S3_ENDPOINT_URL=self.s3_endpoint,
+                **S3_CREDENTIALS,
+            )
+        return env
+
+
+@contextlib.contextmanager
+def s3_server(bucket: str) -> Iterator[tuple[str, Any]]:
+    """moto's S3 server over HTTP on a free port, with ``bucket``: (endpoint, client)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"],
+            aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
+        client.create_bucket(Bucket=bucket)
+        yield endpoint, client
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def temp_database(prefix: str = "easel_bench") -> Iterator[str]:
+    """A new database on the shared PostgreSQL server (``EASEL_TEST_PG``), dropped after."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": name},
+                )
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    finally:
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def services(private: bool = False, s3: bool = True, bucket: str = "bench") -> Iterator[Services]:
+    """PostgreSQL, Redis and (``s3``) an S3 endpoint for one run.
+
+    Shared servers by default: a temporary database and a claimed Redis database
+    number. ``private``: a ``redis-server`` and an ``initdb`` cluster of the run's own,
+    which the run may stop and restart (``Services.redis`` / ``Services.postgres``).
+    """
+    with contextlib.ExitStack() as stack:
+        if private:
+            redis_server = PrivateRedis().start()
+            stack.callback(redis_server.stop)
+            postgres = PrivatePostgres()
+            stack.callback(postgres.destroy)
+            postgres.start()
+            found = Services(postgres.url, redis_server.url, postgres=postgres, redis=redis_server)
+        else:
+            found = Services(stack.enter_context(temp_database()), stack.enter_context(claimed_redis_db()))
+        if s3:
+            found.s3_endpoint, found.s3 = stack.enter_context(s3_server(bucket))
+            found.bucket = bucket
+        yield found
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+@dataclass
+class BenchStack(Stack):
+    """``tests.support.Stack`` whose web tier runs ``web_workers`` gunicorn processes."""
+
+    web_workers: int = 2
+
+    def start_web(self) -> Process:
+        env = {**self.env, "EASEL_PORT": str(self.port), "EASEL_WEB_WORKERS": str(self.web_workers)}
+        process = start_process("web", easel("web"), env, self.workdir)
+        self.processes.append(process)
+        wait_for(
+            lambda: process.popen.poll() is not None or requests.get(self.base_url + "/readyz", timeout=2).ok,
+            90,
+            f"web on {self.base_url}",
+        )
+        if process.popen.poll() is not None:
+            raise RuntimeError(f"web exited:\n{process.log()[-3000:]}")
+        return process
+
+
+def build_tiny_model(root: Path) -> Path:
+    """tiny-sd built once under ``root`` (copied into each run's home)."""
+    from worker.engine.tiny_model import ensure_tiny_model
+
+    return ensure_tiny_model(root / "models" / "tiny-sd")
+
+
+@contextlib.contextmanager
+def easel_stack(
+    found: Services,
+    settings: dict[str, str],
+    tiny_model: Path | None = None,
+    web_workers: int = 2,
+    keep: bool = False,
+    prefix: str = "easel-bench-",
+) -> Iterator[BenchStack]:
+    """A migrated stack on ``found`` in a temporary home; nothing started yet.
+
+    On the way out its processes are stopped (SIGTERM, then SIGKILL) and the home
+    removed (``keep`` leaves it, with the process logs, and says where). On an error
+    the tail of every process log goes to stderr.
+    """
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    if tiny_model is not None:
+        install_tiny_model(tiny_model, home)
+    stack = BenchStack(env=base_env(home, **found.env(), **settings), workdir=home, web_workers=web_workers)
+    try:
+        stack.migrate()
+        yield stack
+    except subprocess.CalledProcessError as exc:
+        output = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
+        progress(f"failed: {' '.join(map(str, exc.cmd))}:\n{(output or '')[-3000:]}")
+        raise
+    except Exception:
+        progress(f"failed; the processes' logs:\n{stack.logs()}")
+        raise
+    finally:
+        stack.stop()
+        stack.http.close()
+        if keep:
+            progress(f"kept {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+# -- submitting and waiting --------------------------------------------------------------
+
+
+def post_job(
+    session: requests.Session, base_url: str, payload: dict[str, Any], deadline: float
+) -> tuple[str | None, int]:
+    """POST one job with an Idempotency-Key, retried through 429/503 and connection
+    errors until ``deadline``: (its id or ``None``, retries)."""
+    key, retries = uuid.uuid4().hex, 0
+    while time.monotonic() < deadline:
+        try:
+            response = session.post(
+                base_url + "/api/v1/jobs", json=payload, timeout=15, headers={"Idempotency-Key": key}
+            )
+        except requests.RequestException:
+            retries += 1
+            time.sleep(0.2)
+            continue
+        if response.status_code == 202:
+            return response.json()["id"], retries
+        if response.status_code not in (429, 503):
+            raise RuntimeError(f"submit answered {response.status_code}: {response.text[:500]}")
+        retries += 1
+        time.sleep(0.2)
+    return None, retries
+
+
+def submit_all(
+    stack: Stack, payloads: list[dict[str, Any]], timeout: float = 120, concurrency: int = 8
+) -> tuple[list[str], float]:
+    """Submit every payload at once (``concurrency`` parallel requests): the job ids in
+    payload order and the wall-clock time (``time.time()``) of the first submit."""
+    deadline = time.monotonic() + timeout
+    local = threading.local()
+    sessions: list[requests.Session] = []
+
+    def one(payload: dict[str, Any]) -> str:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+            local.session.headers.update(stack.http.headers)
+            sessions.append(local.session)
+        job_id, _ = post_job(local.session, stack.base_url, payload, deadline)
+        if job_id is None:
+            raise TimeoutError(f"could not submit a job within {timeout}s")
+        return job_id
+
+    first_submit = time.time()
+    try:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            ids = list(pool.map(one, payloads))
+    finally:
+        for session in sessions:
+            session.close()
+    return ids, first_submit
+
+
+def wait_all(stack: Stack, ids: list[str], timeout: float, what: str = "jobs") -> float:
+    """Wait until every job in ``ids`` is terminal; the wall-clock time it was seen.
+
+    Completion is watched in the database (one small query every 0.2 s), so the
+    watching adds no load to the web tier being measured; ``fetch_jobs`` then reads
+    every job once through REST.
+    """
+    from sqlalchemy import bindparam, create_engine, text
+
+    engine = create_engine(stack.env["EASEL_DATABASE_URL"], pool_size=1)
+    query = text("SELECT status, count(*) FROM jobs WHERE id IN :ids GROUP BY status").bindparams(
+        bindparam("ids", expanding=True)
+    )
+    deadline = time.monotonic() + timeout
+    last_report = 0.0
+    try:
+        while True:
+            with engine.connect() as conn:
+                counts = dict(conn.execute(query, {"ids": ids}).all())
+            done = sum(counts.get(s, 0) for s in TERMINAL)
+            if done >= len(ids):
+                return time.time()
+            if counts.get("failed") or counts.get("canceled"):
+                raise RuntimeError(f"{what}: some jobs did not succeed: {counts}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: {done}/{len(ids)} finished after {timeout}s: {counts}")
+            if time.monotonic() - last_report > 5:
+                last_report = time.monotonic()
+                progress(f"{what}: {done}/{len(ids)} finished")
+            time.sleep(0.2)
+    finally:
+        engine.dispose()
+
+
+def fetch_jobs(stack: Stack, ids: Iterable[str]) -> list[dict[str, Any]]:
+    """Each job object, read once through REST."""
+    return [stack.job(job_id) for job_id in ids]
+
+
+def epoch(stamp: str) -> float:
+    """Seconds since the epoch of an ISO timestamp from the API (naive means UTC)."""
+    moment = datetime.fromisoformat(stamp)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def check_succeeded(jobs: list[dict[str, Any]], images_per_job: int = 1) -> None:
+    bad = [
+        (j["id"], j["status"], j.get("error"))
+        for j in jobs
+        if j["status"] != "succeeded" or len(j["outputs"]) != images_per_job
+    ]
+    if bad:
+        raise RuntimeError(f"{len(bad)} jobs did not succeed with their outputs: {bad[:5]}")
+
+
+def batch_sizes(
+    worker_log: str, ids: Iterable[str], jobs: list[dict[str, Any]] | None = None
+) -> list[int] | None:
+    """The number of jobs of ``ids`` in each worker run (pipeline call), largest first:
+    from the job objects' ``batch_id`` when they have one, else from the worker's JSON
+    log lines that share a ``batch_id``; ``None`` if neither names one."""
+    wanted = set(ids)
+    members: dict[str, set[str]] = {}
+    for job in jobs or []:
+        if job.get("batch_id") and job["id"] in wanted:
+            members.setdefault(str(job["batch_id"]), set()).add(job["id"])
+    if not members:
+        for line in worker_log.splitlines():
+            if '"batch_id"' not in line:
+                continue
+            try:
+                record = json.loads(line[line.index("{") :])
+            except ValueError:
+                continue
+            batch = record.get("batch_id")
+            listed = record.get("job_ids") or ([record["job_id"]] if record.get("job_id") else [])
+            if batch and isinstance(listed, list):
+                members.setdefault(str(batch), set()).update(j for j in listed if j in wanted)
+    sizes = sorted((len(m) for m in members.values() if m), reverse=True)
+    return sizes or None
+
+
+# -- one measured run --------------------------------------------------------------------
+
+SCHEDULER = "euler_a"  # tiny-sd's default
+GUIDANCE = 7.5
+
+
+def compatible_jobs(count: int, size: int, steps: int, first_seed: int = 1000) -> list[dict[str, Any]]:
+    """``count`` one-image txt2img jobs with one batch key (model, type, size, steps,
+    scheduler, guidance) and different prompts and seeds."""
+    return [
+        {
+            "type": "txt2img",
+            "model": "tiny-sd",
+            "prompt": f"a lighthouse at dusk, variation {i}",
+            "width": size,
+            "height": size,
+            "steps": steps,
+            "scheduler": SCHEDULER,
+            "guidance_scale": GUIDANCE,
+            "num_images": 1,
+            "seed": first_seed + i,
+        }
+        for i in range(count)
+    ]
+
+
+def measure_rest(
+    found: Services,
+    model: Path,
+    jobs: list[dict[str, Any]],
+    settings: dict[str, str],
+    timeout: float,
+    keep: bool = False,
+    label: str = "rest",
+) -> dict[str, Any]:
+    """``jobs`` through real ``easel web`` and one ``easel worker`` on ``found``, after a
+    warm-up: images/s from the first submit to the last job's ``finished_at``.
+
+    Authentication is off and the rate limits and queued cap are out of the way;
+    ``settings`` adds the worker's (``EASEL_MAX_BATCH_SIZE``, ``EASEL_CPU_THREADS``...).
+    """
+    settings = {**NO_LIMITS, "EASEL_AUTH_ENABLED": "false", **settings}
+    with easel_stack(found, settings, model, keep=keep) as stack:
+        progress(f"{label}: starting web and one worker")
+        stack.start_web()
+        stack.start_worker()
+        # Warm-up: one job (it waits for the worker to load the model), then one batch's
+        # worth at once, so the worker has run the batched shape too.
+        batch = int(settings.get("EASEL_MAX_BATCH_SIZE", "1"))
+        for count in (1, batch) if batch > 1 else (1,):
+            progress(f"{label}: warm-up, {count} job(s)")
+            warm_up = compatible_jobs(count, jobs[0]["width"], jobs[0]["steps"], first_seed=1)
+            warm_ids, _ = submit_all(stack, warm_up)
+            wait_all(stack, warm_ids, timeout, f"{label} warm-up")
+        progress(f"{label}: submitting {len(jobs)} jobs at once")
+        ids, first_submit = submit_all(stack, jobs, timeout)
+        submitted = time.time()
+        seen_done = wait_all(stack, ids, timeout, label)
+        finished = fetch_jobs(stack, ids)
+        check_succeeded(finished)
+        sizes = batch_sizes(stack.worker_log(), ids, finished)
+    images = sum(len(job["outputs"]) for job in finished)
+    seconds = max(epoch(job["finished_at"]) for job in finished) - first_submit
+    progress(f"{label}: {images} images in {seconds:.1f}s")
+    return {
+        "seconds": round(seconds, 3),
+        "images_per_s": rate(images, seconds),
+        "submit_seconds": round(submitted - first_submit, 3),
+        "seconds_until_seen_done": round(seen_done - first_submit, 3),
+        "worker_runs": len(sizes) if sizes else None,
+        "mean_images_per_run": round(images / len(sizes), 2) if sizes else None,
+        "runs_by_jobs": {str(n): sizes.count(n) for n in sorted(set(sizes))} if sizes else None,
+    }
+
+
+# -- figures -----------------------------------------------------------------------------
+
+
+def machine(load_at_start: float) -> dict[str, Any]:
+    """The CPUs and the 1-minute load average at the start and end of a run: figures
+    taken while other work ran (load above the benchmark's own) are not comparable."""
+    return {
+        "cpu_count": os.cpu_count(),
+        "load_average_1m": {"start": round(load_at_start, 2), "end": round(os.getloadavg()[0], 2)},
+    }
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) of ``values``, linearly interpolated."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def rate(count: int, seconds: float) -> float | None:
+    return round(count / seconds, 3) if seconds > 0 else None
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return round(numerator / denominator, 3) if numerator and denominator else None
+
+
+@dataclass
+class Timer:
+    """Wall-clock seconds of a block: ``with Timer() as t: ...; t.seconds``."""
+
+    seconds: float = 0.0
+    _start: float = field(default=0.0, repr=False)
+
+    def __enter__(self) -> Timer:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.seconds = time.perf_counter() - self._start

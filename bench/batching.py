@@ -1,0 +1,149 @@
+"""Batching: the same stream of compatible jobs with and without cross-job batching.
+
+    python -m bench.batching --jobs 32 --size 256 --steps 20 --batch-sizes 1,4
+
+``--jobs`` one-image txt2img jobs with one batch key (tiny-sd, txt2img, size, steps,
+scheduler, guidance scale; different prompts and seeds) go through real ``easel web``
+and one ``easel worker`` on PostgreSQL, Redis and an S3 endpoint (moto), once per
+``EASEL_MAX_BATCH_SIZE`` in ``--batch-sizes``. Each run has a fresh database, Redis
+database and bucket, warms up (one job, then one batch's worth at once), then POSTs
+the jobs at once and is timed from the first submit to the last job's ``finished_at``.
+
+Prints one JSON object: images/s of each run, how many worker runs (pipeline calls)
+the jobs took (the jobs' ``batch_id``, else the worker log's), and the gain of the last
+batch size over the first. ``--repeat R`` runs R interleaved rounds of every batch size
+and reports the median images/s of each (steadier on a machine doing other work);
+progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._stack import (
+    GUIDANCE,
+    SCHEDULER,
+    build_tiny_model,
+    compatible_jobs,
+    emit,
+    exit_cleanly_on_sigterm,
+    machine,
+    measure_rest,
+    progress,
+    ratio,
+    services,
+)
+
+
+def run(
+    jobs: int = 32,
+    size: int = 256,
+    steps: int = 20,
+    batch_sizes: tuple[int, ...] = (1, 4),
+    repeat: int = 1,
+    threads: int = 0,
+    batch_wait_ms: int = 0,
+    timeout: float = 900,
+    private: bool = False,
+    keep: bool = False,
+) -> dict[str, Any]:
+    load_at_start = os.getloadavg()[0]
+    work = compatible_jobs(jobs, size, steps)
+    root = Path(tempfile.mkdtemp(prefix="easel-bench-model-"))
+    started = time.monotonic()
+    runs: list[dict[str, Any]] = []
+    by_size: dict[str, float] = {}
+    try:
+        progress("building tiny-sd")
+        model = build_tiny_model(root)
+        for round_ in range(1, repeat + 1):
+            for batch in batch_sizes:
+                settings = {
+                    "EASEL_MAX_BATCH_SIZE": str(batch),
+                    "EASEL_BATCH_WAIT_MS": str(batch_wait_ms),
+                    "EASEL_CPU_THREADS": str(threads),
+                }
+                label = f"batch {batch}" + (f", round {round_}/{repeat}" if repeat > 1 else "")
+                with services(private=private) as found:
+                    figures = measure_rest(found, model, work, settings, timeout, keep, label=label)
+                runs.append({"max_batch_size": batch, "round": round_, **figures})
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    for batch in batch_sizes:
+        rates = [r["images_per_s"] for r in runs if r["max_batch_size"] == batch]
+        by_size[str(batch)] = round(statistics.median(rates), 3)
+    return {
+        "benchmark": "batching",
+        "model": "tiny-sd",
+        "jobs": jobs,
+        "width": size,
+        "height": size,
+        "steps": steps,
+        "scheduler": SCHEDULER,
+        "guidance_scale": GUIDANCE,
+        "cpu_threads": threads,
+        "batch_wait_ms": batch_wait_ms,
+        "repeat": repeat,
+        "images_per_s": by_size,
+        "gain": ratio(by_size[str(batch_sizes[-1])], by_size[str(batch_sizes[0])])
+        if len(batch_sizes) > 1
+        else None,
+        "runs": runs,
+        "seconds_total": round(time.monotonic() - started, 1),
+        "machine": machine(load_at_start),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.batching",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--jobs", type=int, default=32, help="one-image jobs per run (default 32)")
+    parser.add_argument("--size", type=int, default=256, help="width and height, a multiple of 8")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--batch-sizes", default="1,4", help="EASEL_MAX_BATCH_SIZE of each run, comma-separated (1,4)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of all batch sizes, interleaved; medians are reported"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="EASEL_CPU_THREADS (0: torch's default)")
+    parser.add_argument("--batch-wait-ms", type=int, default=0, help="EASEL_BATCH_WAIT_MS of the worker")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds each run may take")
+    parser.add_argument("--private-servers", action="store_true", help="own redis-server and PostgreSQL")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folders and process logs")
+    args = parser.parse_args(argv)
+    try:
+        sizes = tuple(int(part) for part in args.batch_sizes.split(","))
+    except ValueError:
+        parser.error(f"--batch-sizes: whole numbers separated by commas (got {args.batch_sizes!r})")
+    if not sizes or min(sizes) < 1 or min(args.jobs, args.steps, args.repeat) < 1 or args.size % 8:
+        parser.error("--jobs, --steps, --repeat, --batch-sizes must be positive, --size a multiple of 8")
+    exit_cleanly_on_sigterm()
+    emit(
+        run(
+            args.jobs,
+            args.size,
+            args.steps,
+            sizes,
+            args.repeat,
+            args.threads,
+            args.batch_wait_ms,
+            args.timeout,
+            args.private_servers,
+            args.keep,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The benchmarks' command lines and figures, without starting any process."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+
+from bench._stack import batch_sizes, compatible_jobs, percentile
+from bench.api import Samples, summarise
+
+BENCHMARKS = ["chaos", "throughput", "batching", "api"]
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_each_benchmark_has_a_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    module = importlib.import_module(f"bench.{name}")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_bad_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.batching import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--batch-sizes", "1,four"])
+    assert exit_info.value.code == 2
+    assert "--batch-sizes" in capsys.readouterr().err
+
+
+def test_percentile_interpolates() -> None:
+    assert percentile([], 50) is None
+    assert percentile([5.0], 99) == 5.0
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert percentile(list(range(101)), 95) == 95
+
+
+def test_compatible_jobs_share_one_batch_key() -> None:
+    jobs = compatible_jobs(5, 64, 4)
+    key = {"model", "type", "width", "height", "steps", "scheduler", "guidance_scale"}
+    assert len({tuple(job[k] for k in sorted(key)) for job in jobs}) == 1
+    assert len({job["seed"] for job in jobs}) == len({job["prompt"] for job in jobs}) == 5
+
+
+def test_batch_sizes_from_job_objects_then_from_the_log() -> None:
+    jobs = [{"id": "a", "batch_id": "x"}, {"id": "b", "batch_id": "x"}, {"id": "c", "batch_id": "y"}]
+    assert batch_sizes("", ["a", "b", "c"], jobs) == [2, 1]
+    log = "\n".join(
+        json.dumps({"message": "running job", "job_id": job_id, "batch_id": batch})
+        for job_id, batch in [("a", "1"), ("b", "1"), ("c", "2"), ("other", "2")]
+    )
+    assert batch_sizes(log + "\nnot json", ["a", "b", "c"]) == [2, 1]
+    assert batch_sizes("no batches here", ["a"]) is None
+
+
+def test_api_figures_count_only_the_measured_window() -> None:
+    samples = Samples(
+        ok=[("submit", 0.5, 0.010), ("submit", 1.5, 0.020), ("poll", 2.0, 0.004), ("poll", 9.0, 0.1)],
+        errors=[("poll", 1.2, "503"), ("submit", 0.2, "ConnectionError")],
+    )
+    figures = summarise([samples], warmup=1.0, duration=2.0)
+    assert figures["requests"] == 3
+    assert figures["errors"] == 1
+    assert figures["submit"]["p50_ms"] == 20.0
+    assert figures["poll"]["errors"] == {"503": 1}
+    assert figures["poll"]["requests_per_s"] == 1.0
