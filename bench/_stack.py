@@ -468,7 +468,15 @@ def measure_rest(
         "worker_runs": len(sizes) if sizes else None,
         "mean_images_per_run": round(images / len(sizes), 2) if sizes else None,
         "runs_by_jobs": {str(n): sizes.count(n) for n in sorted(set(sizes))} if sizes else None,
+        "mean_generate_seconds_per_run": mean_generate_seconds(finished),
     }
+
+
+def mean_generate_seconds(finished: list[dict[str, Any]]) -> float | None:
+    """The worker's own time in the pipeline call, per run (jobs of one batch share it)."""
+    per_run = {job["batch_id"]: job["timings"].get("generate_seconds") for job in finished}
+    values = [v for v in per_run.values() if v is not None]
+    return round(sum(values) / len(values), 3) if values else None
 
 
 # -- figures -----------------------------------------------------------------------------

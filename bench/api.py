@@ -5,7 +5,10 @@
 ``--clients`` threads, each with its own ``requests.Session``, run against real
 ``easel web`` (gunicorn as ``easel web`` runs it, ``EASEL_WEB_WORKERS=--web-workers``)
 on PostgreSQL and Redis. Each client loops: POST a job to ``/api/v1/jobs``, then
-GET one of its recent jobs ``--polls-per-submit`` times. No worker runs, so jobs just
+GET one of its recent jobs ``--polls-per-submit`` times, one request per ``--interval``
+seconds (4 a second by default, like an eager client; ``--interval 0`` sends the next
+request as soon as an answer comes, which measures the most requests/s the server
+answers, with latency that is then mostly queueing). No worker runs, so jobs just
 queue (and the queue grows during the run, as does the work of each job's queue
 position and ETA). Authentication is on, with one key made by ``easel keys create``
 (``--no-auth`` turns it off); the rate limits and the queued-jobs cap are set out of
@@ -64,10 +67,20 @@ def client(
     end: float,
     polls_per_submit: int,
     samples: Samples,
+    interval: float = 0.0,
 ) -> None:
-    """Submit, then poll recent jobs, until ``end`` (``time.perf_counter`` clock)."""
+    """Submit, then poll recent jobs, until ``end`` (``time.perf_counter`` clock); with
+    ``interval``, one request per ``interval`` seconds at most (a paced client)."""
     rng = random.Random(index)
     ids: list[str] = []
+    next_at = time.perf_counter() + rng.uniform(0, interval)  # clients do not start in step
+
+    def pace() -> None:
+        nonlocal next_at
+        if interval > 0:
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+            next_at = max(next_at + interval, time.perf_counter() - interval)
+
     with requests.Session() as session:
         session.headers.update(headers)
         n = 0
@@ -82,6 +95,7 @@ def client(
                 "seed": index * 1_000_000 + n,
             }
             submit = partial(session.post, base_url, json=payload, timeout=30)
+            pace()
             job_id = _timed(samples, "submit", t0, submit, 202)
             if job_id:
                 ids.append(job_id)
@@ -89,6 +103,7 @@ def client(
                 if not ids or time.perf_counter() >= end:
                     break
                 poll = partial(session.get, f"{base_url}/{rng.choice(ids[-10:])}", timeout=30)
+                pace()
                 _timed(samples, "poll", t0, poll, 200)
 
 
@@ -149,6 +164,7 @@ def run(
     warmup: float = 3.0,
     web_workers: int = 2,
     polls_per_submit: int = 4,
+    interval: float = 0.25,
     auth: bool = True,
     private: bool = False,
     keep: bool = False,
@@ -170,7 +186,16 @@ def run(
         threads = [
             threading.Thread(
                 target=client,
-                args=(i, stack.base_url + "/api/v1/jobs", headers, t0, end, polls_per_submit, samples[i]),
+                args=(
+                    i,
+                    stack.base_url + "/api/v1/jobs",
+                    headers,
+                    t0,
+                    end,
+                    polls_per_submit,
+                    samples[i],
+                    interval,
+                ),
                 daemon=True,
             )
             for i in range(clients)
@@ -191,6 +216,7 @@ def run(
         "warmup_s": warmup,
         "web_workers": web_workers,
         "polls_per_submit": polls_per_submit,
+        "interval_s": interval,
         "auth": auth,
         **figures,
         "jobs_queued_at_end": submitted,
@@ -210,10 +236,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=3, help="seconds run first and not counted")
     parser.add_argument("--web-workers", type=int, default=2, help="EASEL_WEB_WORKERS (default 2)")
     parser.add_argument("--polls-per-submit", type=int, default=4, help="GETs of a job after each POST")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=0.25,
+        help="seconds between one client's requests (default 0.25: 4 requests/s each); 0: as fast as "
+        "answers come (closed loop, the server's most requests/s)",
+    )
     parser.add_argument("--no-auth", action="store_true", help="EASEL_AUTH_ENABLED=false (no API key)")
     parser.add_argument("--private-servers", action="store_true", help="own redis-server and PostgreSQL")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and process logs")
     args = parser.parse_args(argv)
+    if args.interval < 0:
+        parser.error(f"--interval must not be negative, got {args.interval}")
     if args.clients < 1 or args.duration <= 0 or args.warmup < 0 or args.web_workers < 1:
         parser.error("--clients, --duration and --web-workers must be positive, --warmup not negative")
     exit_cleanly_on_sigterm()
@@ -224,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
             args.warmup,
             args.web_workers,
             args.polls_per_submit,
+            args.interval,
             not args.no_auth,
             args.private_servers,
             args.keep,

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Select, func, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, noload
 
 from shared.models import Job, JobStatus, utcnow
 
@@ -74,28 +74,29 @@ def claim_batch(
     when nothing is claimable.
     """
     batch_id = new_batch_id()
-    head = _claim_head(session, worker_id, models, batch_id)
-    if head is None:
+    claimed = _claim_first_round(session, worker_id, models, max_images, batch_id)
+    if not claimed:
         session.rollback()
         return []
-    ids, images = [head.id], head.num_images
-    deadline = time.monotonic() + wait_seconds
-    while True:  # the first round shares the head's transaction: one atomic claim
-        more = _claim_companions(session, worker_id, models, head, max_images - images, batch_id)
-        ids += [job_id for job_id, _ in more]
-        images += sum(count for _, count in more)
-        session.commit()
-        if images >= max_images or time.monotonic() >= deadline:
-            break
-        time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
-    session.execute(
-        update(Job)
-        .where(Job.id.in_(ids), Job.worker_id == worker_id, Job.batch_id == batch_id)
-        .values(batch_size=images)
-        .execution_options(synchronize_session=False)
-    )
     session.commit()
-    jobs = session.scalars(select(Job).where(Job.id.in_(ids)).execution_options(populate_existing=True)).all()
+    head, chosen = claimed
+    ids, images = [job_id for job_id, _ in chosen], sum(count for _, count in chosen)
+    if images < max_images and wait_seconds > 0:
+        deadline = time.monotonic() + wait_seconds
+        while images < max_images and time.monotonic() < deadline:
+            time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
+            more = _claim_companions(session, worker_id, models, head, max_images - images, batch_id)
+            ids += [job_id for job_id, _ in more]
+            images += sum(count for _, count in more)
+            session.commit()
+        _set_batch_size(session, ids, batch_id, images)
+        session.commit()
+    jobs = session.scalars(
+        select(Job)
+        .where(Job.id.in_(ids))
+        .options(noload(Job.outputs))  # a claimed job's outputs are the runner's to write
+        .execution_options(populate_existing=True)
+    ).all()
     by_id = {job.id: job for job in jobs}
     return [by_id[job_id] for job_id in ids if job_id in by_id]
 
@@ -106,30 +107,57 @@ def claim_next(session: Session, worker_id: str, models: Sequence[str] | None = 
     return jobs[0] if jobs else None
 
 
-def _claim_head(session: Session, worker_id: str, models: Sequence[str] | None, batch_id: str) -> Any:
-    """Mark the best queued job ours (not committed); its row (id, num_images, batch key)."""
-    for _ in range(10):  # SQLite: lost a race, try the next best job
-        row = session.execute(_locked(session, _in_claim_order(models).limit(1))).first()
-        if row is None:
+def _claim_first_round(
+    session: Session, worker_id: str, models: Sequence[str] | None, max_images: int, batch_id: str
+) -> tuple[Any, list[tuple[str, int]]] | None:
+    """Mark ours (not committed) the best queued job and the queued jobs that share its
+    batch key and fit: one read of each and one write. The head's row and the
+    (id, images) of every job marked."""
+    for _ in range(10):  # SQLite: lost a race for the head, try the next best job
+        head = session.execute(_locked(session, _in_claim_order(models).limit(1))).first()
+        if head is None:
             return None
-        if _mark_running(session, [row.id], worker_id, batch_id):
-            return row
-        session.rollback()
+        chosen = [
+            (head.id, head.num_images),
+            *_companions(session, models, head, max_images - head.num_images),
+        ]
+        images = sum(count for _, count in chosen)
+        if _mark_running(session, [job_id for job_id, _ in chosen], worker_id, batch_id, images) == len(
+            chosen
+        ):
+            return head, chosen
+        # SQLite: another worker took some between our read and our write; keep ours.
+        mine = set(session.scalars(select(Job.id).where(Job.batch_id == batch_id)))
+        if head.id not in mine:
+            session.rollback()
+            continue
+        chosen = [(job_id, count) for job_id, count in chosen if job_id in mine]
+        _set_batch_size(session, list(mine), batch_id, sum(count for _, count in chosen))
+        return head, chosen
     return None
+
+
+def _companions(
+    session: Session, models: Sequence[str] | None, head: Any, room: int
+) -> list[tuple[str, int]]:
+    """Queued jobs (locked on PostgreSQL) with ``head``'s batch key whose images fit in
+    ``room``, in claim order: their (id, images)."""
+    if room <= 0:
+        return []
+    query = _in_claim_order(models, *_same_key(head), Job.id != head.id, Job.num_images <= room).limit(room)
+    chosen: list[tuple[str, int]] = []
+    for row in session.execute(_locked(session, query)).all():
+        if row.num_images <= room - sum(count for _, count in chosen):
+            chosen.append((row.id, row.num_images))
+    return chosen
 
 
 def _claim_companions(
     session: Session, worker_id: str, models: Sequence[str] | None, head: Any, room: int, batch_id: str
 ) -> list[tuple[str, int]]:
-    """Mark ours the queued jobs with ``head``'s batch key whose images fit in ``room``,
-    in claim order (not committed); their (id, images)."""
-    if room <= 0:
-        return []
-    query = _in_claim_order(models, *_same_key(head), Job.num_images <= room).limit(room)
-    chosen: list[tuple[str, int]] = []
-    for row in session.execute(_locked(session, query)).all():
-        if row.num_images <= room - sum(count for _, count in chosen):
-            chosen.append((row.id, row.num_images))
+    """Mark ours (not committed) more queued jobs with ``head``'s batch key that fit in
+    ``room``; their (id, images)."""
+    chosen = _companions(session, models, head, room)
     if not chosen:
         return []
     if _mark_running(session, [job_id for job_id, _ in chosen], worker_id, batch_id) != len(chosen):
@@ -139,13 +167,24 @@ def _claim_companions(
     return chosen
 
 
+def _set_batch_size(session: Session, ids: list[str], batch_id: str, images: int) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(ids), Job.batch_id == batch_id)
+        .values(batch_size=images)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def _locked(session: Session, query: Select[Any]) -> Select[Any]:
     if session.get_bind().dialect.name == "postgresql":
         return query.with_for_update(of=Job, skip_locked=True)
     return query
 
 
-def _mark_running(session: Session, job_ids: list[str], worker_id: str, batch_id: str) -> int:
+def _mark_running(
+    session: Session, job_ids: list[str], worker_id: str, batch_id: str, batch_size: int | None = None
+) -> int:
     """Move the still-queued of ``job_ids`` to running for us; how many moved."""
     result = session.execute(
         update(Job)
@@ -155,7 +194,7 @@ def _mark_running(session: Session, job_ids: list[str], worker_id: str, batch_id
             attempts=Job.attempts + 1,
             worker_id=worker_id,
             batch_id=batch_id,
-            batch_size=None,
+            batch_size=batch_size,
             started_at=utcnow(),
             progress_step=0,
             updated_at=utcnow(),

@@ -285,6 +285,8 @@ class JobRunner:
             return
         self.drain()
         if self._store_pool is None:
+            # Normal priority: a lowered one made denoising slower (the thread then holds the
+            # GIL while it waits for a CPU), measured with bench.throughput.
             self._store_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="easel-store")
         self._pending = self._store_pool.submit(self._store_all, done)
 
