@@ -299,3 +299,48 @@ def test_the_next_batch_starts_while_the_last_one_is_stored(env: dict[str, Any],
     generated.join(60)
     runner.drain()
     assert [fetch(env, job_id).status for job_id in (first, second)] == ["succeeded", "succeeded"]
+
+
+def test_a_failed_batch_is_run_job_by_job_so_only_the_bad_job_fails(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.engine.runner as runner_module
+
+    real = runner_module.generate_batch
+    calls: list[int] = []
+
+    def poisoned(pipe: Any, requests: list[Any], *args: Any, **kwargs: Any) -> list[Any]:
+        calls.append(len(requests))
+        if any(r.prompt == "poison" for r in requests):
+            raise RuntimeError("the poison prompt breaks the call")
+        return real(pipe, requests, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "generate_batch", poisoned)
+    good, bad, other = (enqueue(env, prompt=p, seed=i) for i, p in enumerate(("fine", "poison", "also fine")))
+    make_batching_runner(env).run_next()
+    assert calls == [3, 1, 1, 1]  # the batch, then each job alone
+    assert [fetch(env, job_id).status for job_id in (good, bad, other)] == [
+        "succeeded",
+        "failed",
+        "succeeded",
+    ]
+    failed = fetch(env, bad)
+    assert failed.error_code == "generation_error" and "poison" in failed.error_message
+
+
+def test_the_time_limit_in_a_batch_fails_every_job_left(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    import worker.engine.runner as runner_module
+
+    def out_of_time(*args: Any, **kwargs: Any) -> list[Any]:
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(runner_module, "generate_batch", out_of_time)
+    ids = [enqueue(env, seed=i) for i in range(2)]
+    make_batching_runner(env).run_next()
+    assert {(fetch(env, job_id).status, fetch(env, job_id).error_code) for job_id in ids} == {
+        ("failed", "time_limit")
+    }

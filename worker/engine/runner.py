@@ -36,6 +36,13 @@ def output_key(job_id: str, index: int) -> str:
     return f"jobs/{job_id}/{index}.png"
 
 
+def exc_of_time_limit() -> BaseException:
+    """What Celery raises in a task at its soft time limit."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    return SoftTimeLimitExceeded()
+
+
 def error_code_for(exc: BaseException) -> str:
     """A stable, documented code for a failure."""
     from celery.exceptions import SoftTimeLimitExceeded
@@ -224,9 +231,11 @@ class JobRunner:
         started: float,
         shared: dict[str, Any],
         contexts: dict[str, dict[str, Any]],
-    ) -> None:
+    ) -> bool:
+        """Generate ``jobs`` in one call and hand their images to storing; ``False`` if the
+        task's time limit struck (the jobs it stopped are then recorded failed)."""
         if not jobs:
-            return
+            return True
         by_id = {job.id: job for job in jobs}
 
         def leave(job_id: str, canceled: bool) -> None:
@@ -251,7 +260,7 @@ class JobRunner:
             )
             reporter.check_cancel()  # asked to cancel while decoding: store nothing for those
         except JobCanceled:
-            return  # every job left the batch, each recorded as it left
+            return True  # every job left the batch, each recorded as it left
         except Exception as exc:
             from celery.exceptions import SoftTimeLimitExceeded
 
@@ -263,12 +272,20 @@ class JobRunner:
                     exc,
                     extra=contexts[remaining[0].id],
                 )
-                for job in remaining:
-                    self._generate_and_store([job], requests, pipe, started, shared, contexts)
-                return
+                for index, job in enumerate(remaining):
+                    if not self._generate_and_store([job], requests, pipe, started, shared, contexts):
+                        for rest in remaining[index + 1 :]:  # no time left for these either
+                            self._fail(
+                                rest,
+                                exc_of_time_limit(),
+                                self._timings(rest, started, shared),
+                                contexts[rest.id],
+                            )
+                        return False
+                return True
             for job in remaining:
                 self._fail(job, exc, self._timings(job, started, shared), contexts[job.id])
-            return
+            return not isinstance(exc, SoftTimeLimitExceeded)
         shared = {**shared, "generate_seconds": round(time.perf_counter() - t0, 3)}
         done = [
             _Done(job, images, requests[job.id].seeds, self._timings(job, started, shared), contexts[job.id])
@@ -276,6 +293,7 @@ class JobRunner:
             if job.id in reporter.active
         ]
         self._submit_store(done)
+        return True
 
     def _submit_store(self, done: list[_Done]) -> None:
         """Store and record ``done``; with ``overlap_store``, in a background thread so the
