@@ -9,6 +9,7 @@ using the shared ones (the chaos run stops and restarts them).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -523,3 +524,21 @@ class Timer:
 
     def __exit__(self, *_: object) -> None:
         self.seconds = time.perf_counter() - self._start
+
+
+def add_stack_arguments(parser: argparse.ArgumentParser, timeout: float | None = None) -> None:
+    """The options every benchmark that starts its own stack takes."""
+    if timeout is not None:
+        parser.add_argument("--timeout", type=float, default=timeout, help="seconds a run may take")
+    parser.add_argument("--private-servers", action="store_true", help="own redis-server and PostgreSQL")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder and process logs")
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """The job shape and worker options shared by throughput and batching."""
+    parser.add_argument("--size", type=int, default=256, help="width and height, a multiple of 8")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads (EASEL_CPU_THREADS; 0: torch's default)"
+    )
+    parser.add_argument("--batch-wait-ms", type=int, default=0, help="EASEL_BATCH_WAIT_MS of the worker")

@@ -37,6 +37,7 @@ import requests
 
 from bench._stack import (
     NO_LIMITS,
+    add_stack_arguments,
     easel_stack,
     emit,
     exit_cleanly_on_sigterm,
@@ -244,8 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         "answers come (closed loop, the server's most requests/s)",
     )
     parser.add_argument("--no-auth", action="store_true", help="EASEL_AUTH_ENABLED=false (no API key)")
-    parser.add_argument("--private-servers", action="store_true", help="own redis-server and PostgreSQL")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folder and process logs")
+    add_stack_arguments(parser)
     args = parser.parse_args(argv)
     if args.interval < 0:
         parser.error(f"--interval must not be negative, got {args.interval}")

@@ -30,6 +30,8 @@ from typing import Any
 from bench._stack import (
     GUIDANCE,
     SCHEDULER,
+    add_pipeline_arguments,
+    add_stack_arguments,
     build_tiny_model,
     compatible_jobs,
     emit,
@@ -108,19 +110,14 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--jobs", type=int, default=32, help="one-image jobs per run (default 32)")
-    parser.add_argument("--size", type=int, default=256, help="width and height, a multiple of 8")
-    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument(
         "--batch-sizes", default="1,4", help="EASEL_MAX_BATCH_SIZE of each run, comma-separated (1,4)"
     )
     parser.add_argument(
         "--repeat", type=int, default=1, help="rounds of all batch sizes, interleaved; medians are reported"
     )
-    parser.add_argument("--threads", type=int, default=0, help="EASEL_CPU_THREADS (0: torch's default)")
-    parser.add_argument("--batch-wait-ms", type=int, default=0, help="EASEL_BATCH_WAIT_MS of the worker")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds each run may take")
-    parser.add_argument("--private-servers", action="store_true", help="own redis-server and PostgreSQL")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folders and process logs")
+    add_pipeline_arguments(parser)
+    add_stack_arguments(parser, timeout=900)
     args = parser.parse_args(argv)
     try:
         sizes = tuple(int(part) for part in args.batch_sizes.split(","))

@@ -35,6 +35,8 @@ from bench._stack import (
     GUIDANCE,
     SCHEDULER,
     Timer,
+    add_pipeline_arguments,
+    add_stack_arguments,
     build_tiny_model,
     compatible_jobs,
     emit,
@@ -179,13 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--jobs", type=int, default=32, help="images (one-image jobs) per side (default 32)")
     parser.add_argument("--batch", type=int, default=4, help="bare batch size and EASEL_MAX_BATCH_SIZE")
-    parser.add_argument("--size", type=int, default=256, help="width and height, a multiple of 8")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads, both sides (0: torch's)")
-    parser.add_argument("--batch-wait-ms", type=int, default=0, help="EASEL_BATCH_WAIT_MS of the worker")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds the REST side may take")
-    parser.add_argument("--private-servers", action="store_true", help="own redis-server and PostgreSQL")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folder and process logs")
+    add_pipeline_arguments(parser)
+    add_stack_arguments(parser, timeout=900)
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.batch < 1 or args.size % 8 or args.steps < 1:
         parser.error("--jobs, --batch and --steps must be positive and --size a multiple of 8")
