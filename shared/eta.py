@@ -2,8 +2,10 @@
 
 A job's cost is ``overhead + rate * steps * megapixels * images``: ``rate`` (seconds
 per step per megapixel-image) and ``overhead`` (load, encode, store) are the medians
-over the model's last ``EASEL_ETA_HISTORY_JOBS`` succeeded jobs. With no history yet,
-a prior of 0.5 s per step-megapixel and 0.2 s of overhead stands in.
+over the model's last ``EASEL_ETA_HISTORY_JOBS`` succeeded jobs; a job that ran in a
+batch counts the batch's images and shares its overhead with the batch's jobs, so the
+rate is what a batched image costs. With no history yet, a prior of 0.5 s per
+step-megapixel and 0.2 s of overhead stands in.
 
 - running job: ``rate * remaining steps * megapixels * images``;
 - queued job: (cost of the queued jobs ahead of it + what remains of the model's
@@ -45,12 +47,15 @@ def cost_model(session: Session, model: str, history: int) -> CostModel:
     ).all()
     rates, overheads = [], []
     for steps, width, height, images, timings in rows:
-        generate, run = (timings or {}).get("generate_seconds"), (timings or {}).get("run_seconds")
-        work = steps * width * height / 1e6 * images
+        timings = timings or {}
+        generate, run = timings.get("generate_seconds"), timings.get("run_seconds")
+        # A batched job shares its pipeline call (and the time around it) with the others.
+        work = steps * width * height / 1e6 * (timings.get("batch_images") or images)
         if generate and work > 0:
             rates.append(generate / work)
             if run is not None:
-                overheads.append(max(0.0, run - generate - (timings.get("load_seconds") or 0)))
+                outside = max(0.0, run - generate - (timings.get("load_seconds") or 0))
+                overheads.append(outside / (timings.get("batch_jobs") or 1))
     if not rates:
         return CostModel(PRIOR_RATE, PRIOR_OVERHEAD)
     return CostModel(statistics.median(rates), statistics.median(overheads) if overheads else 0.0)
@@ -70,10 +75,10 @@ def estimate_seconds(
         if workers == 0:
             return None
     model = cost_model(session, job.model, history)
-    mpx = job.width * job.height / 1e6 * job.num_images
-    if job.status == JobStatus.RUNNING.value:
+    if job.status == JobStatus.RUNNING.value:  # its pipeline call denoises its whole batch
         total = job.progress_total or job.steps
-        return round(max(0.1, model.rate * max(0, total - job.progress_step) * mpx), 2)
+        call_mpx = job.width * job.height / 1e6 * (job.batch_size or job.num_images)
+        return round(max(0.1, model.rate * max(0, total - job.progress_step) * call_mpx), 2)
     ahead_count, ahead_work = session.execute(
         select(
             func.count(), func.coalesce(func.sum(Job.steps * Job.width * Job.height * Job.num_images), 0)

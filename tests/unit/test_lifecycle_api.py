@@ -10,6 +10,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 
 from shared.db import session_scope
+from shared.eta import cost_model, estimate_seconds
 from shared.migrate import upgrade
 from shared.models import Job, Worker, utcnow
 from shared.settings import Settings
@@ -195,3 +196,52 @@ def test_signature_round_trip() -> None:
     )
     assert not verify_signature("k", body, headers["Easel-Timestamp"], headers["Easel-Signature"], now=2000)
     assert not verify_signature("k", body, "soon", headers["Easel-Signature"], now=1000)
+
+
+def test_eta_learns_the_per_image_cost_of_batched_jobs(settings: Settings) -> None:
+    with session_scope(settings.database_url) as session:
+        for i in range(3):  # three jobs of one batch of 4 images: 8 s in the call, 1 s around it
+            job = Job(
+                type="txt2img",
+                model="m",
+                status="succeeded",
+                prompt="p",
+                negative_prompt="",
+                width=1000,
+                height=1000,
+                steps=10,
+                guidance_scale=7.5,
+                scheduler="ddim",
+                seed=i,
+                num_images=2 if i == 0 else 1,
+                finished_at=utcnow(),
+                timings={"generate_seconds": 8.0, "run_seconds": 9.0, "batch_images": 4, "batch_jobs": 3},
+            )
+            session.add(job)
+    with session_scope(settings.database_url) as session:
+        model = cost_model(session, "m", history=20)
+    assert model.rate == pytest.approx(8.0 / (10 * 1.0 * 4))  # seconds per step-megapixel-image
+    assert model.overhead == pytest.approx(1.0 / 3)
+    with session_scope(settings.database_url) as session:
+        running = Job(
+            type="txt2img",
+            model="m",
+            status="running",
+            prompt="p",
+            negative_prompt="",
+            width=1000,
+            height=1000,
+            steps=10,
+            guidance_scale=7.5,
+            scheduler="ddim",
+            seed=9,
+            num_images=1,
+            progress_step=5,
+            progress_total=10,
+            batch_size=4,
+            timings={},
+        )
+        session.add(running)
+        session.flush()
+        # Half its steps left, for the 4 images its call denoises: half of the 8 s call.
+        assert estimate_seconds(session, running, 20, 30.0) == pytest.approx(4.0)
