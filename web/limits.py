@@ -44,4 +44,8 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.config["RATELIMIT_STORAGE_URI"] = (
         broker if broker.startswith(("redis://", "rediss://")) else "memory://"
     )
+    # Redis down or restarting: count in this process's memory until it answers again
+    # (checked with backoff), and never fail a request because the counter is away.
+    app.config["RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"] = True
+    app.config["RATELIMIT_SWALLOW_ERRORS"] = True
     limiter.init_app(app)

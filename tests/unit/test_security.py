@@ -18,7 +18,7 @@ from shared.keys import create_key
 from shared.migrate import upgrade
 from shared.settings import Settings, get_settings
 from tests.images import b64, gradient
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 from web import create_app
 
 
@@ -143,6 +143,17 @@ def test_rate_limit_answers_429_then_recovers(tmp_path: Path) -> None:
         10,
         "the limit window to pass",
     )
+
+
+def test_limits_still_hold_while_their_redis_is_unreachable(tmp_path: Path) -> None:
+    # Nothing listens on this port: the limiter's Redis is down (a restart, a network blip).
+    settings = Settings(home=tmp_path, broker_url=f"redis://127.0.0.1:{free_port()}/0", rate_limit="3/second")
+    upgrade(settings.database_url)
+    key = make_key(settings, "during-outage")
+    client = create_app(settings).test_client()
+    statuses = [client.get("/api/v1/jobs", headers=bearer(key)).status_code for _ in range(5)]
+    assert 500 not in statuses and statuses[0] == 200  # counted in memory meanwhile
+    assert 429 in statuses
 
 
 def test_queued_jobs_cap_answers_429_then_recovers(tmp_path: Path) -> None:
