@@ -42,3 +42,34 @@ def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EASEL_PORT", "eighty")
     with pytest.raises(ValidationError, match="port"):
         Settings()
+
+
+def _boot_together(settings: Settings, count: int) -> tuple[list[str], list[BaseException]]:
+    """``session_secret`` called by ``count`` threads released at the same moment."""
+    import threading
+
+    start = threading.Barrier(count)
+    secrets: list[str] = []
+    errors: list[BaseException] = []
+
+    def boot() -> None:
+        start.wait()
+        try:
+            secrets.append(settings.session_secret())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=boot) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return secrets, errors
+
+
+def test_web_processes_starting_together_agree_on_one_session_secret(tmp_path: Path) -> None:
+    for attempt in range(10):
+        home = tmp_path / str(attempt)
+        secrets, errors = _boot_together(Settings(home=home), 8)
+        assert not errors and len(secrets) == 8 and len(set(secrets)) == 1 and len(secrets[0]) > 40
+        assert [p.name for p in home.iterdir()] == ["secret_key"]  # no drafts left behind
