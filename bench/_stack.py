@@ -33,7 +33,6 @@ import requests
 
 from tests.servers import PrivatePostgres, PrivateRedis
 from tests.support import (
-    PG_ADMIN_URL,
     Process,
     Stack,
     base_env,
@@ -42,6 +41,7 @@ from tests.support import (
     free_port,
     install_tiny_model,
     start_process,
+    temporary_database,
     wait_for,
 )
 
@@ -139,33 +139,6 @@ def s3_server(bucket: str) -> Iterator[tuple[str, Any]]:
 
 
 @contextlib.contextmanager
-def temp_database(prefix: str = "easel_bench") -> Iterator[str]:
-    """A new database on the shared PostgreSQL server (``EASEL_TEST_PG``), dropped after."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = :name AND pid <> pg_backend_pid()"
-                    ),
-                    {"name": name},
-                )
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    finally:
-        admin.dispose()
-
-
-@contextlib.contextmanager
 def services(private: bool = False, s3: bool = True, bucket: str = "bench") -> Iterator[Services]:
     """PostgreSQL, Redis and (``s3``) an S3 endpoint for one run.
 
@@ -182,7 +155,10 @@ def services(private: bool = False, s3: bool = True, bucket: str = "bench") -> I
             postgres.start()
             found = Services(postgres.url, redis_server.url, postgres=postgres, redis=redis_server)
         else:
-            found = Services(stack.enter_context(temp_database()), stack.enter_context(claimed_redis_db()))
+            found = Services(
+                stack.enter_context(temporary_database("easel_bench")),
+                stack.enter_context(claimed_redis_db()),
+            )
         if s3:
             found.s3_endpoint, found.s3 = stack.enter_context(s3_server(bucket))
             found.bucket = bucket

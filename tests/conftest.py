@@ -12,17 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from tests.support import (
-    PG_ADMIN_URL,
     Stack,
     base_env,
     claimed_redis_db,
     free_port,
     install_tiny_model,
-    unique_name,
+    temporary_database,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,47 +34,21 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd")
 
 
-def _create_database(prefix: str) -> tuple[str, str]:
-    """A new database on the shared server: its name and URL."""
-    name = unique_name(prefix)
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return name, make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_database(name: str) -> None:
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(
-            text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = :name AND pid <> pg_backend_pid()"
-            ),
-            {"name": name},
-        )
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this run, dropped at the end."""
-    name, url = _create_database("easel_test")
-    yield url
-    from shared.db import engine_for
+    with temporary_database("easel_test") as url:
+        yield url
+        from shared.db import engine_for
 
-    engine_for.cache_clear()
-    _drop_database(name)
+        engine_for.cache_clear()
 
 
 @pytest.fixture
 def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
     """An empty database of its own for one test."""
-    name, url = _create_database("easel_t")
-    yield url
-    _drop_database(name)
+    with temporary_database("easel_t") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,16 @@ from sqlalchemy import create_engine, select
 
 from shared.models import Worker
 from shared.queue import queue_name
-from tests.conftest import _create_database, _drop_database
-from tests.support import Process, Stack, base_env, claimed_redis_db, easel, start_process, wait_for
+from tests.support import (
+    Process,
+    Stack,
+    base_env,
+    claimed_redis_db,
+    easel,
+    start_process,
+    temporary_database,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -93,41 +101,37 @@ def start_worker(stack: Stack, name: str, args: list[str], extra_env: dict[str, 
 def routed(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Routed]:
     home = tmp_path_factory.mktemp("routing")
     (home / "models.toml").write_text(MODELS_FILE.format(location=tiny_model))
-    db_name, db_url = _create_database("easel_route")
-    try:
-        with claimed_redis_db() as redis_url:
-            env = base_env(
-                home,
-                EASEL_DATABASE_URL=db_url,
-                EASEL_BROKER_URL=redis_url,
-                EASEL_MODELS_FILE=str(home / "models.toml"),
-                EASEL_DEFAULT_MODEL="alpha",
-                EASEL_AUTH_ENABLED="false",  # the job page is opened by a browser below
-                EASEL_HEARTBEAT_SECONDS="1",
-                EASEL_CPU_THREADS="1",
-                EASEL_RATE_LIMIT="100000/minute",
-                EASEL_SUBMIT_RATE_LIMIT="100000/minute",
+    with temporary_database("easel_route") as db_url, claimed_redis_db() as redis_url:
+        env = base_env(
+            home,
+            EASEL_DATABASE_URL=db_url,
+            EASEL_BROKER_URL=redis_url,
+            EASEL_MODELS_FILE=str(home / "models.toml"),
+            EASEL_DEFAULT_MODEL="alpha",
+            EASEL_AUTH_ENABLED="false",  # the job page is opened by a browser below
+            EASEL_HEARTBEAT_SECONDS="1",
+            EASEL_CPU_THREADS="1",
+            EASEL_RATE_LIMIT="100000/minute",
+            EASEL_SUBMIT_RATE_LIMIT="100000/minute",
+        )
+        stack = Stack(env=env, workdir=home)
+        stack.migrate()
+        try:
+            stack.start_web()
+            workers = {
+                "alpha": start_worker(stack, "worker-alpha", [], {"EASEL_WORKER_MODELS": "alpha"}),
+                "beta": start_worker(stack, "worker-beta", ["--models", "beta"], {}),
+            }
+            routed = Routed(stack, workers)
+            # Live once each Celery child has written its first heartbeat.
+            wait_for(
+                lambda: routed.models() == {"alpha": 1, "beta": 1, "gamma": 0},
+                60,
+                f"one live worker for alpha and one for beta: {stack.logs()}",
             )
-            stack = Stack(env=env, workdir=home)
-            stack.migrate()
-            try:
-                stack.start_web()
-                workers = {
-                    "alpha": start_worker(stack, "worker-alpha", [], {"EASEL_WORKER_MODELS": "alpha"}),
-                    "beta": start_worker(stack, "worker-beta", ["--models", "beta"], {}),
-                }
-                routed = Routed(stack, workers)
-                # Live once each Celery child has written its first heartbeat.
-                wait_for(
-                    lambda: routed.models() == {"alpha": 1, "beta": 1, "gamma": 0},
-                    60,
-                    f"one live worker for alpha and one for beta: {stack.logs()}",
-                )
-                yield routed
-            finally:
-                stack.stop()
-    finally:
-        _drop_database(db_name)
+            yield routed
+        finally:
+            stack.stop()
 
 
 def test_each_model_runs_on_the_worker_that_serves_it(routed: Routed) -> None:
