@@ -198,49 +198,37 @@ def test_signature_round_trip() -> None:
     assert not verify_signature("k", body, "soon", headers["Easel-Signature"], now=1000)
 
 
+def megapixel_job(status: str, **fields: object) -> Job:
+    """A 1000x1000, 10-step job of model ``m`` (one megapixel: easy arithmetic)."""
+    defaults: dict[str, object] = {
+        "type": "txt2img",
+        "model": "m",
+        "prompt": "p",
+        "negative_prompt": "",
+        "width": 1000,
+        "height": 1000,
+        "steps": 10,
+        "guidance_scale": 7.5,
+        "scheduler": "ddim",
+        "seed": 1,
+        "num_images": 1,
+        "timings": {},
+    }
+    return Job(**{**defaults, "status": status, **fields})
+
+
 def test_eta_learns_the_per_image_cost_of_batched_jobs(settings: Settings) -> None:
+    batch = {"generate_seconds": 8.0, "run_seconds": 9.0, "batch_images": 4, "batch_jobs": 3}
     with session_scope(settings.database_url) as session:
-        for i in range(3):  # three jobs of one batch of 4 images: 8 s in the call, 1 s around it
-            job = Job(
-                type="txt2img",
-                model="m",
-                status="succeeded",
-                prompt="p",
-                negative_prompt="",
-                width=1000,
-                height=1000,
-                steps=10,
-                guidance_scale=7.5,
-                scheduler="ddim",
-                seed=i,
-                num_images=2 if i == 0 else 1,
-                finished_at=utcnow(),
-                timings={"generate_seconds": 8.0, "run_seconds": 9.0, "batch_images": 4, "batch_jobs": 3},
-            )
-            session.add(job)
+        # three jobs of one batch of 4 images: 8 s in the call, 1 s around it
+        for images in (2, 1, 1):
+            session.add(megapixel_job("succeeded", num_images=images, finished_at=utcnow(), timings=batch))
     with session_scope(settings.database_url) as session:
         model = cost_model(session, "m", history=20)
     assert model.rate == pytest.approx(8.0 / (10 * 1.0 * 4))  # seconds per step-megapixel-image
     assert model.overhead == pytest.approx(1.0 / 3)
     with session_scope(settings.database_url) as session:
-        running = Job(
-            type="txt2img",
-            model="m",
-            status="running",
-            prompt="p",
-            negative_prompt="",
-            width=1000,
-            height=1000,
-            steps=10,
-            guidance_scale=7.5,
-            scheduler="ddim",
-            seed=9,
-            num_images=1,
-            progress_step=5,
-            progress_total=10,
-            batch_size=4,
-            timings={},
-        )
+        running = megapixel_job("running", progress_step=5, progress_total=10, batch_size=4)
         session.add(running)
         session.flush()
         # Half its steps left, for the 4 images its call denoises: half of the 8 s call.
