@@ -121,23 +121,27 @@ def test_storage_failure_fails_the_job_with_a_code(env: dict[str, Any], tmp_path
         assert session.query(JobOutput).count() == 0
 
 
-def test_cancel_request_stops_at_the_next_step(env: dict[str, Any]) -> None:
-    job_id = enqueue(env, steps=30)
-    runner = make_runner(env)
+def run_canceling_at_step(env: dict[str, Any], runner: JobRunner, job_id: str, step: int) -> None:
+    """``runner.run_next()``, with a cancel of ``job_id`` requested as step ``step`` ends."""
     original_call = ProgressReporter.__call__
 
-    def cancel_at_step_2(self: ProgressReporter, step: int, total: int) -> None:
-        if step == 2:
+    def cancel_then_report(self: ProgressReporter, done: int, total: int) -> None:
+        if done == step:
             with env["sessions"]() as session:
                 session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
                 session.commit()
-        original_call(self, step, total)
+        original_call(self, done, total)
 
-    ProgressReporter.__call__ = cancel_at_step_2  # type: ignore[method-assign]
+    ProgressReporter.__call__ = cancel_then_report  # type: ignore[method-assign]
     try:
         runner.run_next()
     finally:
         ProgressReporter.__call__ = original_call  # type: ignore[method-assign]
+
+
+def test_cancel_request_stops_at_the_next_step(env: dict[str, Any]) -> None:
+    job_id = enqueue(env, steps=30)
+    run_canceling_at_step(env, make_runner(env), job_id, step=2)
     job = fetch(env, job_id)
     assert job.status == "canceled" and job.progress_step == 2 and not job.outputs
 
@@ -239,21 +243,7 @@ def test_compatible_jobs_run_as_one_batch_with_the_pixels_they_get_alone(env: di
 
 def test_a_canceled_job_leaves_the_batch_and_the_others_finish(env: dict[str, Any]) -> None:
     ids = [enqueue(env, steps=30, seed=i) for i in range(3)]
-    runner = make_batching_runner(env)
-    original_call = ProgressReporter.__call__
-
-    def cancel_second_at_step_2(self: ProgressReporter, step: int, total: int) -> None:
-        if step == 2:
-            with env["sessions"]() as session:
-                session.execute(update(Job).where(Job.id == ids[1]).values(cancel_requested=True))
-                session.commit()
-        original_call(self, step, total)
-
-    ProgressReporter.__call__ = cancel_second_at_step_2  # type: ignore[method-assign]
-    try:
-        runner.run_next()
-    finally:
-        ProgressReporter.__call__ = original_call  # type: ignore[method-assign]
+    run_canceling_at_step(env, make_batching_runner(env), ids[1], step=2)
     jobs = [fetch(env, job_id) for job_id in ids]
     assert [job.status for job in jobs] == ["succeeded", "canceled", "succeeded"]
     assert jobs[1].progress_step == 2 and not jobs[1].outputs  # it left at the step it was canceled
