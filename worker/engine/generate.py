@@ -128,16 +128,16 @@ def generate_batch(
                     f"requests of one batch must share {name}: {getattr(head, name)!r} != "
                     f"{getattr(other, name)!r}"
                 )
-    items = [item for request in requests for item in _items(request)]
+    per_request = [_items(request) for request in requests]  # inputs fitted once per request
     tiling = use_vae_tiling(head.width, head.height, vae_tiling_pixels)
-    images = _generate_split(pipe, head, items, on_step, tiling)
+    images = _generate_split(pipe, head, [item for items in per_request for item in items], on_step, tiling)
     results: list[list[Any]] = []
-    for request in requests:
-        own, images = images[: len(request.seeds)], images[len(request.seeds) :]
+    for request, items in zip(requests, per_request, strict=True):
+        own, images = images[: len(items)], images[len(items) :]
         # Inpaint: what the mask keeps is the input's, exactly (a feathered seam between).
         if request.job_type is JobType.INPAINT and request.keep_unmasked:
-            item = _items(request)[0]
-            own = [keep_unmasked(out, item.image, item.mask, request.mask_blur) for out in own]  # type: ignore[arg-type]
+            source, mask = items[0].image, items[0].mask
+            own = [keep_unmasked(out, source, mask, request.mask_blur) for out in own]  # type: ignore[arg-type]
         results.append(own)
     return results
 
