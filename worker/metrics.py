@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 from prometheus_client import (
@@ -24,8 +23,6 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
-
-from shared.models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -107,19 +104,6 @@ def observe_job_finished(model: str, job_type: str, status: str, timings: Mappin
             RUN.labels(model=model).observe(run_seconds)
     except Exception:  # metrics must never fail a job
         log.warning("could not record metrics of a finished job", exc_info=True)
-
-
-def job_timings(
-    created_at: datetime | None, started_at: datetime | None, now: datetime | None = None
-) -> dict[str, float]:
-    """``queue_seconds`` (created to started) and ``run_seconds`` (started to ``now``)."""
-    if started_at is None:
-        return {}
-    now = now or utcnow()
-    timings = {"run_seconds": (now - started_at).total_seconds()}
-    if created_at is not None:
-        timings["queue_seconds"] = (started_at - created_at).total_seconds()
-    return timings
 
 
 def observe_batch(model: str, images: int, jobs: int) -> None:

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 from functools import lru_cache
+from typing import Any
 
 from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy.orm import sessionmaker
@@ -31,11 +32,9 @@ log = logging.getLogger(__name__)
 GPU_ROLE = {"enabled": False}
 
 
-def _notify(job: Job, status: JobStatus) -> None:
-    """After the runner recorded a job's final status: metrics, then its webhook."""
-    worker_metrics.observe_job_finished(
-        job.model, job.type, status.value, worker_metrics.job_timings(job.created_at, job.started_at)
-    )
+def _notify(job: Job, status: JobStatus, timings: dict[str, Any]) -> None:
+    """After the runner recorded a job's final status and timings: metrics, then its webhook."""
+    worker_metrics.observe_job_finished(job.model, job.type, status.value, timings)
     if job.webhook_url:
         send_webhook(app, job.id)
 

@@ -154,7 +154,7 @@ class JobRunner:
     worker_id: str
     models: Sequence[str] = ()
     progress_interval: float = 0.5
-    on_finished: Callable[[Job, JobStatus], None] | None = None
+    on_finished: Callable[[Job, JobStatus, dict[str, Any]], None] | None = None
     heartbeat: Heartbeat | None = None
     db_retry_seconds: float = 300.0
     storage_attempts: int = 4
@@ -470,5 +470,5 @@ class JobRunner:
                 session.add_all(outputs)
             session.commit()
         if self.on_finished is not None:
-            self.on_finished(job, status)
+            self.on_finished(job, status, timings)
         return status
