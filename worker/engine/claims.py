@@ -121,19 +121,13 @@ def _claim_first_round(
             (head.id, head.num_images),
             *_companions(session, models, head, max_images - head.num_images),
         ]
-        images = sum(count for _, count in chosen)
-        if _mark_running(session, [job_id for job_id, _ in chosen], worker_id, batch_id, images) == len(
-            chosen
-        ):
-            return head, chosen
-        # SQLite: another worker took some between our read and our write; keep ours.
-        mine = set(session.scalars(select(Job.id).where(Job.batch_id == batch_id)))
-        if head.id not in mine:
+        kept = _mark_ours(session, chosen, worker_id, batch_id, sum(count for _, count in chosen))
+        if head.id not in {job_id for job_id, _ in kept}:
             session.rollback()
             continue
-        chosen = [(job_id, count) for job_id, count in chosen if job_id in mine]
-        _set_batch_size(session, list(mine), batch_id, sum(count for _, count in chosen))
-        return head, chosen
+        if len(kept) != len(chosen):
+            _set_batch_size(session, [job_id for job_id, _ in kept], batch_id, sum(n for _, n in kept))
+        return head, kept
     return None
 
 
@@ -158,13 +152,24 @@ def _claim_companions(
     """Mark ours (not committed) more queued jobs with ``head``'s batch key that fit in
     ``room``; their (id, images)."""
     chosen = _companions(session, models, head, room)
-    if not chosen:
-        return []
-    if _mark_running(session, [job_id for job_id, _ in chosen], worker_id, batch_id) != len(chosen):
-        # SQLite: another worker took some between our read and our write; keep ours.
-        mine = set(session.scalars(select(Job.id).where(Job.batch_id == batch_id)))
-        chosen = [(job_id, count) for job_id, count in chosen if job_id in mine]
-    return chosen
+    return _mark_ours(session, chosen, worker_id, batch_id) if chosen else []
+
+
+def _mark_ours(
+    session: Session,
+    chosen: list[tuple[str, int]],
+    worker_id: str,
+    batch_id: str,
+    batch_size: int | None = None,
+) -> list[tuple[str, int]]:
+    """Mark ``chosen`` running for us (not committed); those that were still queued."""
+    if _mark_running(session, [job_id for job_id, _ in chosen], worker_id, batch_id, batch_size) == len(
+        chosen
+    ):
+        return chosen
+    # SQLite: another worker took some between our read and our write; keep ours.
+    mine = set(session.scalars(select(Job.id).where(Job.batch_id == batch_id)))
+    return [(job_id, count) for job_id, count in chosen if job_id in mine]
 
 
 def _set_batch_size(session: Session, ids: list[str], batch_id: str, images: int) -> None:
