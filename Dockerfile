@@ -5,6 +5,7 @@ FROM python:3.11-slim AS web
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY easel ./easel
 COPY shared ./shared
 COPY web ./web
 COPY worker ./worker
@@ -24,6 +25,7 @@ WORKDIR /app
 ARG TORCH_SPEC=torch==2.13.0
 RUN pip install "${TORCH_SPEC}"
 COPY pyproject.toml README.md ./
+COPY easel ./easel
 COPY shared ./shared
 COPY web ./web
 COPY worker ./worker

@@ -190,7 +190,7 @@ class BenchStack(Stack):
 
 def build_tiny_model(root: Path) -> Path:
     """tiny-sd built once under ``root`` (copied into each run's home)."""
-    from worker.engine.tiny_model import ensure_tiny_model
+    from easel.worker.engine.tiny_model import ensure_tiny_model
 
     return ensure_tiny_model(root / "models" / "tiny-sd")
 

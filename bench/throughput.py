@@ -62,11 +62,10 @@ def resolve_threads(threads: int) -> int:
 def bare(model: Path, jobs: list[dict[str, Any]], batch: int) -> dict[str, Any]:
     """Images/s of the bare pipeline: one image per call, then ``batch`` per call."""
     import torch
-
-    from shared.registry import ModelSource, ModelSpec
-    from worker.engine.device import DevicePlan
-    from worker.engine.generate import make_scheduler
-    from worker.engine.pipelines import load_pipeline
+    from easel.shared.registry import ModelSource, ModelSpec
+    from easel.worker.engine.device import DevicePlan
+    from easel.worker.engine.generate import make_scheduler
+    from easel.worker.engine.pipelines import load_pipeline
 
     spec = ModelSpec(name="tiny-sd", source=ModelSource.TINY, location=str(model))
     pipe = load_pipeline(spec, DevicePlan("cpu", "float32"))

@@ -1,12 +1,11 @@
-"""Alembic environment: runs against the URL ``shared.migrate`` passes in."""
+"""Alembic environment: runs against the URL ``migrations.upgrade`` passes in."""
 
 from __future__ import annotations
 
 from alembic import context
+from easel.shared.models import Base
+from easel.shared.settings import get_settings
 from sqlalchemy import create_engine, pool
-
-from shared.models import Base
-from shared.settings import get_settings
 
 config = context.config
 target_metadata = Base.metadata

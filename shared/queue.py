@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-
-from shared.settings import Settings
+from easel.shared.settings import Settings
 
 log = logging.getLogger(__name__)
 

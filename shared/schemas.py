@@ -10,15 +10,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from easel.shared.errors import ValidationFailed, field_detail
+from easel.shared.images import default_size
+from easel.shared.models import JobType
+from easel.shared.netsafety import UnsafeUrl, check_public_url
+from easel.shared.registry import SCHEDULERS, ModelSpec, Registry
+from easel.shared.settings import Settings
 from PIL import Image
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from shared.errors import ValidationFailed, field_detail
-from shared.images import default_size
-from shared.models import JobType
-from shared.netsafety import UnsafeUrl, check_public_url
-from shared.registry import SCHEDULERS, ModelSpec, Registry
-from shared.settings import Settings
 
 MAX_SEED = 2**53 - 1  # exact in JavaScript numbers, so a page can show it unchanged
 MAX_PRIORITY = 1000  # admin keys; others are capped by EASEL_MAX_PRIORITY

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
-from shared.errors import StorageError
-from shared.settings import Settings
+from easel.shared.errors import StorageError
+from easel.shared.settings import Settings
 
 
 class Storage(Protocol):

@@ -29,7 +29,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny-sd folder, built once per test session."""
-    from worker.engine.tiny_model import ensure_tiny_model
+    from easel.worker.engine.tiny_model import ensure_tiny_model
 
     return ensure_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd")
 
@@ -39,7 +39,7 @@ def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this run, dropped at the end."""
     with temporary_database("easel_test") as url:
         yield url
-        from shared.db import engine_for
+        from easel.shared.db import engine_for
 
         engine_for.cache_clear()
 

@@ -79,7 +79,7 @@ def start_process(name: str, args: list[str], env: dict[str, str], log_dir: Path
 
 
 def easel(*args: str) -> list[str]:
-    return [sys.executable, "-m", "shared.cli", *args]
+    return [sys.executable, "-m", "easel.cli", *args]
 
 
 @dataclass

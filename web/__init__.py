@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+if __name__ != "easel.web":  # one module, one name: a second copy would split state
+    raise ImportError(f"import easel.web, not {__name__}")
+
 import logging
 
+from easel.shared.settings import Settings, get_settings
 from flask import Flask
-
-from shared.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app for ``settings`` (the environment's when ``None``)."""
-    from web import admin, api, auth, docs, errors, health, limits, openapi, pages, request_ids, security
-    from web.metrics import bp as metrics_bp
-    from web.services import Services
+    from easel.web import (
+        admin,
+        api,
+        auth,
+        docs,
+        errors,
+        health,
+        limits,
+        openapi,
+        pages,
+        request_ids,
+        security,
+    )
+    from easel.web.metrics import bp as metrics_bp
+    from easel.web.services import Services
 
     settings = settings or get_settings()
     if not logging.getLogger().handlers:  # under gunicorn: the app's own log lines
-        from shared.logs import setup_logging
+        from easel.shared.logs import setup_logging
 
         setup_logging("INFO", settings.log_format)
     app = Flask(__name__)

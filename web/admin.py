@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from easel.shared.jobs import cancel_job, get_job
+from easel.shared.models import Job, JobOutput, JobStatus, Worker, utcnow
+from easel.shared.queue import send_wakeup
+from easel.web.auth import current_principal
+from easel.web.services import services
 from flask import Blueprint, abort, redirect, render_template, url_for
 from sqlalchemy import func, select, update
-
-from shared.jobs import cancel_job, get_job
-from shared.models import Job, JobOutput, JobStatus, Worker, utcnow
-from shared.queue import send_wakeup
-from web.auth import current_principal
-from web.services import services
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 RECENT_FAILURES = 20

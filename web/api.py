@@ -4,21 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from easel.shared.errors import NotFound, ValidationFailed, field_detail
+from easel.shared.jobs import cancel_job, describe, get_job, list_jobs
+from easel.shared.models import Job, JobOutput, JobStatus, JobType
+from easel.shared.queue import send_webhook
+from easel.shared.registry import SCHEDULERS
+from easel.shared.schemas import JobList, ModelLimits, ModelList, ModelView
+from easel.shared.workers import live_workers, live_workers_by_model
+from easel.web.auth import current_principal
+from easel.web.eta import estimate_seconds, queue_position
+from easel.web.limits import api_limit, limiter, submit_limit
+from easel.web.services import services
+from easel.web.submit import accept_job, idempotency_key, request_fields
 from flask import Blueprint, Response, jsonify, redirect, request, url_for
 from sqlalchemy.orm import Session
-
-from shared.errors import NotFound, ValidationFailed, field_detail
-from shared.eta import estimate_seconds, queue_position
-from shared.jobs import cancel_job, describe, get_job, list_jobs
-from shared.models import Job, JobOutput, JobStatus, JobType
-from shared.queue import send_webhook
-from shared.registry import SCHEDULERS
-from shared.schemas import JobList, ModelLimits, ModelList, ModelView
-from shared.workers import live_workers, live_workers_by_model
-from web.auth import current_principal
-from web.limits import api_limit, limiter, submit_limit
-from web.services import services
-from web.submit import accept_job, idempotency_key, request_fields
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 limiter.limit(api_limit)(bp)

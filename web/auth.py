@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from easel.shared.db import session_scope
+from easel.shared.models import ApiKey
+from easel.web.keys import authenticate
 from flask import (
     Blueprint,
     Flask,
@@ -23,10 +26,6 @@ from flask import (
     url_for,
 )
 from flask_wtf.csrf import CSRFProtect
-
-from shared.db import session_scope
-from shared.keys import authenticate
-from shared.models import ApiKey
 
 bp = Blueprint("auth", __name__)
 csrf = CSRFProtect()

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 
+from easel.shared.errors import EaselError, StorageError
 from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
-
-from shared.errors import EaselError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ def init_app(app: Flask) -> None:
         elif exc.code == 404:
             message = f"no such resource: {request.path}"
         elif exc.code == 429:
-            from web.limits import retry_after_seconds
+            from easel.web.limits import retry_after_seconds
 
             message = f"rate limit exceeded ({exc.description}); retry after the Retry-After seconds"
             response, status = error_response(429, "rate_limited", message)

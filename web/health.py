@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from easel.shared.db import ping
+from easel.web.services import services
 from flask import Blueprint, jsonify
-
-from shared.db import ping
-from web.services import services
 
 bp = Blueprint("health", __name__)
 

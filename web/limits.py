@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 import time
 
+from easel.shared.settings import Settings
 from flask import Flask, current_app, g, request
 from flask_limiter import Limiter
-
-from shared.settings import Settings
 
 
 def _rate_key() -> str:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from easel.shared.errors import EaselError
+from easel.shared.jobs import list_jobs
+from easel.shared.models import Job
+from easel.shared.registry import SCHEDULERS
+from easel.web.auth import current_principal
+from easel.web.services import services
+from easel.web.submit import accept_job, request_fields
 from flask import Blueprint, abort, redirect, render_template, request, url_for
-
-from shared.errors import EaselError
-from shared.jobs import list_jobs
-from shared.models import Job
-from shared.registry import SCHEDULERS
-from web.auth import current_principal
-from web.services import services
-from web.submit import accept_job, request_fields
 
 bp = Blueprint("pages", __name__)
 

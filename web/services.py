@@ -6,14 +6,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from celery import Celery
+from easel.shared.db import session_scope
+from easel.shared.queue import make_celery
+from easel.shared.registry import Registry, load_registry
+from easel.shared.settings import Settings
+from easel.shared.storage import Storage, storage_from_settings
 from flask import Flask, current_app
 from sqlalchemy.orm import Session
-
-from shared.db import session_scope
-from shared.queue import make_celery
-from shared.registry import Registry, load_registry
-from shared.settings import Settings
-from shared.storage import Storage, storage_from_settings
 
 
 class Services:

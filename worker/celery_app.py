@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from shared.queue import make_celery
-from shared.settings import get_settings
+from easel.shared.queue import make_celery
+from easel.shared.settings import get_settings
 
 app = make_celery(get_settings())
-app.conf.include = ["worker.tasks", "worker.webhook_tasks"]
+app.conf.include = ["easel.worker.tasks", "easel.worker.webhook_tasks"]

@@ -9,22 +9,21 @@ from functools import lru_cache
 from typing import Any
 
 from celery.signals import worker_process_init, worker_process_shutdown
+from easel.shared.db import engine_for
+from easel.shared.models import Job, JobStatus
+from easel.shared.queue import RUN_JOB_TASK, send_wakeup, send_webhook
+from easel.shared.registry import load_registry
+from easel.shared.settings import get_settings, parse_shapes
+from easel.shared.storage import storage_from_settings
+from easel.worker import metrics as worker_metrics
+from easel.worker.celery_app import app
+from easel.worker.engine.device import detect
+from easel.worker.engine.fastpath import warm_up
+from easel.worker.engine.pipelines import PipelineCache, load_pipeline
+from easel.worker.engine.runner import JobRunner
+from easel.worker.heartbeat import Heartbeat
+from easel.worker.sweeper import Sweeper
 from sqlalchemy.orm import sessionmaker
-
-from shared.db import engine_for
-from shared.models import Job, JobStatus
-from shared.queue import RUN_JOB_TASK, send_wakeup, send_webhook
-from shared.registry import load_registry
-from shared.settings import get_settings, parse_shapes
-from shared.storage import storage_from_settings
-from worker import metrics as worker_metrics
-from worker.celery_app import app
-from worker.engine.device import detect
-from worker.engine.fastpath import warm_up
-from worker.engine.pipelines import PipelineCache, load_pipeline
-from worker.engine.runner import JobRunner
-from worker.heartbeat import Heartbeat
-from worker.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,12 @@ import logging
 from functools import lru_cache
 
 from celery import Task
+from easel.shared.db import engine_for
+from easel.shared.queue import DELIVER_WEBHOOK_TASK
+from easel.shared.settings import get_settings
+from easel.worker.celery_app import app
+from easel.worker.webhooks import WebhookDeliverer
 from sqlalchemy.orm import sessionmaker
-
-from shared.db import engine_for
-from shared.queue import DELIVER_WEBHOOK_TASK
-from shared.settings import get_settings
-from worker.celery_app import app
-from worker.webhooks import WebhookDeliverer
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,12 @@ import logging
 from dataclasses import dataclass
 
 import requests
+from easel.shared.jobs import describe
+from easel.shared.models import Job, JobStatus, utcnow
+from easel.shared.netsafety import UnsafeUrl, check_public_url
+from easel.worker.signing import DELIVERY_HEADER, EVENT_HEADER, signed_headers
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
-
-from shared.jobs import describe
-from shared.models import Job, JobStatus, utcnow
-from shared.netsafety import UnsafeUrl, check_public_url
-from shared.webhooks import DELIVERY_HEADER, EVENT_HEADER, signed_headers
 
 log = logging.getLogger(__name__)
 

@@ -11,18 +11,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from easel.migrations.upgrade import upgrade
+from easel.shared.db import session_scope
+from easel.shared.settings import Settings
+from easel.web import create_app
+from easel.web.keys import create_key
+from easel.worker.pngmeta import read_parameters
 from PIL import Image
 from werkzeug.serving import make_server
 
-from shared.client import EaselApiError, EaselClient, JobTimeout
-from shared.db import session_scope
-from shared.keys import create_key
-from shared.migrate import upgrade
-from shared.pngmeta import read_parameters
-from shared.settings import Settings
+from easel.client import EaselApiError, EaselClient, JobTimeout
 from tests.images import box_mask, encode, gradient
 from tests.support import ROOT, Stack, easel
-from web import create_app
 
 pytestmark = pytest.mark.slow
 

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import schemathesis
+from easel.migrations.upgrade import upgrade
+from easel.shared.db import session_scope
+from easel.shared.settings import Settings
+from easel.web import create_app
+from easel.web.keys import create_key
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
-
-from shared.db import session_scope
-from shared.keys import create_key
-from shared.migrate import upgrade
-from shared.settings import Settings
-from web import create_app
 
 pytestmark = pytest.mark.timeout(900)
 

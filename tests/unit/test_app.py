@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from easel.migrations.upgrade import upgrade
+from easel.shared.settings import Settings
+from easel.web import create_app
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 
-from shared.migrate import upgrade
-from shared.settings import Settings
 from tests.support import ROOT
-from web import create_app
 
 
 @pytest.fixture
@@ -199,8 +199,8 @@ def test_openapi_document_is_valid_and_generated(client: FlaskClient) -> None:
 
 def test_web_tier_never_imports_torch() -> None:
     code = (
-        "import sys; from web import create_app; create_app(); "
-        "import web.api, web.pages, shared.cli; "
+        "import sys; from easel.web import create_app; create_app(); "
+        "import easel.web.api, easel.web.pages, easel.cli; "
         "bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
         "print(json.dumps(bad))"
     )

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from worker.engine.device import DevicePlan, plan_device
+from easel.worker.engine.device import DevicePlan, plan_device
 
 
 @pytest.mark.parametrize(

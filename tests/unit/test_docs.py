@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from shared.settings import Settings
+from easel.shared.settings import Settings
+
 from tests.support import ROOT
 
 

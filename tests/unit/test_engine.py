@@ -8,18 +8,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from shared.registry import SCHEDULERS, ModelSource, ModelSpec
-from worker.engine.device import DevicePlan
-from worker.engine.generate import (
+from easel.shared.registry import SCHEDULERS, ModelSource, ModelSpec
+from easel.worker.engine.device import DevicePlan
+from easel.worker.engine.generate import (
     GenerationRequest,
     JobCanceled,
     generate,
     make_scheduler,
     with_scheduler,
 )
-from worker.engine.pipelines import PipelineCache, load_pipeline
-from worker.engine.tiny_model import ensure_tiny_model
+from easel.worker.engine.pipelines import PipelineCache, load_pipeline
+from easel.worker.engine.tiny_model import ensure_tiny_model
 
 CPU = DevicePlan("cpu", "float32")
 
@@ -81,14 +80,14 @@ def test_tiny_source_builds_on_first_load(tmp_path: Path) -> None:
 
 
 def test_missing_local_model_is_a_clear_load_error(tmp_path: Path) -> None:
-    from shared.errors import ModelLoadError
+    from easel.shared.errors import ModelLoadError
 
     with pytest.raises(ModelLoadError, match=r"cannot load model 'gone' \(directory"):
         load_pipeline(spec_for(tmp_path / "nowhere", "gone"), CPU)
 
 
 def test_offline_hub_id_fails_without_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared.errors import ModelLoadError
+    from easel.shared.errors import ModelLoadError
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     spec = ModelSpec(name="sd", source=ModelSource.HUGGINGFACE, location="org/not-cached")

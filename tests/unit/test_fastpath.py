@@ -10,11 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
-from shared.registry import ModelSource, ModelSpec
-from shared.settings import Settings, parse_shapes
-from worker.engine.device import DevicePlan
-from worker.engine.fastpath import (
+from easel.shared.registry import ModelSource, ModelSpec
+from easel.shared.settings import Settings, parse_shapes
+from easel.worker.engine.device import DevicePlan
+from easel.worker.engine.fastpath import (
     FastPathPlan,
     apply_fast_path,
     is_compiled,
@@ -23,8 +22,8 @@ from worker.engine.fastpath import (
     use_vae_tiling,
     warm_up,
 )
-from worker.engine.generate import GenerationRequest, generate, make_scheduler, with_scheduler
-from worker.engine.pipelines import load_pipeline
+from easel.worker.engine.generate import GenerationRequest, generate, make_scheduler, with_scheduler
+from easel.worker.engine.pipelines import load_pipeline
 
 CPU = DevicePlan("cpu", "float32")
 CUDA = DevicePlan("cuda:0", "float16")
@@ -34,7 +33,7 @@ CUDA = DevicePlan("cuda:0", "float16")
 
 
 def test_cpu_gets_sdpa_only_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="worker.engine.fastpath"):
+    with caplog.at_level(logging.INFO, logger="easel.worker.engine.fastpath"):
         plan = plan_fast_path(CPU, channels_last=True, torch_compile=True)
     assert (plan.sdpa, plan.channels_last, plan.compile) == (True, False, False)
     assert "channels_last skipped: CUDA only (device cpu)" in caplog.text

@@ -7,13 +7,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from easel.shared.models import JobType
+from easel.shared.registry import ModelSource, ModelSpec
+from easel.worker.engine.device import DevicePlan
+from easel.worker.engine.generate import GenerationRequest, generate
+from easel.worker.engine.pipelines import ModelPipelines, PipelineCache, load_pipeline
 
-from shared.models import JobType
-from shared.registry import ModelSource, ModelSpec
 from tests.images import box_mask, gradient
-from worker.engine.device import DevicePlan
-from worker.engine.generate import GenerationRequest, generate
-from worker.engine.pipelines import ModelPipelines, PipelineCache, load_pipeline
 
 CPU = DevicePlan("cpu", "float32")
 

@@ -6,16 +6,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from easel.migrations.upgrade import upgrade
+from easel.shared.db import session_scope
+from easel.shared.models import Job, Worker, utcnow
+from easel.shared.settings import Settings
+from easel.web import create_app
+from easel.web.eta import cost_model, estimate_seconds
+from easel.worker.signing import signed_headers, verify_signature
 from flask.testing import FlaskClient
 from sqlalchemy import update
-
-from shared.db import session_scope
-from shared.eta import cost_model, estimate_seconds
-from shared.migrate import upgrade
-from shared.models import Job, Worker, utcnow
-from shared.settings import Settings
-from shared.webhooks import signed_headers, verify_signature
-from web import create_app
 
 
 @pytest.fixture

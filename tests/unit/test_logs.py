@@ -6,15 +6,15 @@ import json
 import logging
 from pathlib import Path
 
-from shared.logs import JsonFormatter
-from shared.migrate import upgrade
-from shared.settings import Settings
-from web import create_app
+from easel.migrations.upgrade import upgrade
+from easel.shared.logs import JsonFormatter
+from easel.shared.settings import Settings
+from easel.web import create_app
 
 
 def test_json_lines_carry_the_job_context() -> None:
     record = logging.LogRecord(
-        "worker.engine.runner", logging.INFO, __file__, 1, "job %s succeeded", ("abc",), None
+        "easel.worker.engine.runner", logging.INFO, __file__, 1, "job %s succeeded", ("abc",), None
     )
     record.job_id, record.model = "abc", "tiny-sd"
     line = json.loads(JsonFormatter().format(record))

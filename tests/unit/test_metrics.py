@@ -8,16 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from easel.migrations.upgrade import upgrade
+from easel.shared.db import session_scope
+from easel.shared.models import Job, JobStatus, Worker, utcnow
+from easel.shared.settings import Settings
+from easel.web import create_app
+from easel.worker import metrics as wm
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.db import session_scope
-from shared.migrate import upgrade
-from shared.models import Job, JobStatus, Worker, utcnow
-from shared.settings import Settings
 from tests.support import free_port
-from web import create_app
-from worker import metrics as wm
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -216,7 +216,7 @@ def test_worker_observes_batches_and_model_loads() -> None:
 
 
 def test_notify_records_the_finished_job() -> None:
-    from worker.tasks import _notify
+    from easel.worker.tasks import _notify
 
     row = Job(type="inpaint", model="w-c")
     _notify(row, JobStatus.SUCCEEDED, {"queue_seconds": 3.0, "run_seconds": 0.6})  # as the runner recorded

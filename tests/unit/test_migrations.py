@@ -6,10 +6,9 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from easel.migrations.upgrade import upgrade
+from easel.shared.models import Base
 from sqlalchemy import create_engine, inspect
-
-from shared.migrate import upgrade
-from shared.models import Base
 
 
 def _diff(url: str) -> list:

@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 import torch
-
-from shared.models import JobType
-from shared.registry import ModelSource, ModelSpec
-from worker.engine.device import DevicePlan
-from worker.engine.generate import GenerationRequest, generate
-from worker.engine.pipelines import PipelineCache, load_pipeline, weight_bytes
+from easel.shared.models import JobType
+from easel.shared.registry import ModelSource, ModelSpec
+from easel.worker.engine.device import DevicePlan
+from easel.worker.engine.generate import GenerationRequest, generate
+from easel.worker.engine.pipelines import PipelineCache, load_pipeline, weight_bytes
 
 CPU = DevicePlan("cpu", "float32")
 
@@ -139,7 +138,7 @@ def test_a_model_alone_over_the_byte_budget_stays_loaded(caplog: pytest.LogCaptu
     big = ModelSpec(name="big", source=ModelSource.TINY)
     cache.get(small)
     assert cache.bytes_loaded() == 40
-    with caplog.at_level(logging.WARNING, logger="worker.engine.pipelines"):
+    with caplog.at_level(logging.WARNING, logger="easel.worker.engine.pipelines"):
         cache.get(big)
     assert cache.loaded() == ["big"] and cache.bytes_loaded() == 400
     assert "over max_bytes 200" in caplog.text

@@ -8,18 +8,18 @@ from typing import Any
 
 import pytest
 import torch
+from easel.migrations.upgrade import upgrade
+from easel.shared.db import make_engine
+from easel.shared.errors import StorageError
+from easel.shared.models import Job, Worker, utcnow
+from easel.shared.storage import LocalStorage
+from easel.worker.engine.generate import GenerationRequest, GpuOutOfMemory, generate
+from easel.worker.sweeper import Sweeper
 from PIL import Image
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import make_engine
-from shared.errors import StorageError
-from shared.migrate import upgrade
-from shared.models import Job, Worker, utcnow
-from shared.storage import LocalStorage
 from tests.unit.test_runner import enqueue, env, fetch, make_runner  # noqa: F401 - fixtures
-from worker.engine.generate import GenerationRequest, GpuOutOfMemory, generate
-from worker.sweeper import Sweeper
 
 
 @pytest.fixture
@@ -205,7 +205,7 @@ class OomPipeline:
 
 @pytest.fixture
 def no_scheduler_swap(monkeypatch: pytest.MonkeyPatch) -> None:
-    import worker.engine.generate as generate_module
+    import easel.worker.engine.generate as generate_module
 
     monkeypatch.setattr(generate_module, "with_scheduler", lambda pipe, scheduler: pipe)
     monkeypatch.setattr(generate_module, "make_scheduler", lambda name, config: None)

@@ -3,11 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from shared.errors import UnknownModel
-from shared.models import JobType
-from shared.registry import ModelSource, load_registry
-from shared.settings import Settings
+from easel.shared.errors import UnknownModel
+from easel.shared.models import JobType
+from easel.shared.registry import ModelSource, load_registry
+from easel.shared.settings import Settings
 
 
 def test_builtin_registry_is_tiny_sd(tmp_path: Path) -> None:

@@ -7,15 +7,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from easel.migrations.upgrade import upgrade
+from easel.shared.db import session_scope
+from easel.shared.jobs import waiting_for_worker
+from easel.shared.models import Job, JobStatus, Worker, utcnow
+from easel.shared.settings import Settings
+from easel.shared.workers import live_workers, live_workers_by_model
+from easel.web import create_app
 from flask.testing import FlaskClient
-
-from shared.db import session_scope
-from shared.jobs import waiting_for_worker
-from shared.migrate import upgrade
-from shared.models import Job, JobStatus, Worker, utcnow
-from shared.settings import Settings
-from shared.workers import live_workers, live_workers_by_model
-from web import create_app
 
 MODELS_FILE = """
 [models.alpha]

@@ -10,24 +10,24 @@ from typing import Any
 
 import numpy as np
 import pytest
+from easel.migrations.upgrade import upgrade
+from easel.shared.db import make_engine
+from easel.shared.errors import StorageError
+from easel.shared.jobs import create_job
+from easel.shared.models import Job, JobOutput
+from easel.shared.registry import ModelSource, ModelSpec, Registry
+from easel.shared.schemas import parse_job_request, resolve_job
+from easel.shared.settings import Settings
+from easel.shared.storage import LocalStorage
+from easel.worker.engine.device import DevicePlan
+from easel.worker.engine.pipelines import PipelineCache, load_pipeline
+from easel.worker.engine.runner import JobRunner, ProgressReporter
+from easel.worker.pngmeta import read_parameters
 from PIL import Image
 from sqlalchemy import update
 from sqlalchemy.orm import sessionmaker
 
-from shared.db import make_engine
-from shared.errors import StorageError
-from shared.jobs import create_job
-from shared.migrate import upgrade
-from shared.models import Job, JobOutput
-from shared.pngmeta import read_parameters
-from shared.registry import ModelSource, ModelSpec, Registry
-from shared.schemas import parse_job_request, resolve_job
-from shared.settings import Settings
-from shared.storage import LocalStorage
 from tests.support import wait_for
-from worker.engine.device import DevicePlan
-from worker.engine.pipelines import PipelineCache, load_pipeline
-from worker.engine.runner import JobRunner, ProgressReporter
 
 
 @pytest.fixture
@@ -294,7 +294,7 @@ def test_the_next_batch_starts_while_the_last_one_is_stored(env: dict[str, Any],
 def test_a_failed_batch_is_run_job_by_job_so_only_the_bad_job_fails(
     env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import worker.engine.runner as runner_module
+    import easel.worker.engine.runner as runner_module
 
     real = runner_module.generate_batch
     calls: list[int] = []
@@ -321,9 +321,8 @@ def test_a_failed_batch_is_run_job_by_job_so_only_the_bad_job_fails(
 def test_the_time_limit_in_a_batch_fails_every_job_left(
     env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import easel.worker.engine.runner as runner_module
     from celery.exceptions import SoftTimeLimitExceeded
-
-    import worker.engine.runner as runner_module
 
     def out_of_time(*args: Any, **kwargs: Any) -> list[Any]:
         raise SoftTimeLimitExceeded()

@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from shared.errors import ValidationFailed
-from shared.registry import load_registry
-from shared.schemas import MAX_SEED, parse_job_request, resolve_job
-from shared.settings import Settings
+from easel.shared.errors import ValidationFailed
+from easel.shared.registry import load_registry
+from easel.shared.schemas import MAX_SEED, parse_job_request, resolve_job
+from easel.shared.settings import Settings
 
 
 @pytest.fixture

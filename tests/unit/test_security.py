@@ -9,17 +9,17 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from easel.migrations.upgrade import upgrade
+from easel.shared.db import session_scope
+from easel.shared.settings import Settings, get_settings
+from easel.web import create_app
+from easel.web.keys import create_key
 from flask import Flask
 from flask.testing import FlaskClient
 
-from shared.cli import main as cli
-from shared.db import session_scope
-from shared.keys import create_key
-from shared.migrate import upgrade
-from shared.settings import Settings, get_settings
+from easel.cli import main as cli
 from tests.images import b64, gradient
 from tests.support import free_port, wait_for
-from web import create_app
 
 
 @pytest.fixture

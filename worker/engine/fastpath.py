@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from worker.engine.device import DevicePlan
+from easel.worker.engine.device import DevicePlan
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +137,8 @@ def warm_up(pipe: Any, shapes: list[Shape], steps: int = 2) -> dict[Shape, float
     seconds per shape.
     """
     import torch
+    from easel.worker.engine.generate import with_scheduler
     from PIL import Image
-
-    from worker.engine.generate import with_scheduler
 
     if not shapes or not is_compiled(getattr(pipe, "unet", None)):
         return {}

@@ -8,11 +8,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from easel.shared.models import JobType
+from easel.shared.registry import SCHEDULERS
+from easel.worker.engine.fastpath import set_vae_tiling, use_vae_tiling
 from PIL import Image, ImageFilter
-
-from shared.models import JobType
-from shared.registry import SCHEDULERS
-from worker.engine.fastpath import set_vae_tiling, use_vae_tiling
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +25,7 @@ _SCHEDULER_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
     "unipc": ("UniPCMultistepScheduler", {}),
 }
-assert set(_SCHEDULER_TABLE) == set(SCHEDULERS), "shared.registry.SCHEDULERS is out of sync"
+assert set(_SCHEDULER_TABLE) == set(SCHEDULERS), "easel.shared.registry.SCHEDULERS is out of sync"
 
 
 class JobCanceled(Exception):

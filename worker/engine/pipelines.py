@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ModelLoadError
-from shared.models import JobType
-from shared.registry import ModelSource, ModelSpec
-from worker.engine.device import DevicePlan, torch_dtype
-from worker.engine.fastpath import apply_fast_path, plan_fast_path
-from worker.engine.generate import free_accelerator_memory
-from worker.engine.tiny_model import ensure_tiny_model
+from easel.shared.errors import ModelLoadError
+from easel.shared.models import JobType
+from easel.shared.registry import ModelSource, ModelSpec
+from easel.worker.engine.device import DevicePlan, torch_dtype
+from easel.worker.engine.fastpath import apply_fast_path, plan_fast_path
+from easel.worker.engine.generate import free_accelerator_memory
+from easel.worker.engine.tiny_model import ensure_tiny_model
 
 log = logging.getLogger(__name__)
 

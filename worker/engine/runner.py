@@ -12,21 +12,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from easel.shared.errors import ModelLoadError, StorageError, UnknownModel
+from easel.shared.models import Job, JobOutput, JobStatus, JobType, utcnow
+from easel.shared.registry import Registry
+from easel.shared.storage import Storage
+from easel.worker.engine.claims import claim_batch
+from easel.worker.engine.generate import GenerationRequest, GpuOutOfMemory, JobCanceled, generate_batch
+from easel.worker.engine.pipelines import PipelineCache
+from easel.worker.heartbeat import Heartbeat
+from easel.worker.pngmeta import encode_png
 from PIL import Image
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
-
-from shared.errors import ModelLoadError, StorageError, UnknownModel
-from shared.models import Job, JobOutput, JobStatus, JobType, utcnow
-from shared.pngmeta import encode_png
-from shared.registry import Registry
-from shared.storage import Storage
-from worker.engine.claims import claim_batch
-from worker.engine.generate import GenerationRequest, GpuOutOfMemory, JobCanceled, generate_batch
-from worker.engine.pipelines import PipelineCache
-from worker.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
 

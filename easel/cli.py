@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from shared.settings import get_settings
+from easel.shared.settings import get_settings
 
 # gunicorn's access log as JSON lines, with the request id the app sent back.
 ACCESS_LOG_JSON = (
@@ -21,7 +21,7 @@ ACCESS_LOG_JSON = (
 
 
 def _setup_logging(level: str = "INFO") -> None:
-    from shared.logs import setup_logging
+    from easel.shared.logs import setup_logging
 
     setup_logging(level, get_settings().log_format)
 
@@ -35,7 +35,7 @@ def main() -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade the database schema (Alembic, to head)."""
-    from shared.migrate import upgrade
+    from easel.migrations.upgrade import upgrade
 
     _setup_logging()
     settings = get_settings()
@@ -45,7 +45,7 @@ def migrate() -> None:
 
 
 def _client(url: str | None, key: str | None):  # type: ignore[no-untyped-def]
-    from shared.client import EaselClient
+    from easel.client import EaselClient
 
     return EaselClient(url, key)
 
@@ -104,7 +104,7 @@ def submit(
     **params: object,
 ) -> None:
     """Submit a job and print its id (or, with --wait, wait and save its images)."""
-    from shared.client import EaselApiError
+    from easel.client import EaselApiError
 
     client = _client(url, key)
     try:
@@ -139,7 +139,7 @@ def status(job_id: str, url: str, key: str | None) -> None:
     """Print a job object as JSON."""
     import json
 
-    from shared.client import EaselApiError
+    from easel.client import EaselApiError
 
     try:
         click.echo(json.dumps(_client(url, key).get(job_id), indent=2))
@@ -152,7 +152,7 @@ def status(job_id: str, url: str, key: str | None) -> None:
 @with_api
 def cancel(job_id: str, url: str, key: str | None) -> None:
     """Cancel a queued or running job."""
-    from shared.client import EaselApiError
+    from easel.client import EaselApiError
 
     try:
         job = _client(url, key).cancel(job_id)
@@ -170,7 +170,7 @@ def cancel(job_id: str, url: str, key: str | None) -> None:
 @with_api
 def jobs(job_status: str | None, limit: int, url: str, key: str | None) -> None:
     """List your jobs, newest first."""
-    from shared.client import EaselApiError
+    from easel.client import EaselApiError
 
     try:
         page = _client(url, key).list(status=job_status, limit=limit)
@@ -193,8 +193,8 @@ def keys() -> None:
 @click.option("--admin", is_flag=True, help="May see and cancel every job.")
 def keys_create(name: str, admin: bool) -> None:
     """Make a key and print it; only its hash is stored."""
-    from shared.db import session_scope
-    from shared.keys import create_key
+    from easel.shared.db import session_scope
+    from easel.web.keys import create_key
 
     with session_scope(get_settings().database_url) as session:
         row, key = create_key(session, name, admin)
@@ -212,8 +212,8 @@ def keys_list() -> None:
     """Every key: prefix, name, role, created, last used, revoked."""
     from sqlalchemy import select
 
-    from shared.db import session_scope
-    from shared.models import ApiKey
+    from easel.shared.db import session_scope
+    from easel.shared.models import ApiKey
 
     def when(value: object) -> str:
         return value.isoformat(timespec="seconds") if value else "-"  # type: ignore[attr-defined]
@@ -232,9 +232,9 @@ def keys_list() -> None:
 @click.argument("ref")
 def keys_revoke(ref: str) -> None:
     """Revoke a key by its prefix or id; it stops working at once."""
-    from shared.db import session_scope
-    from shared.keys import find_key
-    from shared.models import utcnow
+    from easel.shared.db import session_scope
+    from easel.shared.models import utcnow
+    from easel.web.keys import find_key
 
     with session_scope(get_settings().database_url) as session:
         row = find_key(session, ref)
@@ -254,7 +254,7 @@ def web(dev: bool, host: str | None, port: int | None, workers: int | None) -> N
     settings = get_settings()
     host, port = host or settings.host, port or settings.port
     if dev:
-        from web import create_app
+        from easel.web import create_app
 
         _setup_logging()
         create_app(settings).run(host=host, port=port, threaded=True)
@@ -278,7 +278,7 @@ def web(dev: bool, host: str | None, port: int | None, workers: int | None) -> N
     ]
     if settings.log_format == "json":
         args += ["--access-logformat", ACCESS_LOG_JSON]
-    os.execv(sys.executable, [*args, "web.wsgi:app"])
+    os.execv(sys.executable, [*args, "easel.web.wsgi:app"])
 
 
 @main.command()
@@ -293,19 +293,19 @@ def worker(models: str | None, loglevel: str) -> None:
         get_settings.cache_clear()
     settings = get_settings()
     _setup_logging(loglevel)
-    from shared.queue import queue_name
-    from shared.registry import ModelSource, load_registry
+    from easel.shared.queue import queue_name
+    from easel.shared.registry import ModelSource, load_registry
 
     registry = load_registry(settings)
     served = settings.served_models or registry.names()
     for name in served:
         spec = registry.get(name)  # unknown names fail here, before the worker starts
         if spec.source is ModelSource.TINY:
-            from worker.engine.tiny_model import ensure_tiny_model
+            from easel.worker.engine.tiny_model import ensure_tiny_model
 
             ensure_tiny_model(Path(spec.location))
-    from worker import tasks
-    from worker.celery_app import app
+    from easel.worker import tasks
+    from easel.worker.celery_app import app
 
     tasks.GPU_ROLE["enabled"] = True
     queues = ",".join(queue_name(name) for name in served)
@@ -334,8 +334,8 @@ def webhooks(loglevel: str) -> None:
     """Deliver webhooks (threads; never holds a GPU). Needs EASEL_WEBHOOK_SECRET."""
     settings = get_settings()
     _setup_logging(loglevel)
-    from shared.queue import WEBHOOK_QUEUE
-    from worker.celery_app import app
+    from easel.shared.queue import WEBHOOK_QUEUE
+    from easel.worker.celery_app import app
 
     app.worker_main(
         [
@@ -364,10 +364,10 @@ def run() -> None:
     _setup_logging()
     settings = get_settings()
     settings.ensure_home()
-    from shared.migrate import upgrade
+    from easel.migrations.upgrade import upgrade
 
     upgrade(settings.database_url)
-    easel = [sys.executable, "-m", "shared.cli"]
+    easel = [sys.executable, "-m", "easel.cli"]
     children = [
         subprocess.Popen([*easel, "worker"]),
         subprocess.Popen([*easel, "webhooks"]),

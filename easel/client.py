@@ -1,6 +1,6 @@
 """A Python client for Easel's REST API. Needs only ``requests`` (no torch, no Flask).
 
-    from shared.client import EaselClient
+    from easel.client import EaselClient
 
     client = EaselClient("http://127.0.0.1:8000", api_key="easel_...")
     job = client.submit("a lighthouse at dusk", width=256, height=256, seed=42)

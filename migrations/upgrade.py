@@ -6,15 +6,13 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-
-import migrations
-from shared.db import make_engine
+from easel.shared.db import make_engine
 
 
 def alembic_config(database_url: str) -> Config:
-    """An Alembic config pointing at the ``migrations`` package and ``database_url``."""
+    """An Alembic config pointing at this package and ``database_url``."""
     config = Config()
-    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    config.set_main_option("script_location", str(Path(__file__).parent))
     config.attributes["database_url"] = database_url
     return config
 

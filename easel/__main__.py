@@ -1,0 +1,5 @@
+"""``python -m easel`` runs the ``easel`` command."""
+
+from easel.cli import main
+
+main()
