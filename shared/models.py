@@ -1,4 +1,4 @@
-"""SQLAlchemy models: a job row is the source of truth (DESIGN principle 1)."""
+"""SQLAlchemy models: a job row is the source of truth (docs/design.md, principle 1)."""
 
 from __future__ import annotations
 

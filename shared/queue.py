@@ -1,6 +1,6 @@
 """The Celery app as the web tier sees it: it sends wake-ups by task name only.
 
-The broker carries job ids, never job data (DESIGN principle 1): a lost message is
+The broker carries job ids, never job data (docs/design.md, principle 1): a lost message is
 rebuilt from the database and a duplicate one is harmless.
 """
 

@@ -1,4 +1,4 @@
-"""Atomic claims of queued jobs (DESIGN principles 2 and 5).
+"""Atomic claims of queued jobs (docs/design.md, principles 2 and 5).
 
 Claim order: priority first; within a priority, owners (API keys) take turns: the
 owner whose last job started longest ago (or never) goes first, so one client's

@@ -79,7 +79,7 @@ class GpuOutOfMemory(RuntimeError):
 
 
 BATCH_KEY_FIELDS = ("job_type", "width", "height", "steps", "guidance_scale", "scheduler", "strength")
-"""What jobs must share to run in one pipeline call (with the model; DESIGN principle 5)."""
+"""What jobs must share to run in one pipeline call (with the model; docs/design.md, principle 5)."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Loading pipelines from any source, and keeping them warm (DESIGN principle 4)."""
+"""Loading pipelines from any source, and keeping them warm (docs/design.md, principle 4)."""
 
 from __future__ import annotations
 
