@@ -62,6 +62,7 @@ def resolve_threads(threads: int) -> int:
 def bare(model: Path, jobs: list[dict[str, Any]], batch: int) -> dict[str, Any]:
     """Images/s of the bare pipeline: one image per call, then ``batch`` per call."""
     import torch
+
     from easel.shared.registry import ModelSource, ModelSpec
     from easel.worker.engine.device import DevicePlan
     from easel.worker.engine.generate import make_scheduler

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import create_engine, pool
+
 from easel.shared.models import Base
 from easel.shared.settings import get_settings
-from sqlalchemy import create_engine, pool
 
 config = context.config
 target_metadata = Base.metadata

@@ -8,8 +8,9 @@ import io
 import re
 import warnings
 
-from easel.shared.errors import EaselError, ValidationFailed, field_detail
 from PIL import Image, UnidentifiedImageError
+
+from easel.shared.errors import EaselError, ValidationFailed, field_detail
 
 ALLOWED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _DATA_URL = re.compile(r"^data:(?P<type>[\w/+.-]+)?(;[\w=-]+)*;base64,", re.IGNORECASE)

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
 from easel.shared.errors import Conflict, NotFound, ValidationFailed, field_detail
 from easel.shared.models import Job, JobStatus, utcnow
 from easel.shared.schemas import ErrorInfo, JobView, OutputInfo, Progress, ResolvedJob
-from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.orm import Session
 
 OutputUrl = Callable[[Job, int], str]
 InputUrl = Callable[[Job, str], str]

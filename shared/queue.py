@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
+
 from easel.shared.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -17,10 +17,11 @@ import tomllib
 from enum import StrEnum
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from easel.shared.errors import UnknownModel
 from easel.shared.models import JobType
 from easel.shared.settings import Settings
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCHEDULERS: tuple[str, ...] = ("ddim", "euler", "euler_a", "dpmpp_2m", "lcm", "pndm", "unipc")
 

@@ -10,16 +10,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from PIL import Image
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from easel.shared.errors import ValidationFailed, field_detail
 from easel.shared.images import default_size
 from easel.shared.models import JobType
 from easel.shared.netsafety import UnsafeUrl, check_public_url
+from easel.shared.params import MAX_SEED, PARAM_FIELDS, GenerationParams, bounds, knob
 from easel.shared.registry import SCHEDULERS, ModelSpec, Registry
 from easel.shared.settings import Settings
-from PIL import Image
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-MAX_SEED = 2**53 - 1  # exact in JavaScript numbers, so a page can show it unchanged
 MAX_PRIORITY = 1000  # admin keys; others are capped by EASEL_MAX_PRIORITY
 DEFAULT_STRENGTH = {JobType.IMG2IMG: 0.75, JobType.INPAINT: 1.0}
 DEFAULT_MASK_BLUR = 4
@@ -46,27 +47,21 @@ class JobCreate(BaseModel):
     )
 
     type: JobType = Field(JobType.TXT2IMG, description="txt2img, img2img or inpaint.")
-    model: str | None = Field(None, max_length=128, description="Registry name; default model.")
+    model: str | None = knob("model")
     prompt: str = Field(min_length=1, description="What to draw.")
     negative_prompt: str = Field("", description="What to steer away from.")
-    width: int | None = Field(None, ge=8, le=8192, description="Multiple of 8 within the model's limits.")
-    height: int | None = Field(None, ge=8, le=8192, description="Multiple of 8 within the model's limits.")
-    steps: int | None = Field(None, ge=1, le=1000, description="Denoising steps.")
-    guidance_scale: float | None = Field(None, ge=0, le=50, description="Classifier-free guidance.")
-    scheduler: str | None = Field(None, description=f"One of {', '.join(SCHEDULERS)}.")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Chosen and recorded if absent.")
-    num_images: int = Field(1, ge=1, le=16, description="Images; seeds are seed, seed+1, ...")
-    strength: float | None = Field(
-        None, gt=0, le=1, description="img2img / inpaint: how much to change (default 0.75 / 1.0)."
-    )
+    width: int | None = knob("width")
+    height: int | None = knob("height")
+    steps: int | None = knob("steps")
+    guidance_scale: float | None = knob("guidance_scale")
+    scheduler: str | None = knob("scheduler", f"One of {', '.join(SCHEDULERS)}.")
+    seed: int | None = knob("seed")
+    num_images: int = Field(1, description="Images; seeds are seed, seed+1, ...", **bounds("num_images"))
+    strength: float | None = knob("strength")
     image: str | None = Field(None, description="img2img / inpaint: PNG, JPEG or WebP, base64 (JSON only).")
     mask: str | None = Field(None, description="inpaint: white repaints, black keeps; base64 (JSON only).")
-    mask_blur: int | None = Field(
-        None, ge=0, le=64, description="inpaint: feather of the mask edge in pixels."
-    )
-    keep_unmasked: bool | None = Field(
-        None, description="inpaint: paste pixels outside the mask back from the input (default true)."
-    )
+    mask_blur: int | None = knob("mask_blur")
+    keep_unmasked: bool | None = knob("keep_unmasked")
     webhook_url: AnyHttpUrl | None = Field(
         None, description="POSTed the job object, signed, when the job finishes (http or https)."
     )
@@ -99,32 +94,16 @@ class JobCreate(BaseModel):
         return value
 
 
-class ResolvedJob(BaseModel):
+class ResolvedJob(GenerationParams):
     """A validated request with every default filled in: what the job row records."""
 
-    type: JobType
-    model: str
-    prompt: str
-    negative_prompt: str
-    width: int
-    height: int
-    steps: int
-    guidance_scale: float
-    scheduler: str
-    seed: int
-    num_images: int
-    strength: float | None = None
-    mask_blur: int | None = None
-    keep_unmasked: bool | None = None
     webhook_url: str | None = None
     priority: int = 0
 
     @property
-    def denoising_steps(self) -> int:
-        """Steps the pipeline will run: img2img and inpaint skip the first ``1 - strength``."""
-        if self.strength is None:
-            return self.steps
-        return min(int(self.steps * self.strength), self.steps)
+    def params(self) -> GenerationParams:
+        """The generation parameters alone."""
+        return GenerationParams.model_validate(self.model_dump(include=set(PARAM_FIELDS)))
 
 
 @dataclass

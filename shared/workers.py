@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
-from easel.shared.models import Worker, utcnow
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from easel.shared.models import Worker, utcnow
 
 
 def live_since(lost_after: float) -> datetime:

@@ -7,8 +7,9 @@ if __name__ != "easel.web":  # one module, one name: a second copy would split s
 
 import logging
 
-from easel.shared.settings import Settings, get_settings
 from flask import Flask
+
+from easel.shared.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:

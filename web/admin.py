@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from flask import Blueprint, abort, redirect, render_template, url_for
+from sqlalchemy import func, select, update
+
 from easel.shared.jobs import cancel_job, get_job
 from easel.shared.models import Job, JobOutput, JobStatus, Worker, utcnow
 from easel.shared.queue import send_wakeup
 from easel.web.auth import current_principal
 from easel.web.services import services
-from flask import Blueprint, abort, redirect, render_template, url_for
-from sqlalchemy import func, select, update
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 RECENT_FAILURES = 20

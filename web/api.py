@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import Blueprint, Response, jsonify, redirect, request, url_for
+from sqlalchemy.orm import Session
+
 from easel.shared.errors import NotFound, ValidationFailed, field_detail
 from easel.shared.jobs import cancel_job, describe, get_job, list_jobs
 from easel.shared.models import Job, JobOutput, JobStatus, JobType
@@ -16,8 +19,6 @@ from easel.web.eta import estimate_seconds, queue_position
 from easel.web.limits import api_limit, limiter, submit_limit
 from easel.web.services import services
 from easel.web.submit import accept_job, idempotency_key, request_fields
-from flask import Blueprint, Response, jsonify, redirect, request, url_for
-from sqlalchemy.orm import Session
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 limiter.limit(api_limit)(bp)

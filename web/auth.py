@@ -9,9 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from easel.shared.db import session_scope
-from easel.shared.models import ApiKey
-from easel.web.keys import authenticate
 from flask import (
     Blueprint,
     Flask,
@@ -26,6 +23,10 @@ from flask import (
     url_for,
 )
 from flask_wtf.csrf import CSRFProtect
+
+from easel.shared.db import session_scope
+from easel.shared.models import ApiKey
+from easel.web.keys import authenticate
 
 bp = Blueprint("auth", __name__)
 csrf = CSRFProtect()

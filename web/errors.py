@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from easel.shared.errors import EaselError, StorageError
 from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
+
+from easel.shared.errors import EaselError, StorageError
 
 log = logging.getLogger(__name__)
 

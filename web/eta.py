@@ -18,10 +18,11 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from easel.shared.models import Job, JobStatus
-from easel.shared.workers import live_workers
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
+
+from easel.shared.models import Job, JobStatus
+from easel.shared.workers import live_workers
 
 PRIOR_RATE = 0.5
 PRIOR_OVERHEAD = 0.2

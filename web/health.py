@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from flask import Blueprint, jsonify
+
 from easel.shared.db import ping
 from easel.web.services import services
-from flask import Blueprint, jsonify
 
 bp = Blueprint("health", __name__)
 

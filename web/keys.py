@@ -12,9 +12,10 @@ import hmac
 import secrets
 from datetime import timedelta
 
-from easel.shared.models import ApiKey, utcnow
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from easel.shared.models import ApiKey, utcnow
 
 KEY_SCHEME = "easel"
 LAST_USED_RESOLUTION = timedelta(minutes=1)

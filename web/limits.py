@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import time
 
-from easel.shared.settings import Settings
 from flask import Flask, current_app, g, request
 from flask_limiter import Limiter
+
+from easel.shared.settings import Settings
 
 
 def _rate_key() -> str:

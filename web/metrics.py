@@ -25,9 +25,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from easel.shared.models import TERMINAL_STATUSES, Job, JobStatus, JobType
-from easel.shared.workers import live_workers_by_model
-from easel.web.services import Services
 from flask import Blueprint, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
 from prometheus_client.exposition import choose_encoder
@@ -41,6 +38,10 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
+
+from easel.shared.models import TERMINAL_STATUSES, Job, JobStatus, JobType
+from easel.shared.workers import live_workers_by_model
+from easel.web.services import Services
 
 bp = Blueprint("metrics", __name__)
 

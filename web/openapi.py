@@ -5,10 +5,11 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from easel.shared.models import JobStatus, JobType
-from easel.shared.schemas import ErrorResponse, JobCreate, JobList, JobView, ModelList
 from flask import Blueprint, jsonify
 from pydantic.json_schema import models_json_schema
+
+from easel.shared.models import JobStatus, JobType
+from easel.shared.schemas import ErrorResponse, JobCreate, JobList, JobView, ModelList
 
 bp = Blueprint("openapi", __name__)
 

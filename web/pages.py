@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import Blueprint, abort, redirect, render_template, request, url_for
+
 from easel.shared.errors import EaselError
 from easel.shared.jobs import list_jobs
 from easel.shared.models import Job
@@ -11,7 +13,6 @@ from easel.shared.registry import SCHEDULERS
 from easel.web.auth import current_principal
 from easel.web.services import services
 from easel.web.submit import accept_job, request_fields
-from flask import Blueprint, abort, redirect, render_template, request, url_for
 
 bp = Blueprint("pages", __name__)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from easel.shared.settings import Settings
 from flask import Flask, Response
+
+from easel.shared.settings import Settings
 
 
 def image_sources(settings: Settings) -> str:

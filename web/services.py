@@ -6,13 +6,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from celery import Celery
+from flask import Flask, current_app
+from sqlalchemy.orm import Session
+
 from easel.shared.db import session_scope
 from easel.shared.queue import make_celery
 from easel.shared.registry import Registry, load_registry
 from easel.shared.settings import Settings
 from easel.shared.storage import Storage, storage_from_settings
-from flask import Flask, current_app
-from sqlalchemy.orm import Session
 
 
 class Services:

@@ -8,6 +8,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from flask import Request
+from sqlalchemy.exc import IntegrityError
+from werkzeug.datastructures import FileStorage
+
 from easel.shared.errors import BadRequest, TooManyJobs, UnsupportedMediaType, ValidationFailed, field_detail
 from easel.shared.images import as_mask, as_rgb, decode_base64, encode_png_bytes, load_image
 from easel.shared.jobs import INPUT_NAMES, active_jobs, create_job, find_replay, input_key, request_hash
@@ -15,9 +19,6 @@ from easel.shared.models import Job
 from easel.shared.queue import send_wakeup
 from easel.shared.schemas import JobInputs, parse_job_request, resolve_job
 from easel.web.services import Services
-from flask import Request
-from sqlalchemy.exc import IntegrityError
-from werkzeug.datastructures import FileStorage
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,11 @@ import threading
 import time
 from collections.abc import Sequence
 
-from easel.shared.models import Worker, utcnow
-from easel.worker.sweeper import Sweeper
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
+
+from easel.shared.models import Worker, utcnow
+from easel.worker.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from easel.shared.models import Job, JobStatus, Worker, utcnow
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
+
+from easel.shared.models import Job, JobStatus, Worker, utcnow
 
 log = logging.getLogger(__name__)
 

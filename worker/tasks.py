@@ -9,6 +9,8 @@ from functools import lru_cache
 from typing import Any
 
 from celery.signals import worker_process_init, worker_process_shutdown
+from sqlalchemy.orm import sessionmaker
+
 from easel.shared.db import engine_for
 from easel.shared.models import Job, JobStatus
 from easel.shared.queue import RUN_JOB_TASK, send_wakeup, send_webhook
@@ -23,7 +25,6 @@ from easel.worker.engine.pipelines import PipelineCache, load_pipeline
 from easel.worker.engine.runner import JobRunner
 from easel.worker.heartbeat import Heartbeat
 from easel.worker.sweeper import Sweeper
-from sqlalchemy.orm import sessionmaker
 
 log = logging.getLogger(__name__)
 

@@ -6,12 +6,13 @@ import logging
 from functools import lru_cache
 
 from celery import Task
+from sqlalchemy.orm import sessionmaker
+
 from easel.shared.db import engine_for
 from easel.shared.queue import DELIVER_WEBHOOK_TASK
 from easel.shared.settings import get_settings
 from easel.worker.celery_app import app
 from easel.worker.webhooks import WebhookDeliverer
-from sqlalchemy.orm import sessionmaker
 
 log = logging.getLogger(__name__)
 

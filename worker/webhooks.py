@@ -7,12 +7,13 @@ import logging
 from dataclasses import dataclass
 
 import requests
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
 from easel.shared.jobs import describe
 from easel.shared.models import Job, JobStatus, utcnow
 from easel.shared.netsafety import UnsafeUrl, check_public_url
 from easel.worker.signing import DELIVERY_HEADER, EVENT_HEADER, signed_headers
-from sqlalchemy import update
-from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 

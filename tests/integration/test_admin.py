@@ -6,9 +6,9 @@ import re
 
 import pytest
 import requests
-from easel.shared.models import Job, utcnow
 from sqlalchemy import create_engine, update
 
+from easel.shared.models import Job, utcnow
 from tests.support import Stack
 
 pytestmark = pytest.mark.slow

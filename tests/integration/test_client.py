@@ -11,16 +11,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from PIL import Image
+from werkzeug.serving import make_server
+
+from easel.client import EaselApiError, EaselClient, JobTimeout
 from easel.migrations.upgrade import upgrade
 from easel.shared.db import session_scope
 from easel.shared.settings import Settings
 from easel.web import create_app
 from easel.web.keys import create_key
 from easel.worker.pngmeta import read_parameters
-from PIL import Image
-from werkzeug.serving import make_server
-
-from easel.client import EaselApiError, EaselClient, JobTimeout
 from tests.images import box_mask, encode, gradient
 from tests.support import ROOT, Stack, easel
 

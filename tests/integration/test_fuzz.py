@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import positive_data_acceptance
+
 from easel.migrations.upgrade import upgrade
 from easel.shared.db import session_scope
 from easel.shared.settings import Settings
 from easel.web import create_app
 from easel.web.keys import create_key
-from hypothesis import HealthCheck, settings
-from schemathesis.checks import positive_data_acceptance
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
-from easel.worker.pngmeta import read_parameters
 from PIL import Image
 
+from easel.worker.pngmeta import read_parameters
 from tests.images import b64, box_mask, encode, gradient
 from tests.support import Stack
 

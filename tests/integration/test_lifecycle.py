@@ -7,8 +7,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from easel.worker.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 
+from easel.worker.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from tests.conftest import WEBHOOK_SECRET
 from tests.support import Stack, wait_for
 from tests.webhook_receiver import Receiver

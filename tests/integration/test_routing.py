@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 import redis
-from easel.shared.models import Worker
-from easel.shared.queue import queue_name
 from sqlalchemy import create_engine, select
 
+from easel.shared.models import Worker
+from easel.shared.queue import queue_name
 from tests.support import (
     Process,
     Stack,

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 import requests
-from easel.worker.pngmeta import read_parameters
 from PIL import Image
 
+from easel.worker.pngmeta import read_parameters
 from tests.support import Stack, wait_for
 
 pytestmark = pytest.mark.slow

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from easel.migrations.upgrade import upgrade
-from easel.shared.settings import Settings
-from easel.web import create_app
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 
+from easel.migrations.upgrade import upgrade
+from easel.shared.settings import Settings
+from easel.web import create_app
 from tests.support import ROOT
 
 

@@ -8,12 +8,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
 from easel.migrations.upgrade import upgrade
 from easel.shared.db import make_engine
 from easel.shared.models import Job, JobStatus, utcnow
 from easel.worker.engine.claims import claim_batch, claim_next
-from sqlalchemy import update
-from sqlalchemy.orm import Session, sessionmaker
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 from easel.shared.settings import Settings
-
 from tests.support import ROOT
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from easel.shared.registry import SCHEDULERS, ModelSource, ModelSpec
 from easel.worker.engine.device import DevicePlan
 from easel.worker.engine.generate import (

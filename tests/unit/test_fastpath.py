@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
 from easel.shared.registry import ModelSource, ModelSpec
 from easel.shared.settings import Settings, parse_shapes
 from easel.worker.engine.device import DevicePlan

@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from easel.migrations.upgrade import upgrade
-from easel.shared.settings import Settings
-from easel.web import create_app
 from flask.testing import FlaskClient
 from PIL import Image
 
+from easel.migrations.upgrade import upgrade
+from easel.shared.settings import Settings
+from easel.web import create_app
 from tests.images import b64, box_mask, encode, gradient
 from tests.unit.test_app import counts
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from easel.shared.models import JobType
 from easel.shared.registry import ModelSource, ModelSpec
 from easel.worker.engine.device import DevicePlan
 from easel.worker.engine.generate import GenerationRequest, generate
 from easel.worker.engine.pipelines import ModelPipelines, PipelineCache, load_pipeline
-
 from tests.images import box_mask, gradient
 
 CPU = DevicePlan("cpu", "float32")

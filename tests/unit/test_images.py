@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 
 import pytest
-from easel.shared.errors import ValidationFailed
-from easel.shared.images import ImageTooLarge, as_mask, decode_base64, default_size, load_image
 from PIL import Image
 
+from easel.shared.errors import ValidationFailed
+from easel.shared.images import ImageTooLarge, as_mask, decode_base64, default_size, load_image
 from tests.images import encode, gradient
 
 MB = 1024 * 1024

@@ -6,6 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import update
+
 from easel.migrations.upgrade import upgrade
 from easel.shared.db import session_scope
 from easel.shared.models import Job, Worker, utcnow
@@ -13,8 +16,6 @@ from easel.shared.settings import Settings
 from easel.web import create_app
 from easel.web.eta import cost_model, estimate_seconds
 from easel.worker.signing import signed_headers, verify_signature
-from flask.testing import FlaskClient
-from sqlalchemy import update
 
 
 @pytest.fixture

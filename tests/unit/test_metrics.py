@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+
 from easel.migrations.upgrade import upgrade
 from easel.shared.db import session_scope
 from easel.shared.models import Job, JobStatus, Worker, utcnow
 from easel.shared.settings import Settings
 from easel.web import create_app
 from easel.worker import metrics as wm
-from flask.testing import FlaskClient
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.support import free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
 from easel.migrations.upgrade import upgrade
 from easel.shared.models import Base
-from sqlalchemy import create_engine, inspect
 
 
 def _diff(url: str) -> list:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from easel.shared.models import JobType
 from easel.shared.registry import ModelSource, ModelSpec
 from easel.worker.engine.device import DevicePlan

@@ -8,6 +8,10 @@ from typing import Any
 
 import pytest
 import torch
+from PIL import Image
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
 from easel.migrations.upgrade import upgrade
 from easel.shared.db import make_engine
 from easel.shared.errors import StorageError
@@ -15,10 +19,6 @@ from easel.shared.models import Job, Worker, utcnow
 from easel.shared.storage import LocalStorage
 from easel.worker.engine.generate import GenerationRequest, GpuOutOfMemory, generate
 from easel.worker.sweeper import Sweeper
-from PIL import Image
-from sqlalchemy import update
-from sqlalchemy.orm import Session, sessionmaker
-
 from tests.unit.test_runner import enqueue, env, fetch, make_runner  # noqa: F401 - fixtures
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from easel.shared.errors import UnknownModel
 from easel.shared.models import JobType
 from easel.shared.registry import ModelSource, load_registry

@@ -7,6 +7,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from flask.testing import FlaskClient
+
 from easel.migrations.upgrade import upgrade
 from easel.shared.db import session_scope
 from easel.shared.jobs import waiting_for_worker
@@ -14,7 +16,6 @@ from easel.shared.models import Job, JobStatus, Worker, utcnow
 from easel.shared.settings import Settings
 from easel.shared.workers import live_workers, live_workers_by_model
 from easel.web import create_app
-from flask.testing import FlaskClient
 
 MODELS_FILE = """
 [models.alpha]

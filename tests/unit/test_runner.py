@@ -10,6 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
+from sqlalchemy import update
+from sqlalchemy.orm import sessionmaker
+
 from easel.migrations.upgrade import upgrade
 from easel.shared.db import make_engine
 from easel.shared.errors import StorageError
@@ -23,10 +27,6 @@ from easel.worker.engine.device import DevicePlan
 from easel.worker.engine.pipelines import PipelineCache, load_pipeline
 from easel.worker.engine.runner import JobRunner, ProgressReporter
 from easel.worker.pngmeta import read_parameters
-from PIL import Image
-from sqlalchemy import update
-from sqlalchemy.orm import sessionmaker
-
 from tests.support import wait_for
 
 
@@ -321,8 +321,9 @@ def test_a_failed_batch_is_run_job_by_job_so_only_the_bad_job_fails(
 def test_the_time_limit_in_a_batch_fails_every_job_left(
     env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import easel.worker.engine.runner as runner_module
     from celery.exceptions import SoftTimeLimitExceeded
+
+    import easel.worker.engine.runner as runner_module
 
     def out_of_time(*args: Any, **kwargs: Any) -> list[Any]:
         raise SoftTimeLimitExceeded()

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from easel.shared.errors import ValidationFailed
 from easel.shared.registry import load_registry
 from easel.shared.schemas import MAX_SEED, parse_job_request, resolve_job

@@ -3,8 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from easel.shared.settings import Settings
 from pydantic import ValidationError
+
+from easel.shared.settings import Settings
 
 
 def test_embedded_defaults_need_no_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

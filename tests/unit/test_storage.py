@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
+
 from easel.shared.errors import StorageError
 from easel.shared.settings import Settings
 from easel.shared.storage import LocalStorage, S3Storage, storage_from_settings
 from easel.worker.pngmeta import encode_png, read_parameters
-from PIL import Image
 
 
 def test_local_put_get_and_no_presigned_url(tmp_path: Path) -> None:

@@ -18,9 +18,10 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from easel.shared.models import Job, JobStatus, utcnow
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session, aliased, noload
+
+from easel.shared.models import Job, JobStatus, utcnow
 
 BATCH_KEY = (
     Job.model,

@@ -137,8 +137,9 @@ def warm_up(pipe: Any, shapes: list[Shape], steps: int = 2) -> dict[Shape, float
     seconds per shape.
     """
     import torch
-    from easel.worker.engine.generate import with_scheduler
     from PIL import Image
+
+    from easel.worker.engine.generate import with_scheduler
 
     if not shapes or not is_compiled(getattr(pipe, "unet", None)):
         return {}

@@ -8,10 +8,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image, ImageFilter
+
 from easel.shared.models import JobType
 from easel.shared.registry import SCHEDULERS
 from easel.worker.engine.fastpath import set_vae_tiling, use_vae_tiling
-from PIL import Image, ImageFilter
 
 log = logging.getLogger(__name__)
 

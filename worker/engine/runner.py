@@ -12,6 +12,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from PIL import Image
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
+
 from easel.shared.errors import ModelLoadError, StorageError, UnknownModel
 from easel.shared.models import Job, JobOutput, JobStatus, JobType, utcnow
 from easel.shared.registry import Registry
@@ -21,11 +27,6 @@ from easel.worker.engine.generate import GenerationRequest, GpuOutOfMemory, JobC
 from easel.worker.engine.pipelines import PipelineCache
 from easel.worker.heartbeat import Heartbeat
 from easel.worker.pngmeta import encode_png
-from PIL import Image
-from sqlalchemy import delete, select, update
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
 log = logging.getLogger(__name__)
 

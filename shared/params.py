@@ -1,0 +1,119 @@
+"""The generation parameters: one typed definition, and the one batch key.
+
+``GenerationParams`` names every parameter of a generation, its type, its bounds and
+its meaning. The request schema (``easel.shared.schemas``) takes each knob's bounds
+and description from it, the job row records exactly its fields, the engine runs
+from it, and the form and the CLI list its fields. ``BATCH_KEY`` says which of them
+jobs must share to run in one pipeline call (docs/design.md, "Batching").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.fields import FieldInfo
+
+from easel.shared.models import JobType
+
+MAX_SEED = 2**53 - 1  # exact in JavaScript numbers, so a page can show it unchanged
+
+
+class GenerationParams(BaseModel):
+    """A job's resolved generation parameters, as its row records them (seed included)."""
+
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    type: JobType = Field(description="txt2img, img2img or inpaint.")
+    model: str = Field(max_length=128, description="Registry name; default model.")
+    prompt: str = Field(min_length=1, description="What to draw.")
+    negative_prompt: str = Field("", description="What to steer away from.")
+    width: int = Field(ge=8, le=8192, description="Multiple of 8 within the model's limits.")
+    height: int = Field(ge=8, le=8192, description="Multiple of 8 within the model's limits.")
+    steps: int = Field(ge=1, le=1000, description="Denoising steps.")
+    guidance_scale: float = Field(ge=0, le=50, allow_inf_nan=False, description="Classifier-free guidance.")
+    scheduler: str = Field(description="A scheduler the model offers (GET /api/v1/models).")
+    seed: int = Field(ge=0, le=MAX_SEED, description="Chosen and recorded if absent.")
+    num_images: int = Field(1, ge=1, le=16, description="Images; seeds are seed, seed+1, ...")
+    strength: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="img2img / inpaint: how much to change (default 0.75 / 1.0).",
+    )
+    mask_blur: int | None = Field(
+        None, ge=0, le=64, description="inpaint: feather of the mask edge in pixels."
+    )
+    keep_unmasked: bool | None = Field(
+        None, description="inpaint: paste pixels outside the mask back from the input (default true)."
+    )
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """One seed per image: ``seed, seed+1, ...``."""
+        return tuple(self.seed + i for i in range(self.num_images))
+
+    @property
+    def denoising_steps(self) -> int:
+        """Steps the pipeline will run: img2img and inpaint skip the first ``1 - strength``."""
+        if self.strength is None:
+            return self.steps
+        return min(int(self.steps * self.strength), self.steps)
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """What jobs must share to run in one pipeline call."""
+        return tuple(getattr(self, name) for name in BATCH_KEY)
+
+    def recorded(self) -> dict[str, Any]:
+        """The ``params`` of the job object: every parameter but type and model, the
+        type-specific ones only where they apply."""
+        values = self.model_dump(mode="json", exclude={"type", "model"})
+        return {name: value for name, value in values.items() if value is not None}
+
+
+PARAM_FIELDS: tuple[str, ...] = tuple(GenerationParams.model_fields)
+"""Every generation parameter, in the order of the definition."""
+
+KNOBS: tuple[str, ...] = tuple(name for name in PARAM_FIELDS if name not in ("type", "model", "prompt"))
+"""The parameters a client may leave to the model's defaults (form fields, CLI options)."""
+
+BATCH_KEY: tuple[str, ...] = (
+    "model",
+    "type",
+    "width",
+    "height",
+    "steps",
+    "scheduler",
+    "guidance_scale",
+    "strength",
+)
+"""Parameters jobs must share to run in one pipeline call; prompts, seeds and inputs
+are per image."""
+
+
+def knob(name: str, description: str | None = None) -> Any:
+    """A request field for parameter ``name``: its bounds and description, no default
+    (unset knobs take the model's defaults)."""
+    info: FieldInfo = GenerationParams.model_fields[name]
+    return Field(
+        None,
+        description=description or info.description,
+        **bounds(name),
+    )
+
+
+def bounds(name: str) -> dict[str, Any]:
+    """Parameter ``name``'s constraints (``ge``, ``le``, ``max_length``, ...) as ``Field`` arguments."""
+    constraints: dict[str, Any] = {}
+    for item in GenerationParams.model_fields[name].metadata:
+        for key in ("ge", "gt", "le", "lt", "min_length", "max_length", "allow_inf_nan"):
+            value = getattr(item, key, None)
+            if value is not None:
+                constraints[key] = value
+    return constraints
+
+
+def params_of(row: Any) -> GenerationParams:
+    """The parameters a job row (or any object with those attributes) records."""
+    return GenerationParams.model_validate(row)
