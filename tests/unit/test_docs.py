@@ -1,24 +1,142 @@
-"""The README's configuration table matches the settings object."""
+"""The documentation matches the code: settings, variables, links, and the front door's size."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from easel.shared.settings import Settings
-from tests.support import ROOT
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+# Read by the client and the CLI's client commands, and by the test fixtures; not settings.
+CLIENT_VARIABLES = {"EASEL_API_URL", "EASEL_API_KEY"}
+TEST_VARIABLES = {"EASEL_TEST_PG"}
+ROW = re.compile(r"^\| `(EASEL_[A-Z0-9_]+)` \|(.*)\|\s*$", flags=re.M)
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
-def test_readme_documents_every_setting_and_no_other() -> None:
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
-    documented = set(re.findall(r"^\| `(EASEL_[A-Z0-9_]+)` \|", table, flags=re.M))
-    expected = {f"EASEL_{name.upper()}" for name in Settings.model_fields}
-    assert documented == expected
-    mentioned = set(re.findall(r"EASEL_[A-Z0-9_]+", readme))
-    client_variables = {"EASEL_API_URL", "EASEL_API_KEY"}  # read by the client and CLI, not the server
-    assert mentioned <= expected | client_variables, mentioned - expected - client_variables
+def doc_pages() -> list[Path]:
+    return [README, *sorted(DOCS.glob("*.md"))]
 
 
-def test_ci_runs_the_readme_test_command() -> None:
+def without_code(text: str) -> str:
+    """The text outside fenced code blocks and inline code spans."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def slugs(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of ``path``."""
+    seen: dict[str, int] = {}
+    found = set()
+    for heading in re.findall(
+        r"^#{1,6} (.+)$", re.sub(r"^```.*?^```", "", path.read_text(), flags=re.M | re.S), flags=re.M
+    ):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        found.add(slug if count == 0 else f"{slug}-{count}")
+    return found
+
+
+def settings_variables() -> set[str]:
+    return {f"EASEL_{name.upper()}" for name in Settings.model_fields}
+
+
+def configuration_rows() -> list[tuple[str, list[str]]]:
+    text = (DOCS / "configuration.md").read_text()
+    return [(name, [cell.strip() for cell in rest.split(" | ")]) for name, rest in ROW.findall(text)]
+
+
+def test_configuration_documents_every_setting_once_and_no_other() -> None:
+    names = [name for name, _ in configuration_rows()]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    assert not duplicated, f"documented more than once in docs/configuration.md: {duplicated}"
+    expected = settings_variables()
+    assert not expected - set(names), (
+        f"settings missing from docs/configuration.md: {sorted(expected - set(names))}"
+    )
+    assert not set(names) - expected, (
+        f"docs/configuration.md documents no such setting: {sorted(set(names) - expected)}"
+    )
+
+
+def test_configuration_rows_give_each_plain_default_and_a_meaning() -> None:
+    for name, cells in configuration_rows():
+        assert len(cells) == 2 and all(cells), f"{name}: row needs a default and a meaning, got {cells}"
+        default = Settings.model_fields[name.removeprefix("EASEL_").lower()].default
+        if default is None or default == "":
+            continue  # computed or unset: the row says what happens instead
+        shown = re.search(r"`([^`]*)`", cells[0])
+        assert shown, f"{name}: default {default!r} not shown in backticks: {cells[0]!r}"
+        if isinstance(default, bool):
+            assert shown.group(1) == str(default).lower(), (name, default, shown.group(1))
+        elif isinstance(default, int | float):
+            assert float(shown.group(1)) == float(default), (name, default, shown.group(1))
+        else:
+            assert shown.group(1) == str(default), (name, default, shown.group(1))
+
+
+def test_every_variable_the_docs_mention_exists() -> None:
+    known = settings_variables() | CLIENT_VARIABLES | TEST_VARIABLES
+    for page in doc_pages():
+        mentioned = set(re.findall(r"EASEL_[A-Z0-9_]*[A-Z0-9]", page.read_text()))
+        assert mentioned <= known, (
+            f"{page.relative_to(ROOT)} names unknown variables: {sorted(mentioned - known)}"
+        )
+    for variable in CLIENT_VARIABLES:
+        assert (
+            variable in (ROOT / "easel" / "client.py").read_text() + (ROOT / "easel" / "cli.py").read_text()
+        )
+    for variable in TEST_VARIABLES:
+        assert variable in (ROOT / "tests" / "support.py").read_text()
+
+
+def test_readme_is_a_short_front_door() -> None:
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines; move detail into docs/*.md"
+
+
+def test_every_relative_link_points_at_something_that_exists() -> None:
+    broken = []
+    for page in doc_pages():
+        for target in LINK.findall(without_code(page.read_text())):
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+                continue
+            path_part, _, anchor = target.partition("#")
+            resolved = (page.parent / path_part).resolve() if path_part else page
+            if not resolved.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and resolved.suffix == ".md" and anchor not in slugs(resolved):
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)
+
+
+def test_readme_links_every_docs_page() -> None:
+    linked = set(re.findall(r"\]\(docs/([\w.-]+\.md)[#)]", README.read_text()))
+    pages = {path.name for path in DOCS.glob("*.md")}
+    assert pages - linked == set(), f"docs pages the README does not link: {sorted(pages - linked)}"
+
+
+def test_design_citations_in_the_code_name_principles_that_exist() -> None:
+    principles = {int(n) for n in re.findall(r"^### (\d+)\. ", (DOCS / "design.md").read_text(), flags=re.M)}
+    assert principles == set(range(1, 14)), sorted(principles)
+    for path in ROOT.glob("[a-z]*/**/*.py"):
+        if ".venv" in path.parts:
+            continue
+        text = path.read_text()
+        assert not re.search(r"DESIGN principles? \d", text), (
+            f"{path.relative_to(ROOT)} cites a design brief outside the repository"
+        )
+        for cited in re.findall(r"docs/design\.md, principles? ([\d, and]+)", text):
+            numbers = {int(n) for n in re.findall(r"\d+", cited)}
+            assert numbers <= principles, (
+                f"{path.relative_to(ROOT)} cites principles {sorted(numbers - principles)}"
+            )
+
+
+def test_ci_runs_the_test_command_the_readme_names() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
-    assert "make test" in (ROOT / "README.md").read_text()
+    assert "make test" in README.read_text()
