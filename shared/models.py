@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -71,6 +72,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+# Finished jobs whose stored outputs / inputs retention has not deleted yet (partial
+# indexes: a pruned job leaves them, so finding what is due never rereads the history).
+OUTPUTS_DUE = "outputs_pruned_at IS NULL AND finished_at IS NOT NULL"
+INPUTS_DUE = "inputs_pruned_at IS NULL AND input_key IS NOT NULL AND finished_at IS NOT NULL"
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -85,6 +92,26 @@ class Job(Base):
         Index("ix_jobs_created_at", "created_at"),
         # Owner turns at claim time: when each owner's last job started.
         Index("ix_jobs_owner_started", "owner_id", "started_at"),
+        # Hot paths that must not scan history (docs/design.md principle 11): an owner's
+        # jobs newest first, and its active jobs; a status newest first (all owners);
+        # a model's latest finished jobs (ETA); recent failures; retention's due rows.
+        Index("ix_jobs_owner_created", "owner_id", "created_at"),
+        Index("ix_jobs_owner_status", "owner_id", "status", "created_at"),
+        Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_model_finished", "model", "status", "finished_at"),
+        Index("ix_jobs_status_finished", "status", "finished_at"),
+        Index(
+            "ix_jobs_outputs_due",
+            "finished_at",
+            postgresql_where=text(OUTPUTS_DUE),
+            sqlite_where=text(OUTPUTS_DUE),
+        ),
+        Index(
+            "ix_jobs_inputs_due",
+            "finished_at",
+            postgresql_where=text(INPUTS_DUE),
+            sqlite_where=text(INPUTS_DUE),
+        ),
         UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
     )
 
@@ -120,7 +147,7 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
-    owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
@@ -132,6 +159,9 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Retention (shared.retention): when the stored outputs / inputs were deleted.
+    outputs_pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    inputs_pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     outputs: Mapped[list[JobOutput]] = relationship(
         back_populates="job",
@@ -211,3 +241,40 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class JobCount(Base):
+    """Jobs that reached each final status, by model and type: a counter kept in the same
+    transaction as the change of status (``shared.stats``), so ``/metrics`` never counts
+    the history, and pruning rows never lowers it."""
+
+    __tablename__ = "job_counts"
+
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class JobDuration(Base):
+    """One histogram bucket (not cumulative) of finished jobs' queue waits (``kind``
+    ``wait``) or run times (``run``) per model: how many fell in it and their sum."""
+
+    __tablename__ = "job_durations"
+
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    bucket: Mapped[str] = mapped_column(String(16), primary_key=True)  # its upper bound, or "+Inf"
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    total: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Lease(Base):
+    """A named lease: whoever holds it (until ``until``) does that periodic work alone
+    (the automatic retention prune)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    until: Mapped[datetime] = mapped_column(UTCDateTime)
