@@ -1,21 +1,88 @@
-"""Webhook delivery: POST the signed job object to the job's ``webhook_url``."""
+"""Webhook delivery: POST the signed job object to the job's ``webhook_url``.
+
+The host is resolved once, each address checked (``shared.netsafety``), and the
+connection made to a checked address (pinned) while the ``Host`` header, TLS SNI and
+certificate check keep the URL's name: a name that resolves elsewhere a moment later
+(DNS rebinding) cannot redirect the POST. Redirects are never followed.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
-import requests
+import certifi
+import urllib3
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from easel.shared.jobs import describe
 from easel.shared.models import Job, JobStatus, utcnow
-from easel.shared.netsafety import UnsafeUrl, check_public_url
+from easel.shared.netsafety import UnsafeUrl, resolve_checked
 from easel.worker.signing import DELIVERY_HEADER, EVENT_HEADER, signed_headers
 
 log = logging.getLogger(__name__)
+
+
+def post_pinned(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    allow_private: bool,
+    ca_certs: str | None = None,
+) -> int:
+    """POST ``body`` to ``url`` over a connection to an address checked by
+    ``resolve_checked`` (tried in order until one connects); the HTTP status.
+
+    Raises ``UnsafeUrl`` for a refused URL and ``urllib3.exceptions.HTTPError`` for
+    network failures. ``ca_certs``: the CA bundle for https (default: certifi's).
+    """
+    addresses = resolve_checked(url, allow_private)
+    parts = urlsplit(url)
+    hostname = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = {**headers, "Host": parts.netloc.rsplit("@", 1)[-1]}
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers.update(urllib3.util.make_headers(basic_auth=credentials))
+    last_error: urllib3.exceptions.HTTPError | None = None
+    for address in addresses:
+        pool: urllib3.HTTPConnectionPool
+        if parts.scheme == "https":
+            pool = urllib3.HTTPSConnectionPool(
+                str(address),
+                port,
+                server_hostname=hostname,  # SNI
+                assert_hostname=hostname,  # the certificate must name the host, not the address
+                cert_reqs="CERT_REQUIRED",
+                ca_certs=ca_certs or certifi.where(),
+                maxsize=1,
+            )
+        else:
+            pool = urllib3.HTTPConnectionPool(str(address), port, maxsize=1)
+        try:
+            response = pool.urlopen(
+                "POST",
+                target,
+                body=body,
+                headers=headers,
+                redirect=False,
+                retries=False,
+                assert_same_host=False,
+                timeout=urllib3.Timeout(connect=timeout, read=timeout),
+                preload_content=True,
+            )
+            return response.status
+        except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError) as exc:
+            last_error = exc  # try the next checked address
+        finally:
+            pool.close()
+    assert last_error is not None
+    raise last_error
 
 
 @dataclass
@@ -51,15 +118,12 @@ class WebhookDeliverer:
         }
         error: str | None = None
         try:
-            check_public_url(url, self.allow_private)
-            response = requests.post(
-                url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
-            )
-            if not 200 <= response.status_code < 300:
-                error = f"HTTP {response.status_code} from receiver"
+            status = post_pinned(url, body, headers, self.timeout, self.allow_private)
+            if not 200 <= status < 300:
+                error = f"HTTP {status} from receiver"
         except UnsafeUrl as exc:
             error = f"refused: {exc}"
-        except requests.RequestException as exc:
+        except urllib3.exceptions.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
         self._record(job_id, error)
         if error:
