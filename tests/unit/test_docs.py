@@ -118,6 +118,19 @@ def test_every_relative_link_points_at_something_that_exists() -> None:
     assert not broken, "\n".join(broken)
 
 
+def test_every_source_path_the_docs_name_exists() -> None:
+    """Paths such as `worker/engine/claims.py` in code spans name files of this repository."""
+    pattern = re.compile(
+        r"`((?:easel|shared|web|worker|migrations|tests|bench|docs|\.ci)/[\w./-]+\.(?:py|md|yml|toml))`"
+    )
+    missing = []
+    for page in doc_pages():
+        for path in pattern.findall(page.read_text()):
+            if not (ROOT / path).exists():
+                missing.append(f"{page.relative_to(ROOT)}: {path}")
+    assert not missing, "docs name files that do not exist:\n" + "\n".join(missing)
+
+
 def test_readme_links_every_docs_page() -> None:
     linked = set(re.findall(r"\]\(docs/([\w.-]+\.md)[#)]", README.read_text()))
     pages = {path.name for path in DOCS.glob("*.md")}
