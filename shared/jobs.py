@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from easel.shared.errors import Conflict, NotFound, ValidationFailed, field_detail
 from easel.shared.models import Job, JobStatus, utcnow
 from easel.shared.schemas import ErrorInfo, JobView, OutputInfo, Progress, ResolvedJob
+from easel.shared.stats import record_finished
 
 OutputUrl = Callable[[Job, int], str]
 InputUrl = Callable[[Job, str], str]
@@ -102,6 +103,7 @@ def cancel_job(session: Session, job_id: str, owner: str | None = None) -> Job:
         session,
         job_id,
         JobStatus.QUEUED,
+        on_change=lambda: record_finished(session, job, JobStatus.CANCELED, now),
         status=JobStatus.CANCELED.value,
         cancel_requested=True,
         finished_at=now,
@@ -113,13 +115,23 @@ def cancel_job(session: Session, job_id: str, owner: str | None = None) -> Job:
     raise _finished(get_job_fresh(session, job_id))  # it finished in the meantime
 
 
-def _guarded_update(session: Session, job_id: str, expected: JobStatus, **values: Any) -> bool:
+def _guarded_update(
+    session: Session,
+    job_id: str,
+    expected: JobStatus,
+    on_change: Callable[[], None] | None = None,
+    **values: Any,
+) -> bool:
+    """Update the job if it is still ``expected``; ``on_change`` runs in the same
+    transaction when it was."""
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == expected.value)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
+    if result.rowcount == 1 and on_change is not None:
+        on_change()
     session.commit()
     return result.rowcount == 1
 

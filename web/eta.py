@@ -11,6 +11,13 @@ step-megapixel and 0.2 s of overhead stands in.
 - queued job: (cost of the queued jobs ahead of it + what remains of the model's
   running jobs) / live workers serving the model, plus its own cost; ``None`` while
   no live worker serves the model (it waits for one to start).
+
+Nothing here reads the job history (docs/design.md principle 11): the cost figures
+read the model's latest ``EASEL_ETA_HISTORY_JOBS`` succeeded rows through
+``ix_jobs_model_finished`` (model, status, finished_at), a bounded rolling sample
+that costs the same with a million finished jobs as with twenty; queue position and
+the work ahead count only queued and running rows, through the status-first
+``ix_jobs_claim``.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ class CostModel:
 
 
 def cost_model(session: Session, model: str, history: int) -> CostModel:
-    """The model's cost figures from its recent succeeded jobs (or the prior)."""
+    """The model's cost figures from its ``history`` latest succeeded jobs (or the prior):
+    an index range of at most ``history`` rows, whatever the size of the history."""
     rows = session.execute(
         select(Job.steps, Job.width, Job.height, Job.num_images, Job.timings)
         .where(Job.model == model, Job.status == JobStatus.SUCCEEDED.value)

@@ -1,22 +1,21 @@
-"""``GET /metrics``: Prometheus series derived from the database at scrape time.
+"""``GET /metrics``: Prometheus series read from the database at scrape time.
 
-Every web process answers the same figures (they are read from the job rows and
-the workers' heartbeat rows), so gunicorn's several processes need no shared
-metrics state, and nothing here imports a worker module. One scrape is three
-queries:
+Every web process answers the same figures (they are read from the database), so
+gunicorn's several processes need no shared metrics state, and nothing here imports a
+worker module. A scrape never reads the job history (docs/design.md principle 11):
 
-1. job rows counted by (type, model, status): the submitted / finished counters,
-   the queued / running gauges and the queue depth;
-2. one aggregate over the finished jobs that started: per model, how many waited
-   (``started_at - created_at``) and ran (``finished_at - started_at``) at most
-   each bucket bound, and the sums. The histograms are exact over the whole table
-   (so they only ever grow, like counters); the cost is one scan of the finished
-   rows per scrape, fine for tables up to a few million rows at a 15-60 s scrape
-   interval (the workers' own histograms are incremental, for larger tables);
+1. one statement: the queued and running rows counted by (type, model, status), which
+   the status-first indexes find without touching finished rows, together with the
+   maintained ``job_counts`` of finished jobs (``shared.stats``). Finished counts give
+   ``easel_jobs_finished``; both together give ``easel_jobs_submitted``; the active
+   ones the queued / running gauges and the queue depth;
+2. the maintained ``job_durations`` buckets: the queue-wait and run-time histograms of
+   every job that finished after starting;
 3. the live workers per model (``shared.workers``).
 
-Counters drop when rows are deleted or an operator requeues a finished job;
-Prometheus reads a drop as a counter reset.
+The counters never drop when retention deletes rows; they do when an operator
+requeues a finished job (it is then active again and will be counted again when it
+finishes), which Prometheus reads as a counter reset.
 """
 
 from __future__ import annotations
@@ -35,48 +34,49 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
-from sqlalchemy import case, func, select
+from sqlalchemy import func, select, union_all
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import ColumnElement
 
-from easel.shared.models import TERMINAL_STATUSES, Job, JobStatus, JobType
+from easel.shared.models import Job, JobCount, JobDuration, JobStatus, JobType
+from easel.shared.stats import ACTIVE, INF, RUN_BUCKETS, TERMINAL, WAIT_BUCKETS
 from easel.shared.workers import live_workers_by_model
 from easel.web.services import Services
 
 bp = Blueprint("metrics", __name__)
 
-QUEUE_WAIT_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
-RUN_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
-TERMINAL = sorted(status.value for status in TERMINAL_STATUSES)
+QUEUE_WAIT_BUCKETS = WAIT_BUCKETS
 
 
-def _seconds(later: Any, earlier: Any, dialect: str) -> ColumnElement[float]:
-    """``later - earlier`` in seconds (never negative: web and worker clocks may differ)."""
-    if dialect == "postgresql":
-        delta: ColumnElement[float] = func.date_part("epoch", later - earlier)
-    elif dialect == "sqlite":
-        delta = (func.julianday(later) - func.julianday(earlier)) * 86400.0
-    else:  # pragma: no cover - only PostgreSQL and SQLite are supported
-        raise NotImplementedError(f"no duration expression for the {dialect!r} database")
-    return case((delta < 0, 0.0), else_=delta)
+def job_counts(session: Session) -> list[Any]:
+    """(type, model, status, count): active rows counted now, finished ones maintained;
+    one statement, so one snapshot (a job finishing meanwhile is counted once)."""
+    active = (
+        select(Job.type, Job.model, Job.status, func.count().label("n"))
+        .where(Job.status.in_(ACTIVE))
+        .group_by(Job.type, Job.model, Job.status)
+    )
+    finished = select(JobCount.type, JobCount.model, JobCount.status, JobCount.count.label("n"))
+    return list(session.execute(union_all(active, finished)).all())
 
 
-def _histogram_columns(name: str, delta: ColumnElement[float], bounds: Sequence[float]) -> list[Any]:
-    """count, sum, then one cumulative count per bucket bound (NULL durations count nowhere)."""
-    return [
-        func.count(delta).label(f"{name}_count"),
-        func.coalesce(func.sum(delta), 0.0).label(f"{name}_sum"),
-        *(
-            func.sum(case((delta <= bound, 1), else_=0)).label(f"{name}_le_{i}")
-            for i, bound in enumerate(bounds)
-        ),
-    ]
+def histograms(session: Session) -> dict[tuple[str, str], dict[str, Any]]:
+    """(kind, model) -> {"buckets": {label: count}, "count": n, "sum": seconds}."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for kind, model, bucket, count, total in session.execute(
+        select(JobDuration.kind, JobDuration.model, JobDuration.bucket, JobDuration.count, JobDuration.total)
+    ):
+        entry = found.setdefault((kind, model), {"buckets": {}, "count": 0, "sum": 0.0})
+        entry["buckets"][bucket] = entry["buckets"].get(bucket, 0) + int(count)
+        entry["count"] += int(count)
+        entry["sum"] += float(total)
+    return found
 
 
-def _buckets(row: Any, name: str, bounds: Sequence[float]) -> list[tuple[str, float]]:
-    counts = [(str(bound), float(getattr(row, f"{name}_le_{i}") or 0)) for i, bound in enumerate(bounds)]
-    return [*counts, ("+Inf", float(getattr(row, f"{name}_count")))]
+def cumulative(entry: dict[str, Any], bounds: Sequence[float]) -> list[tuple[str, float]]:
+    """Prometheus buckets (cumulative, ``+Inf`` last) from stored non-cumulative ones."""
+    stored = [(float(label), n) for label, n in entry["buckets"].items() if label != INF]
+    counts = [(str(bound), float(sum(n for upper, n in stored if upper <= bound))) for bound in bounds]
+    return [*counts, ("+Inf", float(entry["count"]))]
 
 
 class JobsCollector(Collector):
@@ -87,12 +87,8 @@ class JobsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self.svc.session() as session:
-            counts = session.execute(
-                select(Job.type, Job.model, Job.status, func.count()).group_by(
-                    Job.type, Job.model, Job.status
-                )
-            ).all()
-            durations = self._durations(session)
+            counts = job_counts(session)
+            durations = histograms(session)
             models = sorted({*self.svc.registry.names(), *(model for _, model, _, _ in counts)})
             workers = live_workers_by_model(session, models, self.svc.settings.worker_lost_after_seconds)
         yield from self._job_families(counts, self.svc.registry.names(), models)
@@ -101,20 +97,6 @@ class JobsCollector(Collector):
         for model in models:
             live.add_metric([model], workers[model])
         yield live
-
-    def _durations(self, session: Session) -> list[Any]:
-        dialect = session.get_bind().dialect.name
-        wait = _seconds(Job.started_at, Job.created_at, dialect)
-        run = _seconds(Job.finished_at, Job.started_at, dialect)
-        return session.execute(
-            select(
-                Job.model,
-                *_histogram_columns("wait", wait, QUEUE_WAIT_BUCKETS),
-                *_histogram_columns("run", run, RUN_BUCKETS),
-            )
-            .where(Job.status.in_(TERMINAL), Job.started_at.is_not(None))
-            .group_by(Job.model)
-        ).all()
 
     @staticmethod
     def _job_families(counts: Iterable[Any], known: Iterable[str], models: Iterable[str]) -> Iterator[Metric]:
@@ -158,7 +140,7 @@ class JobsCollector(Collector):
         yield depth
 
     @staticmethod
-    def _histograms(rows: Iterable[Any]) -> Iterator[Metric]:
+    def _histograms(durations: dict[tuple[str, str], dict[str, Any]]) -> Iterator[Metric]:
         wait = HistogramMetricFamily(
             "easel_job_queue_wait_seconds",
             "Seconds finished jobs waited from submission to their (last) start.",
@@ -167,9 +149,9 @@ class JobsCollector(Collector):
         run = HistogramMetricFamily(
             "easel_job_run_seconds", "Seconds finished jobs ran, start to finish.", labels=["model"]
         )
-        for row in rows:
-            wait.add_metric([row.model], _buckets(row, "wait", QUEUE_WAIT_BUCKETS), float(row.wait_sum))
-            run.add_metric([row.model], _buckets(row, "run", RUN_BUCKETS), float(row.run_sum))
+        for (kind, model), entry in sorted(durations.items()):
+            family, bounds = (wait, QUEUE_WAIT_BUCKETS) if kind == "wait" else (run, RUN_BUCKETS)
+            family.add_metric([model], cumulative(entry, bounds), entry["sum"])
         yield wait
         yield run
 

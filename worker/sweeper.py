@@ -23,6 +23,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from easel.shared.models import Job, JobStatus, Worker, utcnow
+from easel.shared.stats import record_finished
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,17 @@ class Sweeper:
         stale = utcnow() - timedelta(seconds=self.lost_after)
         with self.sessions() as session:
             rows = session.execute(
-                select(Job.id, Job.model, Job.worker_id, Job.attempts, Job.cancel_requested, Job.webhook_url)
+                select(
+                    Job.id,
+                    Job.model,
+                    Job.worker_id,
+                    Job.attempts,
+                    Job.cancel_requested,
+                    Job.webhook_url,
+                    Job.type,
+                    Job.created_at,
+                    Job.started_at,
+                )
                 .outerjoin(Worker, Worker.id == Job.worker_id)
                 .where(
                     Job.status == JobStatus.RUNNING.value,
@@ -68,7 +79,8 @@ class Sweeper:
                 )
                 .limit(500)
             ).all()
-            for job_id, model, worker_id, attempts, cancel, webhook in rows:
+            for row in rows:
+                job_id, model, worker_id, attempts, cancel, webhook = row[:6]
                 now = utcnow()
                 if cancel:
                     values = {"status": JobStatus.CANCELED.value, "finished_at": now}
@@ -92,6 +104,8 @@ class Sweeper:
                     .values(**values, updated_at=now)
                     .execution_options(synchronize_session=False)
                 ).rowcount
+                if done and values["status"] != JobStatus.QUEUED.value:
+                    record_finished(session, row, values["status"], now)
                 session.commit()
                 if not done:
                     continue

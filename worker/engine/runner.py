@@ -21,6 +21,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop
 from easel.shared.errors import ModelLoadError, StorageError, UnknownModel
 from easel.shared.models import Job, JobOutput, JobStatus, JobType, utcnow
 from easel.shared.registry import Registry
+from easel.shared.stats import record_finished
 from easel.shared.storage import Storage
 from easel.worker.engine.claims import claim_batch
 from easel.worker.engine.generate import GenerationRequest, GpuOutOfMemory, JobCanceled, generate_batch
@@ -468,6 +469,7 @@ class JobRunner:
             if outputs:
                 session.execute(delete(JobOutput).where(JobOutput.job_id == job.id))
                 session.add_all(outputs)
+            record_finished(session, job, status, values["finished_at"])
             session.commit()
         if self.on_finished is not None:
             self.on_finished(job, status, timings)
