@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from easel.shared.errors import Conflict, NotFound, ValidationFailed, field_detail
 from easel.shared.models import Job, JobStatus, utcnow
+from easel.shared.params import PARAM_FIELDS, params_of
 from easel.shared.schemas import ErrorInfo, JobView, OutputInfo, Progress, ResolvedJob
 from easel.shared.stats import record_finished
 
@@ -43,21 +44,8 @@ def create_job(
 ) -> Job:
     """Add a ``queued`` job row for ``resolved`` (committed by the caller)."""
     job = Job(
-        type=resolved.type.value,
-        model=resolved.model,
+        **resolved.model_dump(mode="json", include=set(PARAM_FIELDS)),
         status=JobStatus.QUEUED.value,
-        prompt=resolved.prompt,
-        negative_prompt=resolved.negative_prompt,
-        width=resolved.width,
-        height=resolved.height,
-        steps=resolved.steps,
-        guidance_scale=resolved.guidance_scale,
-        scheduler=resolved.scheduler,
-        seed=resolved.seed,
-        num_images=resolved.num_images,
-        strength=resolved.strength,
-        mask_blur=resolved.mask_blur,
-        keep_unmasked=resolved.keep_unmasked,
         webhook_url=resolved.webhook_url,
         priority=resolved.priority,
         progress_total=resolved.denoising_steps,
@@ -231,7 +219,7 @@ def describe(
         type=job.type,
         model=job.model,
         status=job.status,
-        params=job.params(),
+        params=params_of(job).recorded(),
         progress=Progress(step=step, total=total, fraction=round(step / total, 4) if total else 0.0),
         queue_position=position,
         eta_seconds=eta_seconds,
@@ -264,6 +252,8 @@ def describe(
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        outputs_pruned_at=job.outputs_pruned_at,
+        inputs_pruned_at=job.inputs_pruned_at,
     )
 
 

@@ -400,6 +400,12 @@ class JobView(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    outputs_pruned_at: datetime | None = Field(
+        None, description="When retention deleted the stored outputs (their links then answer 410)."
+    )
+    inputs_pruned_at: datetime | None = Field(
+        None, description="When retention deleted the stored inputs (their links then answer 410)."
+    )
 
 
 class JobList(BaseModel):

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 
 from easel.shared.errors import EaselError
 from easel.shared.jobs import list_jobs
 from easel.shared.models import Job
+from easel.shared.params import PARAM_FIELDS, params_of
 from easel.shared.registry import SCHEDULERS
 from easel.web.auth import current_principal
 from easel.web.services import services
@@ -16,21 +18,8 @@ from easel.web.submit import accept_job, request_fields
 
 bp = Blueprint("pages", __name__)
 
-REUSED_FIELDS = (
-    "type",
-    "strength",
-    "mask_blur",
-    "model",
-    "prompt",
-    "negative_prompt",
-    "width",
-    "height",
-    "steps",
-    "guidance_scale",
-    "scheduler",
-    "seed",
-    "num_images",
-)
+REUSED_FIELDS = tuple(name for name in PARAM_FIELDS if name != "keep_unmasked")
+"""The parameters a form is filled with from an earlier job (``?from=<id>``)."""
 GALLERY_PAGE = 24
 
 
@@ -53,9 +42,10 @@ def _visible(job: Job) -> bool:
 
 def _field_message(detail: dict[str, Any]) -> str:
     value = detail.get("value")
-    if value is None or str(value) in detail["message"]:
-        return detail["message"]
-    return f"{detail['message']} (got {value})"
+    message: str = detail["message"]
+    if value is None or str(value) in message:
+        return message
+    return f"{message} (got {value})"
 
 
 def _reused_values() -> dict[str, Any]:
@@ -67,17 +57,17 @@ def _reused_values() -> dict[str, Any]:
         job = session.get(Job, source)
         if job is None or not _visible(job):
             abort(404)
-        params = {"model": job.model, "type": job.type, **job.params()}
+        params = params_of(job).model_dump(mode="json")
     return {key: str(params[key]) for key in REUSED_FIELDS if params.get(key) is not None}
 
 
 @bp.get("/")
-def index():  # type: ignore[no-untyped-def]
+def index() -> ResponseReturnValue:
     """The txt2img form; ``?from=<job id>`` fills it with that job's settings."""
     return render_template("index.html", **_form_context(_reused_values(), {}))
 
 
-def _submit_form(template: str):  # type: ignore[no-untyped-def]
+def _submit_form(template: str) -> ResponseReturnValue:
     """Accept a form post, or show ``template`` again with the errors next to the fields."""
     values = dict(request.form.items())
     try:
@@ -96,23 +86,23 @@ def _submit_form(template: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/")
-def submit():  # type: ignore[no-untyped-def]
+def submit() -> ResponseReturnValue:
     return _submit_form("index.html")
 
 
 @bp.get("/edit")
-def edit():  # type: ignore[no-untyped-def]
+def edit() -> ResponseReturnValue:
     """img2img and inpaint: upload an image, paint or upload a mask."""
     return render_template("edit.html", **_form_context(_reused_values(), {}))
 
 
 @bp.post("/edit")
-def edit_submit():  # type: ignore[no-untyped-def]
+def edit_submit() -> ResponseReturnValue:
     return _submit_form("edit.html")
 
 
 @bp.get("/jobs/<job_id>")
-def job_page(job_id: str):  # type: ignore[no-untyped-def]
+def job_page(job_id: str) -> ResponseReturnValue:
     with services().session() as session:
         job = session.get(Job, job_id)
         if job is None or not _visible(job):
@@ -121,7 +111,7 @@ def job_page(job_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/gallery")
-def gallery():  # type: ignore[no-untyped-def]
+def gallery() -> ResponseReturnValue:
     """Past jobs, newest first, with a thumbnail of each one's first image."""
     try:
         with services().session() as session:

@@ -22,18 +22,10 @@ from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session, aliased, noload
 
 from easel.shared.models import Job, JobStatus, utcnow
+from easel.shared.params import BATCH_KEY
 
-BATCH_KEY = (
-    Job.model,
-    Job.type,
-    Job.width,
-    Job.height,
-    Job.steps,
-    Job.scheduler,
-    Job.guidance_scale,
-    Job.strength,
-)
-"""Columns jobs must share to run in one pipeline call."""
+BATCH_KEY_COLUMNS = tuple(getattr(Job, name) for name in BATCH_KEY)
+"""The row's columns of the batch key (``easel.shared.params.BATCH_KEY``)."""
 
 
 def new_batch_id() -> str:
@@ -44,7 +36,9 @@ def _in_claim_order(models: Sequence[str] | None, *where: Any) -> Select[Any]:
     """Queued jobs of ``models``: priority, then the owner served least recently, then age."""
     served = aliased(Job)
     last_served = select(func.max(served.started_at)).where(served.owner_id == Job.owner_id).scalar_subquery()
-    query = select(Job.id, Job.num_images, *BATCH_KEY).where(Job.status == JobStatus.QUEUED.value, *where)
+    query = select(Job.id, Job.num_images, *BATCH_KEY_COLUMNS).where(
+        Job.status == JobStatus.QUEUED.value, *where
+    )
     if models:
         query = query.where(Job.model.in_(list(models)))
     return query.order_by(Job.priority.desc(), last_served.asc().nulls_first(), Job.created_at, Job.id)
@@ -52,7 +46,8 @@ def _in_claim_order(models: Sequence[str] | None, *where: Any) -> Select[Any]:
 
 def _same_key(row: Any) -> list[Any]:
     return [
-        column.is_(None) if row[i + 2] is None else column == row[i + 2] for i, column in enumerate(BATCH_KEY)
+        column.is_(None) if row[i + 2] is None else column == row[i + 2]
+        for i, column in enumerate(BATCH_KEY_COLUMNS)
     ]
 
 
@@ -99,12 +94,6 @@ def claim_batch(
     ).all()
     by_id = {job.id: job for job in jobs}
     return [by_id[job_id] for job_id in ids if job_id in by_id]
-
-
-def claim_next(session: Session, worker_id: str, models: Sequence[str] | None = None) -> Job | None:
-    """Claim the best queued job for ``models`` alone; ``None`` if none is claimable."""
-    jobs = claim_batch(session, worker_id, models, max_images=1)
-    return jobs[0] if jobs else None
 
 
 def _claim_first_round(

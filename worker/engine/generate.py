@@ -11,6 +11,7 @@ from typing import Any
 from PIL import Image, ImageFilter
 
 from easel.shared.models import JobType
+from easel.shared.params import BATCH_KEY, GenerationParams
 from easel.shared.registry import SCHEDULERS
 from easel.worker.engine.fastpath import set_vae_tiling, use_vae_tiling
 
@@ -35,20 +36,11 @@ class JobCanceled(Exception):
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    prompt: str
-    negative_prompt: str
-    width: int
-    height: int
-    steps: int
-    guidance_scale: float
-    scheduler: str
-    seeds: tuple[int, ...]
-    job_type: JobType = JobType.TXT2IMG
+    """One job as the pipeline runs it: its parameters and its decoded inputs."""
+
+    params: GenerationParams
     image: Image.Image | None = None  # img2img / inpaint: the input, RGB
     mask: Image.Image | None = None  # inpaint: L, white repaints
-    strength: float | None = None
-    mask_blur: int = 0
-    keep_unmasked: bool = True
 
 
 StepCallback = Callable[[int, int], None]
@@ -79,10 +71,6 @@ class GpuOutOfMemory(RuntimeError):
     """Even one image at a time does not fit in the GPU's memory."""
 
 
-BATCH_KEY_FIELDS = ("job_type", "width", "height", "steps", "guidance_scale", "scheduler", "strength")
-"""What jobs must share to run in one pipeline call (with the model; docs/design.md, principle 5)."""
-
-
 @dataclass(frozen=True)
 class _Item:
     """One image of a pipeline call: its job's prompts and inputs, and its own seed."""
@@ -92,13 +80,6 @@ class _Item:
     seed: int
     image: Image.Image | None
     mask: Image.Image | None
-
-
-def generate(
-    pipe: Any, request: GenerationRequest, on_step: StepCallback | None = None, *, vae_tiling_pixels: int = 0
-) -> list[Any]:
-    """Run the job for every seed in ``request``; returns PIL images in seed order."""
-    return generate_batch(pipe, [request], on_step, vae_tiling_pixels=vae_tiling_pixels)[0]
 
 
 def generate_batch(
@@ -111,7 +92,7 @@ def generate_batch(
     """Run compatible requests as one pipeline call; each request's images in seed order.
 
     ``pipe`` is the pipeline for the requests' job type (txt2img, img2img or inpaint).
-    The requests must agree on ``BATCH_KEY_FIELDS``; prompts, seeds, inputs and masks
+    The requests must agree on ``BATCH_KEY`` (``easel.shared.params``); prompts, seeds, inputs and masks
     are per request. One generator per image makes each image the one its request
     would get alone. On CUDA out-of-memory the cache is freed and the call is retried
     as two halves (recursively); one image that still does not fit raises
@@ -120,14 +101,13 @@ def generate_batch(
     """
     if not requests:
         return []
-    head = requests[0]
+    head = requests[0].params
     for other in requests[1:]:
-        for name in BATCH_KEY_FIELDS:
-            if getattr(other, name) != getattr(head, name):
-                raise ValueError(
-                    f"requests of one batch must share {name}: {getattr(head, name)!r} != "
-                    f"{getattr(other, name)!r}"
-                )
+        if other.params.batch_key() != head.batch_key():
+            raise ValueError(
+                f"requests of one batch must share {', '.join(BATCH_KEY)}: "
+                f"{head.batch_key()!r} != {other.params.batch_key()!r}"
+            )
     per_request = [_items(request) for request in requests]  # inputs fitted once per request
     tiling = use_vae_tiling(head.width, head.height, vae_tiling_pixels)
     images = _generate_split(pipe, head, [item for items in per_request for item in items], on_step, tiling)
@@ -135,29 +115,32 @@ def generate_batch(
     for request, items in zip(requests, per_request, strict=True):
         own, images = images[: len(items)], images[len(items) :]
         # Inpaint: what the mask keeps is the input's, exactly (a feathered seam between).
-        if request.job_type is JobType.INPAINT and request.keep_unmasked:
+        params = request.params
+        if params.type is JobType.INPAINT and params.keep_unmasked is not False:
             source, mask = items[0].image, items[0].mask
-            own = [keep_unmasked(out, source, mask, request.mask_blur) for out in own]  # type: ignore[arg-type]
+            assert source is not None and mask is not None  # _items checked both
+            own = [keep_unmasked(out, source, mask, params.mask_blur or 0) for out in own]
         results.append(own)
     return results
 
 
 def _items(request: GenerationRequest) -> list[_Item]:
-    size = (request.width, request.height)
+    params = request.params
+    size = (params.width, params.height)
     image = mask = None
-    if request.job_type is not JobType.TXT2IMG:
+    if params.type is not JobType.TXT2IMG:
         if request.image is None:
-            raise ValueError(f"{request.job_type.value} needs an input image")
+            raise ValueError(f"{params.type.value} needs an input image")
         image = fit(request.image, size, Image.Resampling.LANCZOS)
-    if request.job_type is JobType.INPAINT:
+    if params.type is JobType.INPAINT:
         if request.mask is None:
             raise ValueError("inpaint needs a mask")
         mask = fit(request.mask, size, Image.Resampling.BILINEAR)
-    return [_Item(request.prompt, request.negative_prompt, seed, image, mask) for seed in request.seeds]
+    return [_Item(params.prompt, params.negative_prompt, seed, image, mask) for seed in params.seeds]
 
 
 def _generate_split(
-    pipe: Any, head: GenerationRequest, items: list[_Item], on_step: StepCallback | None, tiling: bool
+    pipe: Any, head: GenerationParams, items: list[_Item], on_step: StepCallback | None, tiling: bool
 ) -> list[Any]:
     import torch
 
@@ -189,7 +172,7 @@ def free_accelerator_memory() -> None:
 
 
 def _call(
-    pipe: Any, head: GenerationRequest, items: list[_Item], on_step: StepCallback | None, tiling: bool
+    pipe: Any, head: GenerationParams, items: list[_Item], on_step: StepCallback | None, tiling: bool
 ) -> list[Any]:
     import torch
 
@@ -208,11 +191,11 @@ def _call(
 
     # 4. The inputs of each job type, at the output size, one per image.
     kwargs: dict[str, Any] = {}
-    if head.job_type is JobType.TXT2IMG:
+    if head.type is JobType.TXT2IMG:
         kwargs.update(width=head.width, height=head.height)
     else:
         kwargs.update(image=[item.image for item in items], strength=head.strength)
-        if head.job_type is JobType.INPAINT:
+        if head.type is JobType.INPAINT:
             kwargs.update(mask_image=[item.mask for item in items], width=head.width, height=head.height)
 
     # 5. Denoise and decode. (An empty negative prompt is what diffusers uses for none.)

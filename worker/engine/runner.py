@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
 from easel.shared.errors import ModelLoadError, StorageError, UnknownModel
-from easel.shared.models import Job, JobOutput, JobStatus, JobType, utcnow
+from easel.shared.models import Job, JobOutput, JobStatus, utcnow
+from easel.shared.params import params_of
 from easel.shared.registry import Registry
 from easel.shared.stats import record_finished
 from easel.shared.storage import Storage
@@ -187,10 +188,6 @@ class JobRunner:
                 self.heartbeat.current_job_id = None
         return jobs[0].id
 
-    def run(self, job: Job) -> None:
-        """Run one job this worker has claimed, and record how it ended."""
-        self.run_batch([job])
-
     def run_batch(self, jobs: Sequence[Job]) -> None:
         """Run jobs this worker has claimed together (same batch key) in one pipeline call.
 
@@ -217,7 +214,7 @@ class JobRunner:
         requests: dict[str, GenerationRequest] = {}
         for job in jobs:
             try:
-                requests[job.id] = self._request(job, self._seeds(job))
+                requests[job.id] = self._request(job)
             except Exception as exc:  # an unreadable input fails its own job only
                 self._fail(job, exc, self._timings(job, started, shared), contexts[job.id])
         self._generate_and_store(
@@ -253,7 +250,7 @@ class JobRunner:
             self.sessions, [j.id for j in jobs], self.worker_id, self.progress_interval, leave
         )
         if self.on_batch is not None:
-            self.on_batch(jobs[0].model, sum(len(requests[j.id].seeds) for j in jobs), len(jobs))
+            self.on_batch(jobs[0].model, sum(requests[j.id].params.num_images for j in jobs), len(jobs))
         t0 = time.perf_counter()
         try:
             results = generate_batch(
@@ -289,7 +286,13 @@ class JobRunner:
             return not isinstance(exc, SoftTimeLimitExceeded)
         shared = {**shared, "generate_seconds": round(time.perf_counter() - t0, 3)}
         done = [
-            _Done(job, images, requests[job.id].seeds, self._timings(job, started, shared), contexts[job.id])
+            _Done(
+                job,
+                images,
+                requests[job.id].params.seeds,
+                self._timings(job, started, shared),
+                contexts[job.id],
+            )
             for job, images in zip(jobs, results, strict=True)
             if job.id in reporter.active
         ]
@@ -335,36 +338,17 @@ class JobRunner:
         self._finish(job, JobStatus.FAILED, timings, error=(code, str(exc)[:2000]))
 
     @staticmethod
-    def _seeds(job: Job) -> tuple[int, ...]:
-        return tuple(job.seed + i for i in range(job.num_images))
-
-    @staticmethod
     def _timings(job: Job, started: float, shared: dict[str, Any]) -> dict[str, Any]:
         timings = {**shared, "run_seconds": round(time.perf_counter() - started, 3)}
         if job.started_at is not None:
             timings["queue_seconds"] = round((job.started_at - job.created_at).total_seconds(), 3)
         return timings
 
-    def _request(self, job: Job, seeds: tuple[int, ...]) -> GenerationRequest:
+    def _request(self, job: Job) -> GenerationRequest:
         """What the pipeline gets: the job's parameters and its stored inputs."""
         image = self._load_input(job.input_key, "RGB") if job.input_key else None
         mask = self._load_input(job.mask_key, "L") if job.mask_key else None
-        return GenerationRequest(
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
-            width=job.width,
-            height=job.height,
-            steps=job.steps,
-            guidance_scale=job.guidance_scale,
-            scheduler=job.scheduler,
-            seeds=seeds,
-            job_type=JobType(job.type),
-            image=image,
-            mask=mask,
-            strength=job.strength,
-            mask_blur=job.mask_blur or 0,
-            keep_unmasked=job.keep_unmasked is not False,
-        )
+        return GenerationRequest(params_of(job), image=image, mask=mask)
 
     def _load_input(self, key: str, mode: str) -> Image.Image:
         with Image.open(io.BytesIO(self.storage.get(key))) as image:
@@ -372,7 +356,7 @@ class JobRunner:
 
     def _store(self, job: Job, images: list[Any], seeds: Sequence[int]) -> list[JobOutput]:
         outputs = []
-        base = {"job_id": job.id, "model": job.model, "type": job.type, **job.params()}
+        base = {"job_id": job.id, "model": job.model, "type": job.type, **params_of(job).recorded()}
         for index, (image, seed) in enumerate(zip(images, seeds, strict=True)):
             data = encode_png(image, {**base, "seed": seed, "index": index})
             key = output_key(job.id, index)
