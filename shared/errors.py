@@ -40,6 +40,10 @@ class Conflict(EaselError):
     status, code = 409, "conflict"
 
 
+class Gone(EaselError):
+    status, code = 410, "gone"
+
+
 class TooManyJobs(EaselError):
     status, code = 429, "too_many_jobs"
     retry_after = 10

@@ -111,6 +111,18 @@ class Settings(BaseSettings):
     db_retry_seconds: float = Field(300.0, gt=0, description="How long a worker retries a database write.")
     storage_retry_attempts: int = Field(4, ge=1, le=20, description="Tries of one output upload.")
     eta_history_jobs: int = Field(20, ge=1, description="Recent jobs per model the ETA learns from.")
+    retention_outputs_days: float = Field(
+        30.0, ge=0, description="Days finished jobs keep their stored images; 0 = forever."
+    )
+    retention_inputs_days: float = Field(
+        7.0, ge=0, description="Days finished jobs keep their input image and mask; 0 = forever."
+    )
+    retention_rows_days: float = Field(
+        0.0, ge=0, description="Days finished job rows are kept (with all they stored); 0 = forever."
+    )
+    retention_interval_seconds: float = Field(
+        3600.0, ge=0, description="How often a worker runs the automatic prune; 0 = never."
+    )
     webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key for webhook signatures.")
     webhook_max_attempts: int = Field(6, ge=1, le=50, description="Deliveries tried before giving up.")
     webhook_backoff_seconds: float = Field(2.0, gt=0, description="First retry delay; doubles each time.")

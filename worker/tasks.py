@@ -15,6 +15,7 @@ from easel.shared.db import engine_for
 from easel.shared.models import Job, JobStatus
 from easel.shared.queue import RUN_JOB_TASK, send_wakeup, send_webhook
 from easel.shared.registry import load_registry
+from easel.shared.retention import Policy, Pruner
 from easel.shared.settings import get_settings, parse_shapes
 from easel.shared.storage import storage_from_settings
 from easel.worker import metrics as worker_metrics
@@ -104,6 +105,20 @@ def get_runner() -> JobRunner:
     )
 
 
+@lru_cache(maxsize=1)
+def get_pruner() -> Pruner:
+    """This process's retention pruner (``shared.retention``); idle unless retention is on."""
+    settings = get_settings()
+    runner = get_runner()
+    return Pruner(
+        runner.sessions,
+        runner.storage,
+        Policy.from_settings(settings),
+        holder=runner.worker_id,
+        interval=settings.retention_interval_seconds,
+    )
+
+
 @worker_process_init.connect
 def _start_worker_process(**_: object) -> None:
     """In each worker child: serve metrics, start beating, then warm the models asked for."""
@@ -118,6 +133,7 @@ def _start_worker_process(**_: object) -> None:
     runner = get_runner()
     if runner.heartbeat is not None:
         runner.heartbeat.start()
+    get_pruner().start()  # the automatic retention prune, one worker per interval
     shapes = parse_shapes(settings.compile_shapes)
     for name in settings.preload_list(runner.registry.default):
         if name in runner.models:
@@ -133,6 +149,8 @@ def _stop_worker_process(**_: object) -> None:
     """Store what the last batch made, then stop beating."""
     if not get_runner.cache_info().currsize:
         return
+    if get_pruner.cache_info().currsize:
+        get_pruner().stop()
     runner = get_runner()
     try:
         runner.drain()

@@ -20,8 +20,9 @@
 
   function renderImages(job) {
     const box = $("images");
-    if (box.childElementCount === job.outputs.length) return;
+    if (box.childElementCount === job.outputs.length && !job.outputs_pruned_at) return;
     box.replaceChildren();
+    if (job.outputs_pruned_at) return; // deleted by retention: the notice says so
     for (const out of job.outputs) {
       const fig = document.createElement("figure");
       const img = document.createElement("img");
@@ -40,7 +41,7 @@
   function renderInputs(job) {
     const box = $("inputs");
     const names = Object.keys(job.inputs || {});
-    if (!names.length || box.childElementCount === names.length) return;
+    if (!names.length || job.inputs_pruned_at || box.childElementCount === names.length) return;
     $("inputs-section").hidden = false;
     box.replaceChildren();
     for (const name of names) {
@@ -78,6 +79,15 @@
       $("error").hidden = false;
       $("error").textContent = job.error.code + ": " + job.error.message;
     }
+    const pruned = [];
+    if (job.outputs_pruned_at) pruned.push("images (" + job.outputs.length + ")");
+    if (job.inputs_pruned_at) pruned.push("input image and mask");
+    $("pruned").hidden = !pruned.length;
+    $("pruned").textContent = pruned.length
+      ? "This job's " + pruned.join(" and ") + " were deleted by the retention policy on " +
+        new Date(job.outputs_pruned_at || job.inputs_pruned_at).toLocaleString() +
+        "; its parameters and seeds remain below."
+      : "";
     fillTable($("params"), Object.entries({ type: job.type, model: job.model, ...job.params }));
     const t = job.timings || {};
     const rows = [["attempts", job.attempts]];
