@@ -245,37 +245,6 @@ def keys_revoke(ref: str) -> None:
 
 
 @main.command()
-@click.option("--dry-run", is_flag=True, help="List what is due and delete nothing.")
-def prune(dry_run: bool) -> None:
-    """Delete the outputs, inputs and finished job rows older than the retention
-    settings (EASEL_RETENTION_*); queued and running jobs are never touched."""
-    import json
-
-    from sqlalchemy.orm import sessionmaker
-
-    from easel.shared.db import engine_for
-    from easel.shared.retention import Policy, prune
-    from easel.shared.storage import storage_from_settings
-
-    _setup_logging("WARNING")
-    settings = get_settings()
-    policy = Policy.from_settings(settings)
-
-    def line(kind: str, job_id: str, objects: int) -> None:
-        verb = "would prune" if dry_run else "pruned"
-        click.echo(f"{verb} {kind:7} of job {job_id} ({objects} object(s))")
-
-    report = prune(
-        sessionmaker(engine_for(settings.database_url), expire_on_commit=False),
-        storage_from_settings(settings),
-        policy,
-        dry_run=dry_run,
-        on_job=line,
-    )
-    click.echo(json.dumps(report.as_dict()))
-
-
-@main.command()
 @click.option("--dev", is_flag=True, help="Flask's development server instead of gunicorn.")
 @click.option("--host", default=None, help="Bind address (EASEL_HOST).")
 @click.option("--port", type=int, default=None, help="Port (EASEL_PORT).")
@@ -306,6 +275,8 @@ def web(dev: bool, host: str | None, port: int | None, workers: int | None) -> N
         "-",
         "--graceful-timeout",
         "20",
+        "--config",
+        "python:easel.web.gunicorn_conf",  # gunicorn's own errors in the error shape
     ]
     if settings.log_format == "json":
         args += ["--access-logformat", ACCESS_LOG_JSON]

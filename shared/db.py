@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,12 +19,27 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def create_private_file(path: Path) -> None:
+    """Create ``path`` (and a missing folder) readable by its owner only (``0600``, folder
+    ``0700``) unless it exists; SQLite gives its ``-wal``/``-shm`` files the same mode."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def rowcount(result: Result[*tuple[Any, ...]]) -> int:
+    """The rows an ``UPDATE`` or ``DELETE`` matched. ``Session.execute`` is typed as answering
+    a ``Result``; for those statements it is a ``CursorResult``, which counts them."""
+    return cast("CursorResult[*tuple[Any, ...]]", result).rowcount
+
+
 def make_engine(url: str) -> Engine:
     """An engine tuned for the backend: WAL + busy timeout on SQLite, pre-ping elsewhere."""
     if is_sqlite(url):
         database = make_url(url).database
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            create_private_file(Path(database))
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

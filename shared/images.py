@@ -65,11 +65,34 @@ def load_image(field: str, data: bytes, max_bytes: int, max_pixels: int) -> Imag
             image.load()
     except ValidationFailed:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow refused it for its size before we could ask: read the size from the header
+        size = declared_size(data)
+        shown = f"{size[0]}x{size[1]}" if size else "the image"
+        pixels = f"{size[0] * size[1]} pixels" if size else "too many pixels"
+        raise _invalid(
+            field, f"{shown} is {pixels}; at most {max_pixels} are allowed", shown if size else None
+        ) from None
+    except UnidentifiedImageError:
         raise _invalid(field, "is not a PNG, JPEG or WebP image") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise _invalid(field, f"is truncated or corrupt ({exc})") from None
     return image
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """The width and height a PNG, JPEG or WebP header declares, without Pillow's
+    decompression-bomb check (nothing is decoded); ``None`` if no format reads it."""
+    Image.init()
+    for fmt in ALLOWED_FORMATS:
+        factory, accept = Image.OPEN[fmt]
+        if accept is not None and not accept(data[:16]):
+            continue
+        try:
+            return factory(io.BytesIO(data), None).size
+        except (OSError, SyntaxError, ValueError):
+            continue
+    return None
 
 
 def as_rgb(image: Image.Image) -> Image.Image:

@@ -241,6 +241,8 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Bumped by logout: a page session made before the bump no longer authenticates.
+    session_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class JobCount(Base):

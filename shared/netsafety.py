@@ -79,9 +79,9 @@ def resolve_checked(url: str, allow_private: bool = False) -> list[IPAddress]:
         address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         if not allow_private and not is_public_address(address):
             raise UnsafeUrl(
-                f"host {host!r} resolves to {address}, which is not a globally routable address "
-                f"(private, loopback, link-local, shared or reserved; "
-                f"set EASEL_WEBHOOK_ALLOW_PRIVATE=true to allow)"
+                f"host {host!r} resolves to {address}, a private, loopback or link-local address "
+                f"or another that is not globally routable "
+                f"(set EASEL_WEBHOOK_ALLOW_PRIVATE=true to allow)"
             )
         if address not in addresses:
             addresses.append(address)

@@ -7,6 +7,7 @@ transport on SQLite as the broker, outputs in a local folder and the locally bui
 
 from __future__ import annotations
 
+import contextlib
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -68,7 +69,12 @@ class Settings(BaseSettings):
     )
     session_cookie_secure: bool = Field(False, description="Send the session cookie over HTTPS only.")
     rate_limit: str = Field("600/minute", description="Requests per API key (or address) to the REST API.")
-    submit_rate_limit: str = Field("60/minute", description="Job submissions per API key (or address).")
+    submit_rate_limit: str = Field(
+        "60/minute", description="Accepted job submissions per API key (or address)."
+    )
+    auth_failure_limit: str = Field(
+        "20/minute", description="Failed authentications per client address before 429."
+    )
     max_queued_per_key: int = Field(100, ge=1, description="Queued + running jobs one key may have.")
     webhook_allow_private: bool = Field(False, description="Allow webhooks to private/loopback addresses.")
     models_file: Path | None = Field(None, description="TOML model registry; default: the built-in tiny-sd.")
@@ -111,18 +117,6 @@ class Settings(BaseSettings):
     db_retry_seconds: float = Field(300.0, gt=0, description="How long a worker retries a database write.")
     storage_retry_attempts: int = Field(4, ge=1, le=20, description="Tries of one output upload.")
     eta_history_jobs: int = Field(20, ge=1, description="Recent jobs per model the ETA learns from.")
-    retention_outputs_days: float = Field(
-        30.0, ge=0, description="Days finished jobs keep their stored images; 0 = forever."
-    )
-    retention_inputs_days: float = Field(
-        7.0, ge=0, description="Days finished jobs keep their input image and mask; 0 = forever."
-    )
-    retention_rows_days: float = Field(
-        0.0, ge=0, description="Days finished job rows are kept (with all they stored); 0 = forever."
-    )
-    retention_interval_seconds: float = Field(
-        3600.0, ge=0, description="How often a worker runs the automatic prune; 0 = never."
-    )
     webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key for webhook signatures.")
     webhook_max_attempts: int = Field(6, ge=1, le=50, description="Deliveries tried before giving up.")
     webhook_backoff_seconds: float = Field(2.0, gt=0, description="First retry delay; doubles each time.")
@@ -189,8 +183,12 @@ class Settings(BaseSettings):
         return self.home / "models"
 
     def ensure_home(self) -> None:
-        """Create the embedded state folder if it is missing."""
-        self.home.mkdir(parents=True, exist_ok=True)
+        """Create the embedded state folder if it is missing, readable by its owner only
+        (``0700``; an existing one is narrowed to that where this user may)."""
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.home.stat().st_mode & 0o077:
+            with contextlib.suppress(PermissionError):  # someone else's folder: leave it
+                self.home.chmod(0o700)
 
 
 @lru_cache(maxsize=1)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, redirect, request, url_for
+from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 
-from easel.shared.errors import Gone, NotFound, ValidationFailed, field_detail
+from easel.shared.errors import NotFound, ValidationFailed, field_detail
 from easel.shared.jobs import cancel_job, describe, get_job, list_jobs
 from easel.shared.models import Job, JobOutput, JobStatus, JobType
 from easel.shared.queue import send_webhook
@@ -16,7 +17,7 @@ from easel.shared.schemas import JobList, ModelLimits, ModelList, ModelView
 from easel.shared.workers import live_workers, live_workers_by_model
 from easel.web.auth import current_principal
 from easel.web.eta import estimate_seconds, queue_position
-from easel.web.limits import api_limit, limiter, submit_limit
+from easel.web.limits import accepted, api_limit, limiter, submit_limit
 from easel.web.services import services
 from easel.web.submit import accept_job, idempotency_key, request_fields
 
@@ -46,8 +47,8 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
 
 
 @bp.post("/jobs")
-@limiter.limit(submit_limit)
-def create_job():  # type: ignore[no-untyped-def]
+@limiter.limit(submit_limit, deduct_when=accepted)  # a refused submission uses no quota
+def create_job() -> ResponseReturnValue:
     svc = services()
     principal = current_principal()
     job, replayed = accept_job(
@@ -82,7 +83,8 @@ def jobs_index():  # type: ignore[no-untyped-def]
             field_detail("type", f"must be one of {', '.join(t.value for t in JobType)}", job_type)
         )
     raw_limit = args.get("limit", "20")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+    digits = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 6
+    if not digits or not 1 <= int(raw_limit) <= MAX_PAGE:
         details.append(field_detail("limit", f"must be a whole number from 1 to {MAX_PAGE}", raw_limit))
     if details:
         raise ValidationFailed(
@@ -124,12 +126,10 @@ def cancel(job_id: str):  # type: ignore[no-untyped-def]
 def get_output(job_id: str, index: int):  # type: ignore[no-untyped-def]
     svc = services()
     with svc.session() as session:
-        job = get_job(session, job_id, current_principal().owner_filter)
+        get_job(session, job_id, current_principal().owner_filter)
         output = session.query(JobOutput).filter_by(job_id=job_id, index=index).one_or_none()
         if output is None:
             raise NotFound(
-        if output is not None and job.outputs_pruned_at is not None:
-            raise _pruned(job, "outputs", "index", index, svc.settings.retention_outputs_days)
                 f"job {job_id!r} has no output {index}", [field_detail("index", "not found", index)]
             )
         key, content_type = output.storage_key, output.content_type
@@ -144,22 +144,9 @@ def get_input(job_id: str, name: str):  # type: ignore[no-untyped-def]
         key = job.input_key if name == "image" else job.mask_key
     if key is None:
         raise NotFound(f"job {job_id!r} has no input {name!r}", [field_detail("name", "not found", name)])
-        if key is not None and job.inputs_pruned_at is not None:
-            raise _pruned(job, "inputs", "name", name, services().settings.retention_inputs_days)
     return _serve(key, "image/png")
 
 
-
-
-def _pruned(job: Job, kind: str, field: str, value: object, days: float) -> Gone:
-    """410 for an object retention deleted (``shared.retention``)."""
-    when = job.outputs_pruned_at if kind == "outputs" else job.inputs_pruned_at
-    assert when is not None
-    return Gone(
-        f"the {kind} of job {job.id!r} were deleted on {when.isoformat(timespec='seconds')} "
-        f"by retention (EASEL_RETENTION_{kind.upper()}_DAYS={days:g})",
-        [field_detail(field, f"{kind} deleted by retention", value)],
-    )
 def _serve(key: str, content_type: str) -> Response:
     """The object's bytes, or a redirect to a presigned URL when storage offers one."""
     svc = services()

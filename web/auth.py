@@ -2,6 +2,12 @@
 
 Authentication is on by default. ``EASEL_AUTH_ENABLED=false`` (the local demo of
 ``make run``) makes every caller an anonymous admin, and the pages say so.
+
+Logout ends the key's page sessions on the server: it bumps the key's
+``session_generation``, and a session cookie made before the bump no longer
+authenticates (even replayed). Failed authentications are counted per client
+address (``web.limits``); past ``EASEL_AUTH_FAILURE_LIMIT`` that address gets 429.
+A request that matches no route is not authenticated: it is answered 404 (or 405).
 """
 
 from __future__ import annotations
@@ -22,11 +28,14 @@ from flask import (
     session,
     url_for,
 )
+from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFProtect
+from sqlalchemy import update
 
 from easel.shared.db import session_scope
 from easel.shared.models import ApiKey
 from easel.web.keys import authenticate
+from easel.web.limits import auth_blocked_for, record_auth_failure
 
 bp = Blueprint("auth", __name__)
 csrf = CSRFProtect()
@@ -52,7 +61,8 @@ ANONYMOUS = Principal(ANONYMOUS_OWNER, "anonymous", is_admin=True)
 
 
 def current_principal() -> Principal:
-    return g.principal
+    principal: Principal = g.principal
+    return principal
 
 
 def init_app(app: Flask) -> None:
@@ -81,11 +91,14 @@ def _is_api(path: str) -> bool:
     return path.startswith("/api/")
 
 
-def _identify() -> Response | tuple[Response, int] | None:
+def _identify() -> ResponseReturnValue | None:
     path = request.path
     api = _is_api(path)
     settings = current_app.extensions["easel"].settings
     public = path.startswith(PUBLIC_PATHS)
+    if request.url_rule is None:  # no such route (404) or method (405): nothing to protect
+        g.principal = ANONYMOUS if not settings.auth_enabled else None
+        return None
     if not settings.auth_enabled:
         g.principal = ANONYMOUS
         if not api and request.method == "POST":
@@ -93,9 +106,12 @@ def _identify() -> Response | tuple[Response, int] | None:
         return None
     header = request.headers.get("Authorization")
     if header is not None:
+        if (wait := auth_blocked_for()) is not None:
+            return _too_many_failures(wait)
         scheme, _, token = header.partition(" ")
         key = _key_for(token) if scheme.lower() == "bearer" else None
         if key is None:
+            record_auth_failure()
             return _unauthorized("the API key is unknown, malformed or revoked")
         g.principal = Principal(key.id, key.name, key.is_admin)
         return None
@@ -111,6 +127,9 @@ def _identify() -> Response | tuple[Response, int] | None:
             _check_csrf()
         return None
     if api:
+        if (wait := auth_blocked_for()) is not None:
+            return _too_many_failures(wait)
+        record_auth_failure()
         return _unauthorized("send an API key: Authorization: Bearer <key>")
     return redirect(url_for("auth.login", next=request.full_path if request.query_string else path))
 
@@ -129,7 +148,7 @@ def _key_for_session() -> ApiKey | None:
         return None
     with session_scope(current_app.extensions["easel"].settings.database_url) as db:
         key = db.get(ApiKey, key_id)
-        if key is None or key.revoked_at is not None:
+        if key is None or key.revoked_at is not None or key.session_generation != session.get("generation"):
             session.clear()
             return None
         db.expunge(key)
@@ -142,6 +161,20 @@ def _unauthorized(message: str) -> tuple[Response, int]:
     return response, 401
 
 
+def _too_many_failures(wait: int) -> tuple[Response, int]:
+    response = jsonify(
+        {
+            "error": {
+                "code": "rate_limited",
+                "message": f"too many failed authentications from this address; retry in {wait} s",
+                "details": [],
+            }
+        }
+    )
+    response.headers["Retry-After"] = str(wait)
+    return response, 429
+
+
 def _safe_next(target: str | None) -> str:
     """Only a path on this site (no scheme or host), else the home page."""
     if not target or urlsplit(target).scheme or urlsplit(target).netloc or not target.startswith("/"):
@@ -150,14 +183,22 @@ def _safe_next(target: str | None) -> str:
 
 
 @bp.get("/login")
-def login():  # type: ignore[no-untyped-def]
+def login() -> ResponseReturnValue:
     return render_template("login.html", next=request.args.get("next", ""), error="")
 
 
 @bp.post("/login")
-def login_submit():  # type: ignore[no-untyped-def]
+def login_submit() -> ResponseReturnValue:
+    if (wait := auth_blocked_for()) is not None:
+        page = render_template(
+            "login.html",
+            next=request.form.get("next", ""),
+            error=f"Too many failed sign-ins from this address; try again in {wait} seconds.",
+        )
+        return page, 429, {"Retry-After": str(wait)}
     key = _key_for(request.form.get("api_key", ""))
     if key is None:
+        record_auth_failure()
         return render_template(
             "login.html",
             next=request.form.get("next", ""),
@@ -165,10 +206,21 @@ def login_submit():  # type: ignore[no-untyped-def]
         ), 401
     session.clear()
     session["key_id"] = key.id
+    session["generation"] = key.session_generation
     return redirect(_safe_next(request.form.get("next")), code=303)
 
 
 @bp.post("/logout")
-def logout():  # type: ignore[no-untyped-def]
+def logout() -> ResponseReturnValue:
+    """End the session here and on the server: every page session of this key made so far
+    stops authenticating."""
+    principal = g.get("principal")
+    if principal is not None and principal.via_session:
+        with session_scope(current_app.extensions["easel"].settings.database_url) as db:
+            db.execute(
+                update(ApiKey)
+                .where(ApiKey.id == principal.owner_id)
+                .values(session_generation=ApiKey.session_generation + 1)
+            )
     session.clear()
     return redirect(url_for("auth.login"), code=303)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Request
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
 from easel.shared.errors import BadRequest, TooManyJobs, UnsupportedMediaType, ValidationFailed, field_detail
@@ -33,13 +36,7 @@ def request_fields(request: Request) -> dict[str, Any]:
     """
     mimetype = request.mimetype
     if mimetype == "application/json":
-        raw = request.get_data(cache=True)
-        try:
-            data = json.loads(raw or b"null")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(
-                f"request body is not valid JSON: {exc}", [field_detail("body", str(exc))]
-            ) from None
+        data = parse_json_body(request.get_data(cache=True))
         if not isinstance(data, dict):
             raise BadRequest(
                 f"request body must be a JSON object, got {type(data).__name__}",
@@ -55,6 +52,52 @@ def request_fields(request: Request) -> dict[str, Any]:
         "send application/json or multipart/form-data",
         [field_detail("Content-Type", "unsupported", mimetype or None)],
     )
+
+
+MAX_JSON_DEPTH = 32
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number; send a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is out of range; send a finite number")
+    return value
+
+
+def _json_depth(value: Any) -> int:
+    """How deeply ``value`` nests arrays and objects (iterative: no recursion limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                stack.extend(
+                    (child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)
+                )
+    return deepest
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Strict JSON: no ``NaN``/``Infinity``, no number that overflows a float, at most
+    ``MAX_JSON_DEPTH`` levels of nesting; ``BadRequest`` (400) otherwise."""
+    try:
+        data = json.loads(raw or b"null", parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        message = f"nested deeper than {MAX_JSON_DEPTH} levels"
+        raise BadRequest(
+            f"request body is not valid JSON: {message}", [field_detail("body", message)]
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}", [field_detail("body", str(exc))]) from None
+    if _json_depth(data) > MAX_JSON_DEPTH:
+        message = f"nested deeper than {MAX_JSON_DEPTH} levels"
+        raise BadRequest(f"request body is not valid JSON: {message}", [field_detail("body", message)])
+    return data
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -120,20 +163,17 @@ def accept_job(
             replay = find_replay(session, key, fingerprint, owner_id)
         if replay is not None:
             return replay, True
-    if owner_id is not None:
+    if owner_id is not None:  # early refusal, before decoding anything; held again below
         with services.session() as session:
-            active = active_jobs(session, owner_id)
-        if active >= services.settings.max_queued_per_key:
-            raise TooManyJobs(
-                f"this key already has {active} queued or running jobs; at most "
-                f"{services.settings.max_queued_per_key} are allowed (EASEL_MAX_QUEUED_PER_KEY)",
-                [field_detail("jobs", "too many queued or running jobs", active)],
-            )
+            _check_cap(services, session, owner_id)
     request = parse_job_request(fields)
     inputs = decode_inputs(services, raw)
     resolved = resolve_job(request, services.registry, services.settings, inputs, admin=admin)
     try:
         with services.session() as session:
+            if owner_id is not None:  # the cap holds under concurrency: count and insert as one
+                hold_owner_turn(session, owner_id)
+                _check_cap(services, session, owner_id)
             job = create_job(session, resolved, key, fingerprint if key else None, owner_id)
             _store_inputs(services, job, inputs)
     except IntegrityError:
@@ -146,6 +186,38 @@ def accept_job(
     send_wakeup(services.celery, job.id, job.model)
     log.info("accepted job %s", job.id, extra={"job_id": job.id, "model": job.model})
     return job, False
+
+
+SUBMIT_LOCK_CLASS = 0x45_53  # PostgreSQL advisory lock namespace of submissions ("ES")
+
+
+def hold_owner_turn(session: Session, owner_id: str) -> None:
+    """Serialise the submissions of one owner until ``session``'s transaction ends, so a
+    count of its jobs stays true until the new row commits.
+
+    PostgreSQL: a transaction-scoped advisory lock on the owner. SQLite: a write that
+    changes nothing takes the database's write lock now (one writer at a time), before
+    the count is read.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:space, hashtext(:owner))"),
+            {"space": SUBMIT_LOCK_CLASS, "owner": owner_id},
+        )
+    else:
+        session.execute(text("UPDATE jobs SET id = id WHERE 0 = 1"))
+
+
+def _check_cap(services: Services, session: Session, owner_id: str) -> None:
+    """``TooManyJobs`` (429) if ``owner_id`` already has the most queued + running jobs."""
+    cap = services.settings.max_queued_per_key
+    active = active_jobs(session, owner_id)
+    if active >= cap:
+        raise TooManyJobs(
+            f"this key already has {active} queued or running jobs; at most "
+            f"{cap} are allowed (EASEL_MAX_QUEUED_PER_KEY)",
+            [field_detail("jobs", "too many queued or running jobs", active)],
+        )
 
 
 def _store_inputs(services: Services, job: Job, inputs: JobInputs) -> None:
