@@ -406,12 +406,6 @@ class JobView(BaseModel):
     inputs_pruned_at: datetime | None = Field(
         None, description="When retention deleted the stored inputs (their links then answer 410)."
     )
-    outputs_pruned_at: datetime | None = Field(
-        None, description="When retention deleted the stored outputs (their links then answer 410)."
-    )
-    inputs_pruned_at: datetime | None = Field(
-        None, description="When retention deleted the stored inputs (their links then answer 410)."
-    )
 
 
 class JobList(BaseModel):
