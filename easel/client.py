@@ -15,6 +15,7 @@ The URL and key default to ``EASEL_API_URL`` and ``EASEL_API_KEY``. Responses of
 from __future__ import annotations
 
 import base64
+import builtins
 import os
 import time
 from collections.abc import Callable
@@ -79,6 +80,11 @@ class EaselClient:
             raise EaselApiError(response.status_code, body, response.text)
         return response
 
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """The JSON object a successful request answers with."""
+        body: dict[str, Any] = self._request(method, path, **kwargs).json()
+        return body
+
     # -- jobs ------------------------------------------------------------------------------
 
     def submit(
@@ -104,11 +110,11 @@ class EaselClient:
         }
         if files:
             data = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fields.items()}
-            return self._request("POST", "/api/v1/jobs", data=data, files=files, headers=headers).json()
-        return self._request("POST", "/api/v1/jobs", json=fields, headers=headers).json()
+            return self._json("POST", "/api/v1/jobs", data=data, files=files, headers=headers)
+        return self._json("POST", "/api/v1/jobs", json=fields, headers=headers)
 
     def get(self, job_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/api/v1/jobs/{job_id}").json()
+        return self._json("GET", f"/api/v1/jobs/{job_id}")
 
     def list(
         self,
@@ -123,10 +129,10 @@ class EaselClient:
             for k, v in {"status": status, "type": type, "limit": limit, "cursor": cursor}.items()
             if v is not None
         }
-        return self._request("GET", "/api/v1/jobs", params=query).json()
+        return self._json("GET", "/api/v1/jobs", params=query)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._request("POST", f"/api/v1/jobs/{job_id}/cancel").json()
+        return self._json("POST", f"/api/v1/jobs/{job_id}/cancel")
 
     def wait(
         self,
@@ -151,7 +157,7 @@ class EaselClient:
                 raise JobTimeout(f"job {job_id} is still {job['status']} after {timeout}s")
             time.sleep(interval)
 
-    def download(self, job: dict[str, Any], directory: str | Path) -> list[Path]:
+    def download(self, job: dict[str, Any], directory: str | Path) -> builtins.list[Path]:
         """Save every output of a finished job as ``<id>-<index>.png``; the paths written."""
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
@@ -174,7 +180,7 @@ def _retry_delay(response: requests.Response, attempt: int) -> float:
     header = response.headers.get("Retry-After", "")
     if header.isdigit():
         return min(60.0, float(header))
-    return min(30.0, 0.5 * 2**attempt)
+    return min(30.0, 0.5 * 2.0**attempt)
 
 
 def encode_image(value: ImageInput) -> str:

@@ -14,6 +14,7 @@ This module never imports torch: the web tier reads limits from it.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 
@@ -98,7 +99,7 @@ class Registry:
             )
         self.default = default
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[ModelSpec]:
         return iter(self._specs.values())
 
     def names(self) -> list[str]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, case, delete, func, literal, select
 from sqlalchemy.orm import Session
@@ -68,7 +68,7 @@ def record_finished(
     status = status.value if isinstance(status, JobStatus) else status
     if status not in TERMINAL:
         raise ValueError(f"status {status!r} is not final; expected one of {', '.join(TERMINAL)}")
-    _add(session, JobCount.__table__, {"model": job.model, "type": job.type, "status": status}, count=1)
+    _add(session, _table(JobCount), {"model": job.model, "type": job.type, "status": status}, count=1)
     if job.started_at is None:  # canceled while queued: it neither waited to start nor ran
         return
     for kind, seconds in (
@@ -78,11 +78,16 @@ def record_finished(
         seconds = max(0.0, seconds)  # web and worker clocks may differ
         _add(
             session,
-            JobDuration.__table__,
+            _table(JobDuration),
             {"kind": kind, "model": job.model, "bucket": bucket_of(seconds, BUCKETS[kind])},
             count=1,
             total=seconds,
         )
+
+
+def _table(model: type[JobCount | JobDuration]) -> Table:
+    """The model's table (declarative mapping types ``__table__`` as any ``FromClause``)."""
+    return cast(Table, model.__table__)
 
 
 def _add(session: Session, table: Table, key: dict[str, Any], **amounts: float) -> None:
@@ -126,7 +131,7 @@ def rebuild(session: Session) -> None:
     ).all()
     if counts:
         session.execute(
-            JobCount.__table__.insert(),
+            _table(JobCount).insert(),
             [{"model": m, "type": t, "status": s, "count": n} for m, t, s, n in counts],
         )
     for kind, later, earlier in (
@@ -144,7 +149,7 @@ def rebuild(session: Session) -> None:
         ).all()
         if rows:
             session.execute(
-                JobDuration.__table__.insert(),
+                _table(JobDuration).insert(),
                 [
                     {"kind": kind, "model": m, "bucket": b, "count": n, "total": float(total)}
                     for m, b, n, total in rows

@@ -25,7 +25,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from easel.shared.models import Job, JobStatus
@@ -107,7 +107,7 @@ def estimate_seconds(
     return round(max(0.1, wait / max(1, workers or 0) + own), 2)
 
 
-def _ahead_of(job: Job):  # type: ignore[no-untyped-def]
+def _ahead_of(job: Job) -> ColumnElement[bool]:
     return or_(
         Job.priority > job.priority,
         and_(Job.priority == job.priority, Job.created_at < job.created_at),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
 
 from easel.shared.db import ping
 from easel.web.services import services
@@ -11,13 +12,13 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
-def healthz():  # type: ignore[no-untyped-def]
+def healthz() -> ResponseReturnValue:
     """The process is up."""
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
-def readyz():  # type: ignore[no-untyped-def]
+def readyz() -> ResponseReturnValue:
     """Database, broker and storage all answer; 503 naming the ones that do not."""
     svc = services()
     checks: dict[str, str] = {}

@@ -127,8 +127,8 @@ class JobsCollector(Collector):
         family = CounterMetricFamily(
             "easel_jobs_finished", "Jobs that reached a final status.", labels=["status", "type", "model"]
         )
-        for labels, n in sorted(finished.items()):
-            family.add_metric(list(labels), n)
+        for finished_labels, n in sorted(finished.items()):
+            family.add_metric(list(finished_labels), n)
         yield family
         jobs = GaugeMetricFamily("easel_jobs", "Jobs queued or running now.", labels=["status", "model"])
         depth = GaugeMetricFamily("easel_queue_depth", "Jobs waiting to be claimed.", labels=["model"])

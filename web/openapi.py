@@ -6,6 +6,7 @@ from functools import lru_cache
 from typing import Any
 
 from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
 from pydantic.json_schema import models_json_schema
 
 from easel.shared.models import JobStatus, JobType
@@ -269,5 +270,5 @@ def openapi_document() -> dict[str, Any]:
 
 
 @bp.get("/api/v1/openapi.json")
-def openapi_json():  # type: ignore[no-untyped-def]
+def openapi_json() -> ResponseReturnValue:
     return jsonify(openapi_document())

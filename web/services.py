@@ -37,4 +37,5 @@ class Services:
 
 def services() -> Services:
     """The ``Services`` of the app handling the current request."""
-    return current_app.extensions["easel"]
+    svc: Services = current_app.extensions["easel"]
+    return svc

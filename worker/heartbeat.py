@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from easel.shared.db import rowcount
 from easel.shared.models import Worker, utcnow
 from easel.worker.sweeper import Sweeper
 
@@ -56,14 +57,19 @@ class Heartbeat:
         """Record one heartbeat now (creating the row on the first)."""
         now = utcnow()
         with self.sessions() as session:
-            updated = session.execute(
-                update(Worker)
-                .where(Worker.id == self.worker_id)
-                .values(
-                    last_seen_at=now, current_job_id=self.current_job_id, models=self.models, stopped_at=None
+            updated = rowcount(
+                session.execute(
+                    update(Worker)
+                    .where(Worker.id == self.worker_id)
+                    .values(
+                        last_seen_at=now,
+                        current_job_id=self.current_job_id,
+                        models=self.models,
+                        stopped_at=None,
+                    )
+                    .execution_options(synchronize_session=False)
                 )
-                .execution_options(synchronize_session=False)
-            ).rowcount
+            )
             if not updated:
                 session.add(
                     Worker(

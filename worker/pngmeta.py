@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from typing import Any, cast
 
 from PIL import Image, PngImagePlugin
 
@@ -23,4 +23,6 @@ def encode_png(image: Image.Image, params: dict[str, Any]) -> bytes:
 def read_parameters(data: bytes) -> dict[str, Any]:
     """The parameters a PNG made by ``encode_png`` carries."""
     with Image.open(io.BytesIO(data)) as image:
-        return json.loads(image.text[PARAMETERS_KEY])  # type: ignore[attr-defined]
+        png = cast(PngImagePlugin.PngImageFile, image)  # .text is PNG-only
+        parameters: dict[str, Any] = json.loads(png.text[PARAMETERS_KEY])
+    return parameters

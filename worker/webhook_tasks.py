@@ -33,11 +33,11 @@ def get_deliverer() -> WebhookDeliverer | None:
 
 def retry_delay(attempt: int, base: float) -> float:
     """Seconds before retry number ``attempt`` (1-based): base, 2*base, 4*base, ..."""
-    return base * 2 ** (attempt - 1)
+    return base * 2.0 ** (attempt - 1)
 
 
 @app.task(name=DELIVER_WEBHOOK_TASK, bind=True, acks_late=True, max_retries=None)
-def deliver_webhook(self: Task, job_id: str) -> bool | None:
+def deliver_webhook(self: Task[[str], bool | None], job_id: str) -> bool | None:
     """Deliver ``job_id``'s webhook; retried with exponential backoff until it lands or
     ``EASEL_WEBHOOK_MAX_ATTEMPTS`` is reached."""
     deliverer = get_deliverer()
