@@ -10,14 +10,14 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
+from easel.shared import transitions
 from easel.shared.errors import Conflict, NotFound, ValidationFailed, field_detail
-from easel.shared.models import Job, JobStatus, utcnow
+from easel.shared.models import Job, JobStatus
 from easel.shared.params import PARAM_FIELDS, params_of
 from easel.shared.schemas import ErrorInfo, JobView, OutputInfo, Progress, ResolvedJob
-from easel.shared.stats import record_finished
 
 OutputUrl = Callable[[Job, int], str]
 InputUrl = Callable[[Job, str], str]
@@ -84,44 +84,9 @@ def cancel_job(session: Session, job_id: str, owner: str | None = None) -> Job:
     Raises ``Conflict`` (409) for a job that has already finished.
     """
     job = get_job(session, job_id, owner)
-    if JobStatus(job.status).is_terminal:
-        raise _finished(job)
-    now = utcnow()
-    if job.status == JobStatus.QUEUED.value and _guarded_update(
-        session,
-        job_id,
-        JobStatus.QUEUED,
-        on_change=lambda: record_finished(session, job, JobStatus.CANCELED, now),
-        status=JobStatus.CANCELED.value,
-        cancel_requested=True,
-        finished_at=now,
-        updated_at=now,
-    ):
-        return get_job_fresh(session, job_id)
-    if _guarded_update(session, job_id, JobStatus.RUNNING, cancel_requested=True, updated_at=now):
-        return get_job_fresh(session, job_id)
-    raise _finished(get_job_fresh(session, job_id))  # it finished in the meantime
-
-
-def _guarded_update(
-    session: Session,
-    job_id: str,
-    expected: JobStatus,
-    on_change: Callable[[], None] | None = None,
-    **values: Any,
-) -> bool:
-    """Update the job if it is still ``expected``; ``on_change`` runs in the same
-    transaction when it was."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == expected.value)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount == 1 and on_change is not None:
-        on_change()
-    session.commit()
-    return result.rowcount == 1
+    if JobStatus(job.status).is_terminal or transitions.cancel(session, job_id) is None:
+        raise _finished(get_job_fresh(session, job_id))
+    return get_job_fresh(session, job_id)
 
 
 def _finished(job: Job) -> Conflict:

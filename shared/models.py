@@ -170,28 +170,6 @@ class Job(Base):
         lazy="selectin",
     )
 
-    @property
-    def job_status(self) -> JobStatus:
-        return JobStatus(self.status)
-
-    def params(self) -> dict[str, Any]:
-        """The resolved generation parameters, as recorded (seed included)."""
-        params: dict[str, Any] = {
-            "prompt": self.prompt,
-            "negative_prompt": self.negative_prompt,
-            "width": self.width,
-            "height": self.height,
-            "steps": self.steps,
-            "guidance_scale": self.guidance_scale,
-            "scheduler": self.scheduler,
-            "seed": self.seed,
-            "num_images": self.num_images,
-        }
-        for name in ("strength", "mask_blur", "keep_unmasked"):
-            if getattr(self, name) is not None:
-                params[name] = getattr(self, name)
-        return params
-
 
 class JobOutput(Base):
     """One stored image of a job; ``(job_id, index)`` is unique so a re-run overwrites."""

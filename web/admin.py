@@ -6,11 +6,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 from flask import Blueprint, abort, redirect, render_template, url_for
-from sqlalchemy import func, select, update
+from flask.typing import ResponseReturnValue
+from sqlalchemy import func, select
 
 from easel.shared.jobs import cancel_job, get_job
-from easel.shared.models import Job, JobOutput, JobStatus, Worker, utcnow
+from easel.shared.models import Job, JobStatus, Worker, utcnow
 from easel.shared.queue import send_wakeup
+from easel.shared.transitions import requeue_finished
 from easel.web.auth import current_principal
 from easel.web.services import services
 
@@ -26,7 +28,7 @@ def _admins_only() -> None:
 
 
 @bp.get("")
-def overview():  # type: ignore[no-untyped-def]
+def overview() -> ResponseReturnValue:
     svc = services()
     live_since = utcnow() - timedelta(seconds=svc.settings.worker_lost_after_seconds)
     with svc.session() as session:
@@ -55,39 +57,19 @@ def overview():  # type: ignore[no-untyped-def]
 
 
 @bp.post("/jobs/<job_id>/requeue")
-def requeue(job_id: str):  # type: ignore[no-untyped-def]
+def requeue(job_id: str) -> ResponseReturnValue:
     """Run a failed or canceled job again from scratch (same parameters and seed)."""
     svc = services()
     with svc.session() as session:
-        job = get_job(session, job_id)
-        done = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status.in_([JobStatus.FAILED.value, JobStatus.CANCELED.value]))
-            .values(
-                status=JobStatus.QUEUED.value,
-                attempts=0,
-                error_code=None,
-                error_message=None,
-                cancel_requested=False,
-                worker_id=None,
-                started_at=None,
-                finished_at=None,
-                progress_step=0,
-                created_at=utcnow(),
-                updated_at=utcnow(),
-            )
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if done:
-            session.query(JobOutput).filter_by(job_id=job_id).delete()
-        model = job.model
+        model = get_job(session, job_id).model
+        done = requeue_finished(session, job_id)
     if done:
         send_wakeup(svc.celery, job_id, model)
     return redirect(url_for("admin.overview"), code=303)
 
 
 @bp.post("/jobs/<job_id>/cancel")
-def cancel(job_id: str):  # type: ignore[no-untyped-def]
+def cancel(job_id: str) -> ResponseReturnValue:
     with services().session() as session:
         cancel_job(session, job_id)
     return redirect(url_for("admin.overview"), code=303)

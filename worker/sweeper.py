@@ -19,11 +19,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from easel.shared.models import Job, JobStatus, Worker, utcnow
-from easel.shared.stats import record_finished
+from easel.shared.transitions import recover_lost
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,6 @@ class Sweeper:
                     Job.attempts,
                     Job.cancel_requested,
                     Job.webhook_url,
-                    Job.type,
-                    Job.created_at,
-                    Job.started_at,
                 )
                 .outerjoin(Worker, Worker.id == Job.worker_id)
                 .where(
@@ -79,37 +76,11 @@ class Sweeper:
                 )
                 .limit(500)
             ).all()
-            for row in rows:
-                job_id, model, worker_id, attempts, cancel, webhook = row[:6]
-                now = utcnow()
-                if cancel:
-                    values = {"status": JobStatus.CANCELED.value, "finished_at": now}
-                elif attempts >= self.max_attempts:
-                    values = {
-                        "status": JobStatus.FAILED.value,
-                        "finished_at": now,
-                        "error_code": "worker_lost",
-                        "error_message": (
-                            f"the worker running this job was lost on each of its {attempts} attempts "
-                            f"(last: {worker_id}); giving up after EASEL_MAX_ATTEMPTS={self.max_attempts}"
-                        ),
-                    }
-                else:
-                    values = {"status": JobStatus.QUEUED.value, "worker_id": None, "progress_step": 0}
-                done = session.execute(
-                    update(Job)
-                    .where(
-                        Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.worker_id == worker_id
-                    )
-                    .values(**values, updated_at=now)
-                    .execution_options(synchronize_session=False)
-                ).rowcount
-                if done and values["status"] != JobStatus.QUEUED.value:
-                    record_finished(session, row, values["status"], now)
-                session.commit()
-                if not done:
+            for job_id, model, worker_id, attempts, cancel, webhook in rows:
+                status = recover_lost(session, job_id, worker_id, attempts, cancel, self.max_attempts)
+                if status is None:
                     continue
-                if values["status"] == JobStatus.QUEUED.value:
+                if status is JobStatus.QUEUED:
                     result.requeued += 1
                     log.warning(
                         "job %s requeued: worker %s was lost (attempt %d)",
@@ -124,7 +95,7 @@ class Sweeper:
                     log.error(
                         "job %s ended %s: worker %s lost",
                         job_id,
-                        values["status"],
+                        status.value,
                         worker_id,
                         extra={"job_id": job_id},
                     )

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from easel.shared.jobs import describe
 from easel.shared.models import Job, JobStatus, utcnow
+from easel.shared.transitions import record_webhook_attempt
 from easel.shared.netsafety import UnsafeUrl, resolve_checked
 from easel.worker.signing import DELIVERY_HEADER, EVENT_HEADER, signed_headers
 
@@ -133,14 +134,5 @@ class WebhookDeliverer:
         return True
 
     def _record(self, job_id: str, error: str | None) -> None:
-        values: dict[str, object] = {"webhook_attempts": Job.webhook_attempts + 1, "webhook_error": error}
-        if error is None:
-            values["webhook_delivered_at"] = utcnow()
         with self.sessions() as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id)
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
-            session.commit()
+            record_webhook_attempt(session, job_id, error)

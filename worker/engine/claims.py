@@ -18,11 +18,12 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, aliased, noload
 
-from easel.shared.models import Job, JobStatus, utcnow
+from easel.shared.models import Job, JobStatus
 from easel.shared.params import BATCH_KEY
+from easel.shared.transitions import claim, set_batch_size
 
 BATCH_KEY_COLUMNS = tuple(getattr(Job, name) for name in BATCH_KEY)
 """The row's columns of the batch key (``easel.shared.params.BATCH_KEY``)."""
@@ -84,7 +85,7 @@ def claim_batch(
             ids += [job_id for job_id, _ in more]
             images += sum(count for _, count in more)
             session.commit()
-        _set_batch_size(session, ids, batch_id, images)
+        set_batch_size(session, ids, batch_id, images)
         session.commit()
     jobs = session.scalars(
         select(Job)
@@ -115,7 +116,7 @@ def _claim_first_round(
             session.rollback()
             continue
         if len(kept) != len(chosen):
-            _set_batch_size(session, [job_id for job_id, _ in kept], batch_id, sum(n for _, n in kept))
+            set_batch_size(session, [job_id for job_id, _ in kept], batch_id, sum(n for _, n in kept))
         return head, kept
     return None
 
@@ -152,47 +153,14 @@ def _mark_ours(
     batch_size: int | None = None,
 ) -> list[tuple[str, int]]:
     """Mark ``chosen`` running for us (not committed); those that were still queued."""
-    if _mark_running(session, [job_id for job_id, _ in chosen], worker_id, batch_id, batch_size) == len(
-        chosen
-    ):
+    if claim(session, [job_id for job_id, _ in chosen], worker_id, batch_id, batch_size) == len(chosen):
         return chosen
     # SQLite: another worker took some between our read and our write; keep ours.
     mine = set(session.scalars(select(Job.id).where(Job.batch_id == batch_id)))
     return [(job_id, count) for job_id, count in chosen if job_id in mine]
 
 
-def _set_batch_size(session: Session, ids: list[str], batch_id: str, images: int) -> None:
-    session.execute(
-        update(Job)
-        .where(Job.id.in_(ids), Job.batch_id == batch_id)
-        .values(batch_size=images)
-        .execution_options(synchronize_session=False)
-    )
-
-
 def _locked(session: Session, query: Select[Any]) -> Select[Any]:
     if session.get_bind().dialect.name == "postgresql":
         return query.with_for_update(of=Job, skip_locked=True)
     return query
-
-
-def _mark_running(
-    session: Session, job_ids: list[str], worker_id: str, batch_id: str, batch_size: int | None = None
-) -> int:
-    """Move the still-queued of ``job_ids`` to running for us; how many moved."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED.value)
-        .values(
-            status=JobStatus.RUNNING.value,
-            attempts=Job.attempts + 1,
-            worker_id=worker_id,
-            batch_id=batch_id,
-            batch_size=batch_size,
-            started_at=utcnow(),
-            progress_step=0,
-            updated_at=utcnow(),
-        )
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount

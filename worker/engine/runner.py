@@ -13,17 +13,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
-from sqlalchemy import delete, select, update
+from sqlalchemy import select
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
 from easel.shared.errors import ModelLoadError, StorageError, UnknownModel
-from easel.shared.models import Job, JobOutput, JobStatus, utcnow
+from easel.shared.models import Job, JobOutput, JobStatus
 from easel.shared.params import params_of
 from easel.shared.registry import Registry
-from easel.shared.stats import record_finished
 from easel.shared.storage import Storage
+from easel.shared.transitions import finish, held_by, record_progress
 from easel.worker.engine.claims import claim_batch
 from easel.worker.engine.generate import GenerationRequest, GpuOutOfMemory, JobCanceled, generate_batch
 from easel.worker.engine.pipelines import PipelineCache
@@ -95,24 +95,21 @@ class ProgressReporter:
         self._last = now
         try:
             with self.sessions() as session:
-                rows = session.execute(
-                    update(Job)
-                    .where(*self._mine())
-                    .values(progress_step=step, progress_total=total)
-                    .returning(Job.id, Job.cancel_requested)
-                ).all()
+                still_ours = record_progress(session, self.active, self.worker_id, step, total)
                 session.commit()
         except SQLAlchemyError:  # a database blip must not fail the jobs: skip this write
             log.warning("progress of jobs %s not recorded (database unavailable)", ",".join(self.active))
             return
         self.writes += 1
-        self._keep({job_id: bool(cancel) for job_id, cancel in rows})
+        self._keep(still_ours)
 
     def check_cancel(self) -> None:
         """Let canceled jobs (and jobs no longer ours) leave; ``JobCanceled`` if none is left."""
         try:
             with self.sessions() as session:
-                rows = session.execute(select(Job.id, Job.cancel_requested).where(*self._mine())).all()
+                rows = session.execute(
+                    select(Job.id, Job.cancel_requested).where(*held_by(self.worker_id, *self.active))
+                ).all()
         except SQLAlchemyError:
             return  # cannot tell now; the guarded finish decides
         self._keep({job_id: bool(cancel) for job_id, cancel in rows})
@@ -125,13 +122,6 @@ class ProgressReporter:
                     self.on_leave(job_id, job_id in cancel_by_id)
         if not self.active:
             raise JobCanceled(",".join(cancel_by_id) or "batch")
-
-    def _mine(self) -> tuple[Any, ...]:
-        return (
-            Job.id.in_(self.active),
-            Job.status == JobStatus.RUNNING.value,
-            Job.worker_id == self.worker_id,
-        )
 
 
 @dataclass
@@ -418,43 +408,15 @@ class JobRunner:
         error: tuple[str, str] | None = None,
         outputs: list[JobOutput] | None = None,
     ) -> JobStatus | None:
-        """Move our running job to ``status``; the status it got, or ``None`` if the job is
-        no longer ours.
-
-        A job whose cancel was requested after its last step ends ``canceled``, not
-        ``succeeded``: the client asked, and nothing it did not want is published.
-        """
-        values: dict[str, Any] = {
-            "status": status.value,
-            "finished_at": utcnow(),
-            "timings": timings,
-            "updated_at": utcnow(),
-        }
-        if error is not None:
-            values["error_code"], values["error_message"] = error
+        """Move our running job to ``status``; the status it got (``canceled`` if a cancel
+        was asked meanwhile), or ``None`` if the job is no longer ours."""
         with self.sessions() as session:
-            mine = (Job.id == job.id, Job.status == JobStatus.RUNNING.value, Job.worker_id == self.worker_id)
-            guard = (*mine, Job.cancel_requested.is_(False)) if status is JobStatus.SUCCEEDED else mine
-            result = session.execute(
-                update(Job).where(*guard).values(**values).execution_options(synchronize_session=False)
+            final = finish(session, job.id, self.worker_id, status, timings, error, outputs or ())
+        if final is None:
+            log.warning(
+                "job %s is no longer ours; result of this run dropped", job.id, extra={"job_id": job.id}
             )
-            if result.rowcount != 1 and status is JobStatus.SUCCEEDED:
-                status, outputs = JobStatus.CANCELED, None
-                values["status"] = status.value
-                result = session.execute(
-                    update(Job).where(*mine).values(**values).execution_options(synchronize_session=False)
-                )
-            if result.rowcount != 1:
-                session.rollback()
-                log.warning(
-                    "job %s is no longer ours; result of this run dropped", job.id, extra={"job_id": job.id}
-                )
-                return None
-            if outputs:
-                session.execute(delete(JobOutput).where(JobOutput.job_id == job.id))
-                session.add_all(outputs)
-            record_finished(session, job, status, values["finished_at"])
-            session.commit()
+            return None
         if self.on_finished is not None:
-            self.on_finished(job, status, timings)
-        return status
+            self.on_finished(job, final, timings)
+        return final

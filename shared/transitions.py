@@ -1,0 +1,239 @@
+"""Every change of a job's state, as one guarded ``UPDATE`` each.
+
+The job row is the truth (docs/design.md, "Job states"): ``queued -> running ->
+succeeded | failed | canceled``, ``queued -> canceled``, ``running -> queued`` only
+when a worker is lost. Each function here changes a row only from the state it
+expects (and, for a running job, only for the worker that holds it), and says
+whether it did, so racing writers never undo each other and terminal states never
+change. A move to a final status also counts the job in the maintained statistics
+(``easel.shared.stats``) in the same transaction. Callers commit, except where a
+docstring says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, delete, update
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.orm import Session
+
+from easel.shared.models import Job, JobOutput, JobStatus, utcnow
+from easel.shared.stats import record_finished
+
+QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
+
+
+def _update(session: Session, *where: ColumnElement[bool], **values: Any) -> int:
+    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+        update(Job).where(*where).values(**values).execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
+def _end(session: Session, *where: ColumnElement[bool], **values: Any) -> bool:
+    """Move the row to the final status in ``values`` if ``where`` holds, and count it in
+    the maintained statistics in the same transaction; whether it moved."""
+    row = session.execute(
+        update(Job)
+        .where(*where)
+        .values(**values)
+        .returning(Job.model, Job.type, Job.created_at, Job.started_at)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is None:
+        return False
+    record_finished(session, row, values["status"], values["finished_at"])
+    return True
+
+
+def held_by(worker_id: str, *job_ids: str) -> tuple[ColumnElement[bool], ...]:
+    """The guard of a running job: still running, and still this worker's."""
+    return (Job.id.in_(job_ids), Job.status == RUNNING, Job.worker_id == worker_id)
+
+
+# ---- queued -> running -------------------------------------------------------------------
+
+
+def claim(
+    session: Session, job_ids: Sequence[str], worker_id: str, batch_id: str, batch_size: int | None = None
+) -> int:
+    """Move the still-queued of ``job_ids`` to running for ``worker_id`` in one batch;
+    how many moved. Each claim counts as an attempt."""
+    now = utcnow()
+    return _update(
+        session,
+        Job.id.in_(list(job_ids)),
+        Job.status == QUEUED,
+        status=RUNNING,
+        attempts=Job.attempts + 1,
+        worker_id=worker_id,
+        batch_id=batch_id,
+        batch_size=batch_size,
+        started_at=now,
+        progress_step=0,
+        updated_at=now,
+    )
+
+
+def set_batch_size(session: Session, job_ids: Sequence[str], batch_id: str, images: int) -> None:
+    """Record the images of the whole batch on each of its jobs."""
+    _update(session, Job.id.in_(list(job_ids)), Job.batch_id == batch_id, batch_size=images)
+
+
+# ---- running -----------------------------------------------------------------------------
+
+
+def record_progress(
+    session: Session, job_ids: Sequence[str], worker_id: str, step: int, total: int
+) -> dict[str, bool]:
+    """Record (step, total) on the jobs still ours, in one statement that also reads their
+    cancel requests: ``{job id: cancel requested}`` for each job still ours."""
+    rows = session.execute(
+        update(Job)
+        .where(*held_by(worker_id, *job_ids))
+        .values(progress_step=step, progress_total=total)
+        .returning(Job.id, Job.cancel_requested)
+    ).all()
+    return {job_id: bool(cancel) for job_id, cancel in rows}
+
+
+def finish(
+    session: Session,
+    job_id: str,
+    worker_id: str,
+    status: JobStatus,
+    timings: dict[str, Any],
+    error: tuple[str, str] | None = None,
+    outputs: Sequence[JobOutput] = (),
+) -> JobStatus | None:
+    """End our running job as ``status`` with its outputs; commits. The status it got, or
+    ``None`` if the job is no longer ours.
+
+    A job whose cancel was requested ends ``canceled``, not ``succeeded``: the client
+    asked, and nothing it did not want is published.
+    """
+    now = utcnow()
+    values: dict[str, Any] = {
+        "status": status.value,
+        "finished_at": now,
+        "timings": timings,
+        "updated_at": now,
+    }
+    if error is not None:
+        values["error_code"], values["error_message"] = error
+    mine = held_by(worker_id, job_id)
+    if status is JobStatus.SUCCEEDED:
+        if not _end(session, *mine, Job.cancel_requested.is_(False), **values):
+            status, outputs = JobStatus.CANCELED, ()
+            if not _end(session, *mine, **{**values, "status": status.value}):
+                session.rollback()
+                return None
+    elif not _end(session, *mine, **values):
+        session.rollback()
+        return None
+    if outputs:
+        session.execute(delete(JobOutput).where(JobOutput.job_id == job_id))
+        session.add_all(outputs)
+    session.commit()
+    return status
+
+
+# ---- cancel ------------------------------------------------------------------------------
+
+
+def cancel(session: Session, job_id: str) -> JobStatus | None:
+    """Cancel a queued job at once, or ask a running one to stop at its next step; commits.
+    ``canceled``, ``running`` (stop requested), or ``None`` if it had already finished."""
+    now = utcnow()
+    canceled = _end(
+        session,
+        Job.id == job_id,
+        Job.status == QUEUED,
+        status=JobStatus.CANCELED.value,
+        cancel_requested=True,
+        finished_at=now,
+        updated_at=now,
+    )
+    if canceled:
+        session.commit()
+        return JobStatus.CANCELED
+    asked = _update(session, Job.id == job_id, Job.status == RUNNING, cancel_requested=True, updated_at=now)
+    session.commit()
+    return JobStatus.RUNNING if asked else None
+
+
+# ---- lost workers ------------------------------------------------------------------------
+
+
+def recover_lost(
+    session: Session, job_id: str, worker_id: str, attempts: int, cancel_requested: bool, max_attempts: int
+) -> JobStatus | None:
+    """A running job of a lost worker: ``canceled`` if its cancel was asked, ``failed``
+    (``worker_lost``) once it used ``max_attempts``, else back to ``queued``; commits.
+    The new status, or ``None`` if the job was no longer that worker's."""
+    now = utcnow()
+    values: dict[str, Any]
+    if cancel_requested:
+        values = {"status": JobStatus.CANCELED.value, "finished_at": now}
+    elif attempts >= max_attempts:
+        values = {
+            "status": JobStatus.FAILED.value,
+            "finished_at": now,
+            "error_code": "worker_lost",
+            "error_message": (
+                f"the worker running this job was lost on each of its {attempts} attempts "
+                f"(last: {worker_id}); giving up after EASEL_MAX_ATTEMPTS={max_attempts}"
+            ),
+        }
+    else:
+        values = {"status": QUEUED, "worker_id": None, "progress_step": 0}
+    mine = held_by(worker_id, job_id)
+    if values["status"] == QUEUED:
+        done = bool(_update(session, *mine, **values, updated_at=now))
+    else:
+        done = _end(session, *mine, **values, updated_at=now)
+    session.commit()
+    return JobStatus(values["status"]) if done else None
+
+
+# ---- operators ---------------------------------------------------------------------------
+
+
+def requeue_finished(session: Session, job_id: str) -> bool:
+    """Run a failed or canceled job again from scratch (same parameters and seed): back
+    to ``queued`` with its attempts and outputs cleared; commits. Whether it moved."""
+    now = utcnow()
+    moved = _update(
+        session,
+        Job.id == job_id,
+        Job.status.in_([JobStatus.FAILED.value, JobStatus.CANCELED.value]),
+        status=QUEUED,
+        attempts=0,
+        error_code=None,
+        error_message=None,
+        cancel_requested=False,
+        worker_id=None,
+        started_at=None,
+        finished_at=None,
+        progress_step=0,
+        created_at=now,
+        updated_at=now,
+    )
+    if moved:
+        session.execute(delete(JobOutput).where(JobOutput.job_id == job_id))
+    session.commit()
+    return bool(moved)
+
+
+# ---- webhooks ----------------------------------------------------------------------------
+
+
+def record_webhook_attempt(session: Session, job_id: str, error: str | None) -> None:
+    """Count one delivery attempt of a finished job's webhook: delivered, or its error; commits."""
+    values: dict[str, Any] = {"webhook_attempts": Job.webhook_attempts + 1, "webhook_error": error}
+    if error is None:
+        values["webhook_delivered_at"] = utcnow()
+    _update(session, Job.id == job_id, **values)
+    session.commit()
