@@ -1,0 +1,421 @@
+"""Flat cost: the hot calls with a large finished-job history against an empty one.
+
+    python -m bench.scale                                   # 1,000,000 on PostgreSQL, 300,000 on SQLite
+    python -m bench.scale --postgres-jobs 100000 --sqlite-jobs 30000 --samples 50
+
+For each backend (``--backends``), in a database of its own: measure every call with no
+finished jobs, then bulk-insert the history (PostgreSQL: one ``INSERT ... SELECT`` over
+``generate_series``; SQLite: ``executemany`` in chunks), finished over the last 20 days
+by the same API key that makes the calls (the worst case for its job list and its
+active-jobs count), rebuild the maintained statistics as the finishing transactions
+would have kept them, and measure again. PostgreSQL is then ``ANALYZE``d, as autovacuum
+would after such a load; SQLite is measured as a deployment leaves it (no ``ANALYZE``).
+
+The calls run in this process against the real database: the REST calls through the
+Flask app (``create_app``, authentication on), ``claim`` and ``sweep`` as a worker makes
+them, ``prune`` as a retention pass with nothing due. With ``--queued`` jobs waiting
+(and two running) in both runs:
+
+- ``submit``: ``POST /api/v1/jobs`` (64x64, 4 steps); ``cancel`` then cancels that job,
+  so the queue stays the same size;
+- ``get``: ``GET /api/v1/jobs/<id>`` of a queued job (queue position and ETA);
+- ``list``: ``GET /api/v1/jobs?limit=20`` (the key's newest jobs: the queued ones);
+- ``list_succeeded``: ``GET /api/v1/jobs?status=succeeded&limit=20``;
+- ``metrics``: ``GET /metrics``;
+- ``claim``: the best queued job claimed (then put back, untimed);
+- ``sweep``: both recovery sweeps of an idle worker;
+- ``prune``: a retention pass that finds nothing due.
+
+Prints one JSON object: per backend the history size, how long the fill took, and per
+call p50 / p99 in milliseconds for the empty and the full history, the ratio of the
+p50s and whether it meets the target (full p50 within 2x of the empty one or 25 ms
+more, whichever is larger). Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from bench._stack import emit, percentile, progress
+
+CALLS = ("submit", "get", "list", "list_succeeded", "cancel", "metrics", "claim", "sweep", "prune")
+HISTORY_WORKER = "bench:history"
+LIVE_WORKER = "bench:live"
+WARMUP = 5  # untimed rounds first: caches, compiled statements
+TIMINGS = {
+    "generate_seconds": 0.3,
+    "run_seconds": 0.45,
+    "load_seconds": 0.0,
+    "batch_images": 1,
+    "batch_jobs": 1,
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backends", default="postgresql,sqlite", help="postgresql, sqlite or both (comma)")
+    parser.add_argument("--postgres-jobs", type=int, default=1_000_000, help="finished jobs on PostgreSQL")
+    parser.add_argument("--sqlite-jobs", type=int, default=300_000, help="finished jobs on SQLite")
+    parser.add_argument("--samples", type=int, default=100, help="timed calls of each kind per run")
+    parser.add_argument("--queued", type=int, default=50, help="jobs waiting in the queue during both runs")
+    args = parser.parse_args(argv)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = sorted(set(backends) - {"postgresql", "sqlite"})
+    if unknown or not backends:
+        parser.error(f"--backends: {','.join(unknown) or '(none)'} is not postgresql or sqlite")
+    for name in ("postgres_jobs", "sqlite_jobs", "samples", "queued"):
+        if getattr(args, name) < (1 if name == "samples" else 0):
+            parser.error(f"--{name.replace('_', '-')}: must be positive, got {getattr(args, name)}")
+    args.backends = backends
+    return args
+
+
+@contextlib.contextmanager
+def database(backend: str, folder: Path) -> Iterator[str]:
+    """A migrated, empty database of this run's own."""
+    from easel.migrations.upgrade import upgrade
+
+    if backend == "sqlite":
+        url = f"sqlite:///{folder / 'easel.db'}"
+        upgrade(url)
+        yield url
+        return
+    from bench.servers import postgres_server, temporary_database
+
+    with postgres_server() as admin, temporary_database("easel_scale", admin) as url:
+        upgrade(url)
+        yield url
+
+
+class Bench:
+    """The app, a key, a live worker and a standing queue on one database."""
+
+    def __init__(self, url: str, home: Path, queued: int) -> None:
+        from sqlalchemy.orm import sessionmaker
+
+        from easel.shared.db import make_engine
+        from easel.shared.settings import Settings
+        from easel.shared.storage import LocalStorage
+        from easel.web import create_app
+        from easel.web.keys import create_key
+
+        self.settings = Settings(
+            home=home,
+            database_url=url,
+            auth_enabled=True,
+            rate_limit="100000000/minute",
+            submit_rate_limit="100000000/minute",
+            max_queued_per_key=100_000_000,
+            worker_lost_after_seconds=1e9,  # the live worker row stays live through the run
+            log_format="text",
+        )
+        self.engine = make_engine(url)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.storage = LocalStorage(home / "outputs")
+        with self.sessions() as session:
+            row, key = create_key(session, "bench")
+            session.commit()
+            self.owner = row.id
+        self.client = create_app(self.settings).test_client()
+        self.headers = {"Authorization": f"Bearer {key}"}
+        self._add_live_worker()
+        self.queued = [self._submit()["id"] for _ in range(queued)]
+        self._run(self.queued[:2] if len(self.queued) > 2 else [])
+
+    # -- set-up ------------------------------------------------------------------------
+
+    def _add_live_worker(self) -> None:
+        from easel.shared.models import Worker, utcnow
+
+        with self.sessions() as session:
+            now = utcnow()
+            session.add(Worker(id=LIVE_WORKER, hostname="bench", models=[], started_at=now, last_seen_at=now))
+            session.commit()
+
+    def _run(self, job_ids: list[str]) -> None:
+        """Two of the queued jobs are running on the live worker."""
+        from sqlalchemy import update
+
+        from easel.shared.models import Job, utcnow
+
+        with self.sessions() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id.in_(job_ids))
+                .values(status="running", worker_id=LIVE_WORKER, started_at=utcnow(), attempts=1)
+            )
+            session.commit()
+        self.queued = [job_id for job_id in self.queued if job_id not in job_ids]
+
+    def _submit(self) -> dict[str, Any]:
+        body = {"prompt": "bench", "width": 64, "height": 64, "steps": 4}
+        response = self.client.post("/api/v1/jobs", json=body, headers=self.headers)
+        if response.status_code != 202:
+            raise RuntimeError(f"submit answered {response.status_code}: {response.get_data(as_text=True)}")
+        return response.get_json()
+
+    def _get(self, path: str) -> None:
+        response = self.client.get(path, headers=self.headers)
+        if response.status_code != 200:
+            raise RuntimeError(
+                f"GET {path} answered {response.status_code}: {response.get_data(as_text=True)}"
+            )
+
+    # -- the calls ---------------------------------------------------------------------
+
+    def measure(self, samples: int) -> dict[str, list[float]]:
+        """Milliseconds of each call, ``samples`` times (after ``WARMUP`` untimed rounds)."""
+        from easel.shared.retention import Policy, prune
+        from easel.worker.engine.claims import claim_batch
+        from easel.worker.sweeper import Sweeper
+
+        sweeper = Sweeper(sessions=self.sessions, models=[], publish=lambda *_: None)
+        queued = itertools.cycle(self.queued)
+        nothing_due = Policy(outputs_days=3650, inputs_days=3650, rows_days=3650)
+        times: dict[str, list[float]] = {name: [] for name in CALLS}
+        pending: list[str] = []
+
+        def submit() -> None:
+            pending.append(self._submit()["id"])
+
+        def cancel() -> None:
+            job_id = pending.pop()
+            response = self.client.post(f"/api/v1/jobs/{job_id}/cancel", headers=self.headers)
+            if response.status_code != 200:
+                raise RuntimeError(
+                    f"cancel answered {response.status_code}: {response.get_data(as_text=True)}"
+                )
+
+        def claim() -> Callable[[], None]:
+            with self.sessions() as session:
+                claimed = claim_batch(session, "bench:claimer", None, 1)
+            if not claimed:
+                raise RuntimeError("nothing was claimable")
+            return lambda: self._put_back(claimed[0].id)
+
+        def sweep() -> None:
+            sweeper.recover_lost_jobs()
+            sweeper.republish_lost_wakeups(idle_seconds=1e9)
+
+        calls: dict[str, Callable[[], Any]] = {
+            "submit": submit,
+            "get": lambda: self._get(f"/api/v1/jobs/{next(queued)}"),
+            "list": lambda: self._get("/api/v1/jobs?limit=20"),
+            "list_succeeded": lambda: self._get("/api/v1/jobs?status=succeeded&limit=20"),
+            "cancel": cancel,
+            "metrics": lambda: self._get("/metrics"),
+            "claim": claim,
+            "sweep": sweep,
+            "prune": lambda: prune(self.sessions, self.storage, nothing_due),
+        }
+        for round_ in range(samples + WARMUP):
+            for name in CALLS:  # interleaved, so drift (autovacuum, caches) hits every call alike
+                t0 = time.perf_counter()
+                after = calls[name]()
+                elapsed = (time.perf_counter() - t0) * 1000
+                if round_ >= WARMUP:
+                    times[name].append(elapsed)
+                if callable(after):
+                    after()  # untimed: put the claimed job back
+        return times
+
+    def _put_back(self, job_id: str) -> None:
+        from sqlalchemy import update
+
+        from easel.shared.models import Job
+
+        with self.sessions() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(
+                    status="queued",
+                    worker_id=None,
+                    batch_id=None,
+                    batch_size=None,
+                    started_at=None,
+                    attempts=0,
+                )
+            )
+            session.commit()
+
+    # -- the history -------------------------------------------------------------------
+
+    def fill(self, count: int) -> float:
+        """Add ``count`` finished jobs of this key (and their outputs); seconds taken."""
+        from easel.shared import stats
+
+        t0 = time.perf_counter()
+        if self.engine.dialect.name == "postgresql":
+            self._fill_postgres(count)
+        else:
+            self._fill_sqlite(count)
+        with self.sessions() as session:
+            stats.rebuild(session)  # what the finishing transactions would have kept
+            session.commit()
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                from sqlalchemy import text
+
+                conn.execute(text("ANALYZE"))
+        return time.perf_counter() - t0
+
+    def _fill_postgres(self, count: int) -> None:
+        import json
+
+        from sqlalchemy import text
+
+        status = "CASE WHEN i % 100 < 90 THEN 'succeeded' WHEN i % 100 < 97 THEN 'failed' ELSE 'canceled' END"
+        statement = f"""
+            INSERT INTO jobs (id, type, model, status, priority, prompt, negative_prompt, width, height,
+                steps, guidance_scale, scheduler, seed, num_images, attempts, progress_step,
+                progress_total, cancel_requested, worker_id, batch_size, error_code, error_message,
+                timings, owner_id, webhook_attempts, created_at, started_at, finished_at, updated_at)
+            SELECT md5('history' || i), 'txt2img', 'tiny-sd', {status}, 0, 'history ' || i, '', 64, 64,
+                4, 7.5, 'euler', i, 1, 1, 4, 4, false, :worker, 1,
+                CASE WHEN i % 100 BETWEEN 90 AND 96 THEN 'generation_error' END,
+                CASE WHEN i % 100 BETWEEN 90 AND 96 THEN 'bench' END,
+                CAST(:timings AS json), :owner, 0,
+                t.created, t.created + interval '2 seconds', t.created + interval '3 seconds',
+                t.created + interval '3 seconds'
+            FROM generate_series(1, :n) AS i,
+                LATERAL (SELECT now() - interval '1 hour' - interval '20 days' * (i::float / :n) AS created) t
+        """
+        outputs = """
+            INSERT INTO job_outputs (job_id, "index", seed, storage_key, width, height, content_type,
+                size_bytes, created_at)
+            SELECT id, 0, seed, 'jobs/' || id || '/0.png', 64, 64, 'image/png', 1000, finished_at
+            FROM jobs WHERE worker_id = :worker AND status = 'succeeded'
+        """
+        params = {"worker": HISTORY_WORKER, "timings": json.dumps(TIMINGS), "owner": self.owner, "n": count}
+        with self.engine.begin() as conn:
+            conn.execute(text(statement), params)
+            conn.execute(text(outputs), {"worker": HISTORY_WORKER})
+
+    def _fill_sqlite(self, count: int, chunk: int = 20_000) -> None:
+        import hashlib
+
+        from easel.shared.models import Job, JobOutput, utcnow
+
+        jobs, outputs = Job.__table__, JobOutput.__table__
+        start = utcnow() - timedelta(hours=1)
+        for first in range(1, count + 1, chunk):
+            job_rows, output_rows = [], []
+            for i in range(first, min(first + chunk, count + 1)):
+                created = start - timedelta(days=20) * (i / count)
+                status = "succeeded" if i % 100 < 90 else "failed" if i % 100 < 97 else "canceled"
+                job_id = hashlib.md5(f"history{i}".encode()).hexdigest()
+                job_rows.append(
+                    {
+                        "id": job_id,
+                        "type": "txt2img",
+                        "model": "tiny-sd",
+                        "status": status,
+                        "priority": 0,
+                        "prompt": f"history {i}",
+                        "negative_prompt": "",
+                        "width": 64,
+                        "height": 64,
+                        "steps": 4,
+                        "guidance_scale": 7.5,
+                        "scheduler": "euler",
+                        "seed": i,
+                        "num_images": 1,
+                        "attempts": 1,
+                        "progress_step": 4,
+                        "progress_total": 4,
+                        "cancel_requested": False,
+                        "worker_id": HISTORY_WORKER,
+                        "batch_size": 1,
+                        "error_code": "generation_error" if status == "failed" else None,
+                        "error_message": "bench" if status == "failed" else None,
+                        "timings": TIMINGS,
+                        "owner_id": self.owner,
+                        "webhook_attempts": 0,
+                        "created_at": created,
+                        "started_at": created + timedelta(seconds=2),
+                        "finished_at": created + timedelta(seconds=3),
+                        "updated_at": created + timedelta(seconds=3),
+                    }
+                )
+                if status == "succeeded":
+                    output_rows.append(
+                        {
+                            "job_id": job_id,
+                            "index": 0,
+                            "seed": i,
+                            "storage_key": f"jobs/{job_id}/0.png",
+                            "width": 64,
+                            "height": 64,
+                            "content_type": "image/png",
+                            "size_bytes": 1000,
+                            "created_at": created + timedelta(seconds=3),
+                        }
+                    )
+            with self.engine.begin() as conn:
+                conn.execute(jobs.insert(), job_rows)
+                conn.execute(outputs.insert(), output_rows)
+            progress(f"sqlite: {min(first + chunk - 1, count)} of {count} finished jobs inserted")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def summarise(empty: list[float], full: list[float]) -> dict[str, Any]:
+    """p50 / p99 (ms) of both runs, the p50 ratio, and the target (2x or +25 ms)."""
+    e50, f50 = percentile(empty, 50), percentile(full, 50)
+    assert e50 is not None and f50 is not None
+    return {
+        "empty_p50_ms": round(e50, 2),
+        "empty_p99_ms": round(percentile(empty, 99) or 0.0, 2),
+        "full_p50_ms": round(f50, 2),
+        "full_p99_ms": round(percentile(full, 99) or 0.0, 2),
+        "p50_ratio": round(f50 / e50, 2) if e50 else None,
+        "within_target": f50 <= max(2 * e50, e50 + 25),
+    }
+
+
+def run_backend(backend: str, history: int, args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="easel-scale-") as tmp, database(backend, Path(tmp)) as url:
+        bench = Bench(url, Path(tmp), args.queued)
+        try:
+            progress(f"{backend}: measuring with an empty history")
+            empty = bench.measure(args.samples)
+            progress(f"{backend}: inserting {history} finished jobs")
+            fill_seconds = bench.fill(history)
+            progress(f"{backend}: {history} finished jobs in {fill_seconds:.1f}s; measuring again")
+            full = bench.measure(args.samples)
+        finally:
+            bench.close()
+    calls = {name: summarise(empty[name], full[name]) for name in CALLS}
+    return {
+        "history_jobs": history,
+        "fill_seconds": round(fill_seconds, 1),
+        "samples": args.samples,
+        "queued": args.queued,
+        "all_within_target": all(call["within_target"] for call in calls.values()),
+        "calls": calls,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    import logging
+
+    args = parse_args(argv)
+    logging.getLogger("easel").setLevel(logging.ERROR)  # no line per accepted job or republish
+    sizes = {"postgresql": args.postgres_jobs, "sqlite": args.sqlite_jobs}
+    figures = {backend: run_backend(backend, sizes[backend], args) for backend in args.backends}
+    emit({"benchmark": "scale", **figures})
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
