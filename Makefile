@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.easel-installed
 
-.PHONY: run test lint format bench bench-throughput bench-batching bench-api clean
+.PHONY: run test test-fast screenshots lint format bench bench-throughput bench-batching bench-api clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,23 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	EASEL_AUTH_ENABLED=$${EASEL_AUTH_ENABLED:-false} EASEL_LOG_FORMAT=$${EASEL_LOG_FORMAT:-text} $(BIN)/easel run
 
+# Lint, then the whole suite. PostgreSQL and Redis: the servers at EASEL_TEST_PG /
+# EASEL_TEST_REDIS (127.0.0.1:5432 / :6379) when they answer, else private ones started
+# from the installed postgresql and redis-server packages.
 test: $(STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit tier alone: no server, no process of the stack (a minute or two).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+# Retake the README's walkthrough pictures: the browser tests write them to
+# tests/artifacts (never to tracked files); this copies them into docs/images.
+PICTURES := form job gallery inpaint-form docs
+screenshots: $(STAMP)
+	rm -f $(PICTURES:%=tests/artifacts/%.png)
+	$(BIN)/python -m pytest tests/e2e/test_browser.py $(PYTEST_ARGS)
+	cp $(PICTURES:%=tests/artifacts/%.png) docs/images/
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -31,25 +31,18 @@ from typing import Any
 
 import requests
 
-from tests.servers import PrivatePostgres, PrivateRedis
-from tests.support import (
-    Process,
-    Stack,
-    base_env,
+from bench.processes import Stack, base_env, install_tiny_model
+from bench.servers import (
+    S3_CREDENTIALS,
+    PrivatePostgres,
+    PrivateRedis,
     claimed_redis_db,
-    easel,
-    free_port,
-    install_tiny_model,
-    start_process,
+    postgres_server,
+    redis_server,
+    s3_server,
     temporary_database,
-    wait_for,
 )
 
-S3_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "bench",
-    "AWS_SECRET_ACCESS_KEY": "bench",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 # Limits that would otherwise refuse a benchmark's bursts (each has its own tests).
 NO_LIMITS = {
     "EASEL_RATE_LIMIT": "100000000/minute",
@@ -115,49 +108,29 @@ class Services:
 
 
 @contextlib.contextmanager
-def s3_server(bucket: str) -> Iterator[tuple[str, Any]]:
-    """moto's S3 server over HTTP on a free port, with ``bucket``: (endpoint, client)."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"],
-            aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        )
-        client.create_bucket(Bucket=bucket)
-        yield endpoint, client
-    finally:
-        server.stop()
-
-
-@contextlib.contextmanager
 def services(private: bool = False, s3: bool = True, bucket: str = "bench") -> Iterator[Services]:
     """PostgreSQL, Redis and (``s3``) an S3 endpoint for one run.
 
-    Shared servers by default: a temporary database and a claimed Redis database
-    number. ``private``: a ``redis-server`` and an ``initdb`` cluster of the run's own,
-    which the run may stop and restart (``Services.redis`` / ``Services.postgres``).
+    Shared servers by default (``EASEL_TEST_PG`` / ``EASEL_TEST_REDIS``, or private
+    ones started for the run when nothing answers there): a temporary database and a
+    claimed Redis database number. ``private``: a ``redis-server`` and an ``initdb``
+    cluster of the run's own, which the run may stop and restart (``Services.redis`` /
+    ``Services.postgres``).
     """
     with contextlib.ExitStack() as stack:
         if private:
-            redis_server = PrivateRedis().start()
-            stack.callback(redis_server.stop)
+            private_redis = PrivateRedis().start()
+            stack.callback(private_redis.stop)
             postgres = PrivatePostgres()
             stack.callback(postgres.destroy)
             postgres.start()
-            found = Services(postgres.url, redis_server.url, postgres=postgres, redis=redis_server)
+            found = Services(postgres.url, private_redis.url, postgres=postgres, redis=private_redis)
         else:
+            admin_url = stack.enter_context(postgres_server())
+            redis_url = stack.enter_context(redis_server())
             found = Services(
-                stack.enter_context(temporary_database("easel_bench")),
-                stack.enter_context(claimed_redis_db()),
+                stack.enter_context(temporary_database("easel_bench", admin_url)),
+                stack.enter_context(claimed_redis_db(redis_url)),
             )
         if s3:
             found.s3_endpoint, found.s3 = stack.enter_context(s3_server(bucket))
@@ -166,26 +139,6 @@ def services(private: bool = False, s3: bool = True, bucket: str = "bench") -> I
 
 
 # -- processes ---------------------------------------------------------------------------
-
-
-@dataclass
-class BenchStack(Stack):
-    """``tests.support.Stack`` whose web tier runs ``web_workers`` gunicorn processes."""
-
-    web_workers: int = 2
-
-    def start_web(self) -> Process:
-        env = {**self.env, "EASEL_PORT": str(self.port), "EASEL_WEB_WORKERS": str(self.web_workers)}
-        process = start_process("web", easel("web"), env, self.workdir)
-        self.processes.append(process)
-        wait_for(
-            lambda: process.popen.poll() is not None or requests.get(self.base_url + "/readyz", timeout=2).ok,
-            90,
-            f"web on {self.base_url}",
-        )
-        if process.popen.poll() is not None:
-            raise RuntimeError(f"web exited:\n{process.log()[-3000:]}")
-        return process
 
 
 def build_tiny_model(root: Path) -> Path:
@@ -203,7 +156,7 @@ def easel_stack(
     web_workers: int = 2,
     keep: bool = False,
     prefix: str = "easel-bench-",
-) -> Iterator[BenchStack]:
+) -> Iterator[Stack]:
     """A migrated stack on ``found`` in a temporary home; nothing started yet.
 
     On the way out its processes are stopped (SIGTERM, then SIGKILL) and the home
@@ -213,7 +166,7 @@ def easel_stack(
     home = Path(tempfile.mkdtemp(prefix=prefix))
     if tiny_model is not None:
         install_tiny_model(tiny_model, home)
-    stack = BenchStack(env=base_env(home, **found.env(), **settings), workdir=home, web_workers=web_workers)
+    stack = Stack(env=base_env(home, **found.env(), **settings), workdir=home, web_workers=web_workers)
     try:
         stack.migrate()
         yield stack

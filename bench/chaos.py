@@ -26,7 +26,7 @@ import requests
 from sqlalchemy import create_engine, text
 
 from bench._stack import Services, easel_stack, emit, exit_cleanly_on_sigterm, post_job, progress, services
-from tests.support import Stack, wait_for
+from bench.processes import Stack, wait_for
 
 CHAOS_SETTINGS = {
     "EASEL_HEARTBEAT_SECONDS": "0.5",

@@ -1,7 +1,12 @@
 """Session fixtures: the real services (PostgreSQL, Redis, S3 over HTTP) and stacks.
 
-Every test run gets its own PostgreSQL database, its own Redis database number
-and its own bucket, so runs never see each other's leftovers.
+PostgreSQL and Redis are the servers at ``EASEL_TEST_PG`` / ``EASEL_TEST_REDIS``
+(default 127.0.0.1:5432 and :6379) when they answer; when nothing listens there,
+private ones are started from the installed server binaries for the session
+(``bench.servers``). Every run gets its own PostgreSQL database, its own Redis
+database number and its own bucket, so runs never see each other's leftovers.
+
+``tests/unit`` starts no server: its conftest refuses these fixtures.
 """
 
 from __future__ import annotations
@@ -13,14 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import (
-    Stack,
-    base_env,
+from bench.processes import Stack
+from bench.servers import (
+    S3_CREDENTIALS,
     claimed_redis_db,
-    free_port,
-    install_tiny_model,
+    postgres_server,
+    redis_server,
+    s3_server,
     temporary_database,
 )
+from tests.factories import make_stack
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -35,9 +42,25 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def postgres_admin_url() -> Iterator[str]:
+    """A PostgreSQL server whose user may create databases: the configured one, or a
+    private cluster when nothing answers there."""
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    """A Redis server: the configured one, or a private ``redis-server`` when nothing
+    answers there."""
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
     """A fresh PostgreSQL database for this run, dropped at the end."""
-    with temporary_database("easel_test") as url:
+    with temporary_database("easel_test", postgres_admin_url) as url:
         yield url
         from easel.shared.db import engine_for
 
@@ -45,47 +68,34 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
+def fresh_postgres_url(postgres_admin_url: str) -> Iterator[str]:
     """An empty database of its own for one test."""
-    with temporary_database("easel_t") as url:
+    with temporary_database("easel_t", postgres_admin_url) as url:
         yield url
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def redis_url(redis_server_url: str) -> Iterator[str]:
     """A Redis database number claimed for this run."""
-    with claimed_redis_db() as url:
+    with claimed_redis_db(redis_server_url) as url:
         yield url
 
 
 @pytest.fixture
-def own_redis_url() -> Iterator[str]:
+def own_redis_url(redis_server_url: str) -> Iterator[str]:
     """A Redis database for one test, apart from the session stacks' workers."""
-    with claimed_redis_db() as url:
+    with claimed_redis_db(redis_server_url) as url:
         yield url
 
 
 @pytest.fixture(scope="session")
 def s3() -> Iterator[dict[str, str]]:
     """moto's S3 server over HTTP on a free port, with a bucket of this run's own."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    creds = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    for key, value in creds.items():
+    for key, value in S3_CREDENTIALS.items():
         os.environ.setdefault(key, value)
-    endpoint = f"http://127.0.0.1:{port}"
     bucket = f"easel-test-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
-    yield {"endpoint": endpoint, "bucket": bucket, **creds}
-    server.stop()
+    with s3_server(bucket) as (endpoint, _client):
+        yield {"endpoint": endpoint, "bucket": bucket, **S3_CREDENTIALS}
 
 
 @pytest.fixture(scope="session")
@@ -96,31 +106,19 @@ def service_env(postgres_url: str, redis_url: str, s3: dict[str, str]) -> dict[s
         "EASEL_BROKER_URL": redis_url,
         "EASEL_STORAGE_URL": f"s3://{s3['bucket']}/outputs",
         "EASEL_S3_ENDPOINT_URL": s3["endpoint"],
-        "AWS_ACCESS_KEY_ID": s3["AWS_ACCESS_KEY_ID"],
-        "AWS_SECRET_ACCESS_KEY": s3["AWS_SECRET_ACCESS_KEY"],
-        "AWS_DEFAULT_REGION": s3["AWS_DEFAULT_REGION"],
+        **S3_CREDENTIALS,
     }
 
 
-WEBHOOK_SECRET = "test-webhook-secret"
-STACK_SETTINGS = {
-    "EASEL_WEBHOOK_SECRET": WEBHOOK_SECRET,
-    "EASEL_WEBHOOK_MAX_ATTEMPTS": "3",
-    "EASEL_WEBHOOK_BACKOFF_SECONDS": "0.3",
-    "EASEL_WEBHOOK_TIMEOUT_SECONDS": "2",
-    "EASEL_PROGRESS_INTERVAL_SECONDS": "0.2",
-    "EASEL_HEARTBEAT_SECONDS": "1",
-    "EASEL_SUBMIT_RATE_LIMIT": "100000/minute",  # the suite submits fast; limits have their own tests
-    "EASEL_RATE_LIMIT": "100000/minute",
-}
-
-
-def _stack(home: Path, tiny_model: Path, env: dict[str, str]) -> Stack:
-    home.mkdir(parents=True, exist_ok=True)
-    install_tiny_model(tiny_model, home)
-    stack = Stack(env=base_env(home, **STACK_SETTINGS, **env), workdir=home)
-    stack.migrate()
-    return stack
+def _running(stack: Stack) -> Iterator[Stack]:
+    """``stack`` with web, one worker and the webhook sender started; stopped afterwards."""
+    try:
+        stack.start_web()
+        stack.start_worker()
+        stack.start_webhooks()
+        yield stack
+    finally:
+        stack.stop()
 
 
 @pytest.fixture(scope="session")
@@ -129,30 +127,18 @@ def services_stack(
 ) -> Iterator[Stack]:
     """web + one worker on PostgreSQL, Redis and S3, with authentication on (a key made by
     `easel keys create` rides on every request)."""
-    stack = _stack(
+    stack = make_stack(
         tmp_path_factory.mktemp("services-stack"),
         tiny_model,
         {**service_env, "EASEL_WEBHOOK_ALLOW_PRIVATE": "true"},
     )
     stack.create_key("services-stack")
-    try:
-        stack.start_web()
-        stack.start_worker()
-        stack.start_webhooks()
-        yield stack
-    finally:
-        stack.stop()
+    yield from _running(stack)
 
 
 @pytest.fixture(scope="session")
 def embedded_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Stack]:
     """web + one worker on the embedded defaults (SQLite, SQLite broker, local folder),
     authentication off as in `make run`."""
-    stack = _stack(tmp_path_factory.mktemp("embedded-stack"), tiny_model, {"EASEL_AUTH_ENABLED": "false"})
-    try:
-        stack.start_web()
-        stack.start_worker()
-        stack.start_webhooks()
-        yield stack
-    finally:
-        stack.stop()
+    stack = make_stack(tmp_path_factory.mktemp("embedded-stack"), tiny_model, {"EASEL_AUTH_ENABLED": "false"})
+    yield from _running(stack)

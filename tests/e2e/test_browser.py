@@ -14,13 +14,15 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.support import ROOT, Stack
+from bench.processes import ROOT, Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Screenshots go to the ignored tests/artifacts only, so a test run changes no tracked
+# file; `make screenshots` runs this module and copies the README's walkthrough pictures
+# (form, job, gallery, inpaint-form, docs) from there into docs/images.
 ARTIFACTS = ROOT / "tests" / "artifacts"
-PICTURES = ROOT / "docs" / "images"  # the README's walkthrough: retaken by every run, so they stay true
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,6 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    PICTURES.mkdir(parents=True, exist_ok=True)
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Debian's chromium is needed at {CHROMIUM}: apt-get install chromium")
     with sync_playwright() as playwright:
@@ -75,7 +76,7 @@ def test_form_submit_shows_the_finished_image(page: Any, embedded_stack: Stack) 
     page.fill("input[name=steps]", "8")
     page.fill("input[name=seed]", "31337")
     page.select_option("select[name=scheduler]", "dpmpp_2m")
-    page.screenshot(path=str(PICTURES / "form.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "form.png"), full_page=True)
     page.click("button[type=submit]")
     page.wait_for_url("**/jobs/*")
     status = page.locator("#status")
@@ -94,7 +95,7 @@ def test_form_submit_shows_the_finished_image(page: Any, embedded_stack: Stack) 
         "() => (b => b.getBoundingClientRect().width === b.parentElement.getBoundingClientRect().width)"
         "(document.querySelector('#bar'))"
     )
-    page.screenshot(path=str(PICTURES / "job.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "job.png"), full_page=True)
     outside = [u for u in page.requests_seen if not u.startswith(embedded_stack.base_url)]
     assert outside == []
 
@@ -150,7 +151,7 @@ def test_gallery_links_to_jobs_and_reuses_settings(page: Any, embedded_stack: St
     page.goto("/gallery")
     tile = page.locator(f"a[href='/jobs/{job['id']}']")
     tile.locator("img").wait_for()
-    page.screenshot(path=str(PICTURES / "gallery.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "gallery.png"), full_page=True)
     tile.click()
     page.wait_for_url(f"**/jobs/{job['id']}")
     page.click("#reuse")
@@ -160,7 +161,7 @@ def test_gallery_links_to_jobs_and_reuses_settings(page: Any, embedded_stack: St
 
 
 def test_paint_a_mask_and_inpaint(page: Any, embedded_stack: Stack) -> None:
-    from tests.images import encode, gradient
+    from tests.factories import encode, gradient
 
     page.goto("/edit")
     page.check("input[name=type][value=inpaint]")
@@ -180,7 +181,7 @@ def test_paint_a_mask_and_inpaint(page: Any, embedded_stack: Stack) -> None:
     page.fill("textarea[name=prompt]", "a stripe")
     page.fill("input[name=steps]", "6")
     page.fill("input[name=mask_blur]", "0")
-    page.screenshot(path=str(PICTURES / "inpaint-form.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "inpaint-form.png"), full_page=True)
     page.click("button[type=submit]")
     page.wait_for_url("**/jobs/*")
     wait_until_finished(page)
@@ -219,6 +220,6 @@ def test_api_docs_page_loads_with_no_external_requests(page: Any, embedded_stack
     examples.wait_for()
     options = examples.inner_text().lower()
     assert "text to image" in options and "image to image" in options and "inpaint" in options
-    page.screenshot(path=str(PICTURES / "docs.png"), full_page=False)
+    page.screenshot(path=str(ARTIFACTS / "docs.png"), full_page=False)
     outside = [u for u in page.requests_seen if not u.startswith(embedded_stack.base_url)]
     assert outside == []

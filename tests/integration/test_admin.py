@@ -8,8 +8,8 @@ import pytest
 import requests
 from sqlalchemy import create_engine, update
 
+from bench.processes import Stack
 from easel.shared.models import Job, utcnow
-from tests.support import Stack
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import _stack
-from tests.support import Stack, claimed_redis_db
+from bench.processes import Stack
+from tests.factories import make_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -25,24 +25,28 @@ JOBS = [
 
 @pytest.fixture
 def stack(
-    tmp_path: Path, tiny_model: Path, fresh_postgres_url: str, s3: dict[str, str], service_env: dict[str, str]
+    tmp_path: Path,
+    tiny_model: Path,
+    fresh_postgres_url: str,
+    own_redis_url: str,
+    s3: dict[str, str],
+    service_env: dict[str, str],
 ) -> Iterator[Stack]:
     """web on its own database and Redis database, so no other stack's worker takes its jobs."""
-    with claimed_redis_db() as redis_url:
-        env = {
-            **service_env,
-            "EASEL_DATABASE_URL": fresh_postgres_url,
-            "EASEL_BROKER_URL": redis_url,
-            "EASEL_STORAGE_URL": f"s3://{s3['bucket']}/{tmp_path.name}",
-            "EASEL_AUTH_ENABLED": "false",
-            "EASEL_MAX_BATCH_SIZE": "4",
-        }
-        stack = _stack(tmp_path, tiny_model, env)
-        try:
-            stack.start_web()
-            yield stack
-        finally:
-            stack.stop()
+    env = {
+        **service_env,
+        "EASEL_DATABASE_URL": fresh_postgres_url,
+        "EASEL_BROKER_URL": own_redis_url,
+        "EASEL_STORAGE_URL": f"s3://{s3['bucket']}/{tmp_path.name}",
+        "EASEL_AUTH_ENABLED": "false",
+        "EASEL_MAX_BATCH_SIZE": "4",
+    }
+    stack = make_stack(tmp_path, tiny_model, env)
+    try:
+        stack.start_web()
+        yield stack
+    finally:
+        stack.stop()
 
 
 def pixels(stack: Stack, job: dict) -> list[np.ndarray]:

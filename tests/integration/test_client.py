@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from werkzeug.serving import make_server
 
+from bench.processes import ROOT, Stack, easel
 from easel.client import EaselApiError, EaselClient, JobTimeout
 from easel.migrations.upgrade import upgrade
 from easel.shared.db import session_scope
@@ -21,8 +22,7 @@ from easel.shared.settings import Settings
 from easel.web import create_app
 from easel.web.keys import create_key
 from easel.worker.pngmeta import read_parameters
-from tests.images import box_mask, encode, gradient
-from tests.support import ROOT, Stack, easel
+from tests.factories import box_mask, encode, gradient
 
 pytestmark = pytest.mark.slow
 

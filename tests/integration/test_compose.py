@@ -27,9 +27,9 @@ import requests
 import yaml
 from sqlalchemy.engine import make_url
 
+from bench.processes import ROOT, Process, Stack, free_port, install_tiny_model, start_process, wait_for
 from easel.shared.settings import Settings
 from easel.worker.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
-from tests.support import ROOT, Process, Stack, free_port, install_tiny_model, start_process, wait_for
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.slow

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.processes import Stack
 from easel.worker.pngmeta import read_parameters
-from tests.images import b64, box_mask, encode, gradient
-from tests.support import Stack
+from tests.factories import b64, box_mask, encode, gradient
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from bench.processes import Stack, wait_for
 from easel.worker.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
-from tests.conftest import WEBHOOK_SECRET
-from tests.support import Stack, wait_for
+from tests.factories import WEBHOOK_SECRET
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.slow

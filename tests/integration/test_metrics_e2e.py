@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import _stack
-from tests.support import Stack, free_port, wait_for
-from tests.unit.test_metrics import Samples, parse, value
+from bench.processes import Stack, free_port, wait_for
+from tests.factories import Samples, make_stack, parse_metrics, value
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +33,7 @@ def metrics_stack(
         "EASEL_BROKER_URL": own_redis_url,
         "EASEL_STORAGE_URL": service_env["EASEL_STORAGE_URL"] + "-metrics",
     }
-    stack = _stack(tmp_path / "home", tiny_model, env)
+    stack = make_stack(tmp_path / "home", tiny_model, env)
     stack.create_key("metrics")
     port = free_port()
     try:
@@ -48,7 +47,7 @@ def metrics_stack(
 def scrape(url: str) -> Samples:
     response = requests.get(url, timeout=10)  # no API key: /metrics is public like /healthz
     assert response.status_code == 200, response.text
-    return parse(response.text)
+    return parse_metrics(response.text)
 
 
 def test_web_and_worker_metrics_after_two_successes_and_a_cancel(metrics_stack: tuple[Stack, int]) -> None:

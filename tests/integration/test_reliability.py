@@ -1,7 +1,7 @@
 """No accepted job is lost or run twice when workers, the broker or the database fail.
 
 These tests stop, flush and restart servers, so they run their own private Redis and
-PostgreSQL (``tests.servers``), never the shared ones.
+PostgreSQL (``bench.servers``), never the shared ones.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
-from tests.conftest import STACK_SETTINGS
-from tests.servers import PrivatePostgres, PrivateRedis
-from tests.support import Process, Stack, base_env, install_tiny_model, unique_name, wait_for
+from bench.processes import Process, Stack, base_env, install_tiny_model, wait_for
+from bench.servers import PrivatePostgres, PrivateRedis, unique_name
+from tests.factories import STACK_SETTINGS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -8,9 +8,9 @@ another ``beta`` (``easel worker --models``), and none serves ``gamma``.
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +18,10 @@ import pytest
 import redis
 from sqlalchemy import create_engine, select
 
+from bench.processes import Process, Stack, base_env, wait_for
+from bench.servers import claimed_redis_db, temporary_database
 from easel.shared.models import Worker
 from easel.shared.queue import queue_name
-from tests.support import (
-    Process,
-    Stack,
-    base_env,
-    claimed_redis_db,
-    easel,
-    start_process,
-    temporary_database,
-    wait_for,
-)
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +42,7 @@ location = '{location}'
 max_size = 512
 """
 SMALL = {"width": 64, "height": 64, "steps": 2}
+IDLE_REPUBLISH_SECONDS = 1  # an idle worker republishes wake-ups of jobs of its models queued this long
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
@@ -65,12 +58,25 @@ class Routed:
 
     def worker_rows(self) -> dict[str, list[str]]:
         """The ``workers`` table: worker id (host:pid of the Celery child) -> models it serves."""
+        return {row.id: list(row.models) for row in self._workers()}
+
+    def last_beats(self) -> dict[str, datetime]:
+        """Worker id -> the time of its last heartbeat."""
+        return {row.id: as_utc(row.last_seen_at) for row in self._workers()}
+
+    def _workers(self) -> list[Any]:
         engine = create_engine(self.stack.env["EASEL_DATABASE_URL"])
         try:
             with engine.connect() as conn:
-                return {row.id: list(row.models) for row in conn.execute(select(Worker.id, Worker.models))}
+                return list(conn.execute(select(Worker.id, Worker.models, Worker.last_seen_at)))
         finally:
             engine.dispose()
+
+
+def as_utc(moment: datetime | str) -> datetime:
+    """An aware UTC datetime of a stored or ISO time (naive means UTC)."""
+    moment = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def descendants(pid: int) -> set[int]:
@@ -89,19 +95,16 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def start_worker(stack: Stack, name: str, args: list[str], extra_env: dict[str, str]) -> Process:
-    process = start_process(name, easel("worker", *args), {**stack.env, **extra_env}, stack.workdir)
-    stack.processes.append(process)
-    wait_for(lambda: " ready." in process.log() or process.popen.poll() is not None, 120, f"{name} to start")
-    assert process.popen.poll() is None, f"{name} exited:\n{process.log()[-3000:]}"
-    return process
-
-
 @pytest.fixture(scope="module")
-def routed(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Routed]:
+def routed(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, postgres_admin_url: str, redis_server_url: str
+) -> Iterator[Routed]:
     home = tmp_path_factory.mktemp("routing")
     (home / "models.toml").write_text(MODELS_FILE.format(location=tiny_model))
-    with temporary_database("easel_route") as db_url, claimed_redis_db() as redis_url:
+    with (
+        temporary_database("easel_route", postgres_admin_url) as db_url,
+        claimed_redis_db(redis_server_url) as redis_url,
+    ):
         env = base_env(
             home,
             EASEL_DATABASE_URL=db_url,
@@ -110,6 +113,7 @@ def routed(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
             EASEL_DEFAULT_MODEL="alpha",
             EASEL_AUTH_ENABLED="false",  # the job page is opened by a browser below
             EASEL_HEARTBEAT_SECONDS="1",
+            EASEL_IDLE_REPUBLISH_SECONDS=str(IDLE_REPUBLISH_SECONDS),
             EASEL_CPU_THREADS="1",
             EASEL_RATE_LIMIT="100000/minute",
             EASEL_SUBMIT_RATE_LIMIT="100000/minute",
@@ -119,8 +123,8 @@ def routed(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
         try:
             stack.start_web()
             workers = {
-                "alpha": start_worker(stack, "worker-alpha", [], {"EASEL_WORKER_MODELS": "alpha"}),
-                "beta": start_worker(stack, "worker-beta", ["--models", "beta"], {}),
+                "alpha": stack.start_worker("worker-alpha", {"EASEL_WORKER_MODELS": "alpha"}),
+                "beta": stack.start_worker("worker-beta", args=("--models", "beta")),
             }
             routed = Routed(stack, workers)
             # Live once each Celery child has written its first heartbeat.
@@ -161,7 +165,15 @@ def test_a_model_no_worker_serves_waits_and_can_be_canceled(routed: Routed) -> N
     assert job["status"] == "queued" and job["waiting_for_worker"] is True
     assert job["eta_seconds"] is None and job["queue_position"] == 0
 
-    time.sleep(3)  # several heartbeats and idle sweeps of both workers
+    # Each worker beats, sweeps, then waits one interval (1 s) before its next beat. A beat
+    # later than the job's republish age plus two intervals follows a sweep that ran when
+    # the job was old enough to be republished (had a worker served gamma).
+    swept_after = as_utc(job["created_at"]) + timedelta(seconds=IDLE_REPUBLISH_SECONDS + 2)
+    wait_for(
+        lambda: len(beats := routed.last_beats()) == 2 and all(t > swept_after for t in beats.values()),
+        30,
+        f"both workers to sweep after {swept_after}: {routed.last_beats()}",
+    )
     still = stack.job(job["id"])
     assert still["status"] == "queued" and still["waiting_for_worker"] is True, still
     assert still["attempts"] == 0 and still["started_at"] is None and still["worker_id"] is None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import Stack, base_env, easel, free_port, start_process, wait_for
+from bench.processes import Stack, base_env, easel, free_port, start_process, wait_for
 
 pytestmark = pytest.mark.slow
 

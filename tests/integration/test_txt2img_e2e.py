@@ -10,8 +10,8 @@ import pytest
 import requests
 from PIL import Image
 
+from bench.processes import Stack, wait_for
 from easel.worker.pngmeta import read_parameters
-from tests.support import Stack, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, text
 
+from bench.processes import ROOT
 from easel.migrations.upgrade import upgrade
 from easel.shared.settings import Settings
 from easel.web import create_app
-from tests.support import ROOT
+from tests.factories import counts
 
 
 @pytest.fixture
@@ -38,24 +38,6 @@ def app(settings: Settings) -> Flask:
 def client(app: Flask) -> Iterator[FlaskClient]:
     with app.test_client() as client:
         yield client
-
-
-def counts(settings: Settings) -> tuple[int, int]:
-    """(jobs in the database, wake-ups waiting in the broker)."""
-    jobs = create_engine(settings.database_url)
-    with jobs.connect() as conn:
-        n_jobs = conn.execute(text("SELECT count(*) FROM jobs")).scalar_one()
-    broker_db = settings.home / "broker.db"
-    n_messages = 0
-    if broker_db.exists():
-        broker = create_engine(f"sqlite:///{broker_db}")
-        with broker.connect() as conn:
-            tables = {r[0] for r in conn.execute(text("SELECT name FROM sqlite_master"))}
-            if "kombu_message" in tables:
-                n_messages = conn.execute(text("SELECT count(*) FROM kombu_message")).scalar_one()
-        broker.dispose()
-    jobs.dispose()
-    return n_jobs, n_messages
 
 
 def test_factory_uses_given_settings(app: Flask, settings: Settings) -> None:

@@ -15,8 +15,7 @@ from PIL import Image
 from easel.migrations.upgrade import upgrade
 from easel.shared.settings import Settings
 from easel.web import create_app
-from tests.images import b64, box_mask, encode, gradient
-from tests.unit.test_app import counts
+from tests.factories import b64, box_mask, counts, encode, gradient
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from easel.shared.registry import ModelSource, ModelSpec
 from easel.worker.engine.device import DevicePlan
 from easel.worker.engine.generate import GenerationRequest, generate
 from easel.worker.engine.pipelines import ModelPipelines, PipelineCache, load_pipeline
-from tests.images import box_mask, gradient
+from tests.factories import box_mask, gradient
 
 CPU = DevicePlan("cpu", "float32")
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from easel.shared.errors import ValidationFailed
 from easel.shared.images import ImageTooLarge, as_mask, decode_base64, default_size, load_image
-from tests.images import encode, gradient
+from tests.factories import encode, gradient
 
 MB = 1024 * 1024
 

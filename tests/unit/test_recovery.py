@@ -19,7 +19,7 @@ from easel.shared.models import Job, Worker, utcnow
 from easel.shared.storage import LocalStorage
 from easel.worker.engine.generate import GenerationRequest, GpuOutOfMemory, generate
 from easel.worker.sweeper import Sweeper
-from tests.unit.test_runner import enqueue, env, fetch, make_runner  # noqa: F401 - fixtures
+from tests.factories import enqueue, fetch, make_runner
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ class FlakyStorage(LocalStorage):
         super().put(key, data, content_type)
 
 
-def test_uploads_are_retried(env: dict[str, Any], tmp_path: Path) -> None:  # noqa: F811
+def test_uploads_are_retried(env: dict[str, Any], tmp_path: Path) -> None:
     storage = FlakyStorage(tmp_path / "flaky", failures=2)
     job_id = enqueue(env)
     runner = make_runner(env, storage=storage)
@@ -168,7 +168,7 @@ def test_uploads_are_retried(env: dict[str, Any], tmp_path: Path) -> None:  # no
 
 
 def test_uploads_that_keep_failing_fail_the_job_and_the_worker_goes_on(
-    env: dict[str, Any],  # noqa: F811
+    env: dict[str, Any],
     tmp_path: Path,
 ) -> None:
     storage = FlakyStorage(tmp_path / "down", failures=10**6)

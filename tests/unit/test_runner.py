@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,68 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 from sqlalchemy import update
-from sqlalchemy.orm import sessionmaker
 
-from easel.migrations.upgrade import upgrade
-from easel.shared.db import make_engine
+from bench.processes import wait_for
 from easel.shared.errors import StorageError
-from easel.shared.jobs import create_job
 from easel.shared.models import Job, JobOutput
-from easel.shared.registry import ModelSource, ModelSpec, Registry
-from easel.shared.schemas import parse_job_request, resolve_job
-from easel.shared.settings import Settings
 from easel.shared.storage import LocalStorage
-from easel.worker.engine.device import DevicePlan
-from easel.worker.engine.pipelines import PipelineCache, load_pipeline
 from easel.worker.engine.runner import JobRunner, ProgressReporter
 from easel.worker.pngmeta import read_parameters
-from tests.support import wait_for
-
-
-@pytest.fixture
-def env(tmp_path: Path, tiny_model: Path) -> Iterator[dict[str, Any]]:
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    settings = Settings(home=tmp_path, database_url=url)
-    spec = ModelSpec(
-        name="tiny-sd", source=ModelSource.DIRECTORY, location=str(tiny_model), default_size=64, max_size=512
-    )
-    yield {
-        "sessions": sessionmaker(engine, expire_on_commit=False),
-        "settings": settings,
-        "registry": Registry([spec], "tiny-sd"),
-        "storage": LocalStorage(tmp_path / "out"),
-    }
-    engine.dispose()
-
-
-def make_runner(env: dict[str, Any], storage: Any = None, interval: float = 0.0) -> JobRunner:
-    cache = PipelineCache(loader=lambda spec: load_pipeline(spec, DevicePlan("cpu", "float32")))
-    return JobRunner(
-        sessions=env["sessions"],
-        registry=env["registry"],
-        storage=storage or env["storage"],
-        cache=cache,
-        worker_id="test:1",
-        models=["tiny-sd"],
-        progress_interval=interval,
-    )
-
-
-def enqueue(env: dict[str, Any], **fields: Any) -> str:
-    resolved = resolve_job(
-        parse_job_request({"prompt": "a cat", "steps": 3, **fields}), env["registry"], env["settings"]
-    )
-    with env["sessions"]() as session:
-        job = create_job(session, resolved)
-        session.commit()
-        return job.id
-
-
-def fetch(env: dict[str, Any], job_id: str) -> Job:
-    with env["sessions"]() as session:
-        return session.get(Job, job_id)
+from tests.factories import enqueue, fetch, make_runner
 
 
 def test_runs_a_job_to_success(env: dict[str, Any]) -> None:

@@ -12,14 +12,14 @@ from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 
+from bench.processes import free_port, wait_for
 from easel.cli import main as cli
 from easel.migrations.upgrade import upgrade
 from easel.shared.db import session_scope
 from easel.shared.settings import Settings, get_settings
 from easel.web import create_app
 from easel.web.keys import create_key
-from tests.images import b64, gradient
-from tests.support import free_port, wait_for
+from tests.factories import b64, gradient
 
 
 @pytest.fixture

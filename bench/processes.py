@@ -1,4 +1,8 @@
-"""Helpers for tests that run real services and real processes."""
+"""Real ``easel`` processes for the benchmarks and the tests: start them, wait on them,
+talk to them, stop them.
+
+The tests import this module too (``bench`` never imports ``tests``).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,18 +21,18 @@ from typing import Any
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN_URL = os.environ.get("EASEL_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``condition`` until it returns a truthy value; fail after ``timeout`` seconds."""
+    """Poll ``condition`` until it returns a truthy value (which is returned); raise
+    ``TimeoutError`` naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -46,7 +48,7 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
 
 @dataclass
 class Process:
-    """A child process with its output in a log file."""
+    """A child process (in a session of its own) with its output in a log file."""
 
     name: str
     popen: subprocess.Popen[bytes]
@@ -55,7 +57,11 @@ class Process:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        """``sig`` to the whole process group, then SIGKILL after ``timeout`` seconds."""
         if self.popen.poll() is not None:
             return
         try:
@@ -70,6 +76,7 @@ class Process:
 
 
 def start_process(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Process:
+    """``args`` in the repository root, its output in ``log_dir/<name>.log``."""
     log_path = log_dir / f"{name}.log"
     handle = log_path.open("wb")
     popen = subprocess.Popen(
@@ -79,115 +86,8 @@ def start_process(name: str, args: list[str], env: dict[str, str], log_dir: Path
 
 
 def easel(*args: str) -> list[str]:
+    """The command line of ``easel <args>`` with this interpreter."""
     return [sys.executable, "-m", "easel.cli", *args]
-
-
-@dataclass
-class Stack:
-    """Real ``easel web`` and ``easel worker`` processes sharing one configuration."""
-
-    env: dict[str, str]
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    processes: list[Process] = field(default_factory=list)
-    api_key: str | None = None
-    http: requests.Session = field(default_factory=requests.Session)
-
-    def create_key(self, name: str = "tests", admin: bool = False) -> str:
-        """A key made with `easel keys create`, used for every request of this stack."""
-        args = ["keys", "create", name, *(["--admin"] if admin else [])]
-        result = subprocess.run(
-            easel(*args), env=self.env, check=True, cwd=str(ROOT), capture_output=True, text=True
-        )
-        key = result.stdout.strip().splitlines()[0]
-        if self.api_key is None:
-            self.api_key = key
-            self.http.headers["Authorization"] = f"Bearer {key}"
-        return key
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def migrate(self) -> None:
-        subprocess.run(easel("migrate"), env=self.env, check=True, cwd=str(ROOT), capture_output=True)
-
-    def start_web(self) -> Process:
-        env = {**self.env, "EASEL_PORT": str(self.port), "EASEL_WEB_WORKERS": "2"}
-        process = start_process("web", easel("web"), env, self.workdir)
-        self.processes.append(process)
-        wait_for(
-            lambda: requests.get(self.base_url + "/readyz", timeout=2).ok,
-            60,
-            f"web on {self.base_url}: {process.log()[-2000:]}",
-        )
-        return process
-
-    def start_worker(self, name: str = "worker", extra_env: dict[str, str] | None = None) -> Process:
-        env = {**self.env, **(extra_env or {})}
-        process = start_process(name, easel("worker"), env, self.workdir)
-        self.processes.append(process)
-        wait_for(
-            lambda: " ready." in process.log() or process.popen.poll() is not None, 120, f"{name} to start"
-        )
-        assert process.popen.poll() is None, f"{name} exited:\n{process.log()[-3000:]}"
-        return process
-
-    def start_webhooks(self) -> Process:
-        process = start_process("webhooks", easel("webhooks"), self.env, self.workdir)
-        self.processes.append(process)
-        wait_for(
-            lambda: " ready." in process.log() or process.popen.poll() is not None, 60, "webhooks to start"
-        )
-        assert process.popen.poll() is None, f"webhooks exited:\n{process.log()[-3000:]}"
-        return process
-
-    def worker_log(self) -> str:
-        return "".join(p.log() for p in self.processes if p.name.startswith("worker"))
-
-    def download(self, url: str) -> requests.Response:
-        """An output or input, following the redirect to a presigned URL when storage is S3."""
-        response = self.http.get(url, timeout=10)
-        response.raise_for_status()
-        return response
-
-    def cancel(self, job_id: str) -> requests.Response:
-        return self.http.post(f"{self.base_url}/api/v1/jobs/{job_id}/cancel", timeout=10)
-
-    def stop(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
-
-    def logs(self) -> str:
-        return "\n".join(f"===== {p.name} =====\n{p.log()[-4000:]}" for p in self.processes)
-
-    # -- REST helpers --------------------------------------------------------------------
-
-    def submit(self, **fields: Any) -> dict[str, Any]:
-        response = self.http.post(self.base_url + "/api/v1/jobs", json=fields, timeout=10)
-        assert response.status_code == 202, response.text
-        return response.json()
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        response = self.http.get(f"{self.base_url}/api/v1/jobs/{job_id}", timeout=10)
-        response.raise_for_status()
-        return response.json()
-
-    def wait(
-        self,
-        job_id: str,
-        timeout: float = 120,
-        statuses: tuple[str, ...] = ("succeeded", "failed", "canceled"),
-    ) -> dict[str, Any]:
-        try:
-            return wait_for(
-                lambda: (job := self.job(job_id))["status"] in statuses and job,
-                timeout,
-                f"job {job_id} to reach {statuses}",
-                interval=0.2,
-            )
-        except TimeoutError:
-            raise AssertionError(f"job {job_id} stuck: {self.job(job_id)}\n{self.logs()}") from None
 
 
 def base_env(home: Path, **overrides: str) -> dict[str, str]:
@@ -212,59 +112,124 @@ def install_tiny_model(prebuilt: Path, home: Path) -> None:
         shutil.copytree(prebuilt, target)
 
 
-@contextmanager
-def claimed_redis_db() -> Iterator[str]:
-    """A Redis database number of the shared server claimed for this holder alone.
+@dataclass
+class Stack:
+    """Real ``easel web`` and ``easel worker`` processes sharing one configuration."""
 
-    The claim is a lock key in database 0; the claimed database is emptied before
-    and after use, so no run sees another's leftovers.
-    """
-    import redis
+    env: dict[str, str]
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    processes: list[Process] = field(default_factory=list)
+    api_key: str | None = None
+    http: requests.Session = field(default_factory=requests.Session)
+    web_workers: int = 2
 
-    lock = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
-    token = uuid.uuid4().hex
-    number = next(
-        (n for n in range(1, 16) if lock.set(f"easel-test-lock:{n}", token, nx=True, ex=6 * 3600)), None
-    )
-    if number is None:
-        raise RuntimeError("every Redis database 1-15 is claimed by another test run")
-    ours = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=number)
-    ours.flushdb()
-    try:
-        yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{number}"
-    finally:
-        ours.flushdb()
-        if lock.get(f"easel-test-lock:{number}") == token.encode():
-            lock.delete(f"easel-test-lock:{number}")
+    def create_key(self, name: str = "tests", admin: bool = False) -> str:
+        """A key made with `easel keys create`; the first one rides on every request of this stack."""
+        args = ["keys", "create", name, *(["--admin"] if admin else [])]
+        result = subprocess.run(
+            easel(*args), env=self.env, check=True, cwd=str(ROOT), capture_output=True, text=True
+        )
+        key = result.stdout.strip().splitlines()[0]
+        if self.api_key is None:
+            self.api_key = key
+            self.http.headers["Authorization"] = f"Bearer {key}"
+        return key
 
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
-def unique_name(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+    def migrate(self) -> None:
+        subprocess.run(easel("migrate"), env=self.env, check=True, cwd=str(ROOT), capture_output=True)
 
+    def start(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> Process:
+        """``args`` with this stack's environment (plus ``extra_env``), stopped by ``stop``."""
+        process = start_process(name, args, {**self.env, **(extra_env or {})}, self.workdir)
+        self.processes.append(process)
+        return process
 
-@contextmanager
-def temporary_database(prefix: str) -> Iterator[str]:
-    """A new database on the shared PostgreSQL server: its URL; dropped afterwards
-    (connections still open to it are ended first)."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
+    def _until_ready(self, process: Process, timeout: float) -> Process:
+        """Wait for the `` ready.`` line of ``process``; fail with its log if it exits first."""
+        wait_for(
+            lambda: " ready." in process.log() or not process.running(), timeout, f"{process.name} to start"
+        )
+        if not process.running():
+            raise RuntimeError(f"{process.name} exited:\n{process.log()[-3000:]}")
+        return process
 
-    name = unique_name(prefix)
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    def start_web(self) -> Process:
+        """``easel web`` with ``web_workers`` gunicorn processes, once ``/readyz`` answers."""
+        extra = {"EASEL_PORT": str(self.port), "EASEL_WEB_WORKERS": str(self.web_workers)}
+        process = self.start("web", easel("web"), extra)
         try:
-            yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = :name AND pid <> pg_backend_pid()"
-                    ),
-                    {"name": name},
-                )
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    finally:
-        admin.dispose()
+            wait_for(
+                lambda: not process.running() or requests.get(self.base_url + "/readyz", timeout=2).ok,
+                90,
+                f"web on {self.base_url}",
+            )
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}:\n{process.log()[-3000:]}") from None
+        if not process.running():
+            raise RuntimeError(f"web exited:\n{process.log()[-3000:]}")
+        return process
+
+    def start_worker(
+        self, name: str = "worker", extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> Process:
+        """``easel worker <args>``, once it says it is ready."""
+        return self._until_ready(self.start(name, easel("worker", *args), extra_env), 120)
+
+    def start_webhooks(self) -> Process:
+        """``easel webhooks``, once it says it is ready."""
+        return self._until_ready(self.start("webhooks", easel("webhooks")), 60)
+
+    def worker_log(self) -> str:
+        return "".join(p.log() for p in self.processes if p.name.startswith("worker"))
+
+    def download(self, url: str) -> requests.Response:
+        """An output or input, following the redirect to a presigned URL when storage is S3."""
+        response = self.http.get(url, timeout=10)
+        response.raise_for_status()
+        return response
+
+    def cancel(self, job_id: str) -> requests.Response:
+        return self.http.post(f"{self.base_url}/api/v1/jobs/{job_id}/cancel", timeout=10)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {p.name} =====\n{p.log()[-4000:]}" for p in self.processes)
+
+    # -- REST helpers --------------------------------------------------------------------
+
+    def submit(self, **fields: Any) -> dict[str, Any]:
+        response = self.http.post(self.base_url + "/api/v1/jobs", json=fields, timeout=10)
+        if response.status_code != 202:
+            raise AssertionError(f"submit answered {response.status_code}: {response.text}")
+        return response.json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.http.get(f"{self.base_url}/api/v1/jobs/{job_id}", timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float = 120,
+        statuses: tuple[str, ...] = ("succeeded", "failed", "canceled"),
+    ) -> dict[str, Any]:
+        """The job once its status is one of ``statuses``; an AssertionError with every
+        process log after ``timeout`` seconds."""
+        try:
+            return wait_for(
+                lambda: (job := self.job(job_id))["status"] in statuses and job,
+                timeout,
+                f"job {job_id} to reach {statuses}",
+                interval=0.2,
+            )
+        except TimeoutError:
+            raise AssertionError(f"job {job_id} stuck: {self.job(job_id)}\n{self.logs()}") from None

@@ -1,0 +1,204 @@
+"""Builders of test data shared by the test modules (images, requests, jobs, stacks) and
+readers of what they produce. Test modules import from here, never from each other.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import create_engine, text
+
+from bench.processes import Stack, base_env, install_tiny_model
+from easel.shared.models import Job, JobType
+from easel.shared.params import GenerationParams
+from easel.shared.settings import Settings
+from easel.worker.engine.generate import GenerationRequest
+
+if TYPE_CHECKING:
+    from easel.worker.engine.runner import JobRunner
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "type": JobType.TXT2IMG,
+    "model": "tiny-sd",
+    "prompt": "a blue bird",
+    "negative_prompt": "",
+    "width": 64,
+    "height": 64,
+    "steps": 4,
+    "guidance_scale": 7.5,
+    "scheduler": "euler",
+    "seed": 11,
+}
+
+
+def generation_request(
+    image: Any = None, mask: Any = None, seeds: tuple[int, ...] | None = None, **fields: Any
+) -> GenerationRequest:
+    """A request with ``DEFAULT_PARAMS`` overridden by ``fields``; ``seeds`` (consecutive)
+    sets ``seed`` and ``num_images``."""
+    if seeds is not None:
+        assert list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))), "seeds must be consecutive"
+        fields = {**fields, "seed": seeds[0], "num_images": len(seeds)}
+    return GenerationRequest(GenerationParams(**{**DEFAULT_PARAMS, **fields}), image=image, mask=mask)
+
+
+def generate_one(pipe: Any, request: GenerationRequest, on_step: Any = None, **options: Any) -> list[Any]:
+    """The images of one request run alone (a batch of one)."""
+    from easel.worker.engine.generate import generate_batch
+
+    return generate_batch(pipe, [request], on_step, **options)[0]
+
+
+# -- images ------------------------------------------------------------------------------
+
+
+def gradient(width: int = 64, height: int = 64) -> Image.Image:
+    """An RGB picture whose every pixel differs from its neighbours."""
+    x = np.linspace(0, 255, width, dtype=np.uint8)[None, :].repeat(height, 0)
+    y = np.linspace(0, 255, height, dtype=np.uint8)[:, None].repeat(width, 1)
+    return Image.fromarray(np.stack([x, y, 255 - x], axis=-1), "RGB")
+
+
+def box_mask(
+    width: int = 64, height: int = 64, box: tuple[int, int, int, int] = (16, 16, 48, 48)
+) -> Image.Image:
+    """A mask that is white (repaint) inside ``box`` and black elsewhere."""
+    mask = Image.new("L", (width, height), 0)
+    mask.paste(255, box)
+    return mask
+
+
+def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def b64(image: Image.Image, fmt: str = "PNG") -> str:
+    return base64.b64encode(encode(image, fmt)).decode()
+
+
+# -- jobs on a runner (SQLite, a local folder, the tiny pipeline: the unit ``env`` fixture) --
+
+
+def make_runner(env: dict[str, Any], storage: Any = None, interval: float = 0.0) -> JobRunner:
+    """A JobRunner on the unit ``env`` (its storage unless ``storage``), loading on the CPU."""
+    from easel.worker.engine.device import DevicePlan
+    from easel.worker.engine.pipelines import PipelineCache, load_pipeline
+    from easel.worker.engine.runner import JobRunner
+
+    cache = PipelineCache(loader=lambda spec: load_pipeline(spec, DevicePlan("cpu", "float32")))
+    return JobRunner(
+        sessions=env["sessions"],
+        registry=env["registry"],
+        storage=storage or env["storage"],
+        cache=cache,
+        worker_id="test:1",
+        models=["tiny-sd"],
+        progress_interval=interval,
+    )
+
+
+def enqueue(env: dict[str, Any], **fields: Any) -> str:
+    """A queued job (a 3-step "a cat" unless ``fields`` say otherwise) in ``env``'s database: its id."""
+    from easel.shared.jobs import create_job
+    from easel.shared.schemas import parse_job_request, resolve_job
+
+    resolved = resolve_job(
+        parse_job_request({"prompt": "a cat", "steps": 3, **fields}), env["registry"], env["settings"]
+    )
+    with env["sessions"]() as session:
+        job = create_job(session, resolved)
+        session.commit()
+        return job.id
+
+
+def fetch(env: dict[str, Any], job_id: str) -> Job:
+    with env["sessions"]() as session:
+        return session.get(Job, job_id)
+
+
+# -- what the web tier recorded ------------------------------------------------------------
+
+
+def counts(settings: Settings) -> tuple[int, int]:
+    """(jobs in the database, wake-ups waiting in the embedded SQLite broker)."""
+    jobs = create_engine(settings.database_url)
+    with jobs.connect() as conn:
+        n_jobs = conn.execute(text("SELECT count(*) FROM jobs")).scalar_one()
+    jobs.dispose()
+    broker_db = settings.home / "broker.db"
+    n_messages = 0
+    if broker_db.exists():
+        broker = create_engine(f"sqlite:///{broker_db}")
+        with broker.connect() as conn:
+            tables = {r[0] for r in conn.execute(text("SELECT name FROM sqlite_master"))}
+            if "kombu_message" in tables:
+                n_messages = conn.execute(text("SELECT count(*) FROM kombu_message")).scalar_one()
+        broker.dispose()
+    return n_jobs, n_messages
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    """Every sample of a Prometheus exposition, keyed by (name, sorted labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    """The sample ``name{labels}``, or ``None`` when the exposition has none."""
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+# -- stacks of real processes ---------------------------------------------------------------
+
+WEBHOOK_SECRET = "test-webhook-secret"
+STACK_SETTINGS = {
+    "EASEL_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    "EASEL_WEBHOOK_MAX_ATTEMPTS": "3",
+    "EASEL_WEBHOOK_BACKOFF_SECONDS": "0.3",
+    "EASEL_WEBHOOK_TIMEOUT_SECONDS": "2",
+    "EASEL_PROGRESS_INTERVAL_SECONDS": "0.2",
+    "EASEL_HEARTBEAT_SECONDS": "1",
+    "EASEL_SUBMIT_RATE_LIMIT": "100000/minute",  # the suite submits fast; limits have their own tests
+    "EASEL_RATE_LIMIT": "100000/minute",
+}
+
+
+def make_stack(home: Path, tiny_model: Path, env: dict[str, str]) -> Stack:
+    """A migrated stack in ``home`` with ``STACK_SETTINGS`` and ``env``, tiny-sd copied in;
+    nothing started yet."""
+    home.mkdir(parents=True, exist_ok=True)
+    install_tiny_model(tiny_model, home)
+    stack = Stack(env=base_env(home, **STACK_SETTINGS, **env), workdir=home)
+    stack.migrate()
+    return stack
+
+
+def schema_diff(url: str) -> list[Any]:
+    """What Alembic's autogenerate finds between the database at ``url`` and the models."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from easel.shared.models import Base
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            return compare_metadata(context, Base.metadata)
+    finally:
+        engine.dispose()
