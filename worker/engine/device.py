@@ -7,6 +7,10 @@ a CPU-only machine; ``detect`` is the one place that asks torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,8 @@ def detect(requested: str) -> DevicePlan:
     return plan_device(requested, available, torch.cuda.device_count() if available else 0)
 
 
-def torch_dtype(plan: DevicePlan):  # type: ignore[no-untyped-def]
+def torch_dtype(plan: DevicePlan) -> torch.dtype:
     import torch
 
-    return getattr(torch, plan.dtype)
+    dtype: torch.dtype = getattr(torch, plan.dtype)
+    return dtype

@@ -52,7 +52,9 @@ def load_pipeline(
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     dtype = torch_dtype(plan)
-    auto = AutoPipelineForInpainting if spec.inpainting else AutoPipelineForText2Image
+    # Any: mypy sees diffusers' top-level names as untyped placeholders, and a union of two
+    # of them escapes untyped_calls_exclude.
+    auto: Any = AutoPipelineForInpainting if spec.inpainting else AutoPipelineForText2Image
     single = StableDiffusionInpaintPipeline if spec.inpainting else StableDiffusionPipeline
     try:
         match spec.source:

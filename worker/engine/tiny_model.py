@@ -13,8 +13,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from filelock import FileLock
+
+if TYPE_CHECKING:
+    from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+    from transformers import CLIPTokenizer
 
 SEED = 0
 
@@ -28,7 +33,7 @@ def _byte_vocabulary() -> dict[str, int]:
     return {token: index for index, token in enumerate(tokens)}
 
 
-def _tokenizer():  # type: ignore[no-untyped-def]
+def _tokenizer() -> tuple[CLIPTokenizer, int]:
     from transformers import CLIPTokenizer
 
     vocab = _byte_vocabulary()
@@ -37,7 +42,7 @@ def _tokenizer():  # type: ignore[no-untyped-def]
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77), len(vocab)
 
 
-def build_tiny_pipeline(inpainting: bool = False):  # type: ignore[no-untyped-def]
+def build_tiny_pipeline(inpainting: bool = False) -> DiffusionPipeline:
     """The tiny pipeline in memory, identical on every call.
 
     ``inpainting`` builds the dedicated-inpainting variant: a 9-channel UNet (latents,
@@ -102,7 +107,7 @@ def build_tiny_pipeline(inpainting: bool = False):  # type: ignore[no-untyped-de
         steps_offset=1,
     )
     pipeline_class = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
-    return pipeline_class(
+    pipeline = pipeline_class(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
@@ -112,6 +117,8 @@ def build_tiny_pipeline(inpainting: bool = False):  # type: ignore[no-untyped-de
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    # mypy sees diffusers' top-level names as untyped placeholders; this is the real class.
+    return cast("DiffusionPipeline", pipeline)
 
 
 def ensure_tiny_model(location: Path, inpainting: bool = False) -> Path:
