@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -88,6 +88,9 @@ class PrivateRedis:
         self.stop()
         self.start()
 
+    def destroy(self) -> None:
+        self.stop()
+
 
 def postgres_binaries() -> Path:
     """The folder of ``initdb`` and ``pg_ctl``: Debian's newest, else the ones on PATH."""
@@ -150,33 +153,32 @@ def _say(message: str) -> None:
 
 
 @contextlib.contextmanager
-def postgres_server(admin_url: str = PG_ADMIN_URL) -> Iterator[str]:
-    """A URL of a PostgreSQL server whose user may create databases: ``admin_url`` when
-    something listens there, else a private cluster, destroyed on the way out."""
-    if answers(admin_url):
-        yield admin_url
+def _configured_or_private(
+    url: str, private: Callable[[], PrivatePostgres | PrivateRedis], what: str
+) -> Iterator[str]:
+    """``url`` when something listens there, else a ``private()`` server started for the
+    block and ended on the way out: its URL."""
+    if answers(url):
+        yield url
         return
-    server = PrivatePostgres()
-    _say(f"nothing answers at {urlsplit(admin_url).netloc}; starting a private PostgreSQL on {server.port}")
+    server = private()
+    _say(f"nothing answers at {urlsplit(url).netloc}; starting a private {what} on port {server.port}")
     try:
         yield server.start().url
     finally:
         server.destroy()
 
 
-@contextlib.contextmanager
-def redis_server(url: str = REDIS_URL) -> Iterator[str]:
+def postgres_server(admin_url: str = PG_ADMIN_URL) -> contextlib.AbstractContextManager[str]:
+    """A URL of a PostgreSQL server whose user may create databases: ``admin_url`` when
+    something listens there, else a private cluster."""
+    return _configured_or_private(admin_url, PrivatePostgres, "PostgreSQL")
+
+
+def redis_server(url: str = REDIS_URL) -> contextlib.AbstractContextManager[str]:
     """A URL of a Redis server: ``url`` when something listens there, else a private
-    ``redis-server``, stopped on the way out."""
-    if answers(url):
-        yield url
-        return
-    server = PrivateRedis()
-    _say(f"nothing answers at {urlsplit(url).netloc}; starting a private redis-server on {server.port}")
-    try:
-        yield server.start().url
-    finally:
-        server.stop()
+    ``redis-server``."""
+    return _configured_or_private(url, PrivateRedis, "redis-server")
 
 
 # -- one holder's share of a server --------------------------------------------------------
