@@ -3,9 +3,11 @@
 The configured servers (``EASEL_TEST_PG``: a PostgreSQL URL whose user may create
 databases, default ``postgresql+psycopg://postgres@127.0.0.1:5432/test``;
 ``EASEL_TEST_REDIS``: a Redis URL, default ``redis://127.0.0.1:6379/0``) are used when
-they answer. When nothing listens there, ``postgres_server`` and ``redis_server`` start
-private ones from the installed server binaries (Debian's ``postgresql`` and
-``redis-server`` packages) on free ports, so a fresh machine needs no running service.
+they serve. When nothing listens there, or the server refuses (a distribution's default
+cluster with password logins, no database ``test``), ``postgres_server`` and
+``redis_server`` start private ones from the installed server binaries (Debian's
+``postgresql`` and ``redis-server`` packages) on free ports and say so on stderr, so a
+fresh machine needs no running or configured service.
 
 Each holder then takes a database of its own (``temporary_database``) and a Redis
 database number of its own (``claimed_redis_db``), so runs never see each other's
@@ -152,17 +154,56 @@ def _say(message: str) -> None:
     print(f"[easel servers] {message}", file=sys.stderr, flush=True)
 
 
+def postgres_refusal(admin_url: str) -> str | None:
+    """Why the server at ``admin_url`` cannot serve the tests (nothing listens, the login
+    or the database is refused), or ``None`` when it can."""
+    if not answers(admin_url):
+        return "nothing answers"
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(admin_url, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        return f"it refuses: {str(exc).splitlines()[0]}"
+    finally:
+        engine.dispose()
+    return None
+
+
+def redis_refusal(url: str) -> str | None:
+    """Why the Redis at ``url`` cannot serve the tests, or ``None`` when it can."""
+    if not answers(url):
+        return "nothing answers"
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        client.ping()
+    except Exception as exc:
+        return f"it refuses: {exc}"
+    finally:
+        client.close()
+    return None
+
+
 @contextlib.contextmanager
 def _configured_or_private(
-    url: str, private: Callable[[], PrivatePostgres | PrivateRedis], what: str
+    url: str,
+    refusal: Callable[[str], str | None],
+    private: Callable[[], PrivatePostgres | PrivateRedis],
+    what: str,
 ) -> Iterator[str]:
-    """``url`` when something listens there, else a ``private()`` server started for the
-    block and ended on the way out: its URL."""
-    if answers(url):
+    """``url`` when its server serves, else a ``private()`` server started for the block
+    and ended on the way out (and a line on stderr that says why): its URL."""
+    why = refusal(url)
+    if why is None:
         yield url
         return
     server = private()
-    _say(f"nothing answers at {urlsplit(url).netloc}; starting a private {what} on port {server.port}")
+    where = f"{urlsplit(url).hostname}:{urlsplit(url).port}"  # no password in the line
+    _say(f"{what} at {where}: {why}; starting a private one on port {server.port}")
     try:
         yield server.start().url
     finally:
@@ -171,14 +212,13 @@ def _configured_or_private(
 
 def postgres_server(admin_url: str = PG_ADMIN_URL) -> contextlib.AbstractContextManager[str]:
     """A URL of a PostgreSQL server whose user may create databases: ``admin_url`` when
-    something listens there, else a private cluster."""
-    return _configured_or_private(admin_url, PrivatePostgres, "PostgreSQL")
+    it lets us in, else a private cluster."""
+    return _configured_or_private(admin_url, postgres_refusal, PrivatePostgres, "PostgreSQL")
 
 
 def redis_server(url: str = REDIS_URL) -> contextlib.AbstractContextManager[str]:
-    """A URL of a Redis server: ``url`` when something listens there, else a private
-    ``redis-server``."""
-    return _configured_or_private(url, PrivateRedis, "redis-server")
+    """A URL of a Redis server: ``url`` when it answers PING, else a private ``redis-server``."""
+    return _configured_or_private(url, redis_refusal, PrivateRedis, "Redis")
 
 
 # -- one holder's share of a server --------------------------------------------------------

@@ -1,14 +1,22 @@
-"""When nothing answers at the configured PostgreSQL or Redis, the session fixtures start
-private servers from the installed binaries (``bench.servers``); a server that answers
-is used as it is."""
+"""When nothing answers at the configured PostgreSQL or Redis, or the server there refuses
+us, the session fixtures start private servers from the installed binaries
+(``bench.servers``); a server that serves is used as it is."""
 
 from __future__ import annotations
 
 import redis
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from bench.processes import free_port
-from bench.servers import answers, claimed_redis_db, postgres_server, redis_server, temporary_database
+from bench.servers import (
+    answers,
+    claimed_redis_db,
+    postgres_refusal,
+    postgres_server,
+    redis_server,
+    temporary_database,
+)
 
 
 def test_no_redis_at_the_configured_url_starts_a_private_one() -> None:
@@ -40,3 +48,13 @@ def test_no_postgres_at_the_configured_url_starts_a_private_cluster() -> None:
 def test_servers_that_answer_are_used_as_they_are(postgres_admin_url: str, redis_server_url: str) -> None:
     with postgres_server(postgres_admin_url) as admin_url, redis_server(redis_server_url) as url:
         assert (admin_url, url) == (postgres_admin_url, redis_server_url)
+
+
+def test_a_postgres_that_refuses_us_is_replaced_by_a_private_one(postgres_admin_url: str) -> None:
+    """As a distribution's own cluster would: it listens, but not for this login or database."""
+    refusing = make_url(postgres_admin_url).set(database="no_such_database_here")
+    refusing_url = refusing.render_as_string(hide_password=False)
+    assert answers(refusing_url)
+    assert "no_such_database_here" in (postgres_refusal(refusing_url) or "")
+    with postgres_server(refusing_url) as admin_url:
+        assert admin_url != refusing_url and postgres_refusal(admin_url) is None
