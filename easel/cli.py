@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from easel.shared.settings import get_settings
+
+if TYPE_CHECKING:
+    from easel.client import EaselClient
+
+Decorated = TypeVar("Decorated", bound=Callable[..., Any])
 
 # gunicorn's access log as JSON lines, with the request id the app sent back.
 ACCESS_LOG_JSON = (
@@ -44,7 +49,7 @@ def migrate() -> None:
     click.echo(f"database at head: {_safe_url(settings.database_url)}")
 
 
-def _client(url: str | None, key: str | None):  # type: ignore[no-untyped-def]
+def _client(url: str | None, key: str | None) -> EaselClient:
     from easel.client import EaselClient
 
     return EaselClient(url, key)
@@ -62,7 +67,8 @@ api_options = [
 ]
 
 
-def with_api(function):  # type: ignore[no-untyped-def]
+def with_api(function: Decorated) -> Decorated:
+    """Add the --url and --key options of the commands that call the API."""
     for option in reversed(api_options):
         function = option(function)
     return function
@@ -101,7 +107,7 @@ def submit(
     timeout: float | None,
     url: str,
     key: str | None,
-    **params: object,
+    **params: Any,
 ) -> None:
     """Submit a job and print its id (or, with --wait, wait and save its images)."""
     from easel.client import EaselApiError
@@ -116,7 +122,7 @@ def submit(
         return
     with click.progressbar(length=job["progress"]["total"] or 1, label="denoising", file=sys.stderr) as bar:
 
-        def advance(current: dict) -> None:
+        def advance(current: dict[str, Any]) -> None:
             bar.length = current["progress"]["total"] or bar.length
             bar.update(current["progress"]["step"] - bar.pos)
 
@@ -215,8 +221,8 @@ def keys_list() -> None:
     from easel.shared.db import session_scope
     from easel.shared.models import ApiKey
 
-    def when(value: object) -> str:
-        return value.isoformat(timespec="seconds") if value else "-"  # type: ignore[attr-defined]
+    def when(value: datetime | None) -> str:
+        return value.isoformat(timespec="seconds") if value else "-"
 
     with session_scope(get_settings().database_url) as session:
         rows = session.scalars(select(ApiKey).order_by(ApiKey.created_at)).all()
@@ -242,6 +248,37 @@ def keys_revoke(ref: str) -> None:
             raise click.ClickException(f"no key with prefix or id {ref!r}")
         row.revoked_at = row.revoked_at or utcnow()
         click.echo(f"revoked {row.prefix} ({row.name})")
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="List what is due and delete nothing.")
+def prune(dry_run: bool) -> None:
+    """Delete the outputs, inputs and finished job rows older than the retention
+    settings (EASEL_RETENTION_*); queued and running jobs are never touched."""
+    import json
+
+    from sqlalchemy.orm import sessionmaker
+
+    from easel.shared.db import engine_for
+    from easel.shared.retention import Policy, prune
+    from easel.shared.storage import storage_from_settings
+
+    _setup_logging("WARNING")
+    settings = get_settings()
+    policy = Policy.from_settings(settings)
+
+    def line(kind: str, job_id: str, objects: int) -> None:
+        verb = "would prune" if dry_run else "pruned"
+        click.echo(f"{verb} {kind:7} of job {job_id} ({objects} object(s))")
+
+    report = prune(
+        sessionmaker(engine_for(settings.database_url), expire_on_commit=False),
+        storage_from_settings(settings),
+        policy,
+        dry_run=dry_run,
+        on_job=line,
+    )
+    click.echo(json.dumps(report.as_dict()))
 
 
 @main.command()
@@ -289,45 +326,61 @@ def web(dev: bool, host: str | None, port: int | None, workers: int | None) -> N
 )
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(models: str | None, loglevel: str) -> None:
-    """Run a GPU worker: one process, concurrency 1, prefetch 1, acks late."""
-    if models is not None:
-        os.environ["EASEL_WORKER_MODELS"] = models
-        get_settings.cache_clear()
+    """Run a GPU worker: one process that claims batches back to back while its models
+    have queued jobs, woken by the broker when idle."""
     settings = get_settings()
     _setup_logging(loglevel)
-    from easel.shared.queue import queue_name
+    from easel.shared.queue import queue_name, send_wakeup, send_webhook
     from easel.shared.registry import ModelSource, load_registry
+    from easel.worker.engine.device import detect
+    from easel.worker.process import WorkerProcess
+    from easel.worker.tasks import make_gpu_app, make_webhook_app
 
     registry = load_registry(settings)
-    served = settings.served_models or registry.names()
+    served = [m.strip() for m in models.split(",") if m.strip()] if models is not None else None
+    served = served or settings.served_models or registry.names()
     for name in served:
         spec = registry.get(name)  # unknown names fail here, before the worker starts
         if spec.source is ModelSource.TINY:
             from easel.worker.engine.tiny_model import ensure_tiny_model
 
             ensure_tiny_model(Path(spec.location))
-    from easel.worker import tasks
-    from easel.worker.celery_app import app
+    plan = detect(settings.device)
+    if not plan.is_cuda and settings.cpu_threads:
+        import torch
 
-    tasks.GPU_ROLE["enabled"] = True
-    queues = ",".join(queue_name(name) for name in served)
-    app.worker_main(
-        [
-            "worker",
-            "--queues",
-            queues,
-            "--concurrency",
-            "1",
-            "--prefetch-multiplier",
-            "1",
-            "--hostname",
-            f"easel-{os.getpid()}@%h",
-            "--loglevel",
-            loglevel,
-            "--without-gossip",
-            "--without-mingle",
-        ]
+        torch.set_num_threads(settings.cpu_threads)
+    senders = make_webhook_app(settings)  # publishes wake-ups and webhooks; consumes nothing here
+    process = WorkerProcess.build(
+        settings,
+        registry,
+        served,
+        plan,
+        publish=lambda job_id, model: send_wakeup(senders, job_id, model),
+        notify=lambda job_id: send_webhook(senders, job_id),
     )
+    app = make_gpu_app(settings, process.wake)
+    process.start()
+    try:
+        app.worker_main(
+            [
+                "worker",
+                "--queues",
+                ",".join(queue_name(name) for name in served),
+                "--pool",
+                "solo",
+                "--prefetch-multiplier",
+                "1",
+                "--hostname",
+                f"easel-{os.getpid()}@%h",
+                "--loglevel",
+                loglevel,
+                "--without-gossip",
+                "--without-mingle",
+            ]
+        )
+    finally:
+        process.stop(timeout=settings.task_soft_time_limit)
 
 
 @main.command()
@@ -337,9 +390,9 @@ def webhooks(loglevel: str) -> None:
     settings = get_settings()
     _setup_logging(loglevel)
     from easel.shared.queue import WEBHOOK_QUEUE
-    from easel.worker.celery_app import app
+    from easel.worker.tasks import make_webhook_app
 
-    app.worker_main(
+    make_webhook_app(settings).worker_main(
         [
             "worker",
             "--queues",
@@ -362,39 +415,23 @@ def webhooks(loglevel: str) -> None:
 
 @main.command()
 def run() -> None:
-    """Migrate, then run web, one worker and the webhook sender (Ctrl-C stops them)."""
+    """Migrate, then run web, one worker and the webhook sender, restarting whichever dies
+    (Ctrl-C stops them)."""
     _setup_logging()
     settings = get_settings()
     settings.ensure_home()
     from easel.migrations.upgrade import upgrade
 
     upgrade(settings.database_url)
-    easel = [sys.executable, "-m", "easel.cli"]
-    children = [
-        subprocess.Popen([*easel, "worker"]),
-        subprocess.Popen([*easel, "webhooks"]),
-        subprocess.Popen([*easel, "web"]),
-    ]
+    from easel.supervisor import Child, Supervisor
+
+    easel = [sys.executable, "-m", "easel"]
+    supervisor = Supervisor(
+        [Child(name, [*easel, name]) for name in ("worker", "webhooks", "web")],
+        min_backoff=settings.restart_backoff_seconds,
+    )
     click.echo(f"Easel on http://{settings.host}:{settings.port} (state in {settings.home}); Ctrl-C stops")
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    while not stopping and all(child.poll() is None for child in children):
-        time.sleep(0.2)
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    for child in children:
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-    sys.exit(0 if stopping else 1)
+    supervisor.run()
 
 
 def _safe_url(url: str) -> str:

@@ -35,8 +35,6 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
-        task_soft_time_limit=settings.task_soft_time_limit,
-        task_time_limit=settings.task_time_limit,
         task_default_queue=queue_name(settings.default_model),
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5,

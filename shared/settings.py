@@ -86,15 +86,30 @@ class Settings(BaseSettings):
         "default", description="Models a worker loads at start: names, default or none."
     )
     worker_models: str = Field("", description="Comma-separated models a worker serves; default all.")
-    task_soft_time_limit: int = Field(600, ge=1, description="Seconds before a job is asked to stop.")
-    task_time_limit: int = Field(660, ge=1, description="Seconds before the worker child is killed.")
+    task_soft_time_limit: int = Field(
+        600, ge=1, description="Seconds a batch may denoise before its jobs fail with time_limit."
+    )
+    task_time_limit: int = Field(
+        660, ge=1, description="Seconds after which a stuck batch ends its worker process (restarted)."
+    )
     max_prompt_chars: int = Field(2000, ge=1, description="Longest accepted prompt.")
     progress_interval_seconds: float = Field(0.5, gt=0, description="Least time between progress writes.")
     max_priority: int = Field(
         10, ge=0, le=1000, description="Highest `priority` a non-admin key may ask for."
     )
     max_batch_size: int = Field(4, ge=1, le=64, description="Most images of compatible jobs in one call.")
-    batch_wait_ms: int = Field(0, ge=0, le=10_000, description="How long a claim waits for a batch to fill.")
+    batch_wait_ms: int = Field(
+        50, ge=0, le=10_000, description="How long an idle worker's first claim waits for its batch to fill."
+    )
+    idle_poll_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=60,
+        description="How often an idle worker looks for jobs; 0: 0.1 s embedded, 1 s else.",
+    )
+    restart_backoff_seconds: float = Field(
+        0.5, gt=0, le=60, description="`easel run`: first delay before restarting a process that died."
+    )
     max_loaded_models: int = Field(1, ge=1, description="Models a worker keeps loaded (LRU).")
     max_loaded_bytes: int = Field(0, ge=0, description="Weight bytes a worker keeps loaded; 0 = no limit.")
     torch_compile: bool = Field(False, description="torch.compile the UNet on CUDA, warmed up per shape.")
@@ -117,6 +132,18 @@ class Settings(BaseSettings):
     db_retry_seconds: float = Field(300.0, gt=0, description="How long a worker retries a database write.")
     storage_retry_attempts: int = Field(4, ge=1, le=20, description="Tries of one output upload.")
     eta_history_jobs: int = Field(20, ge=1, description="Recent jobs per model the ETA learns from.")
+    retention_outputs_days: float = Field(
+        30.0, ge=0, description="Days finished jobs keep their stored images; 0 = forever."
+    )
+    retention_inputs_days: float = Field(
+        7.0, ge=0, description="Days finished jobs keep their input image and mask; 0 = forever."
+    )
+    retention_rows_days: float = Field(
+        0.0, ge=0, description="Days finished job rows are kept (with all they stored); 0 = forever."
+    )
+    retention_interval_seconds: float = Field(
+        3600.0, ge=0, description="How often a worker runs the automatic prune; 0 = never."
+    )
     webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key for webhook signatures.")
     webhook_max_attempts: int = Field(6, ge=1, le=50, description="Deliveries tried before giving up.")
     webhook_backoff_seconds: float = Field(2.0, gt=0, description="First retry delay; doubles each time.")

@@ -49,8 +49,10 @@ class Sweeper:
     idle_republish_after: float = 10.0
     republish_cap: int = 64
 
-    def recover_lost_jobs(self) -> SweepResult:
-        """Requeue (or fail, past the attempt limit) the jobs of lost workers."""
+    def recover_lost_jobs(self, stale_too: bool = True) -> SweepResult:
+        """Requeue (or fail, past the attempt limit) the jobs of lost workers: stopped
+        ones always, silent ones only with ``stale_too`` (the caller's database has been
+        healthy long enough to tell a silent worker from an outage)."""
         result = SweepResult()
         stale = utcnow() - timedelta(seconds=self.lost_after)
         with self.sessions() as session:
@@ -67,11 +69,14 @@ class Sweeper:
                 .where(
                     Job.status == JobStatus.RUNNING.value,
                     or_(
-                        # No heartbeat row at all: give a worker that could not write its
-                        # first beat the same grace as a silent one.
-                        and_(Worker.id.is_(None), Job.started_at < stale),
                         Worker.stopped_at.is_not(None),
-                        Worker.last_seen_at < stale,
+                        *(
+                            # No heartbeat row at all: give a worker that could not write
+                            # its first beat the same grace as a silent one.
+                            (and_(Worker.id.is_(None), Job.started_at < stale), Worker.last_seen_at < stale)
+                            if stale_too
+                            else ()
+                        ),
                     ),
                 )
                 .limit(500)

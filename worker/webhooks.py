@@ -15,13 +15,12 @@ from urllib.parse import unquote, urlsplit
 
 import certifi
 import urllib3
-from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from easel.shared.jobs import describe
-from easel.shared.models import Job, JobStatus, utcnow
-from easel.shared.transitions import record_webhook_attempt
+from easel.shared.models import Job, JobStatus
 from easel.shared.netsafety import UnsafeUrl, resolve_checked
+from easel.shared.transitions import record_webhook_attempt
 from easel.worker.signing import DELIVERY_HEADER, EVENT_HEADER, signed_headers
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,13 +130,17 @@ def is_compiled(module: Any) -> bool:
     return getattr(module, "_compiled_call_impl", None) is not None or hasattr(module, "_orig_mod")
 
 
-def warm_up(pipe: Any, shapes: list[Shape], steps: int = 2) -> dict[Shape, float]:
-    """One short call per shape so the first real job does not pay the compile.
+def warm_up(
+    pipe: Any, shapes: list[Shape], batch_sizes: Sequence[int] = (1,), steps: int = 2
+) -> dict[Shape, float]:
+    """Short calls per shape, one per batch size, so no real job pays a compile.
 
-    Does nothing unless the UNet is compiled. Runs with classifier-free guidance
+    Does nothing unless the UNet is compiled. Two batch sizes (1 and the largest)
+    make torch.compile mark the batch dimension dynamic, so batches of every size in
+    between run on that graph without recompiling. Runs with classifier-free guidance
     (the UNet batch real jobs use) and stops at the latents (the VAE is not compiled).
     Uses its own scheduler, so the cached pipeline's state is untouched. Returns the
-    seconds per shape.
+    seconds per shape, all batch sizes together.
     """
     import torch
     from PIL import Image
@@ -146,24 +151,25 @@ def warm_up(pipe: Any, shapes: list[Shape], steps: int = 2) -> dict[Shape, float
         return {}
     seconds: dict[Shape, float] = {}
     for width, height in shapes:
-        call = with_scheduler(pipe, type(pipe.scheduler).from_config(pipe.scheduler.config))
-        call.set_progress_bar_config(disable=True)
-        extra: dict[str, Any] = {}
-        if "Inpaint" in type(pipe).__name__:
-            blank, mask = Image.new("RGB", (width, height)), Image.new("L", (width, height), 255)
-            extra = {"image": blank, "mask_image": mask}
         started = time.perf_counter()
-        with torch.inference_mode():
-            call(
-                prompt="warm-up",
-                width=width,
-                height=height,
-                num_inference_steps=steps,
-                guidance_scale=7.5,
-                generator=torch.Generator("cpu").manual_seed(0),
-                output_type="latent",
-                **extra,
-            )
+        for size in batch_sizes:
+            call = with_scheduler(pipe, type(pipe.scheduler).from_config(pipe.scheduler.config))
+            call.set_progress_bar_config(disable=True)
+            extra: dict[str, Any] = {}
+            if "Inpaint" in type(pipe).__name__:
+                blank, mask = Image.new("RGB", (width, height)), Image.new("L", (width, height), 255)
+                extra = {"image": [blank] * size, "mask_image": [mask] * size}
+            with torch.inference_mode():
+                call(
+                    prompt=["warm-up"] * size,
+                    width=width,
+                    height=height,
+                    num_inference_steps=steps,
+                    guidance_scale=7.5,
+                    generator=[torch.Generator("cpu").manual_seed(i) for i in range(size)],
+                    output_type="latent",
+                    **extra,
+                )
         seconds[(width, height)] = time.perf_counter() - started
         log.info("warmed up %dx%d in %.1fs", width, height, seconds[(width, height)])
     return seconds

@@ -34,6 +34,10 @@ class JobCanceled(Exception):
     """Raised from the step callback to stop a pipeline at the next step."""
 
 
+class TimeLimitExceeded(Exception):
+    """Raised from the step callback when a batch runs past its time limit."""
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One job as the pipeline runs it: its parameters and its decoded inputs."""

@@ -1,5 +1,5 @@
 """Run claimed jobs, one batch per pipeline call: load (warm), generate, store, record.
-Plain code, no Celery."""
+Plain code, no Celery: the claim loop (``engine.loop``) calls ``run_next``."""
 
 from __future__ import annotations
 
@@ -25,7 +25,13 @@ from easel.shared.registry import Registry
 from easel.shared.storage import Storage
 from easel.shared.transitions import finish, held_by, record_progress
 from easel.worker.engine.claims import claim_batch
-from easel.worker.engine.generate import GenerationRequest, GpuOutOfMemory, JobCanceled, generate_batch
+from easel.worker.engine.generate import (
+    GenerationRequest,
+    GpuOutOfMemory,
+    JobCanceled,
+    TimeLimitExceeded,
+    generate_batch,
+)
 from easel.worker.engine.pipelines import PipelineCache
 from easel.worker.heartbeat import Heartbeat
 from easel.worker.pngmeta import encode_png
@@ -38,18 +44,9 @@ def output_key(job_id: str, index: int) -> str:
     return f"jobs/{job_id}/{index}.png"
 
 
-def exc_of_time_limit() -> BaseException:
-    """What Celery raises in a task at its soft time limit."""
-    from celery.exceptions import SoftTimeLimitExceeded
-
-    return SoftTimeLimitExceeded()
-
-
 def error_code_for(exc: BaseException) -> str:
     """A stable, documented code for a failure."""
-    from celery.exceptions import SoftTimeLimitExceeded
-
-    if isinstance(exc, SoftTimeLimitExceeded):
+    if isinstance(exc, TimeLimitExceeded):
         return "time_limit"
     if isinstance(exc, UnknownModel):
         return "unknown_model"
@@ -69,7 +66,8 @@ class ProgressReporter:
     all of the call's jobs, which also reads their ``cancel_requested``. A job that
     was canceled (or is no longer ours) leaves the batch: ``on_leave(job_id,
     canceled)`` is called and the others go on. When no job is left, ``JobCanceled``
-    interrupts the pipeline at this step.
+    interrupts the pipeline at this step. Past ``deadline`` (``time.perf_counter()``),
+    ``TimeLimitExceeded`` interrupts it.
     """
 
     def __init__(
@@ -79,8 +77,10 @@ class ProgressReporter:
         worker_id: str,
         interval: float,
         on_leave: Callable[[str, bool], None] | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.sessions = sessions
+        self.deadline = deadline
         self.active = [job_ids] if isinstance(job_ids, str) else list(job_ids)
         self.worker_id = worker_id
         self.interval = interval
@@ -89,6 +89,8 @@ class ProgressReporter:
         self.writes = 0
 
     def __call__(self, step: int, total: int) -> None:
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise TimeLimitExceeded(f"the batch ran past its time limit at step {step} of {total}")
         now = time.monotonic()
         if now - self._last < self.interval and step < total:
             return
@@ -151,19 +153,21 @@ class JobRunner:
     db_retry_seconds: float = 300.0
     storage_attempts: int = 4
     max_batch_images: int = 1
-    batch_wait_seconds: float = 0.0
+    time_limit: float = 0.0
+    """Seconds a batch may denoise before its jobs fail with ``time_limit``; 0: no limit."""
     overlap_store: bool = False
     on_batch: Callable[[str, int, int], None] | None = None
     vae_tiling_pixels: int = 0
     _store_pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _pending: Future[None] | None = field(default=None, init=False, repr=False)
 
-    def run_next(self) -> str | None:
-        """Claim the best queued job and its batch, and run them; the head job's id, or
-        ``None`` if nothing was queued."""
+    def run_next(self, wait_seconds: float = 0.0) -> str | None:
+        """Claim the best queued job and its batch (waiting up to ``wait_seconds`` for
+        compatible jobs to fill it), and run them; the head job's id, or ``None`` if
+        nothing was queued."""
         with self.sessions() as session:
             jobs = claim_batch(
-                session, self.worker_id, self.models or None, self.max_batch_images, self.batch_wait_seconds
+                session, self.worker_id, self.models or None, self.max_batch_images, wait_seconds
             )
             for job in jobs:
                 session.expunge(job)
@@ -237,7 +241,12 @@ class JobRunner:
                 )
 
         reporter = ProgressReporter(
-            self.sessions, [j.id for j in jobs], self.worker_id, self.progress_interval, leave
+            self.sessions,
+            [j.id for j in jobs],
+            self.worker_id,
+            self.progress_interval,
+            leave,
+            deadline=started + self.time_limit if self.time_limit else None,
         )
         if self.on_batch is not None:
             self.on_batch(jobs[0].model, sum(requests[j.id].params.num_images for j in jobs), len(jobs))
@@ -250,10 +259,8 @@ class JobRunner:
         except JobCanceled:
             return True  # every job left the batch, each recorded as it left
         except Exception as exc:
-            from celery.exceptions import SoftTimeLimitExceeded
-
             remaining = [by_id[job_id] for job_id in reporter.active]
-            if len(remaining) > 1 and not isinstance(exc, SoftTimeLimitExceeded):
+            if len(remaining) > 1 and not isinstance(exc, TimeLimitExceeded):
                 log.warning(
                     "batch of %d jobs failed (%s); running each alone",
                     len(remaining),
@@ -265,7 +272,7 @@ class JobRunner:
                         for rest in remaining[index + 1 :]:  # no time left for these either
                             self._fail(
                                 rest,
-                                exc_of_time_limit(),
+                                TimeLimitExceeded(str(exc)),
                                 self._timings(rest, started, shared),
                                 contexts[rest.id],
                             )
@@ -273,7 +280,7 @@ class JobRunner:
                 return True
             for job in remaining:
                 self._fail(job, exc, self._timings(job, started, shared), contexts[job.id])
-            return not isinstance(exc, SoftTimeLimitExceeded)
+            return not isinstance(exc, TimeLimitExceeded)
         shared = {**shared, "generate_seconds": round(time.perf_counter() - t0, 3)}
         done = [
             _Done(

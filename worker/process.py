@@ -1,0 +1,196 @@
+"""One GPU worker process, wired explicitly from its settings and the models it serves.
+
+``WorkerProcess.build`` makes the parts (pipeline cache, runner, heartbeat with its
+sweeps, claim loop, retention pruner); ``start`` serves metrics, beats, starts the
+pruner and the claim loop, which
+first loads the models to preload; ``stop`` claims nothing more, lets the batch in
+hand finish and be stored, and marks the worker stopped. The Celery consumer in front
+(``worker.tasks.make_gpu_app``) only calls ``wake``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import sessionmaker
+
+from easel.shared.db import engine_for
+from easel.shared.models import Job, JobStatus
+from easel.shared.registry import Registry
+from easel.shared.retention import Policy, Pruner
+from easel.shared.settings import Settings, parse_shapes
+from easel.shared.storage import storage_from_settings
+from easel.worker import metrics as worker_metrics
+from easel.worker.engine.device import DevicePlan
+from easel.worker.engine.fastpath import warm_up
+from easel.worker.engine.loop import ClaimLoop
+from easel.worker.engine.pipelines import PipelineCache, load_pipeline
+from easel.worker.engine.runner import JobRunner
+from easel.worker.heartbeat import Heartbeat
+from easel.worker.sweeper import Sweeper
+
+log = logging.getLogger(__name__)
+
+Publish = Any  # (job id, model) -> object: a wake-up for another worker
+Notify = Any  # (job id) -> object: a finished job's webhook
+
+
+def new_worker_id() -> str:
+    """``host:pid:token``: unique even when a restarted container reuses host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def idle_poll_seconds(settings: Settings) -> float:
+    """How often an idle worker looks for queued jobs: the setting, else 0.1 s on the
+    embedded broker (polled by kombu only once a second) and 1 s with a server broker,
+    whose wake-ups arrive at once."""
+    if settings.idle_poll_seconds:
+        return settings.idle_poll_seconds
+    return 0.1 if settings.broker_url.startswith("sqla+") else 1.0
+
+
+@dataclass
+class WorkerProcess:
+    """The parts of one worker process and their life cycle."""
+
+    settings: Settings
+    registry: Registry
+    models: list[str]
+    runner: JobRunner
+    heartbeat: Heartbeat
+    loop: ClaimLoop
+    pruner: Pruner
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        registry: Registry,
+        models: list[str],
+        plan: DevicePlan,
+        publish: Publish,
+        notify: Notify,
+    ) -> WorkerProcess:
+        """Wire a worker serving ``models`` on ``plan``'s device; ``publish(job_id, model)``
+        sends a wake-up and ``notify(job_id)`` queues a finished job's webhook."""
+        sessions = sessionmaker(engine_for(settings.database_url), expire_on_commit=False)
+        worker_id = new_worker_id()
+
+        def finished(job: Job, status: JobStatus, timings: dict[str, Any]) -> None:
+            worker_metrics.observe_job_finished(job.model, job.type, status.value, timings)
+            if job.webhook_url:
+                notify(job.id)
+
+        def loaded(model: str, seconds: float, count: int) -> None:
+            worker_metrics.observe_model_load(model, seconds)
+            worker_metrics.set_models_loaded(count)
+
+        heartbeat = Heartbeat(
+            sessions,
+            worker_id,
+            models,
+            plan.device,
+            settings.heartbeat_seconds,
+            sweeper=Sweeper(
+                sessions=sessions,
+                models=models,
+                publish=publish,
+                notify=notify,
+                max_attempts=settings.max_attempts,
+                lost_after=settings.worker_lost_after_seconds,
+                idle_republish_after=settings.idle_republish_seconds,
+            ),
+            hard_time_limit=settings.task_time_limit,
+        )
+        runner = JobRunner(
+            sessions=sessions,
+            registry=registry,
+            storage=storage_from_settings(settings),
+            cache=PipelineCache(
+                loader=lambda spec: load_pipeline(
+                    spec,
+                    plan,
+                    settings.offline,
+                    channels_last=settings.channels_last,
+                    torch_compile=settings.torch_compile,
+                ),
+                max_models=settings.max_loaded_models,
+                max_bytes=settings.max_loaded_bytes,
+                on_load=loaded,
+            ),
+            worker_id=worker_id,
+            models=models,
+            progress_interval=settings.progress_interval_seconds,
+            on_finished=finished,
+            heartbeat=heartbeat,
+            db_retry_seconds=settings.db_retry_seconds,
+            storage_attempts=settings.storage_retry_attempts,
+            max_batch_images=settings.max_batch_size,
+            time_limit=settings.task_soft_time_limit,
+            overlap_store=True,
+            on_batch=worker_metrics.observe_batch,
+            vae_tiling_pixels=settings.vae_tiling_pixels,
+        )
+        loop = ClaimLoop(
+            runner.run_next,
+            idle_poll=idle_poll_seconds(settings),
+            gather=settings.batch_wait_ms / 1000,
+            before_first_claim=lambda: preload(settings, registry, models, runner.cache),
+        )
+        pruner = Pruner(
+            sessions,
+            runner.storage,
+            Policy.from_settings(settings),
+            holder=worker_id,
+            interval=settings.retention_interval_seconds,
+        )
+        return cls(settings, registry, models, runner, heartbeat, loop, pruner)
+
+    def start(self) -> None:
+        """Serve metrics, start beating (after marking dead predecessors on this host
+        stopped), and start claiming."""
+        if self.settings.metrics_port:
+            try:
+                worker_metrics.start_server(self.settings.metrics_port)
+            except OSError:  # a taken port must not keep the worker from serving jobs
+                log.exception("could not serve metrics on port %d", self.settings.metrics_port)
+        self.heartbeat.start()
+        self.pruner.start()  # the automatic retention prune: one worker per interval
+        self.loop.start()
+        log.info("worker %s serving %s", self.heartbeat.worker_id, ", ".join(self.models))
+
+    def wake(self) -> None:
+        """A wake-up arrived: claim now if idle."""
+        self.loop.wake()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Claim nothing more, finish and store the batch in hand (up to ``timeout``), then
+        mark this worker stopped so its unfinished jobs are requeued at once."""
+        if not self.loop.stop(timeout):
+            log.warning("the batch in hand did not finish in %ss; its jobs will be requeued", timeout)
+        self.pruner.stop()
+        try:
+            self.runner.drain()
+        finally:
+            self.heartbeat.stop()
+
+
+def preload(settings: Settings, registry: Registry, models: list[str], cache: PipelineCache) -> None:
+    """Load the models to preload and, when compiling, warm each up at every size to
+    compile and at batch sizes 1 and the largest, so torch.compile makes the batch
+    dimension dynamic before the first job and no job pays a recompile."""
+    shapes = parse_shapes(settings.compile_shapes)
+    batch_sizes = sorted({1, settings.max_batch_size})
+    for name in settings.preload_list(registry.default):
+        if name not in models:
+            continue
+        try:
+            pipelines, _ = cache.get(registry.get(name))
+            warm_up(pipelines.base, shapes, batch_sizes)  # does nothing unless the UNet is compiled
+        except Exception:  # a bad model must not keep the worker from serving the others
+            log.exception("could not preload model %s", name)
