@@ -47,6 +47,9 @@ SECRET_NAME = "easel-secrets"  # created in the cluster from secrets.env.example
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 KEDA_MODELS = {"ScaledObject": keda.ScaledObject, "TriggerAuthentication": keda.TriggerAuthentication}
 WORKLOADS = {"Deployment", "Job"}
+# Variables the pods set that are not Easel settings: the caches' home, KEDA's copy of the
+# database URL, and torch's fork-safe CUDA check (worker-group/worker.yaml says why).
+OTHER_VARIABLES = {"HOME", "KEDA_POSTGRESQL_CONNECTION", "PYTORCH_NVML_BASED_CUDA_CHECK"}
 
 
 def kubectl(*args: str) -> str:
@@ -280,6 +283,7 @@ def test_each_model_group_is_one_gpu_worker_deployment_scaled_to_zero_by_keda(
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1, name
         env = container_env(example, container)
         assert env["EASEL_DEVICE"] == "cuda"
+        assert env["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1", f"{name}: CUDA fails in the forked child"
         settings = settings_from(env)
         assert spec["terminationGracePeriodSeconds"] > settings.task_time_limit, (
             f"{name}: a batch may run {settings.task_time_limit} s; the grace period must let it finish"
@@ -321,7 +325,7 @@ def test_every_variable_is_a_setting_and_every_command_parses(example: list[dict
         env = container_env(example, container)
         unknown = {key for key in env if key.startswith("EASEL_")} - known
         assert not unknown, f"{where}: no such setting: {sorted(unknown)}"
-        assert set(env) - known <= {"HOME", "KEDA_POSTGRESQL_CONNECTION"}, where
+        assert set(env) - known <= OTHER_VARIABLES, where
         settings_from(env)  # every value parses
         program, name, *args = container["command"] + container.get("args", [])
         assert program == "easel"
