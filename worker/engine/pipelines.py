@@ -52,9 +52,7 @@ def load_pipeline(
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     dtype = torch_dtype(plan)
-    # Any: mypy sees diffusers' top-level names as untyped placeholders, and a union of two
-    # of them escapes untyped_calls_exclude.
-    auto: Any = AutoPipelineForInpainting if spec.inpainting else AutoPipelineForText2Image
+    auto = AutoPipelineForInpainting if spec.inpainting else AutoPipelineForText2Image
     single = StableDiffusionInpaintPipeline if spec.inpainting else StableDiffusionPipeline
     try:
         match spec.source:

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
@@ -107,7 +107,7 @@ def build_tiny_pipeline(inpainting: bool = False) -> DiffusionPipeline:
         steps_offset=1,
     )
     pipeline_class = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
-    pipeline = pipeline_class(
+    return pipeline_class(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
@@ -117,8 +117,6 @@ def build_tiny_pipeline(inpainting: bool = False) -> DiffusionPipeline:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    # mypy sees diffusers' top-level names as untyped placeholders; this is the real class.
-    return cast("DiffusionPipeline", pipeline)
 
 
 def ensure_tiny_model(location: Path, inpainting: bool = False) -> Path:
