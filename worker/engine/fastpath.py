@@ -96,8 +96,7 @@ def apply_fast_path(pipe: Any, plan: FastPathPlan) -> list[str]:
         done.append(f"sdpa ({switched} processors switched)" if switched else "sdpa (already default)")
     if plan.channels_last:
         for module in modules:
-            # torch takes memory_format here; its overloads of Module.to leave it out
-            module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            module.to(memory_format=torch.channels_last)
         done.append("channels_last")
     if plan.compile and isinstance(unet, torch.nn.Module):
         unet.compile(backend=plan.compile_backend)  # in place: the pipeline keeps its module object
@@ -120,7 +119,7 @@ def _use_sdpa(module: Any) -> int:
     switched = 0
     for sub in module.modules():
         if isinstance(sub, Attention) and type(sub.processor) is AttnProcessor and sub.scale_qk:
-            sub.set_processor(AttnProcessor2_0())  # type: ignore[arg-type]  # annotated too narrowly
+            sub.set_processor(AttnProcessor2_0())
             switched += 1
     return switched
 
