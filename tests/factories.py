@@ -83,6 +83,11 @@ def b64(image: Image.Image, fmt: str = "PNG") -> str:
     return base64.b64encode(encode(image, fmt)).decode()
 
 
+def rgb_pixels(data: bytes) -> np.ndarray:
+    """The RGB pixels of an encoded picture, as signed integers (differences stay exact)."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
 # -- jobs on a runner (SQLite, a local folder, the tiny pipeline: the unit ``env`` fixture) --
 
 

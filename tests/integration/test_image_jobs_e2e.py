@@ -10,18 +10,9 @@ from PIL import Image
 
 from bench.processes import Stack
 from easel.worker.pngmeta import read_parameters
-from tests.factories import b64, box_mask, encode, gradient
+from tests.factories import b64, box_mask, encode, gradient, rgb_pixels
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(params=["services", "embedded"])
-def stack(request: pytest.FixtureRequest) -> Stack:
-    return request.getfixturevalue(f"{request.param}_stack")
-
-
-def pixels(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
 
 
 def test_img2img_json(stack: Stack) -> None:
@@ -57,7 +48,8 @@ def test_inpaint_multipart_keeps_unmasked_pixels(stack: Stack) -> None:
     assert response.status_code == 202, response.text
     done = stack.wait(response.json()["id"])
     assert done["status"] == "succeeded", done
-    out, source = pixels(stack.download(done["outputs"][0]["url"]).content), pixels(encode(gradient()))
+    out = rgb_pixels(stack.download(done["outputs"][0]["url"]).content)
+    source = rgb_pixels(encode(gradient()))
     keep = np.asarray(box_mask()) == 0
     assert np.array_equal(out[keep], source[keep])
     assert np.abs(out[~keep] - source[~keep]).mean() > 5

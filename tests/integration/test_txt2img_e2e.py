@@ -12,17 +12,9 @@ from PIL import Image
 
 from bench.processes import Stack, wait_for
 from easel.worker.pngmeta import read_parameters
+from tests.factories import rgb_pixels
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(params=["services", "embedded"])
-def stack(request: pytest.FixtureRequest) -> Stack:
-    return request.getfixturevalue(f"{request.param}_stack")
-
-
-def _pixels(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
 
 
 def test_submit_poll_download(stack: Stack) -> None:
@@ -66,7 +58,7 @@ def test_same_seed_same_pixels_other_seed_differs(stack: Stack) -> None:
     for created in (first, again, other):
         job = stack.wait(created["id"])
         assert job["status"] == "succeeded", job
-        images.append(_pixels(stack.download(job["outputs"][0]["url"]).content))
+        images.append(rgb_pixels(stack.download(job["outputs"][0]["url"]).content))
     assert np.array_equal(images[0], images[1])
     assert np.abs(images[0] - images[2]).mean() > 1.0
 
