@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,6 +38,7 @@ from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from easel.shared.db import rowcount
 from easel.shared.models import Job, JobOutput, Lease, utcnow
 from easel.shared.settings import Settings
 from easel.shared.stats import TERMINAL
@@ -107,7 +108,7 @@ def _due(kind: str, cutoff: datetime) -> list[Any]:
     return list(finished)
 
 
-def _batches(session: Session, kind: str, cutoff: datetime, size: int) -> Iterator[list[Any]]:
+def _batches(session: Session, kind: str, cutoff: datetime, size: int) -> Iterator[Sequence[Any]]:
     """Due jobs of ``kind`` in (finished_at, id) order, ``size`` at a time. Pages go by
     key, so a dry run (which changes nothing) still walks every due job once."""
     statuses = TERMINAL if kind == "rows" else (None,)
@@ -137,7 +138,7 @@ def _batches(session: Session, kind: str, cutoff: datetime, size: int) -> Iterat
             after = (rows[-1].finished_at, rows[-1].id)
 
 
-def _keys(session: Session, kind: str, rows: list[Any]) -> dict[str, list[str]]:
+def _keys(session: Session, kind: str, rows: Sequence[Any]) -> dict[str, list[str]]:
     """The storage keys each job of ``rows`` still has, for ``kind``."""
     keys: dict[str, list[str]] = {row.id: [] for row in rows}
     if kind in ("rows", "outputs"):
@@ -254,12 +255,14 @@ def take_lease(
     now = now or utcnow()
     until = now + timedelta(seconds=seconds)
     held_by_us = Lease.holder == holder
-    taken = session.execute(
-        update(Lease)
-        .where(Lease.name == name, held_by_us if renew else Lease.until <= now)
-        .values(holder=holder, until=until)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    taken = rowcount(
+        session.execute(
+            update(Lease)
+            .where(Lease.name == name, held_by_us if renew else Lease.until <= now)
+            .values(holder=holder, until=until)
+            .execution_options(synchronize_session=False)
+        )
+    )
     session.commit()
     if taken or renew:
         return bool(taken)
