@@ -26,7 +26,7 @@ from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter
 from limits import RateLimitItem, parse
 from limits.storage import Storage
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, text
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -53,6 +53,10 @@ _UPSERT = text(
     "ELSE rate_limit_counters.expires_at END "
     "RETURNING count"
 )
+_CREATE = text(
+    "CREATE TABLE IF NOT EXISTS rate_limit_counters "
+    "(key VARCHAR(255) PRIMARY KEY, count INTEGER NOT NULL, expires_at FLOAT NOT NULL)"
+)
 SWEEP_EVERY = 500  # increments between deletions of expired counters
 
 
@@ -69,9 +73,19 @@ class SqlStorage(Storage):
         super().__init__(uri, wrap_exceptions=wrap_exceptions)
         url = uri.removeprefix(f"{SQL_SCHEME}+")
         self.engine = make_engine(url)
-        COUNTERS.create(self.engine, checkfirst=True)
+        self._create_table()
         self._increments = 0
         self._lock = threading.Lock()
+
+    def _create_table(self) -> None:
+        """Create the counters table unless it exists; web processes start together, so a
+        concurrent creation by another one is fine."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(_CREATE)
+        except SQLAlchemyError:
+            if not inspect(self.engine).has_table(COUNTERS.name):
+                raise
 
     @property
     def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:

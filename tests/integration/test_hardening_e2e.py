@@ -27,6 +27,7 @@ from easel.shared.db import engine_for, session_scope
 from easel.shared.settings import Settings
 from easel.web import create_app
 from easel.web.keys import create_key
+from easel.web.limits import SqlStorage
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -171,3 +172,16 @@ def test_running_stack_keeps_its_state_private(web: tuple[list[str], str, Path])
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     for name in ("easel.db", "limits.db", "secret_key"):
         assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
+
+
+def test_sql_limit_counters_on_postgres(fresh_postgres_url: str) -> None:
+    """Row 8: without Redis on a PostgreSQL stack, the counters are a table of the database
+    that two storages (two processes) count in together."""
+    first, second = SqlStorage(f"easelsql+{fresh_postgres_url}"), SqlStorage(f"easelsql+{fresh_postgres_url}")
+    try:
+        assert [first.incr("k", 60), second.incr("k", 60), first.incr("k", 60)] == [1, 2, 3]
+        assert second.get("k") == 3 and time.time() < second.get_expiry("k") <= time.time() + 60
+        assert first.incr("gone", 0) == 1 and first.incr("gone", 60) == 1  # an expired window restarts
+    finally:
+        first.engine.dispose()
+        second.engine.dispose()
