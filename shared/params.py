@@ -4,7 +4,7 @@
 its meaning. The request schema (``easel.shared.schemas``) takes each knob's bounds
 and description from it, the job row records exactly its fields, the engine runs
 from it, and the form and the CLI list its fields. ``BATCH_KEY`` says which of them
-jobs must share to run in one pipeline call (docs/design.md, "Batching").
+jobs must share to run in one pipeline call (docs/design.md, principle 5).
 """
 
 from __future__ import annotations
