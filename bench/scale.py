@@ -3,18 +3,21 @@
     python -m bench.scale                                   # 1,000,000 on PostgreSQL, 300,000 on SQLite
     python -m bench.scale --postgres-jobs 100000 --sqlite-jobs 30000 --samples 50
 
-For each backend (``--backends``), in a database of its own: measure every call with no
-finished jobs, then bulk-insert the history (PostgreSQL: one ``INSERT ... SELECT`` over
-``generate_series``; SQLite: ``executemany`` in chunks), finished over the last 20 days
-by the same API key that makes the calls (the worst case for its job list and its
-active-jobs count), rebuild the maintained statistics as the finishing transactions
-would have kept them, and measure again. PostgreSQL is then ``ANALYZE``d, as autovacuum
-would after such a load; SQLite is measured as a deployment leaves it (no ``ANALYZE``).
+For each backend (``--backends``), two databases of this run's own: one with an empty
+history (or ``--empty-jobs`` finished jobs, so its list pages are full too) and one with
+the history, bulk-inserted (PostgreSQL: one ``INSERT ... SELECT`` over
+``generate_series``; SQLite: ``executemany`` in chunks): jobs finished over the last
+20 days by the same API key that makes the calls (the worst case for its job list and
+its active-jobs count), with the maintained statistics rebuilt as the finishing
+transactions would have kept them. PostgreSQL is then ``ANALYZE``d, as autovacuum
+would after such a load; SQLite is measured as a deployment leaves it (no
+``ANALYZE``). The calls then run on both databases in turn, call by call, so whatever
+else the machine does weighs on both alike.
 
 The calls run in this process against the real database: the REST calls through the
 Flask app (``create_app``, authentication on), ``claim`` and ``sweep`` as a worker makes
 them, ``prune`` as a retention pass with nothing due. With ``--queued`` jobs waiting
-(and two running) in both runs:
+(and two running) in each database:
 
 - ``submit``: ``POST /api/v1/jobs`` (64x64, 4 steps); ``cancel`` then cancels that job,
   so the queue stays the same size;
@@ -26,8 +29,8 @@ them, ``prune`` as a retention pass with nothing due. With ``--queued`` jobs wai
 - ``sweep``: both recovery sweeps of an idle worker;
 - ``prune``: a retention pass that finds nothing due.
 
-Prints one JSON object: per backend the history size, how long the fill took, and per
-call p50 / p99 in milliseconds for the empty and the full history, the ratio of the
+Prints one JSON object: per backend the history sizes, how long the fill took, and per
+call p50 / p99 in milliseconds with the empty and the full history, the ratio of the
 p50s and whether it meets the target (full p50 within 2x of the empty one or 25 ms
 more, whichever is larger). Progress goes to stderr.
 """
@@ -66,13 +69,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--postgres-jobs", type=int, default=1_000_000, help="finished jobs on PostgreSQL")
     parser.add_argument("--sqlite-jobs", type=int, default=300_000, help="finished jobs on SQLite")
     parser.add_argument("--samples", type=int, default=100, help="timed calls of each kind per run")
-    parser.add_argument("--queued", type=int, default=50, help="jobs waiting in the queue during both runs")
+    parser.add_argument("--queued", type=int, default=50, help="jobs waiting in each queue")
+    parser.add_argument(
+        "--empty-jobs",
+        type=int,
+        default=0,
+        help="finished jobs in the 'empty' database (e.g. 100, so its list pages are full too)",
+    )
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = sorted(set(backends) - {"postgresql", "sqlite"})
     if unknown or not backends:
         parser.error(f"--backends: {','.join(unknown) or '(none)'} is not postgresql or sqlite")
-    for name in ("postgres_jobs", "sqlite_jobs", "samples", "queued"):
+    for name in ("postgres_jobs", "sqlite_jobs", "samples", "queued", "empty_jobs"):
         if getattr(args, name) < (1 if name == "samples" else 0):
             parser.error(f"--{name.replace('_', '-')}: must be positive, got {getattr(args, name)}")
     args.backends = backends
@@ -172,8 +181,8 @@ class Bench:
 
     # -- the calls ---------------------------------------------------------------------
 
-    def measure(self, samples: int) -> dict[str, list[float]]:
-        """Milliseconds of each call, ``samples`` times (after ``WARMUP`` untimed rounds)."""
+    def calls(self) -> dict[str, Callable[[], Any]]:
+        """Each measured call; one that returns a callable wants it run, untimed, after."""
         from easel.shared.retention import Policy, prune
         from easel.worker.engine.claims import claim_batch
         from easel.worker.sweeper import Sweeper
@@ -181,7 +190,6 @@ class Bench:
         sweeper = Sweeper(sessions=self.sessions, models=[], publish=lambda *_: None)
         queued = itertools.cycle(self.queued)
         nothing_due = Policy(outputs_days=3650, inputs_days=3650, rows_days=3650)
-        times: dict[str, list[float]] = {name: [] for name in CALLS}
         pending: list[str] = []
 
         def submit() -> None:
@@ -206,7 +214,7 @@ class Bench:
             sweeper.recover_lost_jobs()
             sweeper.republish_lost_wakeups(idle_seconds=1e9)
 
-        calls: dict[str, Callable[[], Any]] = {
+        return {
             "submit": submit,
             "get": lambda: self._get(f"/api/v1/jobs/{next(queued)}"),
             "list": lambda: self._get("/api/v1/jobs?limit=20"),
@@ -217,16 +225,6 @@ class Bench:
             "sweep": sweep,
             "prune": lambda: prune(self.sessions, self.storage, nothing_due),
         }
-        for round_ in range(samples + WARMUP):
-            for name in CALLS:  # interleaved, so drift (autovacuum, caches) hits every call alike
-                t0 = time.perf_counter()
-                after = calls[name]()
-                elapsed = (time.perf_counter() - t0) * 1000
-                if round_ >= WARMUP:
-                    times[name].append(elapsed)
-                if callable(after):
-                    after()  # untimed: put the claimed job back
-        return times
 
     def _put_back(self, job_id: str) -> None:
         from sqlalchemy import update
@@ -370,8 +368,27 @@ class Bench:
         self.engine.dispose()
 
 
+def measure(benches: list[Bench], samples: int) -> list[dict[str, list[float]]]:
+    """Milliseconds of each call on each bench, ``samples`` times after ``WARMUP`` untimed
+    rounds. Interleaved (each call on every bench in turn), so whatever else the machine
+    does at the time weighs on every database alike."""
+    calls = [bench.calls() for bench in benches]
+    times: list[dict[str, list[float]]] = [{name: [] for name in CALLS} for _ in benches]
+    for round_ in range(samples + WARMUP):
+        for name in CALLS:
+            for call, figures in zip(calls, times, strict=True):
+                t0 = time.perf_counter()
+                after = call[name]()
+                elapsed = (time.perf_counter() - t0) * 1000
+                if round_ >= WARMUP:
+                    figures[name].append(elapsed)
+                if callable(after):
+                    after()  # untimed: put the claimed job back
+    return times
+
+
 def summarise(empty: list[float], full: list[float]) -> dict[str, Any]:
-    """p50 / p99 (ms) of both runs, the p50 ratio, and the target (2x or +25 ms)."""
+    """p50 / p99 (ms) of both, the p50 ratio, and the target (2x or +25 ms)."""
     e50, f50 = percentile(empty, 50), percentile(full, 50)
     assert e50 is not None and f50 is not None
     return {
@@ -385,20 +402,25 @@ def summarise(empty: list[float], full: list[float]) -> dict[str, Any]:
 
 
 def run_backend(backend: str, history: int, args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="easel-scale-") as tmp, database(backend, Path(tmp)) as url:
-        bench = Bench(url, Path(tmp), args.queued)
-        try:
-            progress(f"{backend}: measuring with an empty history")
-            empty = bench.measure(args.samples)
-            progress(f"{backend}: inserting {history} finished jobs")
-            fill_seconds = bench.fill(history)
-            progress(f"{backend}: {history} finished jobs in {fill_seconds:.1f}s; measuring again")
-            full = bench.measure(args.samples)
-        finally:
-            bench.close()
-    calls = {name: summarise(empty[name], full[name]) for name in CALLS}
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="easel-scale-")))
+        benches = []
+        for name in ("empty", "full"):
+            (tmp / name).mkdir()
+            url = stack.enter_context(database(backend, tmp / name))
+            benches.append(Bench(url, tmp / name, args.queued))
+            stack.callback(benches[-1].close)
+        empty, full = benches
+        if args.empty_jobs:
+            empty.fill(args.empty_jobs)
+        progress(f"{backend}: inserting {history} finished jobs")
+        fill_seconds = full.fill(history)
+        progress(f"{backend}: {history} finished jobs in {fill_seconds:.1f}s; measuring both databases")
+        empty_times, full_times = measure(benches, args.samples)
+    calls = {name: summarise(empty_times[name], full_times[name]) for name in CALLS}
     return {
         "history_jobs": history,
+        "empty_history_jobs": args.empty_jobs,
         "fill_seconds": round(fill_seconds, 1),
         "samples": args.samples,
         "queued": args.queued,
@@ -412,6 +434,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parse_args(argv)
     logging.getLogger("easel").setLevel(logging.ERROR)  # no line per accepted job or republish
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     sizes = {"postgresql": args.postgres_jobs, "sqlite": args.sqlite_jobs}
     figures = {backend: run_backend(backend, sizes[backend], args) for backend in args.backends}
     emit({"benchmark": "scale", **figures})

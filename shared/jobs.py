@@ -152,7 +152,10 @@ def list_jobs(
         query = query.where(Job.type == job_type)
     if cursor:
         stamp, job_id = decode_cursor(cursor)
-        query = query.where(or_(Job.created_at < stamp, and_(Job.created_at == stamp, Job.id < job_id)))
+        query = query.where(
+            Job.created_at <= stamp,  # an index range: later pages skip the newer rows, not scan them
+            or_(Job.created_at < stamp, and_(Job.created_at == stamp, Job.id < job_id)),
+        )
     jobs = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
     next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
     return jobs[:limit], next_cursor

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlparse
 
 from easel.shared.errors import StorageError
 from easel.shared.settings import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 
 class Storage(Protocol):
@@ -21,6 +26,10 @@ class Storage(Protocol):
 
     def presigned_url(self, key: str, expires_seconds: int) -> str | None:
         """A short-lived direct URL, or ``None`` if the app must serve the bytes."""
+        ...
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Delete these objects; one already gone is not an error (deleting is idempotent)."""
         ...
 
     def check(self) -> None:
@@ -60,6 +69,20 @@ class LocalStorage:
 
     def presigned_url(self, key: str, expires_seconds: int) -> str | None:
         return None
+
+    def delete(self, keys: Sequence[str]) -> None:
+        folders = set()
+        for key in keys:
+            path = self._path(key)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot delete {key!r} under {str(self.root)!r}: {exc}") from exc
+            folders.add(path.parent)
+        for folder in folders:  # a job's folder goes with its last object
+            with contextlib.suppress(OSError):
+                if folder != self.root.resolve():
+                    folder.rmdir()
 
     def check(self) -> None:
         try:
@@ -114,6 +137,28 @@ class S3Storage:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(f"cannot read s3://{self.bucket}/{self._key(key)}: {exc}") from exc
+
+    def delete(self, keys: Sequence[str]) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        keys = list(keys)
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+            chunk: list[ObjectIdentifierTypeDef] = [
+                {"Key": self._key(key)} for key in keys[start : start + 1000]
+            ]
+            try:
+                answer = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True}
+                )
+            except (BotoCoreError, ClientError) as exc:
+                raise StorageError(f"cannot delete from s3://{self.bucket}: {exc}") from exc
+            errors = [e for e in answer.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if errors:
+                first = errors[0]
+                raise StorageError(
+                    f"cannot delete s3://{self.bucket}/{first.get('Key')}: {first.get('Code')} "
+                    f"{first.get('Message')} ({len(errors)} object(s) not deleted)"
+                )
 
     def presigned_url(self, key: str, expires_seconds: int) -> str | None:
         return self.client.generate_presigned_url(

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, jsonify, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 
-from easel.shared.errors import NotFound, ValidationFailed, field_detail
+from easel.shared.errors import Gone, NotFound, ValidationFailed, field_detail
 from easel.shared.jobs import cancel_job, describe, get_job, list_jobs
 from easel.shared.models import Job, JobOutput, JobStatus, JobType
 from easel.shared.queue import send_webhook
@@ -126,8 +126,11 @@ def cancel(job_id: str):  # type: ignore[no-untyped-def]
 def get_output(job_id: str, index: int):  # type: ignore[no-untyped-def]
     svc = services()
     with svc.session() as session:
-        get_job(session, job_id, current_principal().owner_filter)
+        job = get_job(session, job_id, current_principal().owner_filter)
         output = session.query(JobOutput).filter_by(job_id=job_id, index=index).one_or_none()
+        pruned = job.outputs_pruned_at
+        if output is not None and pruned is not None and output.created_at <= pruned:
+            raise _pruned(job, "outputs", "index", index, svc.settings.retention_outputs_days)
         if output is None:
             raise NotFound(
                 f"job {job_id!r} has no output {index}", [field_detail("index", "not found", index)]
@@ -142,9 +145,22 @@ def get_input(job_id: str, name: str):  # type: ignore[no-untyped-def]
     with services().session() as session:
         job = get_job(session, job_id, current_principal().owner_filter)
         key = job.input_key if name == "image" else job.mask_key
+        if key is not None and job.inputs_pruned_at is not None:
+            raise _pruned(job, "inputs", "name", name, services().settings.retention_inputs_days)
     if key is None:
         raise NotFound(f"job {job_id!r} has no input {name!r}", [field_detail("name", "not found", name)])
     return _serve(key, "image/png")
+
+
+def _pruned(job: Job, kind: str, field: str, value: object, days: float) -> Gone:
+    """410 for an object retention deleted (``shared.retention``)."""
+    when = job.outputs_pruned_at if kind == "outputs" else job.inputs_pruned_at
+    assert when is not None
+    return Gone(
+        f"the {kind} of job {job.id!r} were deleted on {when.isoformat(timespec='seconds')} "
+        f"by retention (EASEL_RETENTION_{kind.upper()}_DAYS={days:g})",
+        [field_detail(field, f"{kind} deleted by retention", value)],
+    )
 
 
 def _serve(key: str, content_type: str) -> Response:
