@@ -89,7 +89,7 @@ def declared_size(data: bytes) -> tuple[int, int] | None:
         if accept is not None and not accept(data[:16]):
             continue
         try:
-            return factory(io.BytesIO(data), None).size
+            return factory(io.BytesIO(data), "").size  # "": no file name, as Image.open passes
         except (OSError, SyntaxError, ValueError):
             continue
     return None
