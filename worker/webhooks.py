@@ -74,8 +74,9 @@ def post_pinned(
                 retries=False,
                 assert_same_host=False,
                 timeout=urllib3.Timeout(connect=timeout, read=timeout),
-                preload_content=True,
+                preload_content=False,  # the status is the answer; the body is never read
             )
+            response.close()
             return response.status
         except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError) as exc:
             last_error = exc  # try the next checked address
