@@ -126,9 +126,6 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a worker records it is alive.")
     worker_lost_after_seconds: float = Field(30.0, gt=0, description="Silence after which a worker is lost.")
     max_attempts: int = Field(3, ge=1, le=20, description="Runs a job gets when its worker is lost.")
-    idle_republish_seconds: float = Field(
-        10.0, gt=0, description="Idle time before lost wake-ups are republished."
-    )
     db_retry_seconds: float = Field(300.0, gt=0, description="How long a worker retries a database write.")
     storage_retry_attempts: int = Field(4, ge=1, le=20, description="Tries of one output upload.")
     eta_history_jobs: int = Field(20, ge=1, description="Recent jobs per model the ETA learns from.")

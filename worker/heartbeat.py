@@ -109,8 +109,6 @@ class Heartbeat:
             return
         try:
             self.sweeper.recover_lost_jobs(stale_too=now - self.healthy_since >= self.sweeper.lost_after)
-            if self.current_job_id is None:
-                self.sweeper.republish_lost_wakeups(now - self.idle_since)
         except Exception:
             log.warning("recovery sweep failed; will retry", exc_info=True)
 

@@ -103,7 +103,6 @@ class WorkerProcess:
                 notify=notify,
                 max_attempts=settings.max_attempts,
                 lost_after=settings.worker_lost_after_seconds,
-                idle_republish_after=settings.idle_republish_seconds,
             ),
             hard_time_limit=settings.task_time_limit,
         )

@@ -6,10 +6,10 @@
    ``EASEL_MAX_ATTEMPTS`` attempts it ends ``failed`` with ``worker_lost`` instead.
    A worker sweeps only after its own database connection has been healthy for that
    long, so an outage that silenced every heartbeat does not look like lost workers.
-2. **Lost wake-ups.** A worker that has been idle for ``EASEL_IDLE_REPUBLISH_SECONDS``
-   while jobs for its models have been queued that long republishes their wake-ups
-   (the broker lost them: Redis restarted empty, a publish failed). Duplicate
-   wake-ups are harmless: each one claims the best queued job or nothing.
+
+Lost wake-ups need no sweep: an idle worker looks at the database every
+``EASEL_IDLE_POLL_SECONDS`` (``engine.loop``), so a job whose wake-up the broker lost
+(Redis restarted empty, a publish failed) still runs.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ Notify = Callable[[str], object]  # job id that reached a terminal state
 class SweepResult:
     requeued: int = 0
     failed: int = 0
-    republished: int = 0
 
 
 @dataclass
@@ -46,8 +45,6 @@ class Sweeper:
     notify: Notify | None = None
     max_attempts: int = 3
     lost_after: float = 30.0
-    idle_republish_after: float = 10.0
-    republish_cap: int = 64
 
     def recover_lost_jobs(self, stale_too: bool = True) -> SweepResult:
         """Requeue (or fail, past the attempt limit) the jobs of lost workers: stopped
@@ -107,27 +104,3 @@ class Sweeper:
                     if webhook and self.notify is not None:
                         self.notify(job_id)
         return result
-
-    def republish_lost_wakeups(self, idle_seconds: float) -> int:
-        """Wake-ups for jobs queued too long while this worker sat idle."""
-        if idle_seconds < self.idle_republish_after:
-            return 0
-        cutoff = utcnow() - timedelta(seconds=self.idle_republish_after)
-        with self.sessions() as session:
-            query = select(Job.id, Job.model).where(
-                Job.status == JobStatus.QUEUED.value, Job.created_at < cutoff
-            )
-            if self.models:
-                query = query.where(Job.model.in_(list(self.models)))
-            rows = session.execute(
-                query.order_by(Job.priority.desc(), Job.created_at).limit(self.republish_cap)
-            ).all()
-        for job_id, model in rows:
-            self.publish(job_id, model)
-        if rows:
-            log.warning(
-                "republished %d wake-up(s) for jobs queued over %.0fs while idle",
-                len(rows),
-                self.idle_republish_after,
-            )
-        return len(rows)

@@ -27,7 +27,6 @@ RELIABILITY_SETTINGS = {
     **STACK_SETTINGS,
     "EASEL_HEARTBEAT_SECONDS": "0.5",
     "EASEL_WORKER_LOST_AFTER_SECONDS": "3",
-    "EASEL_IDLE_REPUBLISH_SECONDS": "2",
     "EASEL_MAX_ATTEMPTS": "3",
     "EASEL_AUTH_ENABLED": "false",
     "EASEL_CPU_THREADS": "1",  # up to two CPU workers share two cores
@@ -87,15 +86,11 @@ def stack(
 
 
 def worker_of(stack: Stack, job: dict) -> Process:
-    """The stack process whose Celery child runs ``job`` (worker ids are host:pid)."""
-    pid = int(job["worker_id"].rsplit(":", 1)[1])
+    """The stack's worker process that runs ``job`` (worker ids are ``host:pid:token``)."""
+    pid = int(job["worker_id"].split(":")[1])
     for process in stack.processes:
-        if process.name.startswith("worker") and process.popen.poll() is None:
-            children = (
-                Path(f"/proc/{process.popen.pid}/task/{process.popen.pid}/children").read_text().split()
-            )
-            if str(pid) in children or pid == process.popen.pid:
-                return process
+        if process.name.startswith("worker") and process.running() and process.popen.pid == pid:
+            return process
     raise AssertionError(f"no live worker runs pid {pid}")
 
 
@@ -137,9 +132,8 @@ def test_redis_restarted_empty_while_jobs_are_queued(stack: Stack, private_redis
     queued = [stack.submit(prompt=f"queued {i}", steps=3, width=64, height=64) for i in range(5)]
     wait_for(lambda: stack.job(first["id"])["status"] == "running", 60, "the first job to run")
     private_redis.restart_empty()  # every queued wake-up is gone
-    for job in (first, *queued):
+    for job in (first, *queued):  # the worker finds them in the database: wake-ups are only hints
         assert stack.wait(job["id"], timeout=180)["status"] == "succeeded"
-    assert "republished" in stack.worker_log()
 
 
 def test_database_stopped_and_started_loses_no_accepted_job(

@@ -17,9 +17,9 @@ from easel.shared.db import make_engine
 from easel.shared.errors import StorageError
 from easel.shared.models import Job, Worker, utcnow
 from easel.shared.storage import LocalStorage
-from easel.worker.engine.generate import GenerationRequest, GpuOutOfMemory, generate
+from easel.worker.engine.generate import GenerationRequest, GpuOutOfMemory
 from easel.worker.sweeper import Sweeper
-from tests.factories import enqueue, fetch, make_runner
+from tests.factories import enqueue, fetch, generate_one, generation_request, make_runner
 
 
 @pytest.fixture
@@ -90,7 +90,6 @@ def sweeper(
         notify=notified.append,
         max_attempts=3,
         lost_after=30,
-        idle_republish_after=10,
     )
 
 
@@ -133,16 +132,6 @@ def test_a_lost_job_with_a_cancel_request_ends_canceled(sessions: sessionmaker[S
     job_id = add(sessions, worker="gone", cancel=True)
     sweeper(sessions, [], []).recover_lost_jobs()
     assert status_of(sessions, job_id).status == "canceled"
-
-
-def test_idle_worker_republishes_old_queued_jobs_only(sessions: sessionmaker[Session]) -> None:
-    old = add(sessions, status="queued", worker=None, age=60)
-    add(sessions, status="queued", worker=None, age=1)  # just queued: its wake-up is in flight
-    add(sessions, status="queued", worker=None, age=60, model="other")  # not ours
-    published: list[tuple[str, str]] = []
-    sweep = sweeper(sessions, published, [])
-    assert sweep.republish_lost_wakeups(idle_seconds=5) == 0  # not idle long enough
-    assert sweep.republish_lost_wakeups(idle_seconds=60) == 1 and published == [(old, "m")]
 
 
 class FlakyStorage(LocalStorage):
@@ -212,7 +201,7 @@ def no_scheduler_swap(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def oom_request(seeds: tuple[int, ...]) -> GenerationRequest:
-    return GenerationRequest(
+    return generation_request(
         prompt="p",
         negative_prompt="",
         width=8,
@@ -227,7 +216,7 @@ def oom_request(seeds: tuple[int, ...]) -> GenerationRequest:
 @pytest.mark.usefixtures("no_scheduler_swap")
 def test_out_of_memory_splits_the_batch_and_keeps_seed_order() -> None:
     pipe = OomPipeline(fits=1)
-    images = generate(pipe, oom_request((10, 11, 12, 13)))
+    images = generate_one(pipe, oom_request((10, 11, 12, 13)))
     assert [im.getpixel((0, 0))[0] for im in images] == [10, 11, 12, 13]
     assert pipe.calls == [4, 2, 1, 1, 2, 1, 1]
 
@@ -235,4 +224,4 @@ def test_out_of_memory_splits_the_batch_and_keeps_seed_order() -> None:
 @pytest.mark.usefixtures("no_scheduler_swap")
 def test_out_of_memory_for_one_image_is_a_clear_error() -> None:
     with pytest.raises(GpuOutOfMemory, match="out of GPU memory for one 8x8 image"):
-        generate(OomPipeline(fits=0), oom_request((1, 2)))
+        generate_one(OomPipeline(fits=0), oom_request((1, 2)))
