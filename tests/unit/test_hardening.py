@@ -301,16 +301,14 @@ def test_concurrent_submissions_respect_the_queued_cap_on_sqlite(settings: Setti
     spends time decoding between the count and the insert): exactly 2 are accepted."""
     app = app_for(settings, max_queued_per_key=2)
     key = make_key(settings)
-    image = base64.b64encode(png_bytes(256, 256)).decode()
+    body = {**JOB, "steps": 4, "type": "img2img", "image": base64.b64encode(png_bytes(256, 256)).decode()}
     barrier = threading.Barrier(8)
     statuses: list[int] = []
 
     def submit() -> None:
         with app.test_client() as client:
             barrier.wait()
-            response = client.post(
-                "/api/v1/jobs", json={**JOB, "steps": 4, "type": "img2img", "image": image}, headers=bearer(key)
-            )
+            response = client.post("/api/v1/jobs", json=body, headers=bearer(key))
             statuses.append(response.status_code)
 
     threads = [threading.Thread(target=submit) for _ in range(8)]
