@@ -475,8 +475,8 @@ def test_sql_counters_are_atomic_across_processes(tmp_path: Path) -> None:
     import multiprocessing
 
     uri = f"easelsql+sqlite:///{tmp_path / 'limits.db'}"
-    SqlStorage(uri)  # creates the file and table once
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
+    SqlStorage(uri).engine.dispose()  # creates the file and table; no connection crosses the fork
+    with multiprocessing.get_context("fork").Pool(4) as pool:  # each opens its own engine
         results = pool.starmap(_hit_counter, [(uri, 50)] * 4)
     values = sorted(value for chunk in results for value in chunk)
     assert values == list(range(1, 201))
