@@ -26,7 +26,7 @@ them, ``prune`` as a retention pass with nothing due. With ``--queued`` jobs wai
 - ``list_succeeded``: ``GET /api/v1/jobs?status=succeeded&limit=20``;
 - ``metrics``: ``GET /metrics``;
 - ``claim``: the best queued job claimed (then put back, untimed);
-- ``sweep``: both recovery sweeps of an idle worker;
+- ``sweep``: the lost-worker sweep;
 - ``prune``: a retention pass that finds nothing due.
 
 Prints one JSON object: per backend the history sizes, how long the fill took, and per
@@ -210,10 +210,6 @@ class Bench:
                 raise RuntimeError("nothing was claimable")
             return lambda: self._put_back(claimed[0].id)
 
-        def sweep() -> None:
-            sweeper.recover_lost_jobs()
-            sweeper.republish_lost_wakeups(idle_seconds=1e9)
-
         return {
             "submit": submit,
             "get": lambda: self._get(f"/api/v1/jobs/{next(queued)}"),
@@ -222,7 +218,7 @@ class Bench:
             "cancel": cancel,
             "metrics": lambda: self._get("/metrics"),
             "claim": claim,
-            "sweep": sweep,
+            "sweep": sweeper.recover_lost_jobs,
             "prune": lambda: prune(self.sessions, self.storage, nothing_due),
         }
 
