@@ -154,6 +154,10 @@ class Job(Base):
     webhook_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     webhook_delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     webhook_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The webhook events the client asked for (start, progress, completed); NULL: completed.
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # The step of the live preview stored at shared.jobs.preview_key; NULL: none yet.
+    preview_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -258,3 +262,20 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(255))
     until: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class EventStream(Base):
+    """One open job event stream (``GET /api/v1/jobs/<id>/events``), to bound them per key.
+
+    A stream refreshes ``seen_at`` at each heartbeat and deletes its row when it ends; a row
+    whose web process died is ignored once ``seen_at`` is older than a few heartbeats.
+    """
+
+    __tablename__ = "event_streams"
+    __table_args__ = (Index("ix_event_streams_owner", "owner", "opened_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
+    owner: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str] = mapped_column(String(32))
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

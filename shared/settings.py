@@ -56,6 +56,15 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `easel web` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `easel web` binds.")
     web_workers: int = Field(2, ge=1, description="gunicorn worker processes for `easel web`.")
+    web_threads: int = Field(
+        8, ge=2, le=256, description="Threads per gunicorn worker; each open event stream holds one."
+    )
+    max_event_streams_per_key: int = Field(
+        2, ge=1, le=1000, description="Job event streams one API key may hold open at once; 429 beyond."
+    )
+    event_stream_heartbeat_seconds: float = Field(
+        15.0, gt=0, le=300, description="Idle time after which an event stream sends a heartbeat comment."
+    )
     max_image_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest accepted image or mask file."
     )
@@ -94,6 +103,9 @@ class Settings(BaseSettings):
     )
     max_prompt_chars: int = Field(2000, ge=1, description="Longest accepted prompt.")
     progress_interval_seconds: float = Field(0.5, gt=0, description="Least time between progress writes.")
+    preview_interval_seconds: float = Field(
+        1.0, ge=0, description="Least time between live previews of a running job; 0 turns previews off."
+    )
     max_priority: int = Field(
         10, ge=0, le=1000, description="Highest `priority` a non-admin key may ask for."
     )
@@ -145,6 +157,9 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(6, ge=1, le=50, description="Deliveries tried before giving up.")
     webhook_backoff_seconds: float = Field(2.0, gt=0, description="First retry delay; doubles each time.")
     webhook_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one webhook request.")
+    webhook_progress_seconds: float = Field(
+        5.0, gt=0, description="Least time between `progress` webhooks of one job."
+    )
     webhook_concurrency: int = Field(8, ge=1, description="Parallel deliveries of `easel webhooks`.")
 
     @model_validator(mode="after")
