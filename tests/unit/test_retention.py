@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
@@ -270,15 +271,19 @@ def test_pruners_on_two_workers_run_one_pass(sessions: sessionmaker[Session], st
 
 def test_the_periodic_prune_runs_by_itself(sessions: sessionmaker[Session], storage: LocalStorage) -> None:
     pruner = Pruner(sessions, storage, Policy(outputs_days=30, inputs_days=0), holder="w", interval=0.2)
+
+    def wait(condition: Any, what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert condition(), what
+
     pruner.start()
     try:
-        for _ in range(2):  # one pass, then another after the interval
+        for n in (1, 2):  # a pass, then another one after the interval
             job_id = add_job(sessions, storage, JobStatus.SUCCEEDED, age_days=40)
-            deadline = time.monotonic() + 10
-            while stored(storage, job_id) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert stored(storage, job_id) == []
-        assert pruner.passes >= 2
+            wait(lambda job_id=job_id: stored(storage, job_id) == [], f"job {n} pruned")
+            wait(lambda n=n: pruner.passes >= n, f"pass {n} over")
     finally:
         pruner.stop()
 
@@ -290,3 +295,29 @@ def test_retention_is_off_for_rows_by_default() -> None:
     idle = Pruner(None, None, Policy(0, 0, 0), holder="w", interval=60)  # type: ignore[arg-type]
     idle.start()
     assert idle._thread is None  # nothing to keep: no thread
+
+
+def test_easel_prune_dry_run_then_prune(
+    sessions: sessionmaker[Session], storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from easel.cli import main
+    from easel.shared.settings import get_settings
+
+    old = add_job(sessions, storage, JobStatus.SUCCEEDED, age_days=40)
+    monkeypatch.setenv("EASEL_HOME", str(storage.root.parent))  # the settings fixture's home
+    get_settings.cache_clear()
+    try:
+        dry = CliRunner().invoke(main, ["prune", "--dry-run"])
+        assert dry.exit_code == 0, dry.output
+        assert f"would prune outputs of job {old} (1 object(s))" in dry.output
+        assert stored(storage, old) == ["0.png"]
+        done = CliRunner().invoke(main, ["prune"])
+        assert done.exit_code == 0, done.output
+        assert json.loads(done.output.splitlines()[-1])["outputs"] == 1
+        assert stored(storage, old) == []
+    finally:
+        get_settings.cache_clear()
