@@ -30,6 +30,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "Malformed body",
         404: "Not found",
         409: "Conflict: already finished, or Idempotency-Key reused for other fields",
+        410: "Gone: deleted by retention (EASEL_RETENTION_*)",
         413: "Body too large",
         415: "Unsupported content type",
         422: "Invalid field values",
@@ -205,7 +206,7 @@ def openapi_document() -> dict[str, Any]:
                                 "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
                             },
                             "302": {"description": "Redirect to a short-lived presigned URL"},
-                            **_errors(404),
+                            **_errors(404, 410),
                         },
                     }
                 },
@@ -228,7 +229,7 @@ def openapi_document() -> dict[str, Any]:
                                 "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
                             },
                             "302": {"description": "Redirect to a short-lived presigned URL"},
-                            **_errors(404),
+                            **_errors(404, 410),
                         },
                     }
                 },
