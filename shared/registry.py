@@ -1,7 +1,9 @@
 """The model registry: names mapped to weight sources and per-model limits.
 
-The built-in registry holds one model, ``tiny-sd``, built locally on first use.
-``EASEL_MODELS_FILE`` points at a TOML file that replaces it::
+The built-in registry holds two models: ``demo-shapes``, trained by the project to draw
+coloured shapes (its weights ship in the package, ``worker/engine/demo_shapes``), and
+``tiny-sd``, random weights built locally on first use (fast; for tests and
+benchmarks). ``EASEL_MODELS_FILE`` points at a TOML file that replaces them::
 
     [models.sd15]
     source = "huggingface"            # or "directory", "single_file", "tiny"
@@ -73,6 +75,26 @@ class ModelSpec(BaseModel):
         return self
 
 
+DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "worker" / "engine" / "demo_shapes"
+"""The committed ``demo-shapes`` pipeline (``easel/worker/engine/demo_shapes`` once installed)."""
+
+
+def demo_spec() -> ModelSpec:
+    """``demo-shapes``: "a {color} {shape} on a {color} background" at 64x64 (or 128x128)."""
+    return ModelSpec(
+        name="demo-shapes",
+        source=ModelSource.DIRECTORY,
+        location=str(DEMO_MODEL_DIR),
+        min_size=64,
+        max_size=128,
+        default_size=64,
+        max_steps=150,
+        default_steps=25,
+        default_guidance_scale=7.0,
+        default_scheduler="euler_a",
+    )
+
+
 def tiny_spec(settings: Settings) -> ModelSpec:
     return ModelSpec(
         name="tiny-sd",
@@ -115,9 +137,9 @@ class Registry:
 
 
 def load_registry(settings: Settings) -> Registry:
-    """The registry from ``EASEL_MODELS_FILE``, or the built-in tiny-sd."""
+    """The registry from ``EASEL_MODELS_FILE``, or the built-in demo-shapes and tiny-sd."""
     if settings.models_file is None:
-        return Registry([tiny_spec(settings)], settings.default_model)
+        return Registry([demo_spec(), tiny_spec(settings)], settings.default_model)
     return Registry(_read_models_file(settings.models_file, settings), settings.default_model)
 
 

@@ -1,0 +1,1 @@
+"""Developer tools that are not part of the installed server (training the demo model)."""
