@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, redirect, request, url_for
 from flask.typing import ResponseReturnValue
+from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 
 from easel.shared.errors import Gone, NotFound, ValidationFailed, field_detail
@@ -70,7 +71,7 @@ def create_job() -> ResponseReturnValue:
 
 
 @bp.get("/jobs")
-def jobs_index():  # type: ignore[no-untyped-def]
+def jobs_index() -> ResponseReturnValue:
     args = request.args
     status, job_type = args.get("status"), args.get("type")
     details = []
@@ -106,13 +107,13 @@ def jobs_index():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/jobs/<job_id>", endpoint="get_job")
-def show_job(job_id: str):  # type: ignore[no-untyped-def]
+def show_job(job_id: str) -> ResponseReturnValue:
     with services().session() as session:
         return jsonify(job_view(session, get_job(session, job_id, current_principal().owner_filter)))
 
 
 @bp.post("/jobs/<job_id>/cancel")
-def cancel(job_id: str):  # type: ignore[no-untyped-def]
+def cancel(job_id: str) -> ResponseReturnValue:
     svc = services()
     with svc.session() as session:
         job = cancel_job(session, job_id, current_principal().owner_filter)
@@ -123,7 +124,7 @@ def cancel(job_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/jobs/<job_id>/outputs/<int:index>")
-def get_output(job_id: str, index: int):  # type: ignore[no-untyped-def]
+def get_output(job_id: str, index: int) -> ResponseReturnValue:
     svc = services()
     with svc.session() as session:
         job = get_job(session, job_id, current_principal().owner_filter)
@@ -140,7 +141,7 @@ def get_output(job_id: str, index: int):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/jobs/<job_id>/inputs/<any(image, mask):name>")
-def get_input(job_id: str, name: str):  # type: ignore[no-untyped-def]
+def get_input(job_id: str, name: str) -> ResponseReturnValue:
     """The stored input image or mask of an img2img / inpaint job."""
     with services().session() as session:
         job = get_job(session, job_id, current_principal().owner_filter)
@@ -163,19 +164,19 @@ def _pruned(job: Job, kind: str, field: str, value: object, days: float) -> Gone
     )
 
 
-def _serve(key: str, content_type: str) -> Response:
+def _serve(key: str, content_type: str) -> ResponseReturnValue:
     """The object's bytes, or a redirect to a presigned URL when storage offers one."""
     svc = services()
     presigned = svc.storage.presigned_url(key, svc.settings.presign_expires_seconds)
     if presigned:
-        return redirect(presigned, code=302)  # type: ignore[return-value]
+        return redirect(presigned, code=302)
     response = Response(svc.storage.get(key), mimetype=content_type)
     response.headers["Cache-Control"] = "private, max-age=3600, immutable"
     return response
 
 
 @bp.get("/models")
-def list_models():  # type: ignore[no-untyped-def]
+def list_models() -> ResponseReturnValue:
     svc = services()
     registry = svc.registry
     with svc.session() as session:
