@@ -6,7 +6,6 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, redirect, request, url_for
 from flask.typing import ResponseReturnValue
-from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 
 from easel.shared.errors import Gone, NotFound, ValidationFailed, field_detail
