@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         "20/minute", description="Failed authentications per client address before 429."
     )
     max_queued_per_key: int = Field(100, ge=1, description="Queued + running jobs one key may have.")
+    sync_timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=3600,
+        description="How long an OpenAI or AUTOMATIC1111 call waits for its job before a timeout error.",
+    )
     webhook_allow_private: bool = Field(False, description="Allow webhooks to private/loopback addresses.")
     models_file: Path | None = Field(None, description="TOML model registry; default: the built-in tiny-sd.")
     default_model: str = Field("tiny-sd", description="Model used when a job names none.")

@@ -15,6 +15,7 @@ from easel.shared.settings import Settings, get_settings
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app for ``settings`` (the environment's when ``None``)."""
     from easel.web import (
+        a1111,
         admin,
         api,
         auth,
@@ -22,6 +23,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         errors,
         health,
         limits,
+        openai_api,
         openapi,
         pages,
         request_ids,
@@ -44,6 +46,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     security.init_app(app, settings)
     errors.init_app(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(openai_api.bp)  # client-compatibility surfaces: docs/openai.md
+    app.register_blueprint(a1111.bp)  # and docs/automatic1111.md
     app.register_blueprint(openapi.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(admin.bp)

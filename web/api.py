@@ -17,6 +17,7 @@ from easel.shared.schemas import JobList, ModelLimits, ModelList, ModelView
 from easel.shared.workers import live_workers, live_workers_by_model
 from easel.web.auth import current_principal
 from easel.web.eta import estimate_seconds, queue_position
+from easel.web.hold import hold, prefer_wait
 from easel.web.limits import accepted, api_limit, limiter, submit_limit
 from easel.web.services import services
 from easel.web.submit import accept_job, idempotency_key, request_fields
@@ -59,11 +60,16 @@ def create_job() -> ResponseReturnValue:
         owner_id=principal.owner_id,
         admin=principal.is_admin,
     )
+    wait = prefer_wait(request.headers.getlist("Prefer"))  # Replicate's Prefer: wait=N
+    if wait is not None:
+        hold(svc, job.id, wait)  # polls with short sessions; answers the job as it is then
     with svc.session() as session:
         body = job_view(session, get_job(session, job.id))
     response = jsonify(body)
     response.status_code = 202
     response.headers["Location"] = url_for("api.get_job", job_id=job.id)
+    if wait is not None:
+        response.headers["Preference-Applied"] = f"wait={wait}"
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response

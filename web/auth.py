@@ -1,5 +1,9 @@
 """Who is calling: API keys (``Authorization: Bearer``) for REST, a signed session for pages.
 
+HTTP Basic whose password is an API key is accepted too (what AUTOMATIC1111 clients
+such as ``webuiapi.set_auth`` send; a key alone in the user name works as well). The
+client-compatibility surfaces ``/v1`` and ``/sdapi/v1`` are APIs like ``/api/``.
+
 Authentication is on by default. ``EASEL_AUTH_ENABLED=false`` (the local demo of
 ``make run``) makes every caller an anonymous admin, and the pages say so.
 
@@ -12,6 +16,8 @@ A request that matches no route is not authenticated: it is answered 404 (or 405
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -41,6 +47,7 @@ bp = Blueprint("auth", __name__)
 csrf = CSRFProtect()
 
 ANONYMOUS_OWNER = "anonymous"
+API_PREFIXES = ("/api/", "/v1/", "/sdapi/")  # answered 401 in their shape, never a login page
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/api/v1/openapi.json", "/login", "/static/", "/docs")
 
 
@@ -88,7 +95,7 @@ def _check_csrf() -> None:
 
 
 def _is_api(path: str) -> bool:
-    return path.startswith("/api/")
+    return path.startswith(API_PREFIXES)
 
 
 def _identify() -> ResponseReturnValue | None:
@@ -108,8 +115,7 @@ def _identify() -> ResponseReturnValue | None:
     if header is not None:
         if (wait := auth_blocked_for()) is not None:
             return _too_many_failures(wait)
-        scheme, _, token = header.partition(" ")
-        key = _key_for(token) if scheme.lower() == "bearer" else None
+        key = _key_for_header(header)
         if key is None:
             record_auth_failure()
             return _unauthorized("the API key is unknown, malformed or revoked")
@@ -132,6 +138,22 @@ def _identify() -> ResponseReturnValue | None:
         record_auth_failure()
         return _unauthorized("send an API key: Authorization: Bearer <key>")
     return redirect(url_for("auth.login", next=request.full_path if request.query_string else path))
+
+
+def _key_for_header(header: str) -> ApiKey | None:
+    """The key of an ``Authorization`` header: ``Bearer <key>``, or ``Basic`` whose
+    password (else user name) is the key."""
+    scheme, _, token = header.strip().partition(" ")
+    scheme, token = scheme.lower(), token.strip()
+    if scheme == "basic":
+        try:
+            user, _, password = base64.b64decode(token, validate=True).decode().partition(":")
+        except (binascii.Error, ValueError):
+            return None
+        token = password or user
+    elif scheme != "bearer":
+        return None
+    return _key_for(token) if token else None
 
 
 def _key_for(token: str) -> ApiKey | None:
@@ -157,7 +179,8 @@ def _key_for_session() -> ApiKey | None:
 
 def _unauthorized(message: str) -> tuple[Response, int]:
     response = jsonify({"error": {"code": "unauthorized", "message": message, "details": []}})
-    response.headers["WWW-Authenticate"] = 'Bearer realm="easel"'
+    basic = request.path.startswith("/sdapi/")  # A1111 clients authenticate with Basic
+    response.headers["WWW-Authenticate"] = 'Basic realm="easel"' if basic else 'Bearer realm="easel"'
     return response, 401
 
 
