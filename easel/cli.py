@@ -357,7 +357,7 @@ def worker(models: str | None, loglevel: str) -> None:
         served,
         plan,
         publish=lambda job_id, model: send_wakeup(senders, job_id, model),
-        notify=lambda job_id: send_webhook(senders, job_id),
+        notify=lambda job_id, event="completed": send_webhook(senders, job_id, event),
     )
     app = make_gpu_app(settings, process.wake)
     process.start()

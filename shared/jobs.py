@@ -17,10 +17,19 @@ from easel.shared import transitions
 from easel.shared.errors import Conflict, NotFound, ValidationFailed, field_detail
 from easel.shared.models import Job, JobStatus
 from easel.shared.params import PARAM_FIELDS, params_of
-from easel.shared.schemas import ErrorInfo, JobView, OutputInfo, Progress, ResolvedJob
+from easel.shared.schemas import (
+    DEFAULT_WEBHOOK_EVENTS,
+    ErrorInfo,
+    JobView,
+    OutputInfo,
+    PreviewInfo,
+    Progress,
+    ResolvedJob,
+)
 
 OutputUrl = Callable[[Job, int], str]
 InputUrl = Callable[[Job, str], str]
+PreviewUrl = Callable[[Job], str]
 
 INPUT_NAMES = ("image", "mask")
 
@@ -28,6 +37,16 @@ INPUT_NAMES = ("image", "mask")
 def input_key(job_id: str, name: str) -> str:
     """Where an input of a job is stored: ``jobs/<id>/input-image.png`` or ``-mask.png``."""
     return f"jobs/{job_id}/input-{name}.png"
+
+
+def preview_key(job_id: str) -> str:
+    """Where the live preview of a job is stored (overwritten as it denoises)."""
+    return f"jobs/{job_id}/preview.jpg"
+
+
+def webhook_events(job: Job) -> list[str]:
+    """The webhook events ``job`` asked for (``completed`` only unless it said otherwise)."""
+    return list(job.webhook_events or DEFAULT_WEBHOOK_EVENTS)
 
 
 def request_hash(fields: dict[str, Any]) -> str:
@@ -47,6 +66,7 @@ def create_job(
         **resolved.model_dump(mode="json", include=set(PARAM_FIELDS)),
         status=JobStatus.QUEUED.value,
         webhook_url=resolved.webhook_url,
+        webhook_events=resolved.webhook_events,
         priority=resolved.priority,
         progress_total=resolved.denoising_steps,
         idempotency_key=idempotency_key,
@@ -171,6 +191,7 @@ def describe(
     eta_seconds: float | None = None,
     input_url: InputUrl | None = None,
     serving_workers: int | None = None,
+    preview_url: PreviewUrl | None = None,
 ) -> JobView:
     """The REST job object for ``job``; ``output_url(job, index)`` makes output links.
 
@@ -203,6 +224,11 @@ def describe(
             )
             for o in job.outputs
         ],
+        preview=(
+            PreviewInfo(url=preview_url(job), step=job.preview_step)
+            if preview_url is not None and job.preview_step is not None
+            else None
+        ),
         inputs={
             name: (input_url(job, name) if input_url else None)
             for name, key in (("image", job.input_key), ("mask", job.mask_key))
@@ -235,6 +261,7 @@ def _webhook_state(job: Job) -> dict[str, Any] | None:
         return None
     return {
         "url": job.webhook_url,
+        "events": webhook_events(job),
         "attempts": job.webhook_attempts,
         "delivered_at": job.webhook_delivered_at.isoformat() if job.webhook_delivered_at else None,
         "last_error": job.webhook_error,

@@ -64,12 +64,13 @@ def send_wakeup(app: Celery, job_id: str, model: str) -> bool:
     return True
 
 
-def send_webhook(app: Celery, job_id: str) -> bool:
-    """Queue the delivery of ``job_id``'s webhook on its own queue, away from the GPUs."""
+def send_webhook(app: Celery, job_id: str, event: str = "completed") -> bool:
+    """Queue the delivery of ``job_id``'s webhook for ``event`` (``start``, ``progress`` or
+    ``completed``) on its own queue, away from the GPUs."""
     try:
         app.send_task(
             DELIVER_WEBHOOK_TASK,
-            args=[job_id],
+            args=[job_id] if event == "completed" else [job_id, event],
             queue=WEBHOOK_QUEUE,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},

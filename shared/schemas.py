@@ -8,7 +8,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -24,6 +24,9 @@ from easel.shared.settings import Settings
 MAX_PRIORITY = 1000  # admin keys; others are capped by EASEL_MAX_PRIORITY
 DEFAULT_STRENGTH = {JobType.IMG2IMG: 0.75, JobType.INPAINT: 1.0}
 DEFAULT_MASK_BLUR = 4
+WebhookEvent = Literal["start", "progress", "completed"]
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("start", "progress", "completed")
+DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("completed",)
 
 
 class JobCreate(BaseModel):
@@ -65,12 +68,31 @@ class JobCreate(BaseModel):
     webhook_url: AnyHttpUrl | None = Field(
         None, description="POSTed the job object, signed, when the job finishes (http or https)."
     )
+    webhook_events: list[WebhookEvent] | None = Field(
+        None,
+        description="Which webhooks to send: start (the job starts running), progress (at most every "
+        "EASEL_WEBHOOK_PROGRESS_SECONDS), completed (it finished). Default: completed only.",
+    )
     priority: int = Field(
         0,
         ge=0,
         le=MAX_PRIORITY,
         description="Higher runs first; above EASEL_MAX_PRIORITY (default 10) needs an admin key.",
     )
+
+    @field_validator("webhook_events", mode="before")
+    @classmethod
+    def _events_list(cls, value: Any) -> Any:
+        if isinstance(value, str):  # multipart and forms: "start,completed"
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _some_events(cls, value: list[WebhookEvent] | None) -> list[WebhookEvent] | None:
+        if value is not None and not value:
+            raise ValueError(f"must name at least one of {', '.join(WEBHOOK_EVENTS)}")
+        return None if value is None else [e for e in WEBHOOK_EVENTS if e in value]  # once each, in order
 
     @field_validator("webhook_url")
     @classmethod
@@ -98,6 +120,7 @@ class ResolvedJob(GenerationParams):
     """A validated request with every default filled in: what the job row records."""
 
     webhook_url: str | None = None
+    webhook_events: list[str] | None = None
     priority: int = 0
 
     @property
@@ -208,6 +231,10 @@ def resolve_job(
             check_public_url(str(request.webhook_url), settings.webhook_allow_private)
         except UnsafeUrl as exc:
             details.append(field_detail("webhook_url", str(exc), str(request.webhook_url)))
+    if request.webhook_events is not None and request.webhook_url is None:
+        details.append(
+            field_detail("webhook_events", "applies only with a webhook_url", request.webhook_events)
+        )
     if request.webhook_url is not None and settings.webhook_secret is None:
         details.append(
             field_detail(
@@ -310,6 +337,9 @@ def _with_defaults(request: JobCreate, spec: ModelSpec, seed: int, inputs: JobIn
         if inpaint
         else None,
         webhook_url=str(request.webhook_url) if request.webhook_url else None,
+        webhook_events=(
+            list(request.webhook_events or DEFAULT_WEBHOOK_EVENTS) if request.webhook_url else None
+        ),
         priority=request.priority,
     )
 
@@ -365,9 +395,17 @@ class ErrorInfo(BaseModel):
 
 class WebhookState(BaseModel):
     url: str
+    events: list[WebhookEvent] = Field(description="The events delivered to the URL.")
     attempts: int
     delivered_at: datetime | None
     last_error: str | None
+
+
+class PreviewInfo(BaseModel):
+    """The latest live preview of a running job's first image."""
+
+    url: str = Field(description="The preview image (JPEG); changes with each step recorded.")
+    step: int = Field(description="The denoising step the preview shows.")
 
 
 class JobView(BaseModel):
@@ -387,6 +425,11 @@ class JobView(BaseModel):
         description="Queued, and no live worker serves its model: it waits until one starts."
     )
     outputs: list[OutputInfo]
+    preview: PreviewInfo | None = Field(
+        None,
+        description="A cheap preview of the first image while it denoises (EASEL_PREVIEW_INTERVAL_SECONDS); "
+        "null until the first one is stored.",
+    )
     inputs: dict[str, str | None] = Field(description="Links to the stored image and mask, if any.")
     error: ErrorInfo | None
     attempts: int

@@ -73,6 +73,7 @@ def claim(
         batch_size=batch_size,
         started_at=now,
         progress_step=0,
+        preview_step=None,  # a rerun shows no preview of an earlier attempt
         updated_at=now,
     )
 
@@ -97,6 +98,11 @@ def record_progress(
         .returning(Job.id, Job.cancel_requested)
     ).all()
     return {job_id: bool(cancel) for job_id, cancel in rows}
+
+
+def record_preview(session: Session, job_ids: Sequence[str], worker_id: str, step: int) -> int:
+    """Record that the stored previews of the jobs still ours show ``step``; how many."""
+    return _update(session, *held_by(worker_id, *job_ids), preview_step=step)
 
 
 def finish(

@@ -170,7 +170,7 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 # -- stacks of real processes ---------------------------------------------------------------
 
-WEBHOOK_SECRET = "test-webhook-secret"
+WEBHOOK_SECRET = "whsec_dGVzdC13ZWJob29rLXNlY3JldC1rZXk="  # Standard Webhooks' form
 STACK_SETTINGS = {
     "EASEL_WEBHOOK_SECRET": WEBHOOK_SECRET,
     "EASEL_WEBHOOK_MAX_ATTEMPTS": "3",
@@ -178,6 +178,9 @@ STACK_SETTINGS = {
     "EASEL_WEBHOOK_TIMEOUT_SECONDS": "2",
     "EASEL_PROGRESS_INTERVAL_SECONDS": "0.2",
     "EASEL_HEARTBEAT_SECONDS": "1",
+    "EASEL_PREVIEW_INTERVAL_SECONDS": "0.3",
+    "EASEL_WEBHOOK_PROGRESS_SECONDS": "0.5",
+    "EASEL_EVENT_STREAM_HEARTBEAT_SECONDS": "2",
     "EASEL_SUBMIT_RATE_LIMIT": "100000/minute",  # the suite submits fast; limits have their own tests
     "EASEL_RATE_LIMIT": "100000/minute",
 }

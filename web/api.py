@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, redirect, request, url_for
+from flask import Blueprint, Response, jsonify, redirect, request, stream_with_context, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 
 from easel.shared.errors import Gone, NotFound, ValidationFailed, field_detail
-from easel.shared.jobs import cancel_job, describe, get_job, list_jobs
+from easel.shared.jobs import cancel_job, describe, get_job, list_jobs, preview_key
 from easel.shared.models import Job, JobOutput, JobStatus, JobType
 from easel.shared.queue import send_webhook
 from easel.shared.registry import SCHEDULERS
 from easel.shared.schemas import JobList, ModelLimits, ModelList, ModelView
 from easel.shared.workers import live_workers, live_workers_by_model
+from easel.web import events
 from easel.web.auth import current_principal
 from easel.web.eta import estimate_seconds, queue_position
 from easel.web.hold import hold, prefer_wait
@@ -36,6 +37,11 @@ def input_url(job: Job, name: str) -> str:
     return url_for("api.get_input", job_id=job.id, name=name, _external=True)
 
 
+def preview_url(job: Job) -> str:
+    """The live preview's link; the step in it changes the URL whenever the picture does."""
+    return url_for("api.get_preview", job_id=job.id, step=job.preview_step, _external=True)
+
+
 def job_view(session: Session, job: Job) -> dict[str, Any]:
     """The job object, with its queue position, ETA and whether it waits for a worker."""
     settings = services().settings
@@ -43,7 +49,13 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
     workers = live_workers(session, job.model, lost_after) if job.status == JobStatus.QUEUED.value else None
     eta = estimate_seconds(session, job, settings.eta_history_jobs, lost_after, workers)
     return describe(
-        job, output_url, queue_position(session, job), eta, input_url, serving_workers=workers
+        job,
+        output_url,
+        queue_position(session, job),
+        eta,
+        input_url,
+        serving_workers=workers,
+        preview_url=preview_url,
     ).model_dump(mode="json")
 
 
@@ -156,6 +168,61 @@ def get_input(job_id: str, name: str) -> ResponseReturnValue:
     if key is None:
         raise NotFound(f"job {job_id!r} has no input {name!r}", [field_detail("name", "not found", name)])
     return _serve(key, "image/png")
+
+
+@bp.get("/jobs/<job_id>/preview")
+def get_preview(job_id: str) -> ResponseReturnValue:
+    """The latest live preview of the job's first image (JPEG), overwritten as it denoises."""
+    svc = services()
+    with svc.session() as session:
+        job = get_job(session, job_id, current_principal().owner_filter)
+        step, pruned = job.preview_step, job.outputs_pruned_at is not None
+    if step is None or pruned:
+        raise NotFound(
+            f"job {job_id!r} has no preview (yet, or any more)", [field_detail("preview", "not found", None)]
+        )
+    presigned = svc.storage.presigned_url(preview_key(job_id), svc.settings.presign_expires_seconds)
+    response = redirect(presigned, code=302) if presigned else Response(svc.storage.get(preview_key(job_id)))
+    response.mimetype = response.mimetype if presigned else "image/jpeg"
+    response.headers["Cache-Control"] = "private, no-cache"  # the object is overwritten in place
+    response.headers["Easel-Preview-Step"] = str(step)
+    return response
+
+
+@bp.get("/jobs/<job_id>/events")
+def job_events(job_id: str) -> ResponseReturnValue:
+    """The job's events as ``text/event-stream`` (``easel.web.events``)."""
+    svc = services()
+    settings = svc.settings
+    principal = current_principal()
+    owner = principal.owner_id if settings.auth_enabled else f"addr:{request.remote_addr}"
+    last_event_id = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    with svc.session() as session:
+        get_job(session, job_id, principal.owner_filter)  # 404 for someone else's job
+        if last_event_id == events.DONE_ID:
+            return Response(status=204)  # the client saw the end: EventSource stops here
+        bound, heartbeat = settings.max_event_streams_per_key, settings.event_stream_heartbeat_seconds
+        slot = events.open_slot(session, owner, job_id, bound, heartbeat)
+
+    def read() -> dict[str, Any]:
+        with svc.session() as session:  # closed (connection back in the pool) before the poll sleeps
+            return job_view(session, get_job(session, job_id))
+
+    def touch() -> None:
+        with svc.session() as session:
+            events.touch_slot(session, slot)
+
+    def generate() -> Any:
+        try:
+            yield from events.stream(read, last_event_id, settings.event_stream_heartbeat_seconds, touch)
+        finally:
+            with svc.session() as session:
+                events.close_slot(session, slot)
+
+    response = Response(stream_with_context(generate()), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass events through at once
+    return response
 
 
 def _pruned(job: Job, kind: str, field: str, value: object, days: float) -> Gone:

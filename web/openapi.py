@@ -233,6 +233,24 @@ def openapi_document() -> dict[str, Any]:
                         },
                     }
                 },
+                "/api/v1/jobs/{job_id}/preview": {
+                    "get": {
+                        "operationId": "getPreview",
+                        "summary": "The live preview of a running job's first image (overwritten in place)",
+                        "description": "The job's event stream, GET /api/v1/jobs/{job_id}/events "
+                        "(text/event-stream, docs/api.md), is not described here: OpenAPI has no "
+                        "schema for a stream of events.",
+                        "parameters": [job_id],
+                        "responses": {
+                            "200": {
+                                "description": "The JPEG",
+                                "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+                            },
+                            "302": {"description": "Redirect to a short-lived presigned URL"},
+                            **_errors(404),
+                        },
+                    }
+                },
                 "/api/v1/models": {
                     "get": {
                         "operationId": "listModels",

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy.orm import sessionmaker
 
 from easel.shared.db import engine_for
+from easel.shared.jobs import webhook_events
 from easel.shared.models import Job, JobStatus
 from easel.shared.registry import Registry
 from easel.shared.retention import Policy, Pruner
@@ -37,7 +38,7 @@ from easel.worker.sweeper import Sweeper
 log = logging.getLogger(__name__)
 
 Publish = Any  # (job id, model) -> object: a wake-up for another worker
-Notify = Any  # (job id) -> object: a finished job's webhook
+Notify = Any  # (job id[, event]) -> object: a job's webhook (default event: completed)
 
 
 def new_worker_id() -> str:
@@ -83,7 +84,7 @@ class WorkerProcess:
 
         def finished(job: Job, status: JobStatus, timings: dict[str, Any]) -> None:
             worker_metrics.observe_job_finished(job.model, job.type, status.value, timings)
-            if job.webhook_url:
+            if job.webhook_url and "completed" in webhook_events(job):
                 notify(job.id)
 
         def loaded(model: str, seconds: float, count: int) -> None:
@@ -134,6 +135,9 @@ class WorkerProcess:
             overlap_store=True,
             on_batch=worker_metrics.observe_batch,
             vae_tiling_pixels=settings.vae_tiling_pixels,
+            preview_interval=settings.preview_interval_seconds,
+            on_webhook=notify,
+            webhook_progress_interval=settings.webhook_progress_seconds,
         )
         loop = ClaimLoop(
             runner.run_next,

@@ -57,11 +57,13 @@ def make_webhook_app(settings: Settings) -> Celery:
     )
 
     @app.task(name=DELIVER_WEBHOOK_TASK, bind=True, acks_late=True, max_retries=None)
-    def deliver_webhook(self: Task[[str], bool | None], job_id: str) -> bool | None:
+    def deliver_webhook(
+        self: Task[[str, str], bool | None], job_id: str, event: str = "completed"
+    ) -> bool | None:
         if deliverer is None:
             log.error("webhook of job %s dropped: EASEL_WEBHOOK_SECRET is not set", job_id)
             return None
-        outcome = deliverer.deliver(job_id)
+        outcome = deliverer.deliver(job_id, event)
         if outcome is False:
             attempt = self.request.retries + 1
             if attempt >= settings.webhook_max_attempts:

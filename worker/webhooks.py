@@ -1,5 +1,13 @@
 """Webhook delivery: POST the signed job object to the job's ``webhook_url``.
 
+Signed per Standard Webhooks (``worker.signing``). Events, as the job asked for them
+(``webhook_events``): ``completed`` (the job finished; retried with backoff until it
+lands, recorded on the job), ``start`` and ``progress`` (sent once each, never retried,
+and dropped when the job has finished by the time they would go: ``completed`` says
+more). The ``webhook-id`` is ``<job id>-<event>`` (``-<attempt>`` for ``start``,
+``-<step>`` for ``progress``): the same on every retry of one message, so a receiver
+can drop duplicates.
+
 The host is resolved once, each address checked (``shared.netsafety``), and the
 connection made to a checked address (pinned) while the ``Host`` header, TLS SNI and
 certificate check keep the URL's name: a name that resolves elsewhere a moment later
@@ -17,11 +25,11 @@ import certifi
 import urllib3
 from sqlalchemy.orm import Session, sessionmaker
 
-from easel.shared.jobs import describe
+from easel.shared.jobs import describe, webhook_events
 from easel.shared.models import Job, JobStatus
 from easel.shared.netsafety import UnsafeUrl, resolve_checked
 from easel.shared.transitions import record_webhook_attempt
-from easel.worker.signing import DELIVERY_HEADER, EVENT_HEADER, signed_headers
+from easel.worker.signing import EVENT_HEADER, signed_headers
 
 log = logging.getLogger(__name__)
 
@@ -99,23 +107,35 @@ class WebhookDeliverer:
     def output_url(self, job: Job, index: int) -> str:
         return f"{self.public_url}/api/v1/jobs/{job.id}/outputs/{index}"
 
-    def deliver(self, job_id: str) -> bool | None:
-        """``True`` delivered, ``False`` failed (retry), ``None`` nothing to deliver."""
+    def preview_url(self, job: Job) -> str:
+        return f"{self.public_url}/api/v1/jobs/{job.id}/preview?step={job.preview_step}"
+
+    def deliver(self, job_id: str, event: str = "completed") -> bool | None:
+        """``True`` delivered, ``False`` failed (retry), ``None`` nothing to deliver (or an
+        intermediate event that failed: those are not retried)."""
         with self.sessions() as session:
             job = session.get(Job, job_id)
-            if job is None or not job.webhook_url or job.webhook_delivered_at is not None:
+            if job is None or not job.webhook_url or event not in webhook_events(job):
                 return None
-            if not JobStatus(job.status).is_terminal:
+            terminal = JobStatus(job.status).is_terminal
+            if event == "completed" and (not terminal or job.webhook_delivered_at is not None):
                 return None
+            if event != "completed" and terminal:
+                return None  # stale: the completed event says more
             url = job.webhook_url
-            body = json.dumps(describe(job, self.output_url).model_dump(mode="json")).encode()
-            event = f"job.{job.status}"
+            view = describe(job, self.output_url, preview_url=self.preview_url)
+            body = json.dumps(view.model_dump(mode="json")).encode()
+            message_id = {
+                "completed": f"{job_id}-completed",
+                "start": f"{job_id}-start-{job.attempts}",
+                "progress": f"{job_id}-progress-{view.progress.step}",
+            }[event]
+            label = f"job.{job.status}" if event == "completed" else f"job.{event}"
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "Easel-Webhook/1",
-            EVENT_HEADER: event,
-            DELIVERY_HEADER: job_id,
-            **signed_headers(self.secret, body),
+            EVENT_HEADER: label,
+            **signed_headers(self.secret, message_id, body),
         }
         error: str | None = None
         try:
@@ -126,6 +146,12 @@ class WebhookDeliverer:
             error = f"refused: {exc}"
         except urllib3.exceptions.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
+        if event != "completed":
+            if error:
+                log.info(
+                    "%s webhook of job %s not delivered: %s", event, job_id, error, extra={"job_id": job_id}
+                )
+            return None if error else True
         self._record(job_id, error)
         if error:
             log.warning("webhook of job %s failed: %s", job_id, error, extra={"job_id": job_id})

@@ -15,7 +15,7 @@ from easel.shared.models import Job, Worker, utcnow
 from easel.shared.settings import Settings
 from easel.web import create_app
 from easel.web.eta import cost_model, estimate_seconds
-from easel.worker.signing import signed_headers, verify_signature
+from easel.worker.signing import new_secret, receiver_secret, signed_headers, verify_signature
 
 
 @pytest.fixture
@@ -144,6 +144,7 @@ def test_webhook_url_must_be_http_and_enabled(client: FlaskClient, tmp_path: Pat
     ok = submit(client, webhook_url="https://example.test/hook")
     assert ok["webhook"] == {
         "url": "https://example.test/hook",
+        "events": ["completed"],
         "attempts": 0,
         "delivered_at": None,
         "last_error": None,
@@ -188,14 +189,21 @@ def test_eta_uses_history_and_live_workers(client: FlaskClient, settings: Settin
 
 
 def test_signature_round_trip() -> None:
+    """Standard Webhooks: the library verifies what Easel signs, for a whsec_ secret and for
+    an older plain one (through ``receiver_secret``); Easel's own check agrees."""
+    from standardwebhooks import Webhook
+
     body = b'{"id": "x"}'
-    headers = signed_headers("k", body, now=1000)
-    assert verify_signature("k", body, headers["Easel-Timestamp"], headers["Easel-Signature"], now=1010)
-    assert not verify_signature(
-        "k", body + b" ", headers["Easel-Timestamp"], headers["Easel-Signature"], now=1010
-    )
-    assert not verify_signature("k", body, headers["Easel-Timestamp"], headers["Easel-Signature"], now=2000)
-    assert not verify_signature("k", body, "soon", headers["Easel-Signature"], now=1000)
+    for secret in (new_secret(), "plain-old-secret"):
+        headers = signed_headers(secret, "msg-1", body)
+        assert Webhook(receiver_secret(secret)).verify(body, headers) == {"id": "x"}
+    headers = signed_headers("k", "msg-1", body, now=1000)
+    assert headers["webhook-signature"].startswith("v1,")
+    assert verify_signature("k", body, headers, now=1010)
+    assert not verify_signature("k", body + b" ", headers, now=1010)
+    assert not verify_signature("k", body, headers, now=2000)
+    assert not verify_signature("k", body, {**headers, "webhook-id": "msg-2"}, now=1010)
+    assert not verify_signature("k", body, {**headers, "webhook-timestamp": "soon"}, now=1000)
 
 
 def megapixel_job(status: str, **fields: object) -> Job:

@@ -50,6 +50,11 @@ class GenerationRequest:
 StepCallback = Callable[[int, int], None]
 """Called with (steps done, total steps); raises ``JobCanceled`` to stop."""
 
+LatentCallback = Callable[[int, int, Any], None]
+"""Called with (steps done, index in the batch of the first image of ``latents``, latents)
+at every step: the live preview's hook (``engine.preview``), which decides itself when to
+look."""
+
 
 def make_scheduler(name: str, base_config: Any) -> Any:
     """A new scheduler instance of kind ``name`` from the model's scheduler config."""
@@ -92,6 +97,7 @@ def generate_batch(
     on_step: StepCallback | None = None,
     *,
     vae_tiling_pixels: int = 0,
+    on_latents: LatentCallback | None = None,
 ) -> list[list[Any]]:
     """Run compatible requests as one pipeline call; each request's images in seed order.
 
@@ -101,7 +107,7 @@ def generate_batch(
     would get alone. On CUDA out-of-memory the cache is freed and the call is retried
     as two halves (recursively); one image that still does not fit raises
     ``GpuOutOfMemory``. The VAE decodes in tiles from ``vae_tiling_pixels`` output
-    pixels on (0: never).
+    pixels on (0: never). ``on_latents`` sees the latents after each step.
     """
     if not requests:
         return []
@@ -114,7 +120,8 @@ def generate_batch(
             )
     per_request = [_items(request) for request in requests]  # inputs fitted once per request
     tiling = use_vae_tiling(head.width, head.height, vae_tiling_pixels)
-    images = _generate_split(pipe, head, [item for items in per_request for item in items], on_step, tiling)
+    items = [item for items in per_request for item in items]
+    images = _generate_split(pipe, head, items, on_step, tiling, on_latents)
     results: list[list[Any]] = []
     for request, items in zip(requests, per_request, strict=True):
         own, images = images[: len(items)], images[len(items) :]
@@ -144,12 +151,18 @@ def _items(request: GenerationRequest) -> list[_Item]:
 
 
 def _generate_split(
-    pipe: Any, head: GenerationParams, items: list[_Item], on_step: StepCallback | None, tiling: bool
+    pipe: Any,
+    head: GenerationParams,
+    items: list[_Item],
+    on_step: StepCallback | None,
+    tiling: bool,
+    on_latents: LatentCallback | None = None,
+    offset: int = 0,
 ) -> list[Any]:
     import torch
 
     try:
-        return _call(pipe, head, items, on_step, tiling)
+        return _call(pipe, head, items, on_step, tiling, on_latents, offset)
     except torch.cuda.OutOfMemoryError as exc:
         free_accelerator_memory()
         if len(items) == 1:
@@ -161,8 +174,8 @@ def _generate_split(
         log.warning(
             "out of GPU memory for %d images; retrying as %d + %d", len(items), half, len(items) - half
         )
-        first = _generate_split(pipe, head, items[:half], on_step, tiling)
-        return first + _generate_split(pipe, head, items[half:], on_step, tiling)
+        first = _generate_split(pipe, head, items[:half], on_step, tiling, on_latents, offset)
+        return first + _generate_split(pipe, head, items[half:], on_step, tiling, on_latents, offset + half)
 
 
 def free_accelerator_memory() -> None:
@@ -176,7 +189,13 @@ def free_accelerator_memory() -> None:
 
 
 def _call(
-    pipe: Any, head: GenerationParams, items: list[_Item], on_step: StepCallback | None, tiling: bool
+    pipe: Any,
+    head: GenerationParams,
+    items: list[_Item],
+    on_step: StepCallback | None,
+    tiling: bool,
+    on_latents: LatentCallback | None = None,
+    offset: int = 0,
 ) -> list[Any]:
     import torch
 
@@ -187,10 +206,12 @@ def _call(
     # 2. One generator per image (on the CPU, so seeds give the same noise on any device).
     generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
 
-    # 3. Progress and cancel at every denoising step.
+    # 3. Progress, cancel and the live preview at every denoising step.
     def callback(pipeline: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         if on_step is not None:
             on_step(step + 1, int(getattr(pipeline, "num_timesteps", head.steps)))
+        if on_latents is not None and "latents" in kwargs:
+            on_latents(step + 1, offset, kwargs["latents"])
         return kwargs
 
     # 4. The inputs of each job type, at the output size, one per image.
@@ -211,6 +232,7 @@ def _call(
             guidance_scale=head.guidance_scale,
             generator=generators,
             callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=["latents"],
             output_type="pil",
             **kwargs,
         )

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
 from easel.shared.errors import ModelLoadError, StorageError, UnknownModel
+from easel.shared.jobs import webhook_events
 from easel.shared.models import Job, JobOutput, JobStatus
 from easel.shared.params import params_of
 from easel.shared.registry import Registry
@@ -33,6 +34,7 @@ from easel.worker.engine.generate import (
     generate_batch,
 )
 from easel.worker.engine.pipelines import PipelineCache
+from easel.worker.engine.preview import PreviewWriter
 from easel.worker.heartbeat import Heartbeat
 from easel.worker.pngmeta import encode_png
 
@@ -78,6 +80,7 @@ class ProgressReporter:
         interval: float,
         on_leave: Callable[[str, bool], None] | None = None,
         deadline: float | None = None,
+        after_write: Callable[[list[str], int, int], None] | None = None,
     ) -> None:
         self.sessions = sessions
         self.deadline = deadline
@@ -85,6 +88,7 @@ class ProgressReporter:
         self.worker_id = worker_id
         self.interval = interval
         self.on_leave = on_leave
+        self.after_write = after_write
         self._last = float("-inf")
         self.writes = 0
 
@@ -104,6 +108,8 @@ class ProgressReporter:
             return
         self.writes += 1
         self._keep(still_ours)
+        if self.after_write is not None:
+            self.after_write(list(self.active), step, total)
 
     def check_cancel(self) -> None:
         """Let canceled jobs (and jobs no longer ours) leave; ``JobCanceled`` if none is left."""
@@ -158,6 +164,12 @@ class JobRunner:
     overlap_store: bool = False
     on_batch: Callable[[str, int, int], None] | None = None
     vae_tiling_pixels: int = 0
+    preview_interval: float = 0.0
+    """Least seconds between live previews of a batch (``engine.preview``); 0: none."""
+    on_webhook: Callable[[str, str], None] | None = None
+    """``(job id, event)``: queue a ``start`` or ``progress`` webhook of a job that asked for it."""
+    webhook_progress_interval: float = 5.0
+    _previews: PreviewWriter | None = field(default=None, init=False, repr=False)
     _store_pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _pending: Future[None] | None = field(default=None, init=False, repr=False)
 
@@ -195,6 +207,7 @@ class JobRunner:
         shared: dict[str, Any] = {"batch_jobs": len(jobs), "batch_images": sum(j.num_images for j in jobs)}
         for job in jobs:
             log.info("running job %s", job.id, extra=contexts[job.id])
+        self._webhooks(jobs, "start")
         try:
             spec = self.registry.get(jobs[0].model)
             pipelines, load_seconds = self.cache.get(spec)
@@ -247,13 +260,19 @@ class JobRunner:
             self.progress_interval,
             leave,
             deadline=started + self.time_limit if self.time_limit else None,
+            after_write=self._progress_webhooks(jobs),
         )
+        on_latents = self._preview_hook(pipe, jobs, requests, reporter.active)
         if self.on_batch is not None:
             self.on_batch(jobs[0].model, sum(requests[j.id].params.num_images for j in jobs), len(jobs))
         t0 = time.perf_counter()
         try:
             results = generate_batch(
-                pipe, [requests[j.id] for j in jobs], reporter, vae_tiling_pixels=self.vae_tiling_pixels
+                pipe,
+                [requests[j.id] for j in jobs],
+                reporter,
+                vae_tiling_pixels=self.vae_tiling_pixels,
+                on_latents=on_latents,
             )
             reporter.check_cancel()  # asked to cancel while decoding: store nothing for those
         except JobCanceled:
@@ -295,6 +314,44 @@ class JobRunner:
         ]
         self._submit_store(done)
         return True
+
+    def _preview_hook(
+        self, pipe: Any, jobs: list[Job], requests: dict[str, GenerationRequest], active: list[str]
+    ) -> Any:
+        """The latent callback that previews each job's first image, or ``None`` (off)."""
+        if self.preview_interval <= 0:
+            return None
+        if self._previews is None:
+            self._previews = PreviewWriter(self.sessions, self.storage, self.worker_id, self.preview_interval)
+        first_images, index = {}, 0
+        for job in jobs:
+            first_images[index] = job.id
+            index += requests[job.id].params.num_images
+        return self._previews.for_batch(pipe, first_images, active, (jobs[0].width, jobs[0].height))
+
+    def _webhooks(self, jobs: Sequence[Job], event: str) -> None:
+        if self.on_webhook is None:
+            return
+        for job in jobs:
+            if job.webhook_url and event in webhook_events(job):
+                self.on_webhook(job.id, event)
+
+    def _progress_webhooks(self, jobs: Sequence[Job]) -> Callable[[list[str], int, int], None] | None:
+        """After a progress write: ``progress`` webhooks, at most every
+        ``webhook_progress_interval`` seconds, for the jobs that asked for them."""
+        wanting = {j.id: j for j in jobs if j.webhook_url and "progress" in webhook_events(j)}
+        if self.on_webhook is None or not wanting:
+            return None
+        last = [time.monotonic()]  # the first after one interval: ``start`` has just gone
+
+        def send(active: list[str], step: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] < self.webhook_progress_interval or step >= total:
+                return  # the last step is followed by ``completed``
+            last[0] = now
+            self._webhooks([wanting[job_id] for job_id in active if job_id in wanting], "progress")
+
+        return send
 
     def _submit_store(self, done: list[_Done]) -> None:
         """Store and record ``done``; with ``overlap_store``, in a background thread so the
