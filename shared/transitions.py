@@ -209,12 +209,15 @@ def recover_lost(
 
 def requeue_finished(session: Session, job_id: str) -> bool:
     """Run a failed or canceled job again from scratch (same parameters and seed): back
-    to ``queued`` with its attempts and outputs cleared; commits. Whether it moved."""
+    to ``queued`` with its attempts and outputs cleared; commits. Whether it moved (a job
+    whose inputs retention deleted cannot run again)."""
     now = utcnow()
     moved = _update(
         session,
         Job.id == job_id,
         Job.status.in_([JobStatus.FAILED.value, JobStatus.CANCELED.value]),
+        Job.inputs_pruned_at.is_(None),
+        outputs_pruned_at=None,
         status=QUEUED,
         attempts=0,
         error_code=None,
