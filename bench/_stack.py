@@ -96,7 +96,14 @@ class Services:
     postgres: PrivatePostgres | None = None
     redis: PrivateRedis | None = None
 
+    @property
+    def embedded(self) -> bool:
+        """No servers: the stack keeps ``make run``'s defaults under its home."""
+        return not self.database_url
+
     def env(self) -> dict[str, str]:
+        if self.embedded:
+            return {}
         env = {"EASEL_DATABASE_URL": self.database_url, "EASEL_BROKER_URL": self.broker_url}
         if self.s3_endpoint:
             env.update(
@@ -108,8 +115,11 @@ class Services:
 
 
 @contextlib.contextmanager
-def services(private: bool = False, s3: bool = True, bucket: str = "bench") -> Iterator[Services]:
-    """PostgreSQL, Redis and (``s3``) an S3 endpoint for one run.
+def services(
+    private: bool = False, s3: bool = True, bucket: str = "bench", embedded: bool = False
+) -> Iterator[Services]:
+    """PostgreSQL, Redis and (``s3``) an S3 endpoint for one run; with ``embedded`` none
+    (``make run``'s SQLite database, SQLite broker and local folder).
 
     Shared servers by default (``EASEL_TEST_PG`` / ``EASEL_TEST_REDIS``, or private
     ones started for the run when nothing answers there): a temporary database and a
@@ -117,6 +127,9 @@ def services(private: bool = False, s3: bool = True, bucket: str = "bench") -> I
     cluster of the run's own, which the run may stop and restart (``Services.redis`` /
     ``Services.postgres``).
     """
+    if embedded:
+        yield Services("", "")
+        return
     with contextlib.ExitStack() as stack:
         if private:
             private_redis = PrivateRedis().start()
@@ -166,7 +179,8 @@ def easel_stack(
     home = Path(tempfile.mkdtemp(prefix=prefix))
     if tiny_model is not None:
         install_tiny_model(tiny_model, home)
-    stack = Stack(env=base_env(home, **found.env(), **settings), workdir=home, web_workers=web_workers)
+    placement = found.env() or {"EASEL_DATABASE_URL": f"sqlite:///{home / 'easel.db'}"}
+    stack = Stack(env=base_env(home, **placement, **settings), workdir=home, web_workers=web_workers)
     try:
         stack.migrate()
         yield stack
@@ -460,6 +474,11 @@ def add_stack_arguments(parser: argparse.ArgumentParser, timeout: float | None =
     if timeout is not None:
         parser.add_argument("--timeout", type=float, default=timeout, help="seconds a run may take")
     parser.add_argument("--private-servers", action="store_true", help="own redis-server and PostgreSQL")
+    parser.add_argument(
+        "--embedded",
+        action="store_true",
+        help="make run's defaults: SQLite, the SQLite broker, a local folder (no server)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and process logs")
 
 
@@ -470,4 +489,6 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads (EASEL_CPU_THREADS; 0: torch's default)"
     )
-    parser.add_argument("--batch-wait-ms", type=int, default=0, help="EASEL_BATCH_WAIT_MS of the worker")
+    parser.add_argument(
+        "--batch-wait-ms", type=int, default=None, help="EASEL_BATCH_WAIT_MS of the worker (default: its own)"
+    )

@@ -51,9 +51,10 @@ def run(
     batch_sizes: tuple[int, ...] = (1, 4),
     repeat: int = 1,
     threads: int = 0,
-    batch_wait_ms: int = 0,
+    batch_wait_ms: int | None = None,
     timeout: float = 900,
     private: bool = False,
+    embedded: bool = False,
     keep: bool = False,
 ) -> dict[str, Any]:
     load_at_start = os.getloadavg()[0]
@@ -69,11 +70,11 @@ def run(
             for batch in batch_sizes:
                 settings = {
                     "EASEL_MAX_BATCH_SIZE": str(batch),
-                    "EASEL_BATCH_WAIT_MS": str(batch_wait_ms),
+                    **({"EASEL_BATCH_WAIT_MS": str(batch_wait_ms)} if batch_wait_ms is not None else {}),
                     "EASEL_CPU_THREADS": str(threads),
                 }
                 label = f"batch {batch}" + (f", round {round_}/{repeat}" if repeat > 1 else "")
-                with services(private=private) as found:
+                with services(private=private, embedded=embedded) as found:
                     figures = measure_rest(found, model, work, settings, timeout, keep, label=label)
                 runs.append({"max_batch_size": batch, "round": round_, **figures})
     finally:
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
             args.batch_wait_ms,
             args.timeout,
             args.private_servers,
+            args.embedded,
             args.keep,
         )
     )

@@ -1,7 +1,10 @@
 """Chaos run: N jobs through real web and worker processes on PostgreSQL + Redis while
-workers are killed with SIGKILL, Redis restarts empty and the database stops.
+workers are killed with SIGKILL, Redis restarts empty and the database stops; or, with
+``--embedded``, through ``easel run`` on its embedded defaults (SQLite, the SQLite
+broker, a local folder) while its worker is killed and the supervisor restarts it.
 
     python -m bench.chaos --jobs 200 --workers 2 --kills 8 --redis-restarts 2 --db-stops 2
+    python -m bench.chaos --embedded --jobs 100 --kills 5
 
 Prints one JSON object: jobs accepted, succeeded, failed, lost, run twice, duplicated
 outputs, the chaos done, and the seconds to drain. Private Redis and PostgreSQL
@@ -26,12 +29,12 @@ import requests
 from sqlalchemy import create_engine, text
 
 from bench._stack import Services, easel_stack, emit, exit_cleanly_on_sigterm, post_job, progress, services
-from bench.processes import Stack, wait_for
+from bench.processes import Stack, easel, wait_for
 
 CHAOS_SETTINGS = {
     "EASEL_HEARTBEAT_SECONDS": "0.5",
     "EASEL_WORKER_LOST_AFTER_SECONDS": "3",
-    "EASEL_IDLE_REPUBLISH_SECONDS": "2",
+    "EASEL_RESTART_BACKOFF_SECONDS": "0.2",
     "EASEL_MAX_ATTEMPTS": "10",
     "EASEL_AUTH_ENABLED": "false",
     "EASEL_PROGRESS_INTERVAL_SECONDS": "0.2",
@@ -85,21 +88,26 @@ def run(
     timeout: float = 600,
     tiny_model: Path | None = None,
     keep: bool = False,
+    embedded: bool = False,
 ) -> Report:
     """One chaos run; returns its report (also usable from tests)."""
+    if embedded and (redis_restarts or db_stops):
+        raise ValueError("the embedded stack has no Redis or PostgreSQL to restart: use 0 for both")
     rng = random.Random(seed)
     report = Report(jobs_requested=jobs)
     started = time.monotonic()
     with (
-        services(private=True, bucket="chaos") as found,
+        services(private=True, bucket="chaos", embedded=embedded) as found,
         easel_stack(found, CHAOS_SETTINGS, tiny_model, keep=keep, prefix="easel-chaos-") as stack,
     ):
-        assert found.redis is not None and found.postgres is not None
         accepted: list[str] = []
         try:
-            stack.start_web()
-            for n in range(workers):
-                stack.start_worker(f"worker-{n}")
+            if embedded:
+                start_easel_run(stack)
+            else:
+                stack.start_web()
+                for n in range(workers):
+                    stack.start_worker(f"worker-{n}")
             deadline = started + timeout
             _chaos(stack, found, jobs, kills, redis_restarts, db_stops, rng, report, accepted, deadline)
             drain_started = time.monotonic()
@@ -139,7 +147,6 @@ def _chaos(
 ) -> None:
     """Submit ``jobs`` from a thread while workers are killed, Redis restarts empty and
     PostgreSQL stops, one event at a time over the submission window."""
-    assert found.redis is not None and found.postgres is not None
 
     def submitter() -> None:
         with requests.Session() as session:
@@ -163,7 +170,10 @@ def _chaos(
     rng.shuffle(events)
     for index, event in enumerate(events):
         time.sleep(rng.uniform(0.5, 2.5))
-        if event == "kill":
+        if event == "kill" and found.embedded:
+            kill_supervised_worker(stack)
+            report.worker_kills += 1
+        elif event == "kill":
             live = [p for p in stack.processes if p.name.startswith("worker") and p.popen.poll() is None]
             victim = rng.choice(live)
             os.killpg(victim.popen.pid, signal.SIGKILL)
@@ -171,9 +181,11 @@ def _chaos(
             report.worker_kills += 1
             stack.start_worker(f"worker-r{index}")
         elif event == "redis":
+            assert found.redis is not None
             found.redis.restart_empty()
             report.redis_restarts += 1
         else:
+            assert found.postgres is not None
             found.postgres.stop()
             time.sleep(rng.uniform(1.0, 3.0))  # the outage itself
             found.postgres.start()
@@ -182,10 +194,62 @@ def _chaos(
     thread.join()
 
 
+def start_easel_run(stack: Stack) -> None:
+    """``easel run`` (web, worker and webhook sender under its supervisor), once it serves."""
+    run = stack.start("run", easel("run"), {"EASEL_PORT": str(stack.port), "EASEL_WEB_WORKERS": "1"})
+    wait_for(
+        lambda: not run.running() or requests.get(stack.base_url + "/readyz", timeout=2).ok,
+        120,
+        "easel run to serve",
+    )
+    if not run.running():
+        raise RuntimeError(f"easel run exited:\n{run.log()[-3000:]}")
+
+
+def kill_supervised_worker(stack: Stack) -> None:
+    """SIGKILL the worker that beats now (ids are ``host:pid:token``); wait until the
+    supervisor has started another."""
+    engine = create_engine(stack.env["EASEL_DATABASE_URL"])
+
+    def live_pid() -> int | None:
+        with engine.connect() as conn:
+            row = conn.execute(
+                text("SELECT id FROM workers WHERE stopped_at IS NULL ORDER BY started_at DESC LIMIT 1")
+            ).first()
+        if row is None:
+            return None
+        pid = int(row[0].split(":")[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    try:
+        run = next(p for p in stack.processes if p.name == "run")
+        restarts = run.log().count("restarting it")
+        os.kill(int(wait_for(live_pid, 60, "a live worker")), signal.SIGKILL)
+        wait_for(lambda: run.log().count("restarting it") > restarts, 60, "the supervisor's restart")
+    finally:
+        engine.dispose()
+
+
+def _stored_objects(stack: Stack, s3: Any) -> Counter[str]:
+    """Stored outputs per job id: the S3 bucket, or the local outputs folder."""
+    if s3 is None:
+        root = stack.workdir / "outputs" / "jobs"
+        return Counter(path.parent.name for path in root.glob("*/[0-9]*.png"))
+    return Counter(
+        obj["Key"].split("/")[2]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="chaos", Prefix="out/jobs/")
+        for obj in page.get("Contents", [])
+    )
+
+
 def _count_duplicates(stack: Stack, accepted: list[str], s3: Any, report: Report) -> None:
     """Run twice: a job whose pipeline ran to the end more than once. Duplicated outputs:
     a job with more output rows or stored objects than images."""
-    logs = stack.worker_log()
+    logs = "".join(p.log() for p in stack.processes if p.name.startswith(("worker", "run")))
     completions = Counter(re.findall(r"job ([0-9a-f]{32}) (?:succeeded in|is no longer ours)", logs))
     report.run_twice = sum(1 for job_id in accepted if completions[job_id] > 1)
     engine = create_engine(stack.env["EASEL_DATABASE_URL"])
@@ -202,11 +266,7 @@ def _count_duplicates(stack: Stack, accepted: list[str], s3: Any, report: Report
             ).all()
     finally:
         engine.dispose()
-    objects = Counter(
-        obj["Key"].split("/")[2]
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="chaos", Prefix="out/jobs/")
-        for obj in page.get("Contents", [])
-    )
+    objects = _stored_objects(stack, s3)
     report.duplicated_outputs = sum(
         1
         for job_id, images, status, outputs in rows
@@ -227,6 +287,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and process logs")
+    parser.add_argument(
+        "--embedded", action="store_true", help="easel run on its embedded defaults (no Redis or PostgreSQL)"
+    )
     args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
     report = run(
@@ -238,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         args.seed,
         args.timeout,
         keep=args.keep,
+        embedded=args.embedded,
     )
     emit(asdict(report))
 

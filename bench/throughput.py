@@ -110,18 +110,19 @@ def rest(
     jobs: list[dict[str, Any]],
     batch: int,
     threads: int,
-    batch_wait_ms: int,
+    batch_wait_ms: int | None,
     timeout: float,
     private: bool,
+    embedded: bool,
     keep: bool,
 ) -> dict[str, Any]:
     """Images/s of the same jobs through real web + one worker on PostgreSQL, Redis, S3."""
     settings = {
         "EASEL_MAX_BATCH_SIZE": str(batch),
-        "EASEL_BATCH_WAIT_MS": str(batch_wait_ms),
+        **({"EASEL_BATCH_WAIT_MS": str(batch_wait_ms)} if batch_wait_ms is not None else {}),
         "EASEL_CPU_THREADS": str(threads),
     }
-    with services(private=private) as found:
+    with services(private=private, embedded=embedded) as found:
         return measure_rest(found, model, jobs, settings, timeout, keep, label="rest")
 
 
@@ -131,9 +132,10 @@ def run(
     size: int = 256,
     steps: int = 20,
     threads: int = 0,
-    batch_wait_ms: int = 0,
+    batch_wait_ms: int | None = None,
     timeout: float = 900,
     private: bool = False,
+    embedded: bool = False,
     keep: bool = False,
 ) -> dict[str, Any]:
     load_at_start = os.getloadavg()[0]
@@ -146,7 +148,7 @@ def run(
         model = build_tiny_model(root)
         bare_figures = bare(model, work, batch)
         gc.collect()  # the bare pipeline is gone before the worker starts
-        rest_figures = rest(model, work, batch, threads, batch_wait_ms, timeout, private, keep)
+        rest_figures = rest(model, work, batch, threads, batch_wait_ms, timeout, private, embedded, keep)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return {
@@ -161,6 +163,7 @@ def run(
         "guidance_scale": GUIDANCE,
         "cpu_threads": threads,
         "batch_wait_ms": batch_wait_ms,
+        "stack": "embedded" if embedded else "postgresql+redis+s3",
         "bare": bare_figures,
         "rest": rest_figures,
         "rest_vs_bare_batched": ratio(rest_figures["images_per_s"], bare_figures["batched_images_per_s"]),
@@ -197,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
             args.batch_wait_ms,
             args.timeout,
             args.private_servers,
+            args.embedded,
             args.keep,
         )
     )

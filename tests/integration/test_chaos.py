@@ -22,3 +22,22 @@ def test_chaos_loses_nothing_and_runs_nothing_twice(tiny_model: Path) -> None:
     assert report.run_twice == 0
     assert report.duplicated_outputs == 0
     assert report.succeeded == 30, report.failures
+
+
+def test_chaos_on_easel_run_loses_nothing_and_runs_nothing_twice(tiny_model: Path) -> None:
+    report = run(
+        jobs=20,
+        kills=3,
+        redis_restarts=0,
+        db_stops=0,
+        seed=3,
+        timeout=600,
+        tiny_model=tiny_model,
+        embedded=True,
+    )
+    print(report)
+    assert report.accepted == 20 and report.worker_kills == 3
+    assert report.lost == 0
+    assert report.run_twice == 0
+    assert report.duplicated_outputs == 0
+    assert report.succeeded == 20, report.failures
