@@ -74,6 +74,25 @@ def with_api(function: Decorated) -> Decorated:
     return function
 
 
+def knob_options(function: Decorated) -> Decorated:
+    """A ``--name`` option per generation knob (``easel.shared.params.KNOBS``), typed and
+    described as the parameter is; unset ones are left to the model's defaults."""
+    import typing
+
+    from easel.shared.params import KNOBS, GenerationParams
+
+    for name in reversed(KNOBS):
+        info = GenerationParams.model_fields[name]
+        kind = next(t for t in (*typing.get_args(info.annotation), info.annotation) if t is not type(None))
+        function = click.option(
+            f"--{name.replace('_', '-')}",
+            type=click.BOOL if kind is bool else kind,
+            default=None,
+            help=info.description,
+        )(function)
+    return function
+
+
 def _fail(exc: Exception) -> click.ClickException:
     return click.ClickException(str(exc))
 
@@ -83,16 +102,8 @@ def _fail(exc: Exception) -> click.ClickException:
 @click.option("--type", "job_type", type=click.Choice(["txt2img", "img2img", "inpaint"]), default="txt2img")
 @click.option("--image", type=click.Path(exists=True, dir_okay=False), help="Input image (img2img, inpaint).")
 @click.option("--mask", type=click.Path(exists=True, dir_okay=False), help="Mask, white repaints (inpaint).")
-@click.option("--model")
-@click.option("--negative-prompt")
-@click.option("--width", type=int)
-@click.option("--height", type=int)
-@click.option("--steps", type=int)
-@click.option("--guidance-scale", type=float)
-@click.option("--scheduler")
-@click.option("--seed", type=int)
-@click.option("--num-images", type=int)
-@click.option("--strength", type=float)
+@click.option("--model", help="Registry name; default model.")
+@knob_options
 @click.option("--wait", is_flag=True, help="Wait for the job, with a progress bar.")
 @click.option("--out", type=click.Path(file_okay=False), help="With --wait: save the images here.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
@@ -306,8 +317,8 @@ def web(dev: bool, host: str | None, port: int | None, workers: int | None) -> N
         str(workers or settings.web_workers),
         "--worker-class",
         "gthread",
-        "--threads",
-        "4",
+        "--threads",  # each open job event stream holds one (docs/deployment.md, "Event streams")
+        str(settings.web_threads),
         "--access-logfile",
         "-",
         "--graceful-timeout",
