@@ -1,0 +1,127 @@
+"""The ``webuiapi`` library against real web and worker processes (docs/automatic1111.md)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+
+import numpy as np
+import pytest
+import webuiapi
+from PIL import Image
+
+from bench.processes import Stack, wait_for
+from tests.factories import box_mask, gradient
+
+pytestmark = pytest.mark.slow
+
+
+def api_for(stack: Stack, **options: object) -> webuiapi.WebUIApi:
+    """A client as users make one: HTTP Basic whose password is the key (webuiapi's set_auth)."""
+    credentials = {"username": "easel", "password": stack.api_key} if stack.api_key else {}
+    return webuiapi.WebUIApi(baseurl=f"{stack.base_url}/sdapi/v1", steps=2, **credentials, **options)
+
+
+def test_txt2img_is_one_job_of_batch_size_times_n_iter_images(services_stack: Stack) -> None:
+    result = api_for(services_stack).txt2img(
+        prompt="a lighthouse",
+        negative_prompt="fog",
+        width=64,
+        height=96,
+        batch_size=1,
+        n_iter=2,
+        seed=1234,
+        cfg_scale=5,
+        sampler_name="DPM++ 2M",
+    )
+    assert [image.size for image in result.images] == [(64, 96), (64, 96)]
+    assert result.info["all_seeds"] == [1234, 1235] and result.info["sampler_name"] == "DPM++ 2M"
+    assert result.parameters["prompt"] == "a lighthouse"
+    job = services_stack.job(result.info["easel_job_id"])  # owned by the key of the Basic password
+    assert job["status"] == "succeeded" and job["type"] == "txt2img"
+    assert job["params"]["scheduler"] == "dpmpp_2m" and job["params"]["guidance_scale"] == 5
+    assert job["params"]["negative_prompt"] == "fog"
+    stored = [services_stack.download(output["url"]).content for output in job["outputs"]]
+    for image, data in zip(result.images, stored, strict=True):
+        assert np.array_equal(np.asarray(image), np.asarray(Image.open(io.BytesIO(data))))
+
+
+@pytest.mark.parametrize("invert", [0, 1])
+def test_img2img_with_a_mask_is_an_inpaint_job(services_stack: Stack, invert: int) -> None:
+    picture, mask = gradient(64, 64), box_mask(64, 64, (16, 16, 48, 48))
+    result = api_for(services_stack).img2img(
+        images=[picture],
+        mask_image=mask,
+        inpainting_mask_invert=invert,
+        prompt="a red boat",
+        width=64,
+        height=64,
+        denoising_strength=0.9,
+        mask_blur=0,
+        seed=3,
+    )
+    job = services_stack.job(result.info["easel_job_id"])
+    assert job["status"] == "succeeded" and job["type"] == "inpaint"
+    assert job["params"]["strength"] == 0.9 and job["params"]["mask_blur"] == 0
+    stored = np.asarray(Image.open(io.BytesIO(services_stack.download(job["inputs"]["mask"]).content)))
+    assert (stored[32, 32], stored[2, 2]) == ((0, 255) if invert else (255, 0))
+    out = np.asarray(result.image.convert("RGB"), dtype=np.int16)
+    original = np.asarray(picture, dtype=np.int16)
+    kept = (slice(20, 44), slice(20, 44)) if invert else (slice(0, 8), slice(None))
+    assert np.abs(out[kept] - original[kept]).max() <= 2  # black: kept
+
+
+def test_progress_then_interrupt(services_stack: Stack) -> None:
+    api = api_for(services_stack)
+    answers: list[webuiapi.WebUIApiResult] = []
+    long = threading.Thread(
+        target=lambda: answers.append(
+            api_for(services_stack).txt2img(
+                prompt="a long one", width=512, height=512, steps=150, sampler_name="Euler"
+            )
+        )
+    )
+    long.start()
+    try:
+        progress = wait_for(
+            lambda: (p := api.get_progress())["state"]["sampling_step"] > 0 and p, 60, "the job to run"
+        )
+        assert 0 < progress["progress"] < 1 and progress["eta_relative"] > 0
+        assert progress["state"]["sampling_steps"] == 150 and progress["state"]["job_count"] >= 1
+        job_id = progress["state"]["job"].removeprefix("easel-")
+        if "preview" in services_stack.job(job_id):  # job objects carry live previews: progress shows them
+            preview = wait_for(lambda: api.get_progress()["current_image"], 30, "a preview")
+            Image.open(io.BytesIO(base64.b64decode(preview))).load()
+        assert api.interrupt() == {}
+    finally:
+        long.join(120)
+    (answer,) = answers
+    assert answer.images == [] and answer.info["easel_status"] == "canceled"
+    job = services_stack.wait(job_id)
+    assert job["status"] == "canceled" and job["progress"]["step"] < 150
+    assert api.get_progress()["state"]["job_count"] == 0
+
+
+def test_lists_options_and_errors(services_stack: Stack) -> None:
+    api = api_for(services_stack)
+    assert {"Euler a", "Euler", "DPM++ 2M", "DDIM", "LCM", "PNDM", "UniPC"} <= set(
+        api.util_get_sampler_names()
+    )
+    assert "tiny-sd" in api.util_get_model_names()
+    api.util_set_model("tiny-sd")
+    assert api.util_get_current_model() == "tiny-sd"
+    with pytest.raises(RuntimeError) as caught:
+        api.txt2img(prompt="p", width=64, height=64, sampler_name="Heun")
+    status, text = caught.value.args
+    assert status == 422
+    assert json.loads(text)["detail"][0]["loc"] == ["body", "sampler_name"]
+    with pytest.raises(RuntimeError) as caught:
+        api.txt2img(prompt="p", width=64, height=64, enable_hr=True)
+    assert caught.value.args[0] == 422 and "enable_hr" in caught.value.args[1]
+
+
+def test_no_credentials_needed_with_authentication_off(embedded_stack: Stack) -> None:
+    result = api_for(embedded_stack).txt2img(prompt="a pond", width=64, height=64, sampler_name="Euler a")
+    assert result.image.size == (64, 64) and len(result.info["all_seeds"]) == 1
