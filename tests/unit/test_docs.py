@@ -157,11 +157,11 @@ def test_design_citations_in_the_code_name_sections_that_exist() -> None:
             where = path.relative_to(ROOT)
             if re.search(r"DESIGN principles? \d", text):
                 wrong.append(f"{where}: cites a design brief outside the repository")
-            for cited in re.findall(r"docs/design\.md, principles? ([\d, and]+)", text):
+            for cited in re.findall(r"docs/design\.md,? principles? ([\d, and]+)", text):
                 numbers = {int(n) for n in re.findall(r"\d+", cited)}
                 if not numbers <= principles:
                     wrong.append(f"{where}: no principle {sorted(numbers - principles)}")
-            for title in re.findall(r'docs/design\.md, "([^"]+)"', text):
+            for title in re.findall(r'docs/design\.md,? "([^"]+)"', text):
                 if title.lower() not in sections:
                     wrong.append(f"{where}: no section {title!r}")
     assert not wrong, "\n".join(wrong)
