@@ -223,3 +223,31 @@ def test_api_docs_page_loads_with_no_external_requests(page: Any, embedded_stack
     page.screenshot(path=str(ARTIFACTS / "docs.png"), full_page=False)
     outside = [u for u in page.requests_seen if not u.startswith(embedded_stack.base_url)]
     assert outside == []
+
+
+def test_the_job_page_shows_the_live_preview_changing_before_the_job_finishes(
+    page: Any, embedded_stack: Stack
+) -> None:
+    """The page follows the event stream; the preview changes at least once while running."""
+    job = embedded_stack.submit(prompt="a slow sunrise", width=384, height=384, steps=150, seed=5)
+    page.goto(f"/jobs/{job['id']}")
+    running = (
+        "!['succeeded', 'failed', 'canceled'].includes(document.querySelector('#status').dataset.status)"
+    )
+    shown = (
+        "(i => i.dataset.step && i.complete && i.naturalWidth === 384)(document.querySelector('#preview'))"
+    )
+    page.wait_for_function(f"() => {shown} && {running}", timeout=120_000)
+    first = page.locator("#preview").get_attribute("data-step")
+    page.wait_for_function(
+        f"first => {shown} && document.querySelector('#preview').dataset.step !== first && {running}",
+        arg=first,
+        timeout=120_000,
+    )
+    second = page.locator("#preview").get_attribute("data-step")
+    assert first is not None and second is not None and int(second) > int(first)
+    page.screenshot(path=str(ARTIFACTS / "job-preview.png"), full_page=True)
+    wait_until_finished(page)
+    assert page.locator("#status").get_attribute("data-status") == "succeeded"
+    assert page.locator("#preview-section").is_hidden()  # the finished image replaces it
+    assert any(f"/api/v1/jobs/{job['id']}/events" in u for u in page.requests_seen)  # type: ignore[attr-defined]

@@ -1,13 +1,16 @@
-// Live job page: polls the job object and renders status, queue, ETA, progress, images and
-// whether the job waits for a worker serving its model.
+// Live job page: follows the job's event stream (falling back to polling the job object)
+// and renders status, queue, ETA, progress, the live preview, images and whether the job
+// waits for a worker serving its model.
 "use strict";
 (function () {
   const root = document.getElementById("job");
   const url = root.dataset.jobUrl;
   const cancelUrl = root.dataset.cancelUrl;
+  const eventsUrl = root.dataset.eventsUrl;
   const terminal = new Set(["succeeded", "failed", "canceled"]);
   const $ = (id) => document.getElementById(id);
   let timer = null;
+  let stream = null;
 
   function fillTable(table, entries) {
     table.replaceChildren();
@@ -57,6 +60,17 @@
     }
   }
 
+  function renderPreview(job) {
+    const img = $("preview");
+    const show = job.preview && !terminal.has(job.status);
+    $("preview-section").hidden = !show;
+    if (show && img.dataset.step !== String(job.preview.step)) {
+      img.src = job.preview.url;
+      img.dataset.step = String(job.preview.step);
+      $("preview-step").textContent = "preview at step " + job.preview.step;
+    }
+  }
+
   function seconds(value) {
     return value == null ? "" : value.toFixed(value < 10 ? 2 : 1) + " s";
   }
@@ -96,11 +110,34 @@
     if (t.generate_seconds != null) rows.push(["denoising", seconds(t.generate_seconds)]);
     if (t.load_seconds != null) rows.push(["model load", seconds(t.load_seconds)]);
     fillTable($("timings"), rows);
+    renderPreview(job);
     renderImages(job);
     renderInputs(job);
     const reuse = new URL($("reuse").href);
     reuse.pathname = job.type === "txt2img" ? "/" : "/edit";
     $("reuse").href = reuse.toString();
+  }
+
+  // The event stream: each event carries the job object; "done" is the last. A stream that
+  // cannot be opened (429, an old server, no EventSource) falls back to polling.
+  function follow() {
+    if (!eventsUrl || !window.EventSource) return poll();
+    stream = new EventSource(eventsUrl);
+    const onEvent = (event) => render(JSON.parse(event.data));
+    stream.addEventListener("status", onEvent);
+    stream.addEventListener("progress", onEvent);
+    stream.addEventListener("done", (event) => {
+      stream.close();
+      stream = null;
+      onEvent(event);
+    });
+    stream.onerror = () => {
+      // CONNECTING: the browser reconnects by itself with Last-Event-ID; CLOSED: refused.
+      if (stream && stream.readyState === EventSource.CLOSED) {
+        stream = null;
+        poll();
+      }
+    };
   }
 
   async function poll() {
@@ -135,9 +172,11 @@
       $("error").textContent = body.error.message;
     }
     $("cancel").disabled = false;
-    clearTimeout(timer);
-    poll();
+    if (!stream) {
+      clearTimeout(timer);
+      poll();
+    }
   });
 
-  poll();
+  follow();
 })();
