@@ -89,9 +89,9 @@ def demo_spec() -> ModelSpec:
         max_size=128,
         default_size=64,
         max_steps=150,
-        default_steps=25,
+        default_steps=20,
         default_guidance_scale=7.0,
-        default_scheduler="euler_a",
+        default_scheduler="ddim",
     )
 
 
