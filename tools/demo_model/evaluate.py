@@ -49,9 +49,9 @@ def generate(
     prompts: list[str],
     seeds: list[int],
     *,
-    steps: int = 25,
+    steps: int = 20,
     guidance: float = 7.0,
-    scheduler: str = "euler_a",
+    scheduler: str = "ddim",
     size: int = 64,
     negative: list[str] | None = None,
     chunk: int = 16,
@@ -148,7 +148,7 @@ def unmasked_change(output: Image.Image, source: Image.Image, mask: Image.Image)
 
 
 def inpaint_red_square(
-    pipe: Any, seeds: list[int], *, steps: int = 25, guidance: float = 7.0, scheduler: str = "euler_a"
+    pipe: Any, seeds: list[int], *, steps: int = 20, guidance: float = 7.0, scheduler: str = "ddim"
 ) -> tuple[list[str], list[int]]:
     """Inpaint ``"a red square"`` into the blue picture once per seed, as an Easel worker
     does (diffusers' inpaint pipeline, then the unmasked pixels composited back).
