@@ -21,10 +21,9 @@ from PIL import ImageOps
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from easel.shared import jobs as shared_jobs
 from easel.shared.errors import BadRequest, Conflict, NotFound, StorageError, field_detail
 from easel.shared.images import decode_base64, encode_png_bytes, load_image
-from easel.shared.jobs import active_jobs, cancel_job
+from easel.shared.jobs import active_jobs, cancel_job, preview_key
 from easel.shared.models import Job, JobStatus
 from easel.shared.queue import send_webhook
 from easel.web.a1111_map import a1111_error, info, invalid, job_fields, samplers
@@ -89,8 +88,8 @@ def _answer(
     job = outcome.job
     images = output_b64(job) if body.get("send_images", True) else []
     parameters = {**body}
-    if not body.get("include_init_images"):
-        parameters.update({"init_images": None, "mask": None} if "init_images" in body else {})
+    if "init_images" in body and not body.get("include_init_images"):
+        parameters.update(init_images=None, mask=None)  # as A1111: the inputs are not echoed
     return jsonify({"images": images, "parameters": parameters, "info": info(job)})
 
 
@@ -199,11 +198,10 @@ def progress() -> ResponseReturnValue:
 
 def _preview(job: Job) -> str | None:
     """The job's live preview (``GET /api/v1/jobs/<id>/preview``) as base64, if it has one."""
-    key_of = getattr(shared_jobs, "preview_key", None)  # the live previews of issue 15
-    if key_of is None or getattr(job, "preview_step", None) is None:
+    if job.preview_step is None:
         return None
     try:
-        return base64.b64encode(services().storage.get(key_of(job.id))).decode()
+        return base64.b64encode(services().storage.get(preview_key(job.id))).decode()
     except StorageError:
         return None  # pruned since the row was read: the next poll has no preview either
 

@@ -91,9 +91,9 @@ def test_progress_then_interrupt(services_stack: Stack) -> None:
         assert 0 < progress["progress"] < 1 and progress["eta_relative"] > 0
         assert progress["state"]["sampling_steps"] == 150 and progress["state"]["job_count"] >= 1
         job_id = progress["state"]["job"].removeprefix("easel-")
-        if "preview" in services_stack.job(job_id):  # job objects carry live previews: progress shows them
-            preview = wait_for(lambda: api.get_progress()["current_image"], 30, "a preview")
-            Image.open(io.BytesIO(base64.b64decode(preview))).load()
+        preview = wait_for(lambda: api.get_progress()["current_image"], 30, "the live preview")
+        Image.open(io.BytesIO(base64.b64decode(preview))).load()  # a picture (JPEG)
+        assert services_stack.job(job_id)["preview"]["step"] > 0  # what GET .../preview serves
         assert api.interrupt() == {}
     finally:
         long.join(120)
