@@ -61,7 +61,8 @@ def _stored_options() -> dict[str, Any]:
         cause = exc.__cause__
         answer = getattr(cause, "response", None)  # botocore's ClientError
         code = answer.get("Error", {}).get("Code") if isinstance(answer, dict) else None
-        missing = isinstance(cause, FileNotFoundError) or code in ("NoSuchKey", "404")
+        # S3 answers AccessDenied for a missing key to a role that may not list the bucket
+        missing = isinstance(cause, FileNotFoundError) or code in ("NoSuchKey", "404", "AccessDenied", "403")
         if missing:
             return {}
         raise
