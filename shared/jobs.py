@@ -231,7 +231,7 @@ def describe(
         ),
         inputs={
             name: (input_url(job, name) if input_url else None)
-            for name, key in (("image", job.input_key), ("mask", job.mask_key))
+            for name, key in (("image", job.input_key), ("mask", job.mask_key), ("control", job.control_key))
             if key
         },
         error=error,

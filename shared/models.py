@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -72,6 +73,27 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+class CanonicalJson(TypeDecorator[Any]):
+    """A JSON value stored as its one canonical text (sorted keys, no spaces); empty
+    values as NULL. Equal values are equal strings, so SQL ``=`` compares them on every
+    backend (the batch key's ``loras`` and ``control``, ``worker.engine.claims``)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
+        if value is None or value == [] or value == {}:
+            return None
+        if hasattr(value, "model_dump"):
+            value = value.model_dump(mode="json")
+        elif isinstance(value, tuple):
+            value = [v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in value]
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+    def process_result_value(self, value: str | None, dialect: Any) -> Any:
+        return None if value is None else json.loads(value)
+
+
 # Finished jobs whose stored outputs / inputs retention has not deleted yet (partial
 # indexes: a pruned job leaves them, so finding what is due never rereads the history).
 OUTPUTS_DUE = "outputs_pruned_at IS NULL AND finished_at IS NOT NULL"
@@ -135,6 +157,11 @@ class Job(Base):
     keep_unmasked: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     input_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
     mask_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # LoRAs ([{"name", "weight"}] sorted by name) and ControlNet ({"model", "scale"}) of
+    # the batch key, as canonical JSON text; NULL: none. The control image: control_key.
+    loras: Mapped[list[dict[str, Any]] | None] = mapped_column(CanonicalJson, nullable=True)
+    control: Mapped[dict[str, Any] | None] = mapped_column(CanonicalJson, nullable=True)
+    control_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
 
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     progress_step: Mapped[int] = mapped_column(Integer, default=0)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.fields import FieldInfo
 
+from easel.shared.adapters import ControlRef, LoraRef
 from easel.shared.models import JobType
 
 MAX_SEED = 2**53 - 1  # exact in JavaScript numbers, so a page can show it unchanged
@@ -48,6 +49,15 @@ class GenerationParams(BaseModel):
     keep_unmasked: bool | None = Field(
         None, description="inpaint: paste pixels outside the mask back from the input (default true)."
     )
+    loras: tuple[LoraRef, ...] = Field(
+        (), description="LoRA adapters and their weights, sorted by name (docs/models.md)."
+    )
+    control: ControlRef | None = Field(None, description="The ControlNet and its scale (docs/models.md).")
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _no_loras(cls, value: Any) -> Any:
+        return () if value is None else value
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -69,14 +79,16 @@ class GenerationParams(BaseModel):
         """The ``params`` of the job object: every parameter but type and model, the
         type-specific ones only where they apply."""
         values = self.model_dump(mode="json", exclude={"type", "model"})
-        return {name: value for name, value in values.items() if value is not None}
+        return {name: value for name, value in values.items() if value is not None and value != []}
 
 
 PARAM_FIELDS: tuple[str, ...] = tuple(GenerationParams.model_fields)
 """Every generation parameter, in the order of the definition."""
 
-KNOBS: tuple[str, ...] = tuple(name for name in PARAM_FIELDS if name not in ("type", "model", "prompt"))
-"""The parameters a client may leave to the model's defaults (form fields, CLI options)."""
+KNOBS: tuple[str, ...] = tuple(
+    name for name in PARAM_FIELDS if name not in ("type", "model", "prompt", "loras", "control")
+)
+"""The scalar parameters a client may leave to the model's defaults (form fields, CLI options)."""
 
 BATCH_KEY: tuple[str, ...] = (
     "model",
@@ -87,9 +99,12 @@ BATCH_KEY: tuple[str, ...] = (
     "scheduler",
     "guidance_scale",
     "strength",
+    "loras",
+    "control",
 )
 """Parameters jobs must share to run in one pipeline call; prompts, seeds and inputs
-are per image."""
+(the control image too) are per image. ``loras`` and ``control`` are canonical JSON text
+in the row (``easel.shared.models.CanonicalJson``), so SQL equality compares them."""
 
 
 def knob(name: str, description: str | None = None) -> Any:

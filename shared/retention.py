@@ -121,6 +121,7 @@ def _batches(session: Session, kind: str, cutoff: datetime, size: int) -> Iterat
                 Job.num_images,
                 Job.input_key,
                 Job.mask_key,
+                Job.control_key,
                 Job.outputs_pruned_at,
                 Job.inputs_pruned_at,
             ).where(*_due(kind, cutoff))
@@ -156,7 +157,7 @@ def _keys(session: Session, kind: str, rows: Sequence[Any]) -> dict[str, list[st
     if kind in ("rows", "inputs"):
         for row in rows:
             if row.inputs_pruned_at is None:
-                keys[row.id] += [key for key in (row.input_key, row.mask_key) if key]
+                keys[row.id] += [key for key in (row.input_key, row.mask_key, row.control_key) if key]
     return keys
 
 

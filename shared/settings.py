@@ -108,6 +108,10 @@ class Settings(BaseSettings):
         660, ge=1, description="Seconds after which a stuck batch ends its worker process (restarted)."
     )
     max_prompt_chars: int = Field(2000, ge=1, description="Longest accepted prompt.")
+    max_loras_per_job: int = Field(4, ge=0, le=16, description="Most LoRA adapters one job may apply.")
+    max_loras_loaded: int = Field(
+        8, ge=1, description="LoRA adapters a worker keeps loaded per model (least recently used dropped)."
+    )
     progress_interval_seconds: float = Field(0.5, gt=0, description="Least time between progress writes.")
     preview_interval_seconds: float = Field(
         1.0, ge=0, description="Least time between live previews of a running job; 0 turns previews off."

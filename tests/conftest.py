@@ -42,6 +42,22 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_lora(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    """A tiny LoRA for tiny-sd (tests/adapter_models.py), built once per session."""
+    from tests.adapter_models import build_tiny_lora
+
+    return build_tiny_lora(tiny_model, tmp_path_factory.mktemp("lora") / "tiny-lora")
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    """A tiny ControlNet for tiny-sd (tests/adapter_models.py), built once per session."""
+    from tests.adapter_models import build_tiny_controlnet
+
+    return build_tiny_controlnet(tiny_model, tmp_path_factory.mktemp("controlnet") / "tiny-cn")
+
+
+@pytest.fixture(scope="session")
 def postgres_admin_url() -> Iterator[str]:
     """A PostgreSQL server whose user may create databases: the configured one, or a
     private cluster when nothing answers there."""

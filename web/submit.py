@@ -129,7 +129,34 @@ def upload_bytes(fields: dict[str, Any], files: Mapping[str, FileStorage]) -> di
                 f"{name}: must be a base64 string or a multipart file",
                 [field_detail(name, "must be a base64 string or a multipart file", type(value).__name__)],
             )
+    control = control_upload(fields, files)
+    if control is not None:
+        raw["control"] = control
     return raw
+
+
+def control_upload(fields: dict[str, Any], files: Mapping[str, FileStorage]) -> bytes | None:
+    """The ControlNet image (``control.image`` base64 in JSON, or a ``control_image``
+    multipart file), removed from ``fields``; multipart's ``control_model`` and
+    ``control_scale`` become the ``control`` object."""
+    model, scale = fields.pop("control_model", None), fields.pop("control_scale", None)
+    if model is not None or scale is not None:
+        fields["control"] = {
+            key: value for key, value in (("model", model), ("scale", scale)) if value is not None
+        }
+    control = fields.get("control")
+    upload = files.get("control_image")
+    if upload is not None and upload.filename:
+        return upload.read()
+    value = control.pop("image", None) if isinstance(control, dict) else None
+    if isinstance(value, str) and value.strip():
+        return decode_base64("control", value)
+    if value is not None:
+        raise ValidationFailed(
+            "control: image must be a base64 string",
+            [field_detail("control", "image must be a base64 string", type(value).__name__)],
+        )
+    return None
 
 
 def decode_inputs(services: Services, raw: dict[str, bytes]) -> JobInputs:
@@ -137,7 +164,8 @@ def decode_inputs(services: Services, raw: dict[str, bytes]) -> JobInputs:
     limits = (settings.max_image_bytes, settings.max_image_pixels)
     image = as_rgb(load_image("image", raw["image"], *limits)) if "image" in raw else None
     mask = as_mask(load_image("mask", raw["mask"], *limits)) if "mask" in raw else None
-    return JobInputs(image=image, mask=mask)
+    control = as_rgb(load_image("control", raw["control"], *limits)) if "control" in raw else None
+    return JobInputs(image=image, mask=mask, control=control)
 
 
 def accept_job(
@@ -228,3 +256,6 @@ def _store_inputs(services: Services, job: Job, inputs: JobInputs) -> None:
     if inputs.mask is not None:
         job.mask_key = input_key(job.id, "mask")
         services.storage.put(job.mask_key, encode_png_bytes(inputs.mask), "image/png")
+    if inputs.control is not None:
+        job.control_key = input_key(job.id, "control")
+        services.storage.put(job.control_key, encode_png_bytes(inputs.control), "image/png")

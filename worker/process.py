@@ -131,6 +131,7 @@ class WorkerProcess:
             db_retry_seconds=settings.db_retry_seconds,
             storage_attempts=settings.storage_retry_attempts,
             max_batch_images=settings.max_batch_size,
+            max_loras_loaded=settings.max_loras_loaded,
             time_limit=settings.task_soft_time_limit,
             overlap_store=True,
             on_batch=worker_metrics.observe_batch,

@@ -25,6 +25,7 @@ from easel.shared.params import params_of
 from easel.shared.registry import Registry
 from easel.shared.storage import Storage
 from easel.shared.transitions import finish, held_by, record_progress
+from easel.worker.engine.adapters import pipeline_for, prepare_control
 from easel.worker.engine.claims import claim_batch
 from easel.worker.engine.generate import (
     GenerationRequest,
@@ -159,6 +160,8 @@ class JobRunner:
     db_retry_seconds: float = 300.0
     storage_attempts: int = 4
     max_batch_images: int = 1
+    max_loras_loaded: int = 8
+    """LoRA adapters kept loaded per model (``engine.adapters``)."""
     time_limit: float = 0.0
     """Seconds a batch may denoise before its jobs fail with ``time_limit``; 0: no limit."""
     overlap_store: bool = False
@@ -213,7 +216,8 @@ class JobRunner:
             pipelines, load_seconds = self.cache.get(spec)
             shared["load_seconds"] = round(load_seconds, 3)
             shared["model_cache_hit"] = load_seconds == 0.0
-            pipe = pipelines.for_type(jobs[0].type)
+            # The job type's pipeline, with the batch's ControlNet and LoRAs (same for all: batch key).
+            pipe = pipeline_for(pipelines, params_of(jobs[0]), self.registry, self.max_loras_loaded)
         except Exception as exc:
             for job in jobs:
                 self._fail(job, exc, self._timings(job, started, shared), contexts[job.id])
@@ -402,7 +406,13 @@ class JobRunner:
         """What the pipeline gets: the job's parameters and its stored inputs."""
         image = self._load_input(job.input_key, "RGB") if job.input_key else None
         mask = self._load_input(job.mask_key, "L") if job.mask_key else None
-        return GenerationRequest(params_of(job), image=image, mask=mask)
+        params = params_of(job)
+        control = None
+        if params.control is not None and job.control_key:
+            spec = self.registry.controlnets.get(params.control.model)
+            preprocessor = spec.preprocessor if spec is not None else "none"
+            control = prepare_control(self._load_input(job.control_key, "RGB"), preprocessor)
+        return GenerationRequest(params, image=image, mask=mask, control=control)
 
     def _load_input(self, key: str, mode: str) -> Image.Image:
         with Image.open(io.BytesIO(self.storage.get(key))) as image:
