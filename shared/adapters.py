@@ -287,3 +287,15 @@ def adapter_details(
                     )
                 )
     return found
+
+
+def adapter_form_values(params: dict[str, Any]) -> dict[str, str]:
+    """A job's ``loras`` and ``control`` as the HTML form's fields (``name:weight, ...``,
+    ``control_model``, ``control_scale``), to fill the form from an earlier job."""
+    values = {}
+    if params.get("loras"):
+        values["loras"] = ", ".join(f"{r['name']}:{r['weight']}" for r in params["loras"])
+    if params.get("control"):
+        values["control_model"] = params["control"]["model"]
+        values["control_scale"] = str(params["control"]["scale"])
+    return values

@@ -47,7 +47,9 @@ def stack(
     broken = home / "broken.safetensors"
     broken.write_bytes(b"not a LoRA")
     models = home / "adapters-models.toml"
-    models.write_text(MODELS.format(model=tiny_model, lora=tiny_lora, broken=broken, controlnet=tiny_controlnet))
+    models.write_text(
+        MODELS.format(model=tiny_model, lora=tiny_lora, broken=broken, controlnet=tiny_controlnet)
+    )
     stack = make_stack(
         home,
         tiny_model,

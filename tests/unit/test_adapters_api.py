@@ -141,4 +141,17 @@ def test_weighting_syntax_detection() -> None:
     assert has_weighting("a (red:1.3) box") and has_weighting("(a red box: .5)")
     assert not has_weighting("a (red) box") and not has_weighting("time 10:30 (approx)")
     assert to_compel_syntax("a (red car:1.3) and (blue:0.5)") == "a (red car)1.3 and (blue)0.5"
-    assert split_lora_tags("x <lora:a:0.5> y <lora:b>") == ("x y", [{"name": "a", "weight": 0.5}, {"name": "b"}])
+    assert split_lora_tags("x <lora:a:0.5> y <lora:b>") == (
+        "x y",
+        [{"name": "a", "weight": 0.5}, {"name": "b"}],
+    )
+
+
+def test_the_forms_offer_loras_and_a_control_image_and_reuse_them(client: FlaskClient) -> None:
+    job = post(
+        client, loras=[{"name": "ink", "weight": 0.5}], control={"model": "edges", "image": b64(gradient())}
+    )
+    page = client.get(f"/?from={job.get_json()['id']}").get_data(as_text=True)
+    assert 'enctype="multipart/form-data"' in page and 'name="control_image"' in page
+    assert 'value="ink:0.5"' in page and 'value="edges"' in page
+    assert 'name="control_image"' in client.get("/edit").get_data(as_text=True)
