@@ -40,6 +40,12 @@ def slugs(path: Path) -> set[str]:
     return found
 
 
+def headings(path: Path) -> set[str]:
+    """The section titles of ``path``, lower case, without a leading "N. "."""
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.M | re.S)
+    return {title.strip().lower() for title in re.findall(r"^#{1,6} (?:\d+\. )?(.+)$", text, flags=re.M)}
+
+
 def settings_variables() -> set[str]:
     return {f"EASEL_{name.upper()}" for name in Settings.model_fields}
 
@@ -140,14 +146,11 @@ def test_readme_links_every_docs_page() -> None:
     assert pages - linked == set(), f"docs pages the README does not link: {sorted(pages - linked)}"
 
 
-def test_design_citations_in_the_code_name_sections_that_exist() -> None:
-    """Code cites `docs/design.md, principle N` or `docs/design.md, "Section"`: both must exist."""
+def test_docs_citations_in_the_code_name_sections_that_exist() -> None:
+    """Code cites `docs/design.md, principle N` or `docs/<page>.md, "Section"`: both must exist."""
     design = (DOCS / "design.md").read_text()
     principles = {int(n) for n in re.findall(r"^### (\d+)\. ", design, flags=re.M)}
     assert principles == set(range(1, 14)), sorted(principles)
-    sections = {
-        title.strip().lower() for title in re.findall(r"^#{2,3} (?:\d+\. )?(.+)$", design, flags=re.M)
-    }
     wrong = []
     for folder in ("easel", "shared", "web", "worker", "migrations", "bench", "tests"):
         for path in (ROOT / folder).rglob("*.py"):
@@ -161,9 +164,12 @@ def test_design_citations_in_the_code_name_sections_that_exist() -> None:
                 numbers = {int(n) for n in re.findall(r"\d+", cited)}
                 if not numbers <= principles:
                     wrong.append(f"{where}: no principle {sorted(numbers - principles)}")
-            for title in re.findall(r'docs/design\.md,? "([^"]+)"', text):
-                if title.lower() not in sections:
-                    wrong.append(f"{where}: no section {title!r}")
+            for page, title in re.findall(r'docs/([\w-]+\.md),? "([^"]+)"', text):
+                target = DOCS / page
+                if not target.exists():
+                    wrong.append(f"{where}: no docs/{page}")
+                elif title.lower() not in headings(target):
+                    wrong.append(f"{where}: docs/{page} has no section {title!r}")
     assert not wrong, "\n".join(wrong)
 
 
