@@ -158,6 +158,11 @@ def to_compel_syntax(text: str) -> str:
     return _WEIGHTED.sub(lambda m: f"({m.group(1)}){float(m.group(2))}", text)
 
 
+def strip_weighting(text: str) -> str:
+    """``text`` with each ``(words:1.3)`` reduced to ``words``."""
+    return _WEIGHTED.sub(lambda m: m.group(1), text)
+
+
 def canonical_loras(loras: Any) -> list[dict[str, Any]] | None:
     """``loras`` as the row stores them: sorted by name, weights as floats; ``None`` for none."""
     if not loras:

@@ -4,14 +4,16 @@ Only a call whose prompts use the syntax (``easel.shared.adapters.has_weighting`
 encoded here; others go to the pipeline as text, as before. Every prompt of such a call
 is encoded by compel, truncated at the text encoder's 77 tokens as the pipeline would,
 so an unweighted prompt gets the embeddings the pipeline itself would make and a job's
-pixels do not depend on its batch. The web tier refuses the syntax for other families.
+pixels do not depend on its batch. SDXL's pooled embedding is of the words without their
+weights (compel would pool the raw text, brackets included). The web tier refuses the
+syntax for other families.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from easel.shared.adapters import has_weighting, to_compel_syntax
+from easel.shared.adapters import has_weighting, strip_weighting, to_compel_syntax
 
 
 def uses_weighting(prompts: list[str], negative_prompts: list[str]) -> bool:
@@ -28,16 +30,34 @@ def weighted_embeddings(pipe: Any, prompts: list[str], negative_prompts: list[st
     negative = [to_compel_syntax(text) for text in negative_prompts]
     device = pipe.text_encoder.device if pipe.text_encoder is not None else pipe.device
     if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: two encoders, one pooled
-        compel = Compel(
-            tokenizer=[pipe.tokenizer, pipe.tokenizer_2],
-            text_encoder=[pipe.text_encoder, pipe.text_encoder_2],
-            returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
-            requires_pooled=[False, True],
+        import torch
+
+        penultimate = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
+        first = Compel(
+            tokenizer=pipe.tokenizer,
+            text_encoder=pipe.text_encoder,
+            returned_embeddings_type=penultimate,
             truncate_long_prompts=True,
             device=device,
         )
-        embeds, pooled = compel(positive)
-        negative_embeds, negative_pooled = compel(negative)
+        second = Compel(
+            tokenizer=pipe.tokenizer_2,
+            text_encoder=pipe.text_encoder_2,
+            returned_embeddings_type=penultimate,
+            requires_pooled=True,
+            truncate_long_prompts=True,
+            device=device,
+        )
+
+        def encode(texts: list[str], originals: list[str]) -> tuple[Any, Any]:
+            # Both encoders truncate at 77 tokens, so their outputs concatenate as the
+            # pipeline's do. compel pools the raw text, brackets included: pool the plain
+            # words instead (the pooled embedding is not weighted), so weight 1.0 draws as none.
+            embeds = torch.cat([first(texts), second(texts)[0]], dim=-1)
+            return embeds, second([strip_weighting(text) for text in originals])[1]
+
+        embeds, pooled = encode(positive, prompts)
+        negative_embeds, negative_pooled = encode(negative, negative_prompts)
         return {
             "prompt_embeds": embeds,
             "pooled_prompt_embeds": pooled,
