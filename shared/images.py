@@ -119,9 +119,9 @@ def encode_png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def default_size(width: int, height: int, min_size: int, max_size: int) -> tuple[int, int]:
+def default_size(width: int, height: int, min_size: int, max_size: int, multiple: int = 8) -> tuple[int, int]:
     """The input's size scaled into ``[min_size, max_size]`` (aspect kept), each side
-    rounded down to a multiple of 8."""
+    rounded down to a multiple of ``multiple`` (the model family's)."""
     scale = 1.0
     if max(width, height) > max_size:
         scale = max_size / max(width, height)
@@ -129,6 +129,6 @@ def default_size(width: int, height: int, min_size: int, max_size: int) -> tuple
         scale = min(min_size / min(width, height), max_size / max(width, height))
 
     def fit(side: int) -> int:
-        return min(max_size, max(min_size, int(side * scale) // 8 * 8))
+        return min(max_size, max(min_size, int(side * scale) // multiple * multiple))
 
     return fit(width), fit(height)

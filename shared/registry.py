@@ -8,9 +8,13 @@ benchmarks). ``EASEL_MODELS_FILE`` points at a TOML file that replaces them::
     [models.sd15]
     source = "huggingface"            # or "directory", "single_file", "tiny"
     location = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    family = "sd"                     # optional where model_index.json is readable
     max_size = 768
 
-This module never imports torch: the web tier reads limits from it.
+Each model belongs to a family (``easel.shared.families``): read from its
+``model_index.json`` (a folder, or the Hub cache) unless ``family`` says it; required for
+single files. Unset defaults (scheduler, steps, guidance, size, job types) are the
+family's. This module never imports torch: the web tier reads limits from it.
 """
 
 from __future__ import annotations
@@ -19,14 +23,34 @@ import tomllib
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from easel.shared.adapters import ControlNetSpec, LoraSpec, read_tables
 from easel.shared.errors import UnknownModel
+from easel.shared.families import (
+    ALL_TYPES,
+    DDPM_SCHEDULERS,
+    Family,
+    FamilyName,
+    family_from_model_index,
+    get_family,
+    hub_snapshot,
+)
 from easel.shared.models import JobType
 from easel.shared.settings import Settings
 
-SCHEDULERS: tuple[str, ...] = ("ddim", "euler", "euler_a", "dpmpp_2m", "lcm", "pndm", "unipc")
+SCHEDULERS: tuple[str, ...] = DDPM_SCHEDULERS
+"""The samplers of SD 1.x/2.x and SDXL models; a model's own are ``spec.family_info.schedulers``."""
+
+_FAMILY_DEFAULTS = (
+    "default_scheduler",
+    "default_steps",
+    "default_guidance_scale",
+    "default_size",
+    "max_size",
+)
 
 
 class ModelSource(StrEnum):
@@ -44,8 +68,15 @@ class ModelSpec(BaseModel):
     name: str
     source: ModelSource
     location: str = ""
+    family: FamilyName = Field(
+        FamilyName.SD,  # never used: _family_defaults reads it from model_index.json when not given
+        description="sd, sdxl, sd3 or flux; read from model_index.json when not given.",
+    )
     config: str | None = Field(None, description="Diffusers config folder for single files.")
-    types: tuple[JobType, ...] = (JobType.TXT2IMG, JobType.IMG2IMG, JobType.INPAINT)
+    types: tuple[JobType, ...] = Field(
+        ALL_TYPES,  # replaced by the family's job types when not given (_family_defaults)
+        description="Job types served; default: all the family's.",
+    )
     inpainting: bool = Field(False, description="A dedicated inpainting checkpoint (9-channel UNet).")
     min_size: int = Field(64, ge=8, multiple_of=8)
     max_size: int = Field(1024, ge=8, multiple_of=8)
@@ -56,6 +87,30 @@ class ModelSpec(BaseModel):
     default_scheduler: str = "euler_a"
     max_num_images: int = Field(4, ge=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, data: Any) -> Any:
+        """Resolve the family when not given, then take its defaults for unset fields."""
+        if not isinstance(data, dict):
+            return data
+        data, given = dict(data), set(data)
+        if data.get("family") is None:
+            data["family"] = detect_family(data)
+        family = get_family(data["family"])
+        for key in _FAMILY_DEFAULTS:
+            data.setdefault(key, getattr(family, key))
+        if "max_size" in given and "default_size" not in given:  # a smaller cap lowers the default
+            data["default_size"] = min(data["default_size"], data["max_size"])
+        if "default_size" in given and "max_size" not in given:
+            data["max_size"] = max(data["max_size"], data["default_size"])
+        data.setdefault("types", family.job_types)
+        return data
+
+    @property
+    def family_info(self) -> Family:
+        """The family's schedulers, defaults, job types and pipelines."""
+        return get_family(self.family)
+
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
         if not self.min_size <= self.default_size <= self.max_size:
@@ -63,8 +118,27 @@ class ModelSpec(BaseModel):
                 f"model {self.name!r}: default_size {self.default_size} is outside "
                 f"[{self.min_size}, {self.max_size}]"
             )
-        if self.default_scheduler not in SCHEDULERS:
-            raise ValueError(f"model {self.name!r}: unknown default_scheduler {self.default_scheduler!r}")
+        family = self.family_info
+        if self.default_scheduler not in family.schedulers:
+            raise ValueError(
+                f"model {self.name!r}: default_scheduler {self.default_scheduler!r} is not one of the "
+                f"{family.describe()} family's schedulers ({', '.join(family.schedulers)})"
+            )
+        for key in ("min_size", "max_size", "default_size"):
+            if getattr(self, key) % family.size_multiple:
+                raise ValueError(
+                    f"model {self.name!r}: {key} {getattr(self, key)} is not a multiple of "
+                    f"{family.size_multiple}, the {family.describe()} family's size multiple"
+                )
+        if extra := [t.value for t in self.types if t not in family.job_types]:
+            raise ValueError(
+                f"model {self.name!r}: the {family.describe()} family does not serve {', '.join(extra)} jobs"
+            )
+        if self.source is ModelSource.SINGLE_FILE and family.single_file_pipeline is None:
+            raise ValueError(
+                f"model {self.name!r}: single-file checkpoints of the {family.describe()} family are not "
+                f'supported; use a diffusers folder (source = "directory") or a Hub id'
+            )
         if self.inpainting and set(self.types) != {JobType.INPAINT}:
             raise ValueError(
                 f"model {self.name!r}: an inpainting checkpoint serves only inpaint jobs; "
@@ -73,6 +147,46 @@ class ModelSpec(BaseModel):
         if self.source is not ModelSource.TINY and not self.location:
             raise ValueError(f"model {self.name!r}: source {self.source} needs a location")
         return self
+
+
+def detect_family(entry: dict[str, Any], offline: bool = True) -> FamilyName:
+    """The family of a models-file entry that does not name one, from its
+    ``model_index.json``: the folder itself, the Hub cache, or (``offline`` false) the Hub.
+    ``ValueError`` saying to add ``family`` when none of them tells."""
+    source, location, name = entry.get("source"), entry.get("location") or "", entry.get("name")
+    where = ""
+    if source == ModelSource.TINY:
+        return FamilyName.SD
+    if source == ModelSource.DIRECTORY and location:
+        family, where = family_from_model_index(Path(location)), f"no model_index.json in {location!r}"
+    elif source == ModelSource.HUGGINGFACE and location:
+        snapshot = hub_snapshot(location)
+        family = family_from_model_index(snapshot) if snapshot else None
+        if family is None and not offline:
+            family = _family_from_hub(location)
+        where = f"{location!r} is not in the Hugging Face cache" + (" (offline)" if offline else "")
+    elif source == ModelSource.SINGLE_FILE:
+        family, where = None, "a single-file checkpoint has no model_index.json"
+    else:
+        return FamilyName.SD  # no location: the "needs a location" check explains
+    if family is None:
+        known = " | ".join(f'"{f.value}"' for f in FamilyName)
+        raise ValueError(f"cannot tell model {name!r}'s family: {where}; set family = {known} in its table")
+    return family.name
+
+
+def _family_from_hub(repo_id: str) -> Family | None:
+    """The family from the Hub's ``model_index.json`` of ``repo_id`` (downloads only that file)."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        return None
+    try:
+        return family_from_model_index(Path(hf_hub_download(repo_id, "model_index.json")).parent)
+    except ValueError:
+        raise
+    except Exception:
+        return None
 
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "worker" / "engine" / "demo_shapes"
@@ -113,8 +227,16 @@ def tiny_spec(settings: Settings) -> ModelSpec:
 class Registry:
     """The models a deployment knows, by name."""
 
-    def __init__(self, specs: list[ModelSpec], default: str) -> None:
+    def __init__(
+        self,
+        specs: list[ModelSpec],
+        default: str,
+        loras: dict[str, LoraSpec] | None = None,
+        controlnets: dict[str, ControlNetSpec] | None = None,
+    ) -> None:
         self._specs = {spec.name: spec for spec in specs}
+        self.loras = loras or {}  # [loras.NAME] of the models file (easel.shared.adapters)
+        self.controlnets = controlnets or {}  # [controlnets.NAME]
         if default not in self._specs:
             raise UnknownModel(
                 f"default model {default!r} is not in the registry (known: {', '.join(sorted(self._specs))})"
@@ -140,7 +262,10 @@ def load_registry(settings: Settings) -> Registry:
     """The registry from ``EASEL_MODELS_FILE``, or the built-in demo-shapes and tiny-sd."""
     if settings.models_file is None:
         return Registry([demo_spec(), tiny_spec(settings)], settings.default_model)
-    return Registry(_read_models_file(settings.models_file, settings), settings.default_model)
+    specs = _read_models_file(settings.models_file, settings)
+    data = tomllib.loads(settings.models_file.read_text())  # read once above: it parses
+    loras, controlnets = read_tables(data, settings.models_file, {spec.name for spec in specs})
+    return Registry(specs, settings.default_model, loras, controlnets)
 
 
 def _read_models_file(path: Path, settings: Settings) -> list[ModelSpec]:
@@ -154,8 +279,10 @@ def _read_models_file(path: Path, settings: Settings) -> list[ModelSpec]:
         if entry.get("source") == ModelSource.TINY and not entry.get("location"):
             entry["location"] = str(settings.models_dir / name)
         try:
+            if entry.get("family") is None:
+                entry["family"] = detect_family({**entry, "name": name}, offline=settings.offline)
             specs.append(ModelSpec(name=name, **entry))
-        except ValidationError as exc:
+        except (ValidationError, ValueError) as exc:
             raise ValueError(f"models file {str(path)!r}, model {name!r}: {exc}") from exc
     if not specs:
         raise ValueError(f"models file {str(path)!r} defines no [models.NAME] table")

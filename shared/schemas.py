@@ -13,12 +13,21 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from easel.shared.adapters import (
+    ControlRef,
+    ControlRequest,
+    LoraRef,
+    adapter_details,
+    canonical_loras,
+    lift_prompt_tags,
+)
 from easel.shared.errors import ValidationFailed, field_detail
+from easel.shared.families import ALL_SCHEDULERS
 from easel.shared.images import default_size
 from easel.shared.models import JobType
 from easel.shared.netsafety import UnsafeUrl, check_public_url
 from easel.shared.params import MAX_SEED, PARAM_FIELDS, GenerationParams, bounds, knob
-from easel.shared.registry import SCHEDULERS, ModelSpec, Registry
+from easel.shared.registry import ModelSpec, Registry
 from easel.shared.settings import Settings
 
 MAX_PRIORITY = 1000  # admin keys; others are capped by EASEL_MAX_PRIORITY
@@ -57,7 +66,9 @@ class JobCreate(BaseModel):
     height: int | None = knob("height")
     steps: int | None = knob("steps")
     guidance_scale: float | None = knob("guidance_scale")
-    scheduler: str | None = knob("scheduler", f"One of {', '.join(SCHEDULERS)}.")
+    scheduler: str | None = knob(
+        "scheduler", f"One of the model's schedulers (GET /api/v1/models): {', '.join(ALL_SCHEDULERS)}."
+    )
     seed: int | None = knob("seed")
     num_images: int = Field(1, description="Images; seeds are seed, seed+1, ...", **bounds("num_images"))
     strength: float | None = knob("strength")
@@ -65,6 +76,16 @@ class JobCreate(BaseModel):
     mask: str | None = Field(None, description="inpaint: white repaints, black keeps; base64 (JSON only).")
     mask_blur: int | None = knob("mask_blur")
     keep_unmasked: bool | None = knob("keep_unmasked")
+    loras: list[LoraRef] | None = Field(
+        None,
+        description="LoRA adapters: [{name, weight}] (weight -2..2, default 1); <lora:name:weight> tags "
+        "in the prompt are moved here. Multipart: JSON or name:weight,name.",
+    )
+    control: ControlRequest | None = Field(
+        None,
+        description="ControlNet: {model, image (base64), scale (0..2, default 1)}. Multipart: "
+        "control_model, control_scale and a control_image file.",
+    )
     webhook_url: AnyHttpUrl | None = Field(
         None, description="POSTed the job object, signed, when the job finishes (http or https)."
     )
@@ -111,8 +132,8 @@ class JobCreate(BaseModel):
     @field_validator("scheduler")
     @classmethod
     def _known_scheduler(cls, value: str | None) -> str | None:
-        if value is not None and value not in SCHEDULERS:
-            raise ValueError(f"must be one of {', '.join(SCHEDULERS)}")
+        if value is not None and value not in ALL_SCHEDULERS:
+            raise ValueError(f"must be one of {', '.join(ALL_SCHEDULERS)}")
         return value
 
 
@@ -135,12 +156,13 @@ class JobInputs:
 
     image: Image.Image | None = None
     mask: Image.Image | None = None
+    control: Image.Image | None = None  # the ControlNet's image, RGB
 
 
 def parse_job_request(data: dict[str, Any]) -> JobCreate:
     """Validate raw fields; raise ``ValidationFailed`` naming every bad field and value."""
     try:
-        return JobCreate.model_validate(data)
+        return JobCreate.model_validate(lift_prompt_tags(data))
     except ValidationError as exc:
         raise ValidationFailed(_summary(details := _details(exc)), details) from None
 
@@ -225,6 +247,7 @@ def resolve_job(
                 request.num_images,
             )
         )
+    details += _check_family(request, spec)
     details += _check_inputs(request, inputs)
     if request.webhook_url is not None and settings.webhook_secret is not None:
         try:
@@ -248,6 +271,21 @@ def resolve_job(
         details.append(
             field_detail("seed", f"{seed} + num_images - 1 exceeds the largest seed {MAX_SEED}", seed)
         )
+    details += [
+        field_detail(name, message, value)
+        for name, message, value in adapter_details(
+            model=spec.name,
+            family=str(getattr(spec, "family", "sd")),
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            loras=request.loras or [],
+            control=request.control,
+            control_image=inputs.control is not None,
+            known_loras=registry.loras,
+            known_controlnets=registry.controlnets,
+            max_loras=settings.max_loras_per_job,
+        )
+    ]
     if details:
         raise ValidationFailed(_summary(details), details)
     resolved = _with_defaults(request, spec, seed, inputs)
@@ -258,6 +296,40 @@ def resolve_job(
         )
         raise ValidationFailed(f"strength: {message}", [field_detail("strength", message, resolved.strength)])
     return resolved
+
+
+def _check_family(request: JobCreate, spec: ModelSpec) -> list[dict[str, Any]]:
+    """The fields the model's family constrains: scheduler, size multiple, negative prompt."""
+    details = []
+    family = spec.family_info
+    where = f"model {spec.name!r} ({family.describe()})"
+    if request.scheduler is not None and request.scheduler not in family.schedulers:
+        details.append(
+            field_detail(
+                "scheduler",
+                f"{request.scheduler!r} is not a scheduler of {where}; "
+                f"it offers {', '.join(family.schedulers)}",
+                request.scheduler,
+            )
+        )
+    for name in ("width", "height"):
+        value = getattr(request, name)
+        if value is not None and value % family.size_multiple:
+            details.append(
+                field_detail(
+                    name, f"{value} is not a multiple of {family.size_multiple}, as {where} needs", value
+                )
+            )
+    if request.negative_prompt and not family.negative_prompt:
+        details.append(
+            field_detail(
+                "negative_prompt",
+                f"{where} is guidance-distilled: guidance_scale is its distilled guidance and it takes "
+                f"no negative prompt",
+                request.negative_prompt,
+            )
+        )
+    return details
 
 
 def _check_inputs(request: JobCreate, inputs: JobInputs) -> list[dict[str, Any]]:
@@ -295,7 +367,9 @@ def _output_size(request: JobCreate, spec: ModelSpec, inputs: JobInputs) -> tupl
     """Explicit sizes win; otherwise the input image's size fitted to the model."""
     if inputs.image is None:
         return request.width or spec.default_size, request.height or spec.default_size
-    width, height = default_size(*inputs.image.size, spec.min_size, spec.max_size)
+    width, height = default_size(
+        *inputs.image.size, spec.min_size, spec.max_size, spec.family_info.size_multiple
+    )
     if request.width and request.height:
         return request.width, request.height
     if request.width:  # keep the input's aspect for the side not given
@@ -306,7 +380,9 @@ def _output_size(request: JobCreate, spec: ModelSpec, inputs: JobInputs) -> tupl
 
 
 def _fit8(side: float, spec: ModelSpec) -> int:
-    return min(spec.max_size, max(spec.min_size, int(side) // 8 * 8))
+    """``side`` rounded down to the family's size multiple, within the model's limits."""
+    multiple = spec.family_info.size_multiple
+    return min(spec.max_size, max(spec.min_size, int(side) // multiple * multiple))
 
 
 def _with_defaults(request: JobCreate, spec: ModelSpec, seed: int, inputs: JobInputs) -> ResolvedJob:
@@ -336,6 +412,10 @@ def _with_defaults(request: JobCreate, spec: ModelSpec, seed: int, inputs: JobIn
         keep_unmasked=(request.keep_unmasked if request.keep_unmasked is not None else True)
         if inpaint
         else None,
+        loras=tuple(LoraRef.model_validate(item) for item in canonical_loras(request.loras) or ()),
+        control=(
+            ControlRef(model=request.control.model, scale=request.control.scale) if request.control else None
+        ),
         webhook_url=str(request.webhook_url) if request.webhook_url else None,
         webhook_events=(
             list(request.webhook_events or DEFAULT_WEBHOOK_EVENTS) if request.webhook_url else None
@@ -467,13 +547,27 @@ class ModelLimits(BaseModel):
     max_num_images: int
     default_guidance_scale: float
     default_scheduler: str
+    size_multiple: int = Field(description="Width and height must be multiples of this.")
+
+
+class FamilyView(BaseModel):
+    """What a model's family decides (docs/models.md)."""
+
+    name: str = Field(description="sd (SD 1.x/2.x), sdxl, sd3 (SD3/3.5) or flux (Flux.1).")
+    title: str
+    guidance: str = Field(
+        description="cfg: classifier-free guidance; distilled: guidance_scale is the model's distilled "
+        "guidance input (Flux)."
+    )
+    negative_prompt: bool = Field(description="Whether jobs may carry a negative prompt.")
 
 
 class ModelView(BaseModel):
     name: str
     default: bool
+    family: FamilyView
     types: list[JobType]
-    schedulers: list[str]
+    schedulers: list[str] = Field(description="The schedulers of the model's family.")
     limits: ModelLimits
     workers: int = Field(
         description="Live workers serving this model (heartbeat within EASEL_WORKER_LOST_AFTER_SECONDS); "

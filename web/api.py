@@ -12,8 +12,7 @@ from easel.shared.errors import Gone, NotFound, ValidationFailed, field_detail
 from easel.shared.jobs import cancel_job, describe, get_job, list_jobs, preview_key
 from easel.shared.models import Job, JobOutput, JobStatus, JobType
 from easel.shared.queue import send_webhook
-from easel.shared.registry import SCHEDULERS
-from easel.shared.schemas import JobList, ModelLimits, ModelList, ModelView
+from easel.shared.schemas import FamilyView, JobList, ModelLimits, ModelList, ModelView
 from easel.shared.workers import live_workers, live_workers_by_model
 from easel.web import events
 from easel.web.auth import current_principal
@@ -157,12 +156,12 @@ def get_output(job_id: str, index: int) -> ResponseReturnValue:
     return _serve(key, content_type)
 
 
-@bp.get("/jobs/<job_id>/inputs/<any(image, mask):name>")
+@bp.get("/jobs/<job_id>/inputs/<any(image, mask, control):name>")
 def get_input(job_id: str, name: str) -> ResponseReturnValue:
-    """The stored input image or mask of an img2img / inpaint job."""
+    """The stored input image or mask of an img2img / inpaint job, or its ControlNet image."""
     with services().session() as session:
         job = get_job(session, job_id, current_principal().owner_filter)
-        key = job.input_key if name == "image" else job.mask_key
+        key = {"image": job.input_key, "mask": job.mask_key, "control": job.control_key}[name]
         if key is not None and job.inputs_pruned_at is not None:
             raise _pruned(job, "inputs", "name", name, services().settings.retention_inputs_days)
     if key is None:
@@ -183,7 +182,8 @@ def get_preview(job_id: str) -> ResponseReturnValue:
         )
     presigned = svc.storage.presigned_url(preview_key(job_id), svc.settings.presign_expires_seconds)
     response = redirect(presigned, code=302) if presigned else Response(svc.storage.get(preview_key(job_id)))
-    response.mimetype = response.mimetype if presigned else "image/jpeg"
+    if not presigned:
+        response.mimetype = "image/jpeg"
     response.headers["Cache-Control"] = "private, no-cache"  # the object is overwritten in place
     response.headers["Easel-Preview-Step"] = str(step)
     return response
@@ -257,8 +257,14 @@ def list_models() -> ResponseReturnValue:
         ModelView(
             name=spec.name,
             default=spec.name == registry.default,
+            family=FamilyView(
+                name=spec.family_info.name.value,
+                title=spec.family_info.title,
+                guidance=spec.family_info.guidance.value,
+                negative_prompt=spec.family_info.negative_prompt,
+            ),
             types=list(spec.types),
-            schedulers=list(SCHEDULERS),
+            schedulers=list(spec.family_info.schedulers),
             limits=ModelLimits(
                 min_size=spec.min_size,
                 max_size=spec.max_size,
@@ -268,6 +274,7 @@ def list_models() -> ResponseReturnValue:
                 max_num_images=spec.max_num_images,
                 default_guidance_scale=spec.default_guidance_scale,
                 default_scheduler=spec.default_scheduler,
+                size_multiple=spec.family_info.size_multiple,
             ),
             workers=workers[spec.name],
         )

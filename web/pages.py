@@ -7,18 +7,19 @@ from typing import Any
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
+from easel.shared.adapters import adapter_form_values
 from easel.shared.errors import EaselError
+from easel.shared.families import ALL_SCHEDULERS
 from easel.shared.jobs import list_jobs
 from easel.shared.models import Job
 from easel.shared.params import PARAM_FIELDS, params_of
-from easel.shared.registry import SCHEDULERS
 from easel.web.auth import current_principal
 from easel.web.services import services
 from easel.web.submit import accept_job, request_fields
 
 bp = Blueprint("pages", __name__)
 
-REUSED_FIELDS = tuple(name for name in PARAM_FIELDS if name != "keep_unmasked")
+REUSED_FIELDS = tuple(name for name in PARAM_FIELDS if name not in ("keep_unmasked", "loras", "control"))
 """The parameters a form is filled with from an earlier job (``?from=<id>``)."""
 GALLERY_PAGE = 24
 
@@ -28,7 +29,7 @@ def _form_context(values: dict[str, Any], errors: dict[str, str], message: str =
     return {
         "models": list(registry),
         "default_model": registry.get(None),
-        "schedulers": SCHEDULERS,
+        "schedulers": ALL_SCHEDULERS,
         "values": values,
         "errors": errors,
         "message": message,
@@ -58,7 +59,8 @@ def _reused_values() -> dict[str, Any]:
         if job is None or not _visible(job):
             abort(404)
         params = params_of(job).model_dump(mode="json")
-    return {key: str(params[key]) for key in REUSED_FIELDS if params.get(key) is not None}
+    values = {key: str(params[key]) for key in REUSED_FIELDS if params.get(key) is not None}
+    return {**values, **adapter_form_values(params)}  # the control image is not reused
 
 
 @bp.get("/")

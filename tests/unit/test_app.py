@@ -145,11 +145,18 @@ def test_unknown_job_and_output(client: FlaskClient) -> None:
 
 def test_models_endpoint(client: FlaskClient) -> None:
     models = client.get("/api/v1/models").get_json()["models"]
-    assert [m["name"] for m in models] == ["tiny-sd"]
-    tiny = models[0]
+    assert [m["name"] for m in models] == ["demo-shapes", "tiny-sd"]
+    tiny = models[1]
     assert tiny["default"] is True and tiny["types"] == ["txt2img", "img2img", "inpaint"]
-    assert {"ddim", "euler", "euler_a", "dpmpp_2m", "lcm"} <= set(tiny["schedulers"])
+    assert tiny["family"] == {
+        "name": "sd",
+        "title": "Stable Diffusion 1.x / 2.x",
+        "guidance": "cfg",
+        "negative_prompt": True,
+    }
+    assert tiny["schedulers"] == ["ddim", "euler", "euler_a", "dpmpp_2m", "lcm", "pndm", "unipc"]
     assert tiny["limits"]["min_size"] == 64 and tiny["limits"]["max_size"] == 512
+    assert tiny["limits"]["size_multiple"] == 8
 
 
 def test_health_and_readiness(client: FlaskClient) -> None:

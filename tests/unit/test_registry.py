@@ -24,17 +24,20 @@ def test_models_file_maps_names_to_sources(tmp_path: Path) -> None:
 [models.sd15]
 source = "huggingface"
 location = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+family = "sd"
 max_size = 768
 types = ["txt2img"]
 
 [models.local]
 source = "directory"
 location = "/srv/models/local"
+family = "sdxl"
 
 [models.ckpt]
 source = "single_file"
 location = "/srv/models/v1-5-pruned.safetensors"
 config = "/srv/models/sd15-config"
+family = "sd"
 
 [models.tiny]
 source = "tiny"
@@ -50,7 +53,7 @@ source = "tiny"
 
 def test_unknown_model_lists_the_known_ones(tmp_path: Path) -> None:
     registry = load_registry(Settings(home=tmp_path))
-    with pytest.raises(UnknownModel, match=r"unknown model 'sdxl'; known models: tiny-sd"):
+    with pytest.raises(UnknownModel, match=r"unknown model 'sdxl'; known models: demo-shapes, tiny-sd"):
         registry.get("sdxl")
 
 

@@ -10,10 +10,12 @@ from typing import Any
 
 from PIL import Image, ImageFilter
 
+from easel.shared.families import ALL_SCHEDULERS, Family, family_of_pipeline
 from easel.shared.models import JobType
 from easel.shared.params import BATCH_KEY, GenerationParams
-from easel.shared.registry import SCHEDULERS
+from easel.worker.engine.adapters import control_kwargs, lora_scope
 from easel.worker.engine.fastpath import set_vae_tiling, use_vae_tiling
+from easel.worker.engine.weighting import uses_weighting, weighted_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +28,12 @@ _SCHEDULER_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "lcm": ("LCMScheduler", {}),
     "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
     "unipc": ("UniPCMultistepScheduler", {}),
+    # Flow matching (SD3, Flux): made from the model's FlowMatchEuler config (shift, dynamic shifting).
+    "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}),
+    "flow_heun": ("FlowMatchHeunDiscreteScheduler", {}),
+    "flow_lcm": ("FlowMatchLCMScheduler", {}),
 }
-assert set(_SCHEDULER_TABLE) == set(SCHEDULERS), "easel.shared.registry.SCHEDULERS is out of sync"
+assert set(_SCHEDULER_TABLE) == set(ALL_SCHEDULERS), "easel.shared.families.ALL_SCHEDULERS is out of sync"
 
 
 class JobCanceled(Exception):
@@ -45,6 +51,7 @@ class GenerationRequest:
     params: GenerationParams
     image: Image.Image | None = None  # img2img / inpaint: the input, RGB
     mask: Image.Image | None = None  # inpaint: L, white repaints
+    control: Image.Image | None = None  # ControlNet: the control map (preprocessed), RGB
 
 
 StepCallback = Callable[[int, int], None]
@@ -89,6 +96,7 @@ class _Item:
     seed: int
     image: Image.Image | None
     mask: Image.Image | None
+    control: Image.Image | None = None
 
 
 def generate_batch(
@@ -121,7 +129,8 @@ def generate_batch(
     per_request = [_items(request) for request in requests]  # inputs fitted once per request
     tiling = use_vae_tiling(head.width, head.height, vae_tiling_pixels)
     items = [item for items in per_request for item in items]
-    images = _generate_split(pipe, head, items, on_step, tiling, on_latents)
+    with lora_scope(pipe, head.loras):  # the call's LoRAs and weights; off again after
+        images = _generate_split(pipe, head, items, on_step, tiling, on_latents)
     results: list[list[Any]] = []
     for request, items in zip(requests, per_request, strict=True):
         own, images = images[: len(items)], images[len(items) :]
@@ -147,7 +156,12 @@ def _items(request: GenerationRequest) -> list[_Item]:
         if request.mask is None:
             raise ValueError("inpaint needs a mask")
         mask = fit(request.mask, size, Image.Resampling.BILINEAR)
-    return [_Item(params.prompt, params.negative_prompt, seed, image, mask) for seed in params.seeds]
+    control = None
+    if params.control is not None:
+        if request.control is None:
+            raise ValueError("a ControlNet job needs its control image")
+        control = fit(request.control, size, Image.Resampling.LANCZOS)
+    return [_Item(params.prompt, params.negative_prompt, seed, image, mask, control) for seed in params.seeds]
 
 
 def _generate_split(
@@ -199,7 +213,13 @@ def _call(
 ) -> list[Any]:
     import torch
 
-    # 1. A fresh scheduler and a pipeline view that uses it.
+    # 1. The model's family, and a fresh scheduler of it in a pipeline view that uses it.
+    family = family_of_pipeline(type(pipe).__name__)
+    if family is not None and head.scheduler not in family.schedulers:
+        raise ValueError(
+            f"scheduler {head.scheduler!r} does not fit the {family.describe()} family "
+            f"(its schedulers: {', '.join(family.schedulers)})"
+        )
     call_pipe = with_scheduler(pipe, make_scheduler(head.scheduler, pipe.scheduler.config))
     call_pipe.set_progress_bar_config(disable=True)
     set_vae_tiling(call_pipe, tiling)  # set on every call (the VAE is shared), so no call leaks into the next
@@ -220,14 +240,23 @@ def _call(
         kwargs.update(width=head.width, height=head.height)
     else:
         kwargs.update(image=[item.image for item in items], strength=head.strength)
+        if head.type is JobType.IMG2IMG and takes_size(call_pipe):  # SD3, Flux: else their default size
+            kwargs.update(width=head.width, height=head.height)
         if head.type is JobType.INPAINT:
             kwargs.update(mask_image=[item.mask for item in items], width=head.width, height=head.height)
+    if head.control is not None:  # the ControlNet's image per image, and its scale
+        kwargs.update(control_kwargs(head.type, [item.control for item in items], head.control.scale))
 
-    # 5. Denoise and decode. (An empty negative prompt is what diffusers uses for none.)
+    # 5. The prompts and guidance as the family takes them (family_prompts).
+    kwargs.update(family_prompts(family, items))
+    if uses_weighting(kwargs["prompt"], kwargs.get("negative_prompt", [])):  # (word:1.3): embeddings
+        with torch.inference_mode():
+            embeds = weighted_embeddings(call_pipe, kwargs.pop("prompt"), kwargs.pop("negative_prompt", []))
+        kwargs.update(embeds)
+
+    # 6. Denoise and decode.
     with torch.inference_mode():
         result = call_pipe(
-            prompt=[item.prompt for item in items],
-            negative_prompt=[item.negative_prompt for item in items],
             num_inference_steps=head.steps,
             guidance_scale=head.guidance_scale,
             generator=generators,
@@ -237,6 +266,25 @@ def _call(
             **kwargs,
         )
     return list(result.images)
+
+
+def takes_size(pipe: Any) -> bool:
+    """Whether ``pipe``'s call takes ``width`` and ``height`` (SD3 and Flux img2img do; SD and
+    SDXL img2img take the input image's size)."""
+    import inspect
+
+    return "width" in inspect.signature(type(pipe).__call__).parameters
+
+
+def family_prompts(family: Family | None, items: list[_Item]) -> dict[str, Any]:
+    """The prompt arguments of a call: classifier-free-guidance families (SD, SDXL, SD3) get
+    the negative prompts (an empty one is what diffusers uses for none); a guidance-distilled
+    family (Flux) gets none, so ``guidance_scale`` is its distilled guidance and
+    ``true_cfg_scale`` stays at 1 (no second, unconditional pass)."""
+    prompts: dict[str, Any] = {"prompt": [item.prompt for item in items]}
+    if family is None or family.negative_prompt:
+        prompts["negative_prompt"] = [item.negative_prompt for item in items]
+    return prompts
 
 
 def fit(image: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:

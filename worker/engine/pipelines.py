@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from easel.shared.errors import ModelLoadError
+from easel.shared.families import family_of_pipeline
 from easel.shared.models import JobType
 from easel.shared.registry import ModelSource, ModelSpec
 from easel.worker.engine.device import DevicePlan, torch_dtype
@@ -35,17 +36,14 @@ def load_pipeline(
 
     Every source ends in a diffusers pipeline: a Hub id or a local folder through
     ``AutoPipelineForText2Image.from_pretrained`` (``AutoPipelineForInpainting`` for a
-    dedicated inpainting checkpoint), a checkpoint file through ``from_single_file``.
-    ``tiny-sd`` is built on first use, then loaded from its folder like any other
-    local model. ``channels_last`` and ``torch_compile`` take effect on CUDA only
-    (``worker.engine.fastpath``).
+    dedicated inpainting checkpoint), a checkpoint file through the family's
+    ``from_single_file`` pipeline. ``tiny-sd`` is built on first use, then loaded from its
+    folder like any other local model. The loaded pipeline must belong to ``spec``'s
+    family (``check_family``). ``channels_last`` and ``torch_compile`` take effect on CUDA
+    only (``worker.engine.fastpath``).
     """
-    from diffusers import (
-        AutoPipelineForInpainting,
-        AutoPipelineForText2Image,
-        StableDiffusionInpaintPipeline,
-        StableDiffusionPipeline,
-    )
+    import diffusers
+    from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
@@ -53,7 +51,8 @@ def load_pipeline(
         os.environ["HF_HUB_OFFLINE"] = "1"
     dtype = torch_dtype(plan)
     auto = AutoPipelineForInpainting if spec.inpainting else AutoPipelineForText2Image
-    single = StableDiffusionInpaintPipeline if spec.inpainting else StableDiffusionPipeline
+    family = spec.family_info
+    single_name = family.pipelines[2] if spec.inpainting else family.single_file_pipeline
     try:
         match spec.source:
             case ModelSource.TINY:
@@ -64,17 +63,33 @@ def load_pipeline(
             case ModelSource.HUGGINGFACE:
                 pipe = auto.from_pretrained(spec.location, dtype=dtype, local_files_only=offline)
             case ModelSource.SINGLE_FILE:
-                pipe = single.from_single_file(
+                assert single_name is not None  # ModelSpec refuses single files of other families
+                pipe = getattr(diffusers, single_name).from_single_file(
                     spec.location, config=spec.config, dtype=dtype, local_files_only=offline
                 )
     except Exception as exc:
         raise ModelLoadError(
             f"cannot load model {spec.name!r} ({spec.source.value} {spec.location!r}): {exc}"
         ) from exc
+    check_family(spec, pipe)
     pipe = pipe.to(plan.device)
     pipe.set_progress_bar_config(disable=True)
     apply_fast_path(pipe, plan_fast_path(plan, channels_last=channels_last, torch_compile=torch_compile))
     return pipe
+
+
+def check_family(spec: ModelSpec, pipe: Any) -> None:
+    """``ModelLoadError`` unless the loaded ``pipe`` is one of ``spec``'s family's pipelines
+    (the web tier validated its jobs against that family)."""
+    family = spec.family_info
+    loaded = type(pipe).__name__
+    if loaded not in family.pipelines:
+        found = family_of_pipeline(loaded)
+        actual = f"the {found.describe()} family" if found else "no family Easel serves"
+        raise ModelLoadError(
+            f"model {spec.name!r} is declared {family.describe()} but loads as {loaded}, which is "
+            f"{actual}; fix family in the models file (or remove it to read model_index.json)"
+        )
 
 
 def weight_bytes(pipe: Any) -> int:
