@@ -247,7 +247,8 @@ class EaselClient:
 
 def _parse_events(lines: Iterator[str]) -> Iterator[tuple[str, str, str]]:
     """``(event, id, data)`` of each event of a ``text/event-stream``; comments skipped."""
-    event, event_id, data = "message", "", []
+    event, event_id = "message", ""
+    data: list[str] = []
     for line in lines:
         if not line:
             if data:

@@ -147,7 +147,8 @@ def control_upload(fields: dict[str, Any], files: Mapping[str, FileStorage]) -> 
     control = fields.get("control")
     upload = files.get("control_image")
     if upload is not None and upload.filename:
-        return upload.read()
+        data: bytes = upload.read()
+        return data
     value = control.pop("image", None) if isinstance(control, dict) else None
     if isinstance(value, str) and value.strip():
         return decode_base64("control", value)
