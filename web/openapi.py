@@ -213,14 +213,14 @@ def openapi_document() -> dict[str, Any]:
                 "/api/v1/jobs/{job_id}/inputs/{name}": {
                     "get": {
                         "operationId": "getInput",
-                        "summary": "The stored input image or mask of an img2img / inpaint job",
+                        "summary": "A stored input: image or mask (img2img, inpaint), or control image",
                         "parameters": [
                             job_id,
                             {
                                 "name": "name",
                                 "in": "path",
                                 "required": True,
-                                "schema": {"type": "string", "enum": ["image", "mask"]},
+                                "schema": {"type": "string", "enum": ["image", "mask", "control"]},
                             },
                         ],
                         "responses": {
