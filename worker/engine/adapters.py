@@ -177,11 +177,11 @@ def _has_adapters(pipe: Any) -> bool:
         return False
 
 
-def control_kwargs(job_type: JobType, images: list[Image.Image], scale: float) -> dict[str, Any]:
+def control_kwargs(job_type: JobType, images: Sequence[Image.Image | None], scale: float) -> dict[str, Any]:
     """The ControlNet arguments of a pipeline call: txt2img pipelines take the control
     image as ``image``; img2img and inpaint as ``control_image``."""
     name = "image" if JobType(job_type) is JobType.TXT2IMG else "control_image"
-    return {name: images, "controlnet_conditioning_scale": scale}
+    return {name: list(images), "controlnet_conditioning_scale": scale}
 
 
 def prepare_control(image: Image.Image, preprocessor: str) -> Image.Image:
