@@ -31,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 MIN_LORA_WEIGHT = -2.0
 MAX_LORA_WEIGHT = 2.0
 MAX_CONTROL_SCALE = 2.0
+CONTROLNET_FAMILIES = ("sd", "sdxl")
+"""Families whose ControlNet pipelines Easel makes (``ControlNetModel`` with ``from_pipe``)."""
 WEIGHTED_FAMILIES = ("sd", "sdxl")
 """Families whose text encoders Easel weights ``(word:1.3)`` prompts for (compel)."""
 
@@ -272,6 +274,10 @@ def adapter_details(
         found.append(("loras", "; ".join(problems), [r.name for r in loras]))
     if control is not None:
         problems = control_problems(control, model, known_controlnets)
+        if family not in CONTROLNET_FAMILIES:
+            problems.append(
+                f"ControlNet is supported for {', '.join(CONTROLNET_FAMILIES)} models, not {family} ones"
+            )
         if not control_image:
             problems.append("needs an image (control.image in JSON, control_image in multipart)")
         if problems:

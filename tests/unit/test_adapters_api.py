@@ -45,6 +45,10 @@ models = ["other"]
 location = "/nowhere/edges"
 models = ["tiny-sd"]
 preprocessor = "canny"
+
+[controlnets.flux-edges]
+location = "/nowhere/flux-edges"
+models = ["flowy"]
 """
 
 
@@ -129,6 +133,8 @@ def test_bad_control_is_422_naming_control(client: FlaskClient) -> None:
     refused(post(client, control={"model": "edges", "image": "not base64!"}), "control")
     refused(post(client, control={"model": "edges", "image": b64(gradient())[:50]}), "control")
     refused(post(client, control={"model": "edges", "image": image, "scale": 3}), "control.scale")
+    flux = post(client, model="flowy", control={"model": "flux-edges", "image": image})
+    assert "not flux ones" in refused(flux, "control")
 
 
 def test_prompt_weighting_is_refused_where_the_family_has_none(client: FlaskClient) -> None:
