@@ -108,8 +108,13 @@ def test_every_variable_the_docs_mention_exists() -> None:
 
 
 def test_readme_is_a_short_front_door() -> None:
-    lines = README.read_text().splitlines()
+    text = README.read_text()
+    lines = text.splitlines()
     assert len(lines) <= 250, f"README.md has {len(lines)} lines; move detail into docs/*.md"
+    for needed in ("make run", "make test", "curl ", "postgresql", "redis-server", "chromium"):
+        assert needed in text, f"README.md no longer says {needed!r}"
+    pictures = re.findall(r"!\[[^\]]*\]\((docs/images/[\w.-]+\.png)\)", text)
+    assert pictures, "README.md shows no walkthrough picture from docs/images"
 
 
 def test_every_relative_link_points_at_something_that_exists() -> None:
