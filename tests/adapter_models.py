@@ -10,8 +10,9 @@ LORA_SEED = 7
 
 
 def build_tiny_lora(model_dir: Path, out: Path) -> Path:
-    """A rank-4 LoRA with random (non-zero) weights for the UNet of the pipeline at
-    ``model_dir``; its folder (``pytorch_lora_weights.safetensors``)."""
+    """A rank-4 LoRA with random (non-zero) weights for the attention of the UNet (or
+    transformer) of the pipeline at ``model_dir``; its folder
+    (``pytorch_lora_weights.safetensors``)."""
     import torch
     from diffusers import AutoPipelineForText2Image
     from peft import LoraConfig
@@ -22,10 +23,13 @@ def build_tiny_lora(model_dir: Path, out: Path) -> Path:
     config = LoraConfig(
         r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False
     )
-    pipe.unet.add_adapter(config)
-    type(pipe).save_lora_weights(
-        str(out), unet_lora_layers=get_peft_model_state_dict(pipe.unet), safe_serialization=True
-    )
+    if getattr(pipe, "unet", None) is not None:  # SD 1.x, SDXL
+        pipe.unet.add_adapter(config)
+        layers = {"unet_lora_layers": get_peft_model_state_dict(pipe.unet)}
+    else:  # SD3, Flux: the transformer
+        pipe.transformer.add_adapter(config)
+        layers = {"transformer_lora_layers": get_peft_model_state_dict(pipe.transformer)}
+    type(pipe).save_lora_weights(str(out), **layers, safe_serialization=True)
     return out
 
 
