@@ -210,3 +210,26 @@ def schema_diff(url: str) -> list[Any]:
             return compare_metadata(context, Base.metadata)
     finally:
         engine.dispose()
+
+
+# -- job rows written straight to a database -------------------------------------------------
+
+JOB_ROW = {
+    "type": "txt2img",
+    "model": "tiny-sd",
+    "status": "queued",
+    "prompt": "p",
+    "width": 64,
+    "height": 64,
+    "steps": 2,
+    "guidance_scale": 7.5,
+    "scheduler": "ddim",
+    "seed": 1,
+    "num_images": 1,
+}
+
+
+def job_row(**fields: Any) -> Job:
+    """A ``Job`` row (not yet added to a session): a small queued txt2img of tiny-sd unless
+    ``fields`` say otherwise."""
+    return Job(**{**JOB_ROW, "timings": {}, **fields})

@@ -37,6 +37,7 @@ from easel.shared.db import session_scope
 from easel.shared.models import Job, JobStatus
 from easel.shared.registry import load_registry
 from easel.shared.settings import Settings
+from tests.factories import job_row
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -403,16 +404,4 @@ def test_each_scaled_object_counts_its_groups_queued_and_running_jobs(
 
 
 def job(model: str, status: str) -> Job:
-    return Job(
-        type="txt2img",
-        model=model,
-        status=status,
-        prompt="p",
-        width=64,
-        height=64,
-        steps=2,
-        guidance_scale=7.5,
-        scheduler="ddim",
-        seed=1,
-        timings={},
-    )
+    return job_row(model=model, status=status)

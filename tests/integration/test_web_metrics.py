@@ -16,7 +16,7 @@ from easel.shared.models import Job, JobStatus, Worker, utcnow
 from easel.shared.settings import Settings
 from easel.shared.stats import rebuild, record_finished
 from easel.web import create_app
-from tests.factories import parse_metrics, value
+from tests.factories import job_row, parse_metrics, value
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -51,17 +51,10 @@ def job(
     finished = None
     if status.is_terminal:
         finished = started + timedelta(seconds=run or 0) if started else T0 + timedelta(seconds=1)
-    return Job(
+    return job_row(
         type=job_type,
         model=model,
         status=status.value,
-        prompt="p",
-        width=64,
-        height=64,
-        steps=2,
-        guidance_scale=7.5,
-        scheduler="ddim",
-        seed=1,
         created_at=T0,
         started_at=started,
         finished_at=finished,

@@ -19,7 +19,7 @@ from easel.shared.models import Job, Worker, utcnow
 from easel.shared.storage import LocalStorage
 from easel.worker.engine.generate import GenerationRequest, GpuOutOfMemory
 from easel.worker.sweeper import Sweeper
-from tests.factories import enqueue, fetch, generate_one, generation_request, make_runner
+from tests.factories import enqueue, fetch, generate_one, generation_request, job_row, make_runner
 
 
 @pytest.fixture
@@ -40,19 +40,9 @@ def add(
     started: float = 60,
 ) -> str:
     with sessions() as session:
-        job = Job(
-            type="txt2img",
+        job = job_row(
             model=model,
             status=status,
-            prompt="p",
-            width=64,
-            height=64,
-            steps=2,
-            guidance_scale=7.5,
-            scheduler="ddim",
-            seed=1,
-            num_images=1,
-            timings={},
             started_at=utcnow() - timedelta(seconds=started) if status == "running" else None,
             attempts=attempts,
             worker_id=worker,

@@ -24,6 +24,7 @@ from easel.shared.settings import Settings
 from easel.shared.stats import record_finished
 from easel.shared.storage import LocalStorage
 from easel.web import create_app
+from tests.factories import job_row
 
 DAY = timedelta(days=1)
 
@@ -65,22 +66,14 @@ def add_job(
     now = utcnow()
     finished = now - timedelta(days=age_days) if status.is_terminal and age_days is not None else None
     started = finished - timedelta(seconds=2) if finished else None
-    job = Job(
+    job = job_row(
         type="img2img" if inputs else "txt2img",
-        model="tiny-sd",
         status=status.value,
-        prompt="p",
-        width=64,
-        height=64,
-        steps=2,
-        guidance_scale=7.5,
-        scheduler="ddim",
         seed=5,
         num_images=images,
         created_at=(started or now) - (timedelta(seconds=1) if status.is_terminal else DAY * 60),
         started_at=started if status is not JobStatus.QUEUED else None,
         finished_at=finished,
-        timings={},
     )
     with sessions() as session:
         session.add(job)
