@@ -1,4 +1,4 @@
-"""The generation engine on the real tiny model: build, load, cache, generate, cancel."""
+"""The generation engine on the real tiny model: build, load, cache, cancel."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from easel.worker.engine.device import DevicePlan
 from easel.worker.engine.generate import (
     GenerationRequest,
     JobCanceled,
-    generate,
     make_scheduler,
     with_scheduler,
 )
 from easel.worker.engine.pipelines import PipelineCache, load_pipeline
 from easel.worker.engine.tiny_model import ensure_tiny_model
+from tests.factories import generate_one, generation_request
 
 CPU = DevicePlan("cpu", "float32")
 
@@ -46,7 +46,7 @@ def request(**overrides: Any) -> GenerationRequest:
         "scheduler": "euler",
         "seeds": (11,),
     }
-    return GenerationRequest(**{**fields, **overrides})
+    return generation_request(**{**fields, **overrides})
 
 
 def pixels(image: Any) -> np.ndarray:
@@ -84,14 +84,19 @@ def test_missing_local_model_is_a_clear_load_error(tmp_path: Path) -> None:
     from easel.shared.errors import ModelLoadError
 
     with pytest.raises(ModelLoadError, match=r"cannot load model 'gone' \(directory"):
-        load_pipeline(spec_for(tmp_path / "nowhere", "gone"), CPU)
+        load_pipeline(
+            ModelSpec(
+                name="gone", source=ModelSource.DIRECTORY, location=str(tmp_path / "nowhere"), family="sd"
+            ),
+            CPU,
+        )
 
 
 def test_offline_hub_id_fails_without_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from easel.shared.errors import ModelLoadError
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    spec = ModelSpec(name="sd", source=ModelSource.HUGGINGFACE, location="org/not-cached")
+    spec = ModelSpec(name="sd", source=ModelSource.HUGGINGFACE, location="org/not-cached", family="sd")
     with pytest.raises(ModelLoadError, match="cannot load model 'sd' \\(huggingface"):
         load_pipeline(spec, CPU, offline=True)
 
@@ -115,23 +120,23 @@ def test_cache_loads_each_model_once_and_evicts_lru(tiny_model: Path) -> None:
 
 
 def test_same_seed_same_pixels_other_seed_differs(pipe: Any) -> None:
-    first = generate(pipe, request())[0]
-    again = generate(pipe, request())[0]
-    other = generate(pipe, request(seeds=(12,)))[0]
+    first = generate_one(pipe, request())[0]
+    again = generate_one(pipe, request())[0]
+    other = generate_one(pipe, request(seeds=(12,)))[0]
     assert np.array_equal(pixels(first), pixels(again))
     assert np.abs(pixels(first) - pixels(other)).mean() > 1.0
 
 
 def test_multi_image_call_matches_single_images(pipe: Any) -> None:
-    batch = generate(pipe, request(seeds=(5, 6)))
-    singles = [generate(pipe, request(seeds=(seed,)))[0] for seed in (5, 6)]
+    batch = generate_one(pipe, request(seeds=(5, 6)))
+    singles = [generate_one(pipe, request(seeds=(seed,)))[0] for seed in (5, 6)]
     for batched, single in zip(batch, singles, strict=True):
         assert np.abs(pixels(batched) - pixels(single)).max() <= 1
 
 
 @pytest.mark.parametrize("name", SCHEDULERS)
 def test_every_scheduler_runs(pipe: Any, name: str) -> None:
-    image = generate(pipe, request(scheduler=name, steps=3, width=64, height=72))[0]
+    image = generate_one(pipe, request(scheduler=name, steps=3, width=64, height=72))[0]
     assert image.size == (64, 72)
     assert pixels(image).std() > 0
 
@@ -162,5 +167,5 @@ def test_step_callback_reports_progress_and_can_stop(pipe: Any) -> None:
             raise JobCanceled("stop")
 
     with pytest.raises(JobCanceled):
-        generate(pipe, request(steps=10), on_step)
+        generate_one(pipe, request(steps=10), on_step)
     assert seen == [(1, 10), (2, 10), (3, 10)]
