@@ -111,6 +111,13 @@ def test_controlnet_drives_img2img(pipelines: ModelPipelines, registry: Registry
     assert image.size == (64, 64)
 
 
+def test_lora_and_controlnet_in_one_call(pipelines: ModelPipelines, registry: Registry) -> None:
+    control = ControlRef(model="edges", scale=1.0)
+    alone = px(run(pipelines, registry, req(control=control))[0][0])
+    zero = px(run(pipelines, registry, req(control=control, loras=(LoraRef(name="ink", weight=0.0),)))[0][0])
+    assert np.array_equal(alone, zero)
+
+
 def test_weighted_prompt_changes_the_picture_and_weight_one_does_not(
     pipelines: ModelPipelines, registry: Registry
 ) -> None:
