@@ -1,0 +1,58 @@
+"""The adapters in the batch key on PostgreSQL and SQLite: jobs batch only with jobs of
+the same LoRAs, weights and ControlNet (canonical JSON text compared in SQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from easel.migrations.upgrade import upgrade
+from easel.shared.db import make_engine
+from easel.shared.models import utcnow
+from easel.shared.params import params_of
+from easel.worker.engine.claims import claim_batch
+from tests.factories import job_row
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    if request.param == "postgresql":
+        url = request.getfixturevalue("fresh_postgres_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'claims.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    yield sessionmaker(engine, expire_on_commit=False)
+    engine.dispose()
+
+
+def add(sessions: sessionmaker[Session], age: float, **fields: Any) -> str:
+    with sessions() as session:
+        job = job_row(created_at=utcnow() - timedelta(seconds=age), **fields)
+        session.add(job)
+        session.commit()
+        return job.id
+
+
+def test_only_jobs_with_the_same_adapters_share_a_batch(sessions: sessionmaker[Session]) -> None:
+    ink = [{"name": "ink", "weight": 0.5}, {"name": "wash", "weight": 1.0}]
+    head = add(sessions, 10, loras=ink)
+    same = add(sessions, 9, loras=[dict(item) for item in ink])
+    add(sessions, 8, loras=[{"name": "ink", "weight": 0.6}, {"name": "wash", "weight": 1.0}])
+    add(sessions, 7)
+    add(sessions, 6, loras=ink, control={"model": "edges", "scale": 1.0})
+    with sessions() as session:
+        batch = claim_batch(session, "w", max_images=10)
+        assert [job.id for job in batch] == [head, same]
+        assert params_of(batch[0]).batch_key() == params_of(batch[1]).batch_key()
+        assert batch[0].loras == ink
+    with sessions() as session:
+        assert len(claim_batch(session, "w", max_images=10)) == 1  # the 0.6 weight alone
+        assert [job.loras for job in claim_batch(session, "w", max_images=10)] == [None]
+        (controlled,) = claim_batch(session, "w", max_images=10)
+        assert controlled.control == {"model": "edges", "scale": 1.0}
