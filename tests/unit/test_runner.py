@@ -113,30 +113,20 @@ def test_a_job_no_longer_ours_is_not_overwritten(env: dict[str, Any]) -> None:
         )
         session.commit()
         session.expunge(job)
-    runner.run(job)
+    runner.run_batch([job])
     after = fetch(env, job_id)
     assert after.status == "running" and after.worker_id == "someone-else" and not after.outputs
 
 
 def test_job_over_its_time_limit_fails_and_the_worker_goes_on(env: dict[str, Any]) -> None:
-    from celery.exceptions import SoftTimeLimitExceeded
-
     job_id = enqueue(env, steps=20)
     runner = make_runner(env)
-    original_call = ProgressReporter.__call__
-
-    def limit_at_step_3(self: ProgressReporter, step: int, total: int) -> None:
-        if step == 3:
-            raise SoftTimeLimitExceeded()  # what Celery raises in the task at the soft limit
-        original_call(self, step, total)
-
-    ProgressReporter.__call__ = limit_at_step_3  # type: ignore[method-assign]
-    try:
-        runner.run_next()
-    finally:
-        ProgressReporter.__call__ = original_call  # type: ignore[method-assign]
+    runner.time_limit = 1e-6  # past at the first step callback
+    runner.run_next()
     job = fetch(env, job_id)
     assert job.status == "failed" and job.error_code == "time_limit" and not job.outputs
+    assert "time limit at step 1 of" in (job.error_message or "")
+    runner.time_limit = 0.0
     after = enqueue(env)
     runner.run_next()
     assert fetch(env, after).status == "succeeded"
@@ -246,7 +236,7 @@ def test_a_failed_batch_is_run_job_by_job_so_only_the_bad_job_fails(
 
     def poisoned(pipe: Any, requests: list[Any], *args: Any, **kwargs: Any) -> list[Any]:
         calls.append(len(requests))
-        if any(r.prompt == "poison" for r in requests):
+        if any(r.params.prompt == "poison" for r in requests):
             raise RuntimeError("the poison prompt breaks the call")
         return real(pipe, requests, *args, **kwargs)
 
@@ -266,12 +256,11 @@ def test_a_failed_batch_is_run_job_by_job_so_only_the_bad_job_fails(
 def test_the_time_limit_in_a_batch_fails_every_job_left(
     env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from celery.exceptions import SoftTimeLimitExceeded
-
     import easel.worker.engine.runner as runner_module
+    from easel.worker.engine.generate import TimeLimitExceeded
 
     def out_of_time(*args: Any, **kwargs: Any) -> list[Any]:
-        raise SoftTimeLimitExceeded()
+        raise TimeLimitExceeded("the batch ran past its time limit")
 
     monkeypatch.setattr(runner_module, "generate_batch", out_of_time)
     ids = [enqueue(env, seed=i) for i in range(2)]
