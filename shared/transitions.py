@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, update
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
+from easel.shared.db import rowcount
 from easel.shared.models import Job, JobOutput, JobStatus, utcnow
 from easel.shared.stats import record_finished
 
@@ -26,10 +26,11 @@ QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
 
 
 def _update(session: Session, *where: ColumnElement[bool], **values: Any) -> int:
-    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-        update(Job).where(*where).values(**values).execution_options(synchronize_session=False)
+    return rowcount(
+        session.execute(
+            update(Job).where(*where).values(**values).execution_options(synchronize_session=False)
+        )
     )
-    return result.rowcount
 
 
 def _end(session: Session, *where: ColumnElement[bool], **values: Any) -> bool:
@@ -48,7 +49,7 @@ def _end(session: Session, *where: ColumnElement[bool], **values: Any) -> bool:
     return True
 
 
-def held_by(worker_id: str, *job_ids: str) -> tuple[ColumnElement[bool], ...]:
+def held_by(worker_id: str | None, *job_ids: str) -> tuple[ColumnElement[bool], ...]:
     """The guard of a running job: still running, and still this worker's."""
     return (Job.id.in_(job_ids), Job.status == RUNNING, Job.worker_id == worker_id)
 
@@ -174,7 +175,12 @@ def cancel(session: Session, job_id: str) -> JobStatus | None:
 
 
 def recover_lost(
-    session: Session, job_id: str, worker_id: str, attempts: int, cancel_requested: bool, max_attempts: int
+    session: Session,
+    job_id: str,
+    worker_id: str | None,
+    attempts: int,
+    cancel_requested: bool,
+    max_attempts: int,
 ) -> JobStatus | None:
     """A running job of a lost worker: ``canceled`` if its cancel was asked, ``failed``
     (``worker_lost``) once it used ``max_attempts``, else back to ``queued``; commits.
