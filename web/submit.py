@@ -131,7 +131,7 @@ def upload_bytes(fields: dict[str, Any], files: Mapping[str, FileStorage]) -> di
             )
     control = control_upload(fields, files)
     if control is not None:
-        raw["control"] = control
+        raw["control_image"] = control  # not "control": the fingerprint keeps the control fields
     return raw
 
 
@@ -165,7 +165,7 @@ def decode_inputs(services: Services, raw: dict[str, bytes]) -> JobInputs:
     limits = (settings.max_image_bytes, settings.max_image_pixels)
     image = as_rgb(load_image("image", raw["image"], *limits)) if "image" in raw else None
     mask = as_mask(load_image("mask", raw["mask"], *limits)) if "mask" in raw else None
-    control = as_rgb(load_image("control", raw["control"], *limits)) if "control" in raw else None
+    control = as_rgb(load_image("control", raw["control_image"], *limits)) if "control_image" in raw else None
     return JobInputs(image=image, mask=mask, control=control)
 
 

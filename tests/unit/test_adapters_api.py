@@ -124,6 +124,18 @@ def test_control_json_and_multipart_store_the_image(client: FlaskClient) -> None
     assert params["loras"] == [{"name": "wash", "weight": 0.25}]
 
 
+def test_an_idempotency_key_reused_with_another_control_model_is_a_conflict(client: FlaskClient) -> None:
+    image = b64(gradient())
+    headers = {"Idempotency-Key": "k1"}
+    body = {"prompt": "p", "width": 64, "height": 64, "control": {"model": "edges", "image": image}}
+    first = client.post("/api/v1/jobs", json=body, headers=headers)
+    assert first.status_code == 202, first.get_json()
+    again = client.post("/api/v1/jobs", json=body, headers=headers)
+    assert again.get_json()["id"] == first.get_json()["id"]
+    other = {**body, "control": {"model": "edges", "image": image, "scale": 0.5}}
+    assert client.post("/api/v1/jobs", json=other, headers=headers).status_code == 409
+
+
 def test_bad_control_is_422_naming_control(client: FlaskClient) -> None:
     image = b64(gradient())
     assert "unknown ControlNet" in refused(post(client, control={"model": "x", "image": image}), "control")
