@@ -15,7 +15,7 @@ from easel.shared.registry import ModelSource, ModelSpec, Registry
 from easel.worker.engine.adapters import loaded_loras, pipeline_for, prepare_control
 from easel.worker.engine.device import DevicePlan
 from easel.worker.engine.generate import GenerationRequest, generate_batch
-from easel.worker.engine.pipelines import ModelPipelines, PipelineCache, load_pipeline
+from easel.worker.engine.pipelines import ModelPipelines, PipelineCache, load_pipeline, weight_bytes
 from tests.factories import generation_request, gradient
 
 CPU = DevicePlan("cpu", "float32")
@@ -73,6 +73,8 @@ def test_lora_weight_zero_draws_as_without_and_weight_one_changes_the_picture(
     assert np.abs(one - plain).max() > 10
     assert np.array_equal(plain, after)
     assert loaded_loras(pipelines) == ["ink"]  # loaded once, kept warm
+    lora_bytes = sum(p.numel() * 4 for name, p in pipelines.base.unet.named_parameters() if "lora_" in name)
+    assert lora_bytes > 0 and pipelines.bytes == weight_bytes(pipelines.base)  # the cache's budget sees them
 
 
 def test_lora_pixels_are_the_same_alone_and_batched(pipelines: ModelPipelines, registry: Registry) -> None:
