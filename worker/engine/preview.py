@@ -119,6 +119,9 @@ class PreviewWriter:
     worker_id: str
     interval: float
     written: int = 0
+    last: float = float("-inf")
+    """When the last preview was taken (``time.monotonic``), over all batches: at most one
+    preview per ``interval`` per worker, however short its jobs."""
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _pending: Future[None] | None = field(default=None, init=False, repr=False)
 
@@ -179,11 +182,10 @@ class _BatchPreviews:
     first_images: dict[int, str]
     active: Sequence[str]
     size: tuple[int, int]
-    _last: float = float("-inf")
 
     def __call__(self, step: int, offset: int, latents: Any) -> None:
         now = time.monotonic()
-        if now - self._last < self.writer.interval or self.writer.busy:
+        if now - self.writer.last < self.writer.interval or self.writer.busy:
             return
         picks = {
             job_id: index - offset
@@ -192,6 +194,6 @@ class _BatchPreviews:
         }
         if not picks:
             return
-        self._last = now
+        self.writer.last = now
         small = {job_id: latents[i].detach().to("cpu", copy=True) for job_id, i in picks.items()}
         self.writer.submit(step, small, self.rgb, self.size)
