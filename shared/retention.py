@@ -39,6 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from easel.shared.db import rowcount
+from easel.shared.jobs import preview_key
 from easel.shared.models import Job, JobOutput, Lease, utcnow
 from easel.shared.settings import Settings
 from easel.shared.stats import TERMINAL
@@ -122,6 +123,7 @@ def _batches(session: Session, kind: str, cutoff: datetime, size: int) -> Iterat
                 Job.input_key,
                 Job.mask_key,
                 Job.control_key,
+                Job.preview_step,
                 Job.outputs_pruned_at,
                 Job.inputs_pruned_at,
             ).where(*_due(kind, cutoff))
@@ -151,6 +153,8 @@ def _keys(session: Session, kind: str, rows: Sequence[Any]) -> dict[str, list[st
         ).all()
         for row in pending:  # also the usual keys: an interrupted run may have left objects
             keys[row.id] += [output_key(row.id, index) for index in range(max(1, row.num_images))]
+            if row.preview_step is not None:  # the live preview goes with the outputs
+                keys[row.id].append(preview_key(row.id))
         for job_id, key in stored:
             if key not in keys[job_id]:
                 keys[job_id].append(key)
