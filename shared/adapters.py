@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -103,13 +103,16 @@ def read_tables(
     ``ValueError`` naming the file, table and problem."""
     loras = _read_table(data, "loras", LoraSpec, path, model_names)
     controlnets = _read_table(data, "controlnets", ControlNetSpec, path, model_names)
-    return loras, controlnets  # type: ignore[return-value]
+    return loras, controlnets
+
+
+Spec = TypeVar("Spec", bound=AdapterSpec)
 
 
 def _read_table(
-    data: dict[str, Any], table: str, cls: type[AdapterSpec], path: Path, model_names: set[str]
-) -> dict[str, AdapterSpec]:
-    specs: dict[str, AdapterSpec] = {}
+    data: dict[str, Any], table: str, cls: type[Spec], path: Path, model_names: set[str]
+) -> dict[str, Spec]:
+    specs: dict[str, Spec] = {}
     for name, entry in data.get(table, {}).items():
         where = f"models file {str(path)!r}, [{table}.{name}]"
         if not isinstance(entry, dict):
