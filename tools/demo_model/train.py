@@ -135,7 +135,7 @@ def train_vae(config: Config, device: str, rng: random.Random, log: Log, workers
             log(f"vae step {step}: loss {loss.item():.4f}, psnr {psnr:.1f} dB")
     vae.eval().requires_grad_(False)
     with torch.no_grad():
-        images, _ = scene_batch(rng, 64, 64, config.plain_fraction)
+        images, _ = scene_batch(rng, 8 if config.tiny else 64, 64, config.plain_fraction)
         latents = vae.encode(images.to(device)).latent_dist.sample()
         decoded = vae.decode(vae.encode(images.to(device)).latent_dist.mode()).sample.clamp(-1, 1)
         psnr = 10 * math.log10(4.0 / torch.nn.functional.mse_loss(decoded, images.to(device)).item())
