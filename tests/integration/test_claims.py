@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from easel.migrations.upgrade import upgrade
 from easel.shared.db import make_engine
 from easel.shared.models import Job, JobStatus, utcnow
-from easel.worker.engine.claims import claim_batch, claim_next
+from easel.worker.engine.claims import claim_batch
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -66,7 +66,8 @@ def add_job(
 
 def claim(sessions: sessionmaker[Session], worker: str = "w1", models: list[str] | None = None) -> Job | None:
     with sessions() as session:
-        return claim_next(session, worker, models)
+        jobs = claim_batch(session, worker, models, max_images=1)
+        return jobs[0] if jobs else None
 
 
 def test_priority_then_age(sessions: sessionmaker[Session]) -> None:

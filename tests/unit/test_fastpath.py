@@ -23,8 +23,9 @@ from easel.worker.engine.fastpath import (
     use_vae_tiling,
     warm_up,
 )
-from easel.worker.engine.generate import GenerationRequest, generate, make_scheduler, with_scheduler
+from easel.worker.engine.generate import make_scheduler, with_scheduler
 from easel.worker.engine.pipelines import load_pipeline
+from tests.factories import generate_one, generation_request
 
 CPU = DevicePlan("cpu", "float32")
 CUDA = DevicePlan("cuda:0", "float16")
@@ -111,7 +112,7 @@ def load(folder: Path) -> Any:
 
 
 def run(pipe: Any, size: int = 64) -> np.ndarray:
-    req = GenerationRequest(
+    req = generation_request(
         prompt="a green hill",
         negative_prompt="",
         width=size,
@@ -121,7 +122,7 @@ def run(pipe: Any, size: int = 64) -> np.ndarray:
         scheduler="euler",
         seeds=(5,),
     )
-    [image] = generate(pipe, req)
+    [image] = generate_one(pipe, req)
     assert image.size == (size, size)
     return np.asarray(image, dtype=np.int16)
 

@@ -11,9 +11,9 @@ import pytest
 from easel.shared.models import JobType
 from easel.shared.registry import ModelSource, ModelSpec
 from easel.worker.engine.device import DevicePlan
-from easel.worker.engine.generate import GenerationRequest, generate
+from easel.worker.engine.generate import GenerationRequest
 from easel.worker.engine.pipelines import ModelPipelines, PipelineCache, load_pipeline
-from tests.factories import box_mask, gradient
+from tests.factories import box_mask, generate_one, generation_request, gradient
 
 CPU = DevicePlan("cpu", "float32")
 
@@ -41,13 +41,13 @@ def request(job_type: JobType, **overrides: Any) -> GenerationRequest:
         "guidance_scale": 7.5,
         "scheduler": "ddim",
         "seeds": (5,),
-        "job_type": job_type,
+        "type": job_type,
         "image": gradient(),
         "strength": 0.8,
     }
     if job_type is JobType.INPAINT:
         fields.update(mask=box_mask(), strength=1.0, mask_blur=0)
-    return GenerationRequest(**{**fields, **overrides})
+    return generation_request(**{**fields, **overrides})
 
 
 def px(image: Any) -> np.ndarray:
@@ -68,7 +68,7 @@ def test_job_types_share_one_set_of_weights(pipelines: ModelPipelines, cache: Pi
 
 def test_img2img_runs_strength_steps_and_keeps_the_size(pipelines: ModelPipelines) -> None:
     seen: list[tuple[int, int]] = []
-    out = generate(
+    out = generate_one(
         pipelines.for_type(JobType.IMG2IMG),
         request(JobType.IMG2IMG, steps=10, strength=0.5),
         lambda step, total: seen.append((step, total)),
@@ -79,8 +79,8 @@ def test_img2img_runs_strength_steps_and_keeps_the_size(pipelines: ModelPipeline
 
 def test_strength_changes_the_result(pipelines: ModelPipelines) -> None:
     pipe = pipelines.for_type(JobType.IMG2IMG)
-    weak = px(generate(pipe, request(JobType.IMG2IMG, strength=0.3))[0])
-    strong = px(generate(pipe, request(JobType.IMG2IMG, strength=0.9))[0])
+    weak = px(generate_one(pipe, request(JobType.IMG2IMG, strength=0.3))[0])
+    strong = px(generate_one(pipe, request(JobType.IMG2IMG, strength=0.9))[0])
     source = px(gradient())
     assert np.abs(weak - strong).mean() > 1.0
     assert np.abs(weak - source).mean() < np.abs(strong - source).mean()
@@ -89,21 +89,21 @@ def test_strength_changes_the_result(pipelines: ModelPipelines) -> None:
 @pytest.mark.parametrize("job_type", [JobType.IMG2IMG, JobType.INPAINT])
 def test_same_seed_same_pixels(pipelines: ModelPipelines, job_type: JobType) -> None:
     pipe = pipelines.for_type(job_type)
-    first, again = (px(generate(pipe, request(job_type))[0]) for _ in range(2))
-    other = px(generate(pipe, request(job_type, seeds=(6,)))[0])
+    first, again = (px(generate_one(pipe, request(job_type))[0]) for _ in range(2))
+    other = px(generate_one(pipe, request(job_type, seeds=(6,)))[0])
     assert np.array_equal(first, again)
     assert np.abs(first - other).mean() > 0.5
 
 
 def test_inpaint_keeps_unmasked_pixels_exactly(pipelines: ModelPipelines) -> None:
-    out = px(generate(pipelines.for_type(JobType.INPAINT), request(JobType.INPAINT))[0])
+    out = px(generate_one(pipelines.for_type(JobType.INPAINT), request(JobType.INPAINT))[0])
     source, mask = px(gradient()), np.asarray(box_mask()) > 0
     assert np.array_equal(out[~mask], source[~mask])
     assert np.abs(out[mask] - source[mask]).mean() > 5  # the masked box was repainted
 
 
 def test_inpaint_feather_blends_only_near_the_edge(pipelines: ModelPipelines) -> None:
-    out = px(generate(pipelines.for_type(JobType.INPAINT), request(JobType.INPAINT, mask_blur=3))[0])
+    out = px(generate_one(pipelines.for_type(JobType.INPAINT), request(JobType.INPAINT, mask_blur=3))[0])
     source = px(gradient())
     far = np.ones((64, 64), bool)
     far[16 - 9 : 48 + 9, 16 - 9 : 48 + 9] = False  # more than 3 blur radii from the box
@@ -116,12 +116,14 @@ def test_inpaint_feather_blends_only_near_the_edge(pipelines: ModelPipelines) ->
 
 def test_all_black_mask_returns_the_input(pipelines: ModelPipelines) -> None:
     black = box_mask(box=(0, 0, 0, 0))
-    out = px(generate(pipelines.for_type(JobType.INPAINT), request(JobType.INPAINT, mask=black))[0])
+    out = px(generate_one(pipelines.for_type(JobType.INPAINT), request(JobType.INPAINT, mask=black))[0])
     assert np.array_equal(out, px(gradient()))
 
 
 def test_keep_unmasked_off_lets_the_model_touch_everything(pipelines: ModelPipelines) -> None:
-    out = px(generate(pipelines.for_type(JobType.INPAINT), request(JobType.INPAINT, keep_unmasked=False))[0])
+    out = px(
+        generate_one(pipelines.for_type(JobType.INPAINT), request(JobType.INPAINT, keep_unmasked=False))[0]
+    )
     mask = np.asarray(box_mask()) > 0
     assert not np.array_equal(out[~mask], px(gradient())[~mask])
 
@@ -137,7 +139,7 @@ def test_a_dedicated_inpainting_checkpoint_works(tmp_path: Path) -> None:
     pipelines = PipelineCache(loader=lambda s: load_pipeline(s, CPU)).get(spec)[0]
     pipe = pipelines.for_type(JobType.INPAINT)
     assert pipe.unet.config.in_channels == 9
-    out = px(generate(pipe, request(JobType.INPAINT))[0])
+    out = px(generate_one(pipe, request(JobType.INPAINT))[0])
     mask = np.asarray(box_mask()) > 0
     assert np.array_equal(out[~mask], px(gradient())[~mask])
     with pytest.raises(ValueError, match="does not serve txt2img"):

@@ -13,8 +13,9 @@ import torch
 from easel.shared.models import JobType
 from easel.shared.registry import ModelSource, ModelSpec
 from easel.worker.engine.device import DevicePlan
-from easel.worker.engine.generate import GenerationRequest, generate
+from easel.worker.engine.generate import GenerationRequest
 from easel.worker.engine.pipelines import PipelineCache, load_pipeline, weight_bytes
+from tests.factories import generate_one, generation_request
 
 CPU = DevicePlan("cpu", "float32")
 
@@ -49,7 +50,7 @@ def model_bytes(tiny_model: Path) -> int:
 
 
 def request() -> GenerationRequest:
-    return GenerationRequest(
+    return generation_request(
         prompt="a red fox",
         negative_prompt="",
         width=64,
@@ -120,7 +121,7 @@ def test_jobs_on_a_warm_model_never_load_it_again(tiny_model: Path) -> None:
     spec = spec_for(tiny_model, "a")
     for _ in range(3):
         pipes, _ = cache.get(spec)
-        [image] = generate(pipes.for_type(JobType.TXT2IMG), request())
+        [image] = generate_one(pipes.for_type(JobType.TXT2IMG), request())
         assert image.size == (64, 64)
     assert cache.loads == {"a": 1}
 
