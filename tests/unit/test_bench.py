@@ -10,7 +10,7 @@ import pytest
 from bench._stack import batch_sizes, compatible_jobs, percentile
 from bench.api import Samples, summarise
 
-BENCHMARKS = ["chaos", "throughput", "batching", "api"]
+BENCHMARKS = ["chaos", "throughput", "batching", "api", "preview"]
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
