@@ -94,6 +94,7 @@ def test_events_previews_and_webhooks_of_one_long_job(
 
 def test_last_event_id_resumes_and_the_bound_answers_429(stack: Stack, client: EaselClient) -> None:
     job = stack.submit(prompt="resume", seed=3, **LONG)
+    quick = stack.submit(prompt="quick", width=64, height=64, steps=2)
     url = f"{stack.base_url}/api/v1/jobs/{job['id']}/events"
     first_id = None
     for _event, current in client.events(job["id"]):
@@ -109,6 +110,9 @@ def test_last_event_id_resumes_and_the_bound_answers_429(stack: Stack, client: E
         refused = stack.http.get(url, timeout=30)
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_streams"
         assert refused.headers["Retry-After"]
+        # A client refused a stream polls instead (easel submit --wait does the same).
+        assert client.wait(quick["id"], timeout=120)["status"] == "succeeded"
+        assert client.last_event_id is None  # no event came: it polled
     finally:
         for response in opened:
             response.close()
