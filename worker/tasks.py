@@ -17,6 +17,7 @@ from sqlalchemy.orm import sessionmaker
 from easel.shared.db import engine_for
 from easel.shared.queue import DELIVER_WEBHOOK_TASK, RUN_JOB_TASK, make_celery
 from easel.shared.settings import Settings
+from easel.worker.signing import secret_key
 from easel.worker.webhooks import WebhookDeliverer
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ def make_webhook_app(settings: Settings) -> Celery:
     """A Celery app whose task delivers a finished job's webhook, retried with backoff
     until it lands or ``EASEL_WEBHOOK_MAX_ATTEMPTS`` is reached."""
     app = make_celery(settings)
+    if settings.webhook_secret is not None:
+        secret_key(settings.webhook_secret.get_secret_value())  # a malformed whsec_ fails here, at start
     deliverer = (
         WebhookDeliverer(
             sessions=sessionmaker(engine_for(settings.database_url), expire_on_commit=False),
