@@ -9,7 +9,9 @@ RGB, upscales, encodes a JPEG, overwrites the job's preview object
 (``easel.shared.jobs.preview_key``) in the storage every web process reads, and then
 records the step on the job row. When that thread is still busy with the last
 preview, the step callback skips this one instead of queueing: denoising never waits
-for a preview.
+for a preview. A worker takes at most one preview per ``EASEL_PREVIEW_INTERVAL_SECONDS``
+over all its batches, so short jobs cost no more than long ones (``bench.preview``
+measures the cost: within run-to-run noise, docs/benchmarks.md).
 """
 
 from __future__ import annotations
