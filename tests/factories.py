@@ -131,6 +131,24 @@ def fetch(env: dict[str, Any], job_id: str) -> Job:
 # -- what the web tier recorded ------------------------------------------------------------
 
 
+def migrated_settings(**fields: Any) -> Settings:
+    """``Settings(**fields)`` with its database migrated to the latest revision."""
+    from easel.migrations.upgrade import upgrade
+
+    settings = Settings(**fields)
+    upgrade(settings.database_url)
+    return settings
+
+
+def make_key(settings: Settings, name: str = "alice", admin: bool = False) -> str:
+    """A new API key named ``name`` (an admin's where ``admin``): its secret token."""
+    from easel.shared.db import session_scope
+    from easel.web.keys import create_key
+
+    with session_scope(settings.database_url) as session:
+        return create_key(session, name, admin)[1]
+
+
 def counts(settings: Settings) -> tuple[int, int]:
     """(jobs in the database, wake-ups waiting in the embedded SQLite broker)."""
     jobs = create_engine(settings.database_url)

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy.orm import sessionmaker
 
 from easel.migrations.upgrade import upgrade
@@ -67,3 +69,18 @@ def env(tmp_path: Path, tiny_model: Path) -> Iterator[dict[str, Any]]:
         "storage": LocalStorage(tmp_path / "out"),
     }
     engine.dispose()
+
+
+@pytest.fixture
+def app(settings: Settings) -> Flask:
+    """The web app on the test module's ``settings`` fixture."""
+    from easel.web import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: Flask) -> Iterator[FlaskClient]:
+    """A test client of the ``app`` fixture."""
+    with app.test_client() as client:
+        yield client

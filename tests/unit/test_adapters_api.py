@@ -4,18 +4,15 @@ canonical form, bad ones refused with 422 naming the field."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
-from easel.migrations.upgrade import upgrade
 from easel.shared.adapters import has_weighting, split_lora_tags, to_compel_syntax
 from easel.shared.settings import Settings
-from easel.web import create_app
-from tests.factories import b64, encode, gradient
+from tests.factories import b64, encode, gradient, migrated_settings
 
 MODELS = """
 [models.tiny-sd]
@@ -56,17 +53,9 @@ models = ["flowy"]
 def settings(tmp_path: Path) -> Settings:
     models = tmp_path / "models.toml"
     models.write_text(MODELS.format(flux_dir=tmp_path / "flux"))
-    settings = Settings(
+    return migrated_settings(
         home=tmp_path, auth_enabled=False, models_file=models, default_model="tiny-sd", max_loras_per_job=2
     )
-    upgrade(settings.database_url)
-    return settings
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[FlaskClient]:
-    with create_app(settings).test_client() as client:
-        yield client
 
 
 def post(client: FlaskClient, **fields: Any) -> Any:

@@ -7,11 +7,9 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
 
@@ -25,8 +23,8 @@ from easel.web import create_app
 from easel.web.a1111_map import SAMPLERS, a1111_error, scheduler_for
 from easel.web.a1111_map import job_fields as a1111_fields
 from easel.web.hold import prefer_wait
-from easel.web.keys import create_key
 from easel.web.openai_api import edit_mask, job_fields, openai_error, parse_size, transparent_area
+from tests.factories import make_key, migrated_settings
 
 REGISTRY = Registry([demo_spec()], "demo-shapes")
 
@@ -238,31 +236,13 @@ def test_prefer_wait(headers: list[str], seconds: int | None) -> None:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    settings = Settings(
+    return migrated_settings(
         home=tmp_path,
         sync_timeout_seconds=0.5,
         auth_failure_limit="3/minute",
         submit_rate_limit="1000/minute",
         rate_limit="1000/minute",
     )
-    upgrade(settings.database_url)
-    return settings
-
-
-@pytest.fixture
-def app(settings: Settings) -> Flask:
-    return create_app(settings)
-
-
-@pytest.fixture
-def client(app: Flask) -> Iterator[FlaskClient]:
-    with app.test_client() as client:
-        yield client
-
-
-def make_key(settings: Settings, name: str) -> str:
-    with session_scope(settings.database_url) as session:
-        return create_key(session, name, False)[1]
 
 
 def basic(password: str, user: str = "easel") -> dict[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,29 +11,19 @@ import pytest
 from flask.testing import FlaskClient
 from PIL import Image
 
-from easel.migrations.upgrade import upgrade
 from easel.shared.settings import Settings
-from easel.web import create_app
-from tests.factories import b64, box_mask, counts, encode, gradient
+from tests.factories import b64, box_mask, counts, encode, gradient, migrated_settings
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    settings = Settings(
+    return migrated_settings(
         home=tmp_path,
         max_image_bytes=200_000,
         max_image_pixels=1_000_000,
         max_request_bytes=1_000_000,
         auth_enabled=False,
     )
-    upgrade(settings.database_url)
-    return settings
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[FlaskClient]:
-    with create_app(settings).test_client() as client:
-        yield client
 
 
 def error_fields(response: Any) -> dict[str, dict[str, Any]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,21 +15,14 @@ from easel.shared.settings import Settings
 from easel.web import create_app
 from easel.web.eta import cost_model, estimate_seconds
 from easel.worker.signing import new_secret, receiver_secret, signed_headers, verify_signature
+from tests.factories import migrated_settings
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    settings = Settings(
+    return migrated_settings(
         home=tmp_path, webhook_secret="s3cret", auth_enabled=False, webhook_allow_private=True
     )
-    upgrade(settings.database_url)
-    return settings
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[FlaskClient]:
-    with create_app(settings).test_client() as client:
-        yield client
 
 
 def submit(client: FlaskClient, **fields: object) -> dict:

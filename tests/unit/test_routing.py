@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
 
-from easel.migrations.upgrade import upgrade
 from easel.shared.db import session_scope
 from easel.shared.jobs import waiting_for_worker
 from easel.shared.models import Job, JobStatus, Worker, utcnow
 from easel.shared.settings import Settings
 from easel.shared.workers import live_workers, live_workers_by_model
-from easel.web import create_app
+from tests.factories import migrated_settings
 
 MODELS_FILE = """
 [models.alpha]
@@ -31,21 +29,13 @@ source = "tiny"
 def settings(tmp_path: Path) -> Settings:
     models_file = tmp_path / "models.toml"
     models_file.write_text(MODELS_FILE)
-    settings = Settings(
+    return migrated_settings(
         home=tmp_path,
         auth_enabled=False,
         models_file=models_file,
         default_model="alpha",
         worker_lost_after_seconds=30,
     )
-    upgrade(settings.database_url)
-    return settings
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[FlaskClient]:
-    with create_app(settings).test_client() as client:
-        yield client
 
 
 def add_worker(

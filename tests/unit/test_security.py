@@ -3,52 +3,30 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from flask import Flask
 from flask.testing import FlaskClient
 
 from bench.processes import free_port, wait_for
 from easel.cli import main as cli
 from easel.migrations.upgrade import upgrade
-from easel.shared.db import session_scope
 from easel.shared.settings import Settings, get_settings
 from easel.web import create_app
-from easel.web.keys import create_key
-from tests.factories import b64, gradient
+from tests.factories import b64, gradient, make_key, migrated_settings
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    settings = Settings(
+    return migrated_settings(
         home=tmp_path,
         webhook_secret="k",
         submit_rate_limit="1000/minute",
         rate_limit="1000/minute",
         max_queued_per_key=50,
     )
-    upgrade(settings.database_url)
-    return settings
-
-
-def make_key(settings: Settings, name: str, admin: bool = False) -> str:
-    with session_scope(settings.database_url) as session:
-        return create_key(session, name, admin)[1]
-
-
-@pytest.fixture
-def app(settings: Settings) -> Flask:
-    return create_app(settings)
-
-
-@pytest.fixture
-def client(app: Flask) -> Iterator[FlaskClient]:
-    with app.test_client() as client:
-        yield client
 
 
 def token_of(client: FlaskClient, path: str) -> str:
