@@ -435,6 +435,12 @@ def machine(load_at_start: float) -> dict[str, Any]:
     }
 
 
+def totals(started: float, load_at_start: float) -> dict[str, Any]:
+    """The closing figures of every report: the run's seconds (from ``time.monotonic()``
+    at ``started``) and the ``machine`` it ran on."""
+    return {"seconds_total": round(time.monotonic() - started, 1), "machine": machine(load_at_start)}
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """The ``q``-th percentile (0-100) of ``values``, linearly interpolated."""
     if not values:
@@ -467,6 +473,14 @@ class Timer:
 
     def __exit__(self, *_: object) -> None:
         self.seconds = time.perf_counter() - self._start
+
+
+def bench_parser(prog: str | None, doc: str | None) -> argparse.ArgumentParser:
+    """The argument parser of a benchmark: ``prog``, and its module docstring ``doc`` as
+    the description, kept as written."""
+    return argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def add_stack_arguments(parser: argparse.ArgumentParser, timeout: float | None = None) -> None:

@@ -22,7 +22,6 @@ the server: on a small machine their own CPU use lowers the figures.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import threading
@@ -38,14 +37,15 @@ import requests
 from bench._stack import (
     NO_LIMITS,
     add_stack_arguments,
+    bench_parser,
     easel_stack,
     emit,
     exit_cleanly_on_sigterm,
-    machine,
     percentile,
     progress,
     rate,
     services,
+    totals,
 )
 
 KINDS = ("submit", "poll")
@@ -221,17 +221,12 @@ def run(
         "auth": auth,
         **figures,
         "jobs_queued_at_end": submitted,
-        "seconds_total": round(time.monotonic() - started, 1),
-        "machine": machine(load_at_start),
+        **totals(started, load_at_start),
     }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.api",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = bench_parser("python -m bench.api", __doc__)
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (threads; default 16)")
     parser.add_argument("--duration", type=float, default=30, help="seconds measured (default 30)")
     parser.add_argument("--warmup", type=float, default=3, help="seconds run first and not counted")

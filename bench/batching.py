@@ -18,7 +18,6 @@ progress goes to stderr.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -32,15 +31,16 @@ from bench._stack import (
     SCHEDULER,
     add_pipeline_arguments,
     add_stack_arguments,
+    bench_parser,
     build_tiny_model,
     compatible_jobs,
     emit,
     exit_cleanly_on_sigterm,
-    machine,
     measure_rest,
     progress,
     ratio,
     services,
+    totals,
 )
 
 
@@ -99,17 +99,12 @@ def run(
         if len(batch_sizes) > 1
         else None,
         "runs": runs,
-        "seconds_total": round(time.monotonic() - started, 1),
-        "machine": machine(load_at_start),
+        **totals(started, load_at_start),
     }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.batching",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = bench_parser("python -m bench.batching", __doc__)
     parser.add_argument("--jobs", type=int, default=32, help="one-image jobs per run (default 32)")
     parser.add_argument(
         "--batch-sizes", default="1,4", help="EASEL_MAX_BATCH_SIZE of each run, comma-separated (1,4)"

@@ -13,7 +13,6 @@ servers and an S3 endpoint (moto) are started for the run; nothing shared is tou
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import re
@@ -28,7 +27,16 @@ from typing import Any
 import requests
 from sqlalchemy import create_engine, text
 
-from bench._stack import Services, easel_stack, emit, exit_cleanly_on_sigterm, post_job, progress, services
+from bench._stack import (
+    Services,
+    bench_parser,
+    easel_stack,
+    emit,
+    exit_cleanly_on_sigterm,
+    post_job,
+    progress,
+    services,
+)
 from bench.processes import Stack, easel, wait_for
 
 CHAOS_SETTINGS = {
@@ -276,9 +284,7 @@ def _count_duplicates(stack: Stack, accepted: list[str], s3: Any, report: Report
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(None, __doc__)
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--kills", type=int, default=5)

@@ -14,13 +14,12 @@ previews written; progress goes to stderr.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench._stack import Timer, build_tiny_model, emit, machine, progress, rate
+from bench._stack import Timer, bench_parser, build_tiny_model, emit, machine, progress, rate
 
 
 def make_runner(home: Path, model: Path, batch: int, interval: float) -> Any:
@@ -75,9 +74,7 @@ def run_all(runner: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(None, __doc__)
     parser.add_argument("--jobs", type=int, default=16)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)

@@ -22,7 +22,6 @@ REST/bare-batched and REST/bare-serial; progress goes to stderr.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import shutil
@@ -37,16 +36,17 @@ from bench._stack import (
     Timer,
     add_pipeline_arguments,
     add_stack_arguments,
+    bench_parser,
     build_tiny_model,
     compatible_jobs,
     emit,
     exit_cleanly_on_sigterm,
-    machine,
     measure_rest,
     progress,
     rate,
     ratio,
     services,
+    totals,
 )
 
 
@@ -171,17 +171,12 @@ def run(
         "bare_batched_vs_serial": ratio(
             bare_figures["batched_images_per_s"], bare_figures["serial_images_per_s"]
         ),
-        "seconds_total": round(time.monotonic() - started, 1),
-        "machine": machine(load_at_start),
+        **totals(started, load_at_start),
     }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.throughput",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = bench_parser("python -m bench.throughput", __doc__)
     parser.add_argument("--jobs", type=int, default=32, help="images (one-image jobs) per side (default 32)")
     parser.add_argument("--batch", type=int, default=4, help="bare batch size and EASEL_MAX_BATCH_SIZE")
     add_pipeline_arguments(parser)
