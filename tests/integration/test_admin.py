@@ -44,7 +44,7 @@ def test_admin_page_lists_workers_and_failures_and_requeues(services_stack: Stac
     page = admin.get(services_stack.base_url + "/admin", timeout=10)
     assert page.status_code == 200
     html = page.text
-    assert re.search(r'data-worker="[^"]+:\d+"', html) and ">live<" in html
+    assert re.search(r'data-worker="[^"]+:\d+:[0-9a-f]+"', html) and ">live<" in html
     assert f'data-job="{job["id"]}"' in html and "boom at step 3" in html
     token = re.search(r'name="csrf-token" content="([^"]+)"', html)[1]
     requeued = admin.post(
