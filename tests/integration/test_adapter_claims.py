@@ -3,32 +3,15 @@ the same LoRAs, weights and ControlNet (canonical JSON text compared in SQL)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from easel.migrations.upgrade import upgrade
-from easel.shared.db import make_engine
 from easel.shared.models import utcnow
 from easel.shared.params import params_of
 from easel.worker.engine.claims import claim_batch
 from tests.factories import job_row
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    if request.param == "postgresql":
-        url = request.getfixturevalue("fresh_postgres_url")
-    else:
-        url = f"sqlite:///{tmp_path / 'claims.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    yield sessionmaker(engine, expire_on_commit=False)
-    engine.dispose()
 
 
 def add(sessions: sessionmaker[Session], age: float, **fields: Any) -> str:

@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from easel.migrations.upgrade import upgrade
-from easel.shared.db import make_engine
 from easel.shared.models import Job, JobStatus, utcnow
 from easel.worker.engine.claims import claim_batch
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    if request.param == "postgresql":
-        url = request.getfixturevalue("fresh_postgres_url")
-    else:
-        url = f"sqlite:///{tmp_path / 'claims.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    yield sessionmaker(engine, expire_on_commit=False)
-    engine.dispose()
+from tests.factories import job_row
 
 
 def add_job(
@@ -41,22 +25,14 @@ def add_job(
     scheduler: str = "ddim",
 ) -> str:
     with sessions() as session:
-        job = Job(
-            type="txt2img",
+        job = job_row(
             model=model,
             status=status.value,
             priority=priority,
-            prompt="p",
-            negative_prompt="",
             width=width,
-            height=64,
-            steps=2,
-            guidance_scale=7.5,
-            scheduler=scheduler,
-            seed=1,
             num_images=num_images,
+            scheduler=scheduler,
             owner_id=owner,
-            timings={},
             created_at=utcnow() - timedelta(seconds=age),
         )
         session.add(job)

@@ -24,6 +24,7 @@ from easel.shared.settings import Settings
 from easel.shared.storage import S3Storage, storage_from_settings
 from easel.web.eta import cost_model, estimate_seconds, queue_position
 from easel.web.metrics import histograms, job_counts
+from tests import factories
 from tests.factories import make_stack
 
 
@@ -31,23 +32,12 @@ def job_row(status: JobStatus, age_days: float | None, **fields: Any) -> Job:
     finished = utcnow() - timedelta(days=age_days) if age_days is not None else None
     started = finished - timedelta(seconds=2) if finished else None
     values: dict[str, Any] = {
-        "type": "txt2img",
-        "model": "tiny-sd",
         "status": status.value,
-        "prompt": "p",
-        "width": 64,
-        "height": 64,
-        "steps": 2,
-        "guidance_scale": 7.5,
-        "scheduler": "ddim",
-        "seed": 1,
-        "num_images": 1,
         "created_at": (started or utcnow()) - timedelta(seconds=1),
         "started_at": started if status is not JobStatus.QUEUED else None,
         "finished_at": finished,
-        "timings": {},
     }
-    return Job(**{**values, **fields})
+    return factories.job_row(**{**values, **fields})
 
 
 def add(sessions: sessionmaker[Session], storage: Any, job: Job, inputs: bool = False) -> str:
