@@ -37,16 +37,13 @@ from bench._stack import (
     progress,
     services,
 )
-from bench.processes import Stack, easel, wait_for
+from bench.processes import FAST_RECOVERY_SETTINGS, Stack, easel, wait_for
 
 CHAOS_SETTINGS = {
-    "EASEL_HEARTBEAT_SECONDS": "0.5",
-    "EASEL_WORKER_LOST_AFTER_SECONDS": "3",
+    **FAST_RECOVERY_SETTINGS,
     "EASEL_RESTART_BACKOFF_SECONDS": "0.2",
     "EASEL_MAX_ATTEMPTS": "10",
-    "EASEL_AUTH_ENABLED": "false",
     "EASEL_PROGRESS_INTERVAL_SECONDS": "0.2",
-    "EASEL_CPU_THREADS": "1",  # two CPU workers on two cores: one thread each, not four
 }
 TERMINAL = {"succeeded", "failed", "canceled"}
 
@@ -215,43 +212,25 @@ def start_easel_run(stack: Stack) -> None:
 
 
 def kill_supervised_worker(stack: Stack) -> None:
-    """SIGKILL the worker that beats now (ids are ``host:pid:token``); wait until the
-    supervisor has started another."""
-    engine = create_engine(stack.env["EASEL_DATABASE_URL"])
-
-    def live_pid() -> int | None:
-        with engine.connect() as conn:
-            row = conn.execute(
-                text("SELECT id FROM workers WHERE stopped_at IS NULL ORDER BY started_at DESC LIMIT 1")
-            ).first()
-        if row is None:
-            return None
-        pid = int(row[0].split(":")[1])
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return pid
-
-    try:
-        run = next(p for p in stack.processes if p.name == "run")
-        restarts = run.log().count("restarting it")
-        os.kill(int(wait_for(live_pid, 60, "a live worker")), signal.SIGKILL)
-        wait_for(lambda: run.log().count("restarting it") > restarts, 60, "the supervisor's restart")
-    finally:
-        engine.dispose()
+    """SIGKILL the worker that beats now; wait until the supervisor has started another."""
+    run = next(p for p in stack.processes if p.name == "run")
+    restarts = run.log().count("restarting it")
+    os.kill(int(wait_for(stack.live_worker_pid, 60, "a live worker")), signal.SIGKILL)
+    wait_for(lambda: run.log().count("restarting it") > restarts, 60, "the supervisor's restart")
 
 
 def _stored_objects(stack: Stack, s3: Any) -> Counter[str]:
-    """Stored outputs per job id: the S3 bucket, or the local outputs folder."""
+    """Stored output images per job id (not previews or inputs): the S3 bucket, or the
+    local outputs folder."""
     if s3 is None:
         root = stack.workdir / "outputs" / "jobs"
         return Counter(path.parent.name for path in root.glob("*/[0-9]*.png"))
-    return Counter(
-        obj["Key"].split("/")[2]
+    keys = (
+        obj["Key"].split("/")
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket="chaos", Prefix="out/jobs/")
         for obj in page.get("Contents", [])
     )
+    return Counter(parts[2] for parts in keys if re.fullmatch(r"\d+\.png", parts[-1]))  # not previews
 
 
 def _count_duplicates(stack: Stack, accepted: list[str], s3: Any, report: Report) -> None:
