@@ -186,6 +186,29 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
 
 
+def simultaneous_statuses(
+    app: Any, body: dict[str, Any], headers: dict[str, str], count: int = 8
+) -> list[int]:
+    """The status codes of ``count`` POSTs of ``body`` to ``/api/v1/jobs`` on ``app``, sent
+    at once (each thread waits at a barrier), sorted."""
+    import threading
+
+    barrier = threading.Barrier(count)
+    statuses: list[int] = []
+
+    def submit() -> None:
+        with app.test_client() as client:
+            barrier.wait()
+            statuses.append(client.post("/api/v1/jobs", json=body, headers=headers).status_code)
+
+    threads = [threading.Thread(target=submit) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return sorted(statuses)
+
+
 # -- stacks of real processes ---------------------------------------------------------------
 
 WEBHOOK_SECRET = "whsec_dGVzdC13ZWJob29rLXNlY3JldC1rZXk="  # Standard Webhooks' form

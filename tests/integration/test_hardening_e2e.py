@@ -13,7 +13,6 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from easel.shared.settings import Settings
 from easel.web import create_app
 from easel.web.keys import create_key
 from easel.web.limits import SqlStorage
+from tests.factories import make_key, migrated_settings, simultaneous_statuses
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,34 +43,19 @@ def test_concurrent_submissions_respect_the_queued_cap_on_postgres(
 ) -> None:
     """Row 3: EASEL_MAX_QUEUED_PER_KEY=2, 8 simultaneous submissions by one key on
     PostgreSQL: exactly 2 are accepted, the others answered 429."""
-    settings = Settings(
+    settings = migrated_settings(
         home=tmp_path,
         database_url=fresh_postgres_url,
         max_queued_per_key=2,
         rate_limit="1000/minute",
         submit_rate_limit="1000/minute",
     )
-    upgrade(settings.database_url)
-    with session_scope(settings.database_url) as session:
-        key = create_key(session, "racer")[1]
+    key = make_key(settings, "racer")
     app = create_app(settings)
     body = {"prompt": "p", "width": 64, "height": 64, "steps": 4, "type": "img2img", "image": _png(256)}
-    barrier = threading.Barrier(8)
-    statuses: list[int] = []
-
-    def submit() -> None:
-        with app.test_client() as client:
-            barrier.wait()
-            response = client.post("/api/v1/jobs", json=body, headers={"Authorization": f"Bearer {key}"})
-            statuses.append(response.status_code)
-
-    threads = [threading.Thread(target=submit) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    statuses = simultaneous_statuses(app, body, {"Authorization": f"Bearer {key}"})
     engine_for(settings.database_url).dispose()
-    assert sorted(statuses) == [202, 202] + [429] * 6, statuses
+    assert statuses == [202, 202] + [429] * 6, statuses
 
 
 def _free_port() -> int:

@@ -36,17 +36,8 @@ def pipe(tiny_model: Path) -> Any:
 
 
 def request(**overrides: Any) -> GenerationRequest:
-    fields: dict[str, Any] = {
-        "prompt": "a blue bird",
-        "negative_prompt": "",
-        "width": 64,
-        "height": 64,
-        "steps": 4,
-        "guidance_scale": 7.5,
-        "scheduler": "euler",
-        "seeds": (11,),
-    }
-    return generation_request(**{**fields, **overrides})
+    """``tests.factories.DEFAULT_PARAMS`` (seed 11, one image) with ``overrides``."""
+    return generation_request(**{"seeds": (11,), **overrides})
 
 
 def pixels(image: Any) -> np.ndarray:

@@ -34,7 +34,7 @@ from sqlalchemy.orm import sessionmaker
 from werkzeug.test import TestResponse
 
 from easel.migrations.upgrade import upgrade
-from easel.shared.db import engine_for, session_scope
+from easel.shared.db import engine_for
 from easel.shared.errors import ValidationFailed
 from easel.shared.images import load_image
 from easel.shared.models import Job, JobStatus
@@ -42,9 +42,9 @@ from easel.shared.netsafety import UnsafeUrl, check_public_url, is_public_addres
 from easel.shared.settings import Settings
 from easel.shared.storage import LocalStorage
 from easel.web import create_app
-from easel.web.keys import create_key
 from easel.web.limits import SqlStorage, storage_uri
 from easel.worker.webhooks import WebhookDeliverer, post_pinned
+from tests.factories import make_key, simultaneous_statuses
 from tests.webhook_receiver import Receiver
 
 # ---- row 1: only globally routable webhook addresses -----------------------------------
@@ -259,11 +259,6 @@ def settings(tmp_path: Path) -> Settings:
     return settings
 
 
-def make_key(settings: Settings, name: str = "alice") -> str:
-    with session_scope(settings.database_url) as session:
-        return create_key(session, name)[1]
-
-
 def app_for(settings: Settings, **changes: object) -> Flask:
     return create_app(settings.model_copy(update=changes))
 
@@ -302,21 +297,8 @@ def test_concurrent_submissions_respect_the_queued_cap_on_sqlite(settings: Setti
     app = app_for(settings, max_queued_per_key=2)
     key = make_key(settings)
     body = {**JOB, "steps": 4, "type": "img2img", "image": base64.b64encode(png_bytes(256, 256)).decode()}
-    barrier = threading.Barrier(8)
-    statuses: list[int] = []
-
-    def submit() -> None:
-        with app.test_client() as client:
-            barrier.wait()
-            response = client.post("/api/v1/jobs", json=body, headers=bearer(key))
-            statuses.append(response.status_code)
-
-    threads = [threading.Thread(target=submit) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert sorted(statuses) == [202, 202] + [429] * 6, statuses
+    statuses = simultaneous_statuses(app, body, bearer(key))
+    assert statuses == [202, 202] + [429] * 6, statuses
 
 
 def _login(client: FlaskClient, key: str) -> None:
