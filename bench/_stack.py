@@ -496,6 +496,19 @@ def add_stack_arguments(parser: argparse.ArgumentParser, timeout: float | None =
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and process logs")
 
 
+def pipeline_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of a benchmark's ``run`` that ``add_pipeline_arguments`` and
+    ``add_stack_arguments`` (with a timeout) parsed, but the job shape."""
+    return {
+        "threads": args.threads,
+        "batch_wait_ms": args.batch_wait_ms,
+        "timeout": args.timeout,
+        "private": args.private_servers,
+        "embedded": args.embedded,
+        "keep": args.keep,
+    }
+
+
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     """The job shape and worker options shared by throughput and batching."""
     parser.add_argument("--size", type=int, default=256, help="width and height, a multiple of 8")

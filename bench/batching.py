@@ -37,6 +37,7 @@ from bench._stack import (
     emit,
     exit_cleanly_on_sigterm,
     measure_rest,
+    pipeline_options,
     progress,
     ratio,
     services,
@@ -122,21 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     if not sizes or min(sizes) < 1 or min(args.jobs, args.steps, args.repeat) < 1 or args.size % 8:
         parser.error("--jobs, --steps, --repeat, --batch-sizes must be positive, --size a multiple of 8")
     exit_cleanly_on_sigterm()
-    emit(
-        run(
-            args.jobs,
-            args.size,
-            args.steps,
-            sizes,
-            args.repeat,
-            args.threads,
-            args.batch_wait_ms,
-            args.timeout,
-            args.private_servers,
-            args.embedded,
-            args.keep,
-        )
-    )
+    emit(run(args.jobs, args.size, args.steps, sizes, args.repeat, **pipeline_options(args)))
 
 
 if __name__ == "__main__":

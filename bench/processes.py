@@ -22,6 +22,15 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# A worker that dies is noticed within seconds; one CPU thread each, for two workers on two
+# cores; no keys. The crash tests, the reliability tests and the chaos benchmark run on it.
+FAST_RECOVERY_SETTINGS = {
+    "EASEL_HEARTBEAT_SECONDS": "0.5",
+    "EASEL_WORKER_LOST_AFTER_SECONDS": "3",
+    "EASEL_AUTH_ENABLED": "false",
+    "EASEL_CPU_THREADS": "1",
+}
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
@@ -139,6 +148,28 @@ class Stack:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def live_worker_pid(self) -> int | None:
+        """The pid of the worker process that beats now (worker ids are ``host:pid:token``),
+        or None when none is registered or that process has gone."""
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.env["EASEL_DATABASE_URL"])
+        try:
+            with engine.connect() as conn:
+                row = conn.execute(
+                    text("SELECT id FROM workers WHERE stopped_at IS NULL ORDER BY started_at DESC LIMIT 1")
+                ).first()
+        finally:
+            engine.dispose()
+        if row is None:
+            return None
+        pid = int(row[0].split(":")[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
 
     def migrate(self) -> None:
         subprocess.run(easel("migrate"), env=self.env, check=True, cwd=str(ROOT), capture_output=True)

@@ -42,6 +42,7 @@ from bench._stack import (
     emit,
     exit_cleanly_on_sigterm,
     measure_rest,
+    pipeline_options,
     progress,
     rate,
     ratio,
@@ -185,20 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.jobs < 1 or args.batch < 1 or args.size % 8 or args.steps < 1:
         parser.error("--jobs, --batch and --steps must be positive and --size a multiple of 8")
     exit_cleanly_on_sigterm()
-    emit(
-        run(
-            args.jobs,
-            args.batch,
-            args.size,
-            args.steps,
-            args.threads,
-            args.batch_wait_ms,
-            args.timeout,
-            args.private_servers,
-            args.embedded,
-            args.keep,
-        )
-    )
+    emit(run(args.jobs, args.batch, args.size, args.steps, **pipeline_options(args)))
 
 
 if __name__ == "__main__":

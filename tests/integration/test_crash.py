@@ -17,49 +17,33 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import create_engine, text
 
-from bench.processes import Process, Stack, base_env, easel, install_tiny_model, wait_for
+from bench.processes import (
+    FAST_RECOVERY_SETTINGS,
+    Process,
+    Stack,
+    base_env,
+    easel,
+    install_tiny_model,
+    wait_for,
+)
 from tests.factories import STACK_SETTINGS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 CRASH_SETTINGS = {
     **STACK_SETTINGS,
-    "EASEL_AUTH_ENABLED": "false",
-    "EASEL_HEARTBEAT_SECONDS": "0.5",
-    "EASEL_WORKER_LOST_AFTER_SECONDS": "3",
+    **FAST_RECOVERY_SETTINGS,
     "EASEL_RESTART_BACKOFF_SECONDS": "0.2",
-    "EASEL_CPU_THREADS": "1",
     "EASEL_MAX_BATCH_SIZE": "2",
 }
 SMALL = {"width": 64, "height": 64, "steps": 3}
 SLOW = {"width": 128, "height": 128, "steps": 40}
 
 
-def live_worker_pid(stack: Stack) -> int | None:
-    """The pid of the worker process that beats now (ids are ``host:pid:token``)."""
-    engine = create_engine(stack.env["EASEL_DATABASE_URL"])
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(
-                text("SELECT id FROM workers WHERE stopped_at IS NULL ORDER BY started_at DESC LIMIT 1")
-            ).first()
-    finally:
-        engine.dispose()
-    if row is None:
-        return None
-    pid = int(row[0].split(":")[1])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    return pid
-
-
 def kill_worker(stack: Stack) -> int:
     """SIGKILL the worker process that beats now; reap it if it is ours."""
-    pid = int(wait_for(lambda: live_worker_pid(stack), 120, "a live worker"))
+    pid = int(wait_for(stack.live_worker_pid, 120, "a live worker"))
     os.kill(pid, signal.SIGKILL)
     for process in stack.processes:
         if process.popen.pid == pid:

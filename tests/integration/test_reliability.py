@@ -17,20 +17,13 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
-from bench.processes import Process, Stack, base_env, install_tiny_model, wait_for
+from bench.processes import FAST_RECOVERY_SETTINGS, Process, Stack, base_env, install_tiny_model, wait_for
 from bench.servers import PrivatePostgres, PrivateRedis, unique_name
 from tests.factories import STACK_SETTINGS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-RELIABILITY_SETTINGS = {
-    **STACK_SETTINGS,
-    "EASEL_HEARTBEAT_SECONDS": "0.5",
-    "EASEL_WORKER_LOST_AFTER_SECONDS": "3",
-    "EASEL_MAX_ATTEMPTS": "3",
-    "EASEL_AUTH_ENABLED": "false",
-    "EASEL_CPU_THREADS": "1",  # up to two CPU workers share two cores
-}
+RELIABILITY_SETTINGS = {**STACK_SETTINGS, **FAST_RECOVERY_SETTINGS, "EASEL_MAX_ATTEMPTS": "3"}
 LONG = {"width": 512, "height": 512, "scheduler": "euler", "steps": 40}
 
 
