@@ -15,7 +15,7 @@ import base64
 import json
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import jsonify, request
 from flask.typing import ResponseReturnValue
 from PIL import ImageOps
 from sqlalchemy import select
@@ -29,22 +29,17 @@ from easel.shared.queue import send_webhook
 from easel.web.a1111_map import a1111_error, info, invalid, job_fields, samplers
 from easel.web.auth import current_principal
 from easel.web.compat import (
-    JobOutcomeError,
+    compat_blueprint,
     outcome_error,
-    outcome_response,
     output_b64,
-    rewrite_errors,
     run_job,
     upload,
 )
-from easel.web.limits import accepted, api_limit, limiter, submit_limit
+from easel.web.limits import accepted, limiter, submit_limit
 from easel.web.services import services
 from easel.web.submit import request_fields
 
-bp = Blueprint("a1111", __name__, url_prefix="/sdapi/v1")
-limiter.limit(api_limit)(bp)
-bp.after_request(rewrite_errors(a1111_error))
-bp.register_error_handler(JobOutcomeError, outcome_response)
+bp = compat_blueprint("a1111", __name__, "/sdapi/v1", a1111_error)
 
 CHECKPOINT = "sd_model_checkpoint"
 

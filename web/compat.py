@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Response, jsonify, url_for
+from flask import Blueprint, Response, jsonify, url_for
 from werkzeug.datastructures import FileStorage
 
 from easel.shared.errors import EaselError
@@ -26,6 +26,7 @@ from easel.shared.jobs import get_job_fresh
 from easel.shared.models import Job, JobStatus
 from easel.web.auth import current_principal
 from easel.web.hold import hold
+from easel.web.limits import api_limit, limiter
 from easel.web.services import services
 from easel.web.submit import accept_job
 
@@ -135,6 +136,19 @@ def easel_error(response: Response) -> dict[str, Any] | None:
     if not isinstance(error, dict) or "details" not in error or "code" not in error:
         return None
     return error
+
+
+def compat_blueprint(
+    name: str, import_name: str, url_prefix: str, translate: Callable[[int, dict[str, Any]], tuple[int, Any]]
+) -> Blueprint:
+    """The blueprint of a compatible API: rate-limited as the rest of the API, its Easel
+    errors rewritten with ``translate`` (see ``rewrite_errors``) and a finished job that
+    failed answered by ``outcome_response``."""
+    bp = Blueprint(name, import_name, url_prefix=url_prefix)
+    limiter.limit(api_limit)(bp)
+    bp.after_request(rewrite_errors(translate))
+    bp.register_error_handler(JobOutcomeError, outcome_response)
+    return bp
 
 
 def rewrite_errors(

@@ -13,7 +13,7 @@ import re
 import time
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Response, jsonify, request
 from flask.typing import ResponseReturnValue
 from PIL import Image
 from werkzeug.datastructures import FileStorage
@@ -24,22 +24,17 @@ from easel.shared.models import Job
 from easel.shared.registry import Registry
 from easel.web.compat import (
     JOB_ID_HEADER,
-    JobOutcomeError,
     Outcome,
+    compat_blueprint,
     outcome_error,
-    outcome_response,
     output_b64,
     output_links,
-    rewrite_errors,
     run_job,
     upload,
 )
-from easel.web.limits import accepted, api_limit, limiter, submit_limit
+from easel.web.limits import accepted, limiter, submit_limit
 from easel.web.services import services
 from easel.web.submit import request_fields
-
-bp = Blueprint("openai", __name__, url_prefix="/v1")
-limiter.limit(api_limit)(bp)
 
 # OpenAI's own model names: a client's default, served by Easel's default model.
 OPENAI_MODEL_PREFIXES = ("dall-e", "gpt-image")
@@ -177,8 +172,7 @@ def openai_error(status: int, error: dict[str, Any]) -> tuple[int, dict[str, Any
     }
 
 
-bp.after_request(rewrite_errors(openai_error))
-bp.register_error_handler(JobOutcomeError, outcome_response)
+bp = compat_blueprint("openai", __name__, "/v1", openai_error)
 
 
 def images_response(outcome: Outcome, response_format: str) -> Response:
