@@ -77,12 +77,7 @@ class EaselClient:
             if response.status_code not in (429, 503) or attempt == self.max_retries:
                 break
             time.sleep(_retry_delay(response, attempt))
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-            except ValueError:
-                body = None
-            raise EaselApiError(response.status_code, body, response.text)
+        _raise_for_error(response)
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -158,12 +153,7 @@ class EaselClient:
         ) as response:
             if response.status_code == 204:
                 return  # the stream had already ended for this Last-Event-ID
-            if response.status_code >= 400:
-                try:
-                    body = response.json()
-                except ValueError:
-                    body = None
-                raise EaselApiError(response.status_code, body, response.text)
+            _raise_for_error(response)
             for event, event_id, data in _parse_events(response.iter_lines(decode_unicode=True)):
                 self.last_event_id = event_id
                 yield event, json.loads(data)
@@ -271,6 +261,16 @@ def _read(value: ImageInput) -> bytes:
     if isinstance(value, bytes):
         return value
     return Path(value).read_bytes()
+
+
+def _raise_for_error(response: requests.Response) -> None:
+    """Raise ``EaselApiError`` for a 4xx or 5xx answer, with its JSON body where it has one."""
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        raise EaselApiError(response.status_code, body, response.text)
 
 
 def _retry_delay(response: requests.Response, attempt: int) -> float:
