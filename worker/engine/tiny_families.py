@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from easel.shared.families import FamilyName
-from easel.worker.engine.tiny_model import SEED, build_tiny_pipeline
+from easel.worker.engine.tiny_model import SEED, build_tiny_pipeline, tiny_clip_config
 from easel.worker.engine.tiny_model import _tokenizer as clip_tokenizer
 
 if TYPE_CHECKING:
@@ -66,23 +66,10 @@ def _t5_encoder() -> Any:
 
 def _clip_encoder(vocab_size: int, projection: bool) -> Any:
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(SEED)
-    config = CLIPTextConfig(
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-        hidden_size=32,
-        intermediate_size=37,
-        layer_norm_eps=1e-05,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        vocab_size=vocab_size,
-        max_position_embeddings=77,
-        hidden_act="gelu",
-        projection_dim=32,
-    )
+    config = tiny_clip_config(vocab_size, hidden_act="gelu", projection_dim=32)
     return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
 
 

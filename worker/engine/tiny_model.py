@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
@@ -31,6 +31,29 @@ def _byte_vocabulary() -> dict[str, int]:
     alphabet = list(bytes_to_unicode().values())
     tokens = alphabet + [ch + "</w>" for ch in alphabet] + ["<|startoftext|>", "<|endoftext|>"]
     return {token: index for index, token in enumerate(tokens)}
+
+
+def tiny_clip_config(vocab_size: int, **fields: Any) -> Any:
+    """The ``CLIPTextConfig`` of the tiny text encoders (2 layers, width 32) over a
+    vocabulary of ``vocab_size`` whose last two ids are BOS and EOS/padding; ``fields``
+    add to or override it."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        **{
+            "bos_token_id": vocab_size - 2,
+            "eos_token_id": vocab_size - 1,
+            "pad_token_id": vocab_size - 1,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "layer_norm_eps": 1e-05,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "vocab_size": vocab_size,
+            "max_position_embeddings": 77,
+            **fields,
+        }
+    )
 
 
 def _tokenizer() -> tuple[CLIPTokenizer, int]:
@@ -56,7 +79,7 @@ def build_tiny_pipeline(inpainting: bool = False) -> DiffusionPipeline:
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     tokenizer, vocab_size = _tokenizer()
     torch.manual_seed(SEED)
@@ -85,20 +108,7 @@ def build_tiny_pipeline(inpainting: bool = False) -> DiffusionPipeline:
         sample_size=256,
     )
     torch.manual_seed(SEED)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=vocab_size - 2,
-            eos_token_id=vocab_size - 1,
-            pad_token_id=vocab_size - 1,
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=vocab_size,
-            max_position_embeddings=77,
-        )
-    )
+    text_encoder = CLIPTextModel(tiny_clip_config(vocab_size))
     scheduler = EulerAncestralDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
