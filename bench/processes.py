@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,6 +210,20 @@ class Stack:
     ) -> Process:
         """``easel worker <args>``, once it says it is ready."""
         return self._until_ready(self.start(name, easel("worker", *args), extra_env), 120)
+
+    def running(self, worker: bool = False, webhooks: bool = False) -> Iterator[Stack]:
+        """For a fixture, ``yield from stack.running(...)``: this stack with web started (and
+        one worker, and the webhook sender, where asked); stopped when the fixture ends or a
+        start fails."""
+        try:
+            self.start_web()
+            if worker:
+                self.start_worker()
+            if webhooks:
+                self.start_webhooks()
+            yield self
+        finally:
+            self.stop()
 
     def start_webhooks(self) -> Process:
         """``easel webhooks``, once it says it is ready."""

@@ -126,17 +126,6 @@ def service_env(postgres_url: str, redis_url: str, s3: dict[str, str]) -> dict[s
     }
 
 
-def _running(stack: Stack) -> Iterator[Stack]:
-    """``stack`` with web, one worker and the webhook sender started; stopped afterwards."""
-    try:
-        stack.start_web()
-        stack.start_worker()
-        stack.start_webhooks()
-        yield stack
-    finally:
-        stack.stop()
-
-
 @pytest.fixture(scope="session")
 def services_stack(
     tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, service_env: dict[str, str]
@@ -149,7 +138,7 @@ def services_stack(
         {**service_env, "EASEL_WEBHOOK_ALLOW_PRIVATE": "true"},
     )
     stack.create_key("services-stack")
-    yield from _running(stack)
+    yield from stack.running(worker=True, webhooks=True)
 
 
 @pytest.fixture(scope="session")
@@ -157,4 +146,4 @@ def embedded_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -
     """web + one worker on the embedded defaults (SQLite, SQLite broker, local folder),
     authentication off as in `make run`."""
     stack = make_stack(tmp_path_factory.mktemp("embedded-stack"), tiny_model, {"EASEL_AUTH_ENABLED": "false"})
-    yield from _running(stack)
+    yield from stack.running(worker=True, webhooks=True)

@@ -55,12 +55,7 @@ def stack(
         tiny_model,
         {"EASEL_AUTH_ENABLED": "false", "EASEL_MODELS_FILE": str(models), "EASEL_DEFAULT_MODEL": "tiny-sd"},
     )
-    try:
-        stack.start_web()
-        stack.start_worker()
-        yield stack
-    finally:
-        stack.stop()
+    yield from stack.running(worker=True)
 
 
 def pixels(stack: Stack, job: dict[str, Any]) -> np.ndarray:

@@ -147,11 +147,7 @@ def services(
         env = {**service_env, "EASEL_DATABASE_URL": url, "EASEL_BROKER_URL": broker}
         stack = Stack(env=base_env(home, **CRASH_SETTINGS, **env), workdir=home)
         stack.migrate()
-        stack.start_web()
-        try:
-            yield stack
-        finally:
-            stack.stop()
+        yield from stack.running()
 
 
 @pytest.mark.parametrize("moment", [*MOMENTS, "during_model_load"])

@@ -61,12 +61,7 @@ def family_stack(
             "EASEL_MAX_LOADED_MODELS": "5",
         },
     )
-    try:
-        stack.start_web()
-        stack.start_worker()
-        yield stack
-    finally:
-        stack.stop()
+    yield from stack.running(worker=True)
 
 
 def test_models_listing_shows_each_family(family_stack: Stack) -> None:

@@ -71,11 +71,7 @@ def stack(
     )
     stack = Stack(env=env, workdir=tmp_path)
     stack.migrate()
-    stack.start_web()
-    try:
-        yield stack
-    finally:
-        stack.stop()
+    yield from stack.running()
 
 
 def worker_of(stack: Stack, job: dict) -> Process:
