@@ -129,43 +129,43 @@ class SwitchingResolver:
         return self.real(address, port, *args, **kwargs)
 
 
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on a loopback port, stopped after the test."""
+    server = Receiver().start()
+    yield server
+    server.stop()
+
+
 def test_delivery_connects_to_the_checked_address_not_a_second_lookup(
-    webhook_db: sessionmaker, monkeypatch: pytest.MonkeyPatch
+    webhook_db: sessionmaker, monkeypatch: pytest.MonkeyPatch, receiver: Receiver
 ) -> None:
     """Row 2: the name is public when checked and loopback a moment later: nothing reaches
     the loopback receiver, and the name is looked up once."""
-    receiver = Receiver().start()
-    try:
-        port = receiver.server.server_address[1]  # type: ignore[union-attr]
-        # public when checked (and unreachable from here, or slower than the timeout)
-        resolver = SwitchingResolver("rebind.example", first="8.8.8.8", then="127.0.0.1")
-        monkeypatch.setattr(socket, "getaddrinfo", resolver)
-        job_id = finished_job(webhook_db, f"http://rebind.example:{port}/hook")
-        deliverer = WebhookDeliverer(webhook_db, "s", "http://easel.test", timeout=1.0)
-        assert deliverer.deliver(job_id) is False
-        assert receiver.deliveries == []
-        assert resolver.lookups == 1
-    finally:
-        receiver.stop()
+    port = receiver.server.server_address[1]  # type: ignore[union-attr]
+    # public when checked (and unreachable from here, or slower than the timeout)
+    resolver = SwitchingResolver("rebind.example", first="8.8.8.8", then="127.0.0.1")
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    job_id = finished_job(webhook_db, f"http://rebind.example:{port}/hook")
+    deliverer = WebhookDeliverer(webhook_db, "s", "http://easel.test", timeout=1.0)
+    assert deliverer.deliver(job_id) is False
+    assert receiver.deliveries == []
+    assert resolver.lookups == 1
 
 
 def test_pinned_delivery_keeps_the_host_header(
-    webhook_db: sessionmaker, monkeypatch: pytest.MonkeyPatch
+    webhook_db: sessionmaker, monkeypatch: pytest.MonkeyPatch, receiver: Receiver
 ) -> None:
-    receiver = Receiver().start()
-    try:
-        port = receiver.server.server_address[1]  # type: ignore[union-attr]
-        resolver = SwitchingResolver("hook.example", first="127.0.0.1", then="127.0.0.2")
-        monkeypatch.setattr(socket, "getaddrinfo", resolver)
-        job_id = finished_job(webhook_db, f"http://hook.example:{port}/hook?x=1")
-        deliverer = WebhookDeliverer(webhook_db, "s", "http://easel.test", timeout=5.0, allow_private=True)
-        assert deliverer.deliver(job_id) is True
-        [delivery] = receiver.deliveries
-        assert delivery.path == "/hook?x=1"
-        assert delivery.headers["Host"] == f"hook.example:{port}"
-        assert resolver.lookups == 1
-    finally:
-        receiver.stop()
+    port = receiver.server.server_address[1]  # type: ignore[union-attr]
+    resolver = SwitchingResolver("hook.example", first="127.0.0.1", then="127.0.0.2")
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    job_id = finished_job(webhook_db, f"http://hook.example:{port}/hook?x=1")
+    deliverer = WebhookDeliverer(webhook_db, "s", "http://easel.test", timeout=5.0, allow_private=True)
+    assert deliverer.deliver(job_id) is True
+    [delivery] = receiver.deliveries
+    assert delivery.path == "/hook?x=1"
+    assert delivery.headers["Host"] == f"hook.example:{port}"
+    assert resolver.lookups == 1
 
 
 def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
