@@ -84,10 +84,11 @@ def test_img2img_multipart_and_inpaint_json(stack: Stack) -> None:
 def test_switching_job_types_loads_nothing_again(stack: Stack) -> None:
     warm = stack.wait(stack.submit(prompt="warm-up", steps=2, width=64, height=64)["id"])
     assert warm["status"] == "succeeded"
+    loads = stack.worker_log().count("loaded model tiny-sd")  # other tests may have used other models
     for kind in ("img2img", "inpaint", "txt2img", "inpaint"):
         extra = {"image": b64(gradient())} if kind != "txt2img" else {}
         if kind == "inpaint":
             extra["mask"] = b64(box_mask())
         done = stack.wait(stack.submit(type=kind, prompt=kind, steps=2, width=64, height=64, **extra)["id"])
         assert done["status"] == "succeeded" and done["timings"]["model_cache_hit"], done
-    assert stack.worker_log().count("loaded model tiny-sd") == 1
+    assert stack.worker_log().count("loaded model tiny-sd") == loads
