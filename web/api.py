@@ -86,11 +86,18 @@ def create_job() -> ResponseReturnValue:
     return response
 
 
+LIST_PARAMETERS = frozenset({"status", "type", "limit", "cursor"})
+
+
 @bp.get("/jobs")
 def jobs_index() -> ResponseReturnValue:
     args = request.args
     status, job_type = args.get("status"), args.get("type")
-    details = []
+    details = [
+        field_detail(name or "(empty name)", "is not a query parameter of this route", args.get(name))
+        for name in args
+        if name not in LIST_PARAMETERS
+    ]
     if status is not None and status not in {s.value for s in JobStatus}:
         details.append(
             field_detail("status", f"must be one of {', '.join(s.value for s in JobStatus)}", status)

@@ -24,7 +24,7 @@ from easel.shared.settings import Settings
 from easel.shared.storage import S3Storage, storage_from_settings
 from easel.web.eta import cost_model, estimate_seconds, queue_position
 from easel.web.metrics import histograms, job_counts
-from tests import factories
+from tests.factories import job_row as base_job_row
 from tests.factories import make_stack
 
 
@@ -37,7 +37,7 @@ def job_row(status: JobStatus, age_days: float | None, **fields: Any) -> Job:
         "started_at": started if status is not JobStatus.QUEUED else None,
         "finished_at": finished,
     }
-    return factories.job_row(**{**values, **fields})
+    return base_job_row(**{**values, **fields})
 
 
 def add(sessions: sessionmaker[Session], storage: Any, job: Job, inputs: bool = False) -> str:

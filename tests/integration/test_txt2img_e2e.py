@@ -72,8 +72,11 @@ def test_model_stays_warm_across_jobs(stack: Stack) -> None:
     # The first job may have loaded the model (if no earlier test did); none after it.
     assert all(job["timings"]["model_cache_hit"] for job in jobs[1:]), [j["timings"] for j in jobs]
     assert all(job["timings"]["load_seconds"] == 0 for job in jobs[1:])
+    # Other tests on this session stack may have used another model first (a cache of one
+    # model then reloads tiny-sd once); no load happened after the first of these jobs.
     worker_log = next(p for p in stack.processes if p.name == "worker").log()
-    assert worker_log.count("loaded model tiny-sd") == 1, worker_log[-3000:]
+    after_first = worker_log.split(f"running job {jobs[1]['id']}", 1)[1]
+    assert "loaded model" not in after_first, worker_log[-3000:]
 
 
 def test_readyz_reports_every_dependency(stack: Stack) -> None:
