@@ -44,7 +44,6 @@ class Heartbeat:
         self.hard_time_limit = hard_time_limit
         self._current_job_id: str | None = None
         self.busy_since: float | None = None
-        self.idle_since: float = time.monotonic()
         self.healthy_since: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -57,7 +56,7 @@ class Heartbeat:
     def current_job_id(self, job_id: str | None) -> None:
         self._current_job_id = job_id
         if job_id is None:
-            self.idle_since, self.busy_since = time.monotonic(), None
+            self.busy_since = None
         else:
             self.busy_since = time.monotonic()
 
