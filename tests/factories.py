@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
 
 from bench.processes import Stack, base_env, install_tiny_model
-from easel.shared.models import Job, JobType
+from easel.shared.models import Job, JobType, Worker, utcnow
 from easel.shared.params import GenerationParams
 from easel.shared.settings import Settings
 from easel.worker.engine.generate import GenerationRequest
@@ -126,6 +129,26 @@ def enqueue(env: dict[str, Any], **fields: Any) -> str:
 def fetch(env: dict[str, Any], job_id: str) -> Job:
     with env["sessions"]() as session:
         return session.get(Job, job_id)
+
+
+# -- rows committed straight to a database ---------------------------------------------------
+
+
+def insert_job(sessions: Callable[[], Session], age: float = 0.0, **fields: Any) -> str:
+    """A ``job_row(**fields)`` created ``age`` seconds ago, committed through ``sessions``: its id."""
+    with sessions() as session:
+        job = job_row(created_at=utcnow() - timedelta(seconds=age), **fields)
+        session.add(job)
+        session.commit()
+        return job.id
+
+
+def worker_row(worker_id: str, models: list[str], age: float = 0.0, stopped: bool = False) -> Worker:
+    """A CPU worker's heartbeat row serving ``models``, last seen ``age`` seconds ago (and
+    stopped then where ``stopped``)."""
+    seen = utcnow() - timedelta(seconds=age)
+    times = {"started_at": seen, "last_seen_at": seen, "stopped_at": seen if stopped else None}
+    return Worker(id=worker_id, hostname="h", models=models, device="cpu", **times)
 
 
 # -- what the web tier recorded ------------------------------------------------------------

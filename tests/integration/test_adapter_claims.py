@@ -3,32 +3,20 @@ the same LoRAs, weights and ControlNet (canonical JSON text compared in SQL)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
-
 from sqlalchemy.orm import Session, sessionmaker
 
-from easel.shared.models import utcnow
 from easel.shared.params import params_of
 from easel.worker.engine.claims import claim_batch
-from tests.factories import job_row
-
-
-def add(sessions: sessionmaker[Session], age: float, **fields: Any) -> str:
-    with sessions() as session:
-        job = job_row(created_at=utcnow() - timedelta(seconds=age), **fields)
-        session.add(job)
-        session.commit()
-        return job.id
+from tests.factories import insert_job
 
 
 def test_only_jobs_with_the_same_adapters_share_a_batch(sessions: sessionmaker[Session]) -> None:
     ink = [{"name": "ink", "weight": 0.5}, {"name": "wash", "weight": 1.0}]
-    head = add(sessions, 10, loras=ink)
-    same = add(sessions, 9, loras=[dict(item) for item in ink])
-    add(sessions, 8, loras=[{"name": "ink", "weight": 0.6}, {"name": "wash", "weight": 1.0}])
-    add(sessions, 7)
-    add(sessions, 6, loras=ink, control={"model": "edges", "scale": 1.0})
+    head = insert_job(sessions, age=10, loras=ink)
+    same = insert_job(sessions, age=9, loras=[dict(item) for item in ink])
+    insert_job(sessions, age=8, loras=[{"name": "ink", "weight": 0.6}, {"name": "wash", "weight": 1.0}])
+    insert_job(sessions, age=7)
+    insert_job(sessions, age=6, loras=ink, control={"model": "edges", "scale": 1.0})
     with sessions() as session:
         batch = claim_batch(session, "w", max_images=10)
         assert [job.id for job in batch] == [head, same]

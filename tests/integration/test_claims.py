@@ -3,41 +3,19 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from easel.shared.models import Job, JobStatus, utcnow
+from easel.shared.models import Job, JobStatus
 from easel.worker.engine.claims import claim_batch
-from tests.factories import job_row
+from tests.factories import insert_job
 
 
-def add_job(
-    sessions: sessionmaker[Session],
-    model: str = "m",
-    priority: int = 0,
-    age: float = 0.0,
-    status: JobStatus = JobStatus.QUEUED,
-    owner: str | None = None,
-    width: int = 64,
-    num_images: int = 1,
-    scheduler: str = "ddim",
-) -> str:
-    with sessions() as session:
-        job = job_row(
-            model=model,
-            status=status.value,
-            priority=priority,
-            width=width,
-            num_images=num_images,
-            scheduler=scheduler,
-            owner_id=owner,
-            created_at=utcnow() - timedelta(seconds=age),
-        )
-        session.add(job)
-        session.commit()
-        return job.id
+def add_job(sessions: sessionmaker[Session], status: JobStatus = JobStatus.QUEUED, **fields: Any) -> str:
+    """A job of model "m" unless ``fields`` say otherwise (``age``: seconds since it was created)."""
+    return insert_job(sessions, status=status.value, **{"model": "m", **fields})
 
 
 def claim(sessions: sessionmaker[Session], worker: str = "w1", models: list[str] | None = None) -> Job | None:
@@ -147,15 +125,15 @@ def test_images_not_jobs_fill_a_batch(sessions: sessionmaker[Session]) -> None:
 
 
 def test_owners_take_turns_within_a_priority(sessions: sessionmaker[Session]) -> None:
-    flood = [add_job(sessions, owner="flooder", age=100 - i) for i in range(20)]
-    single = add_job(sessions, owner="other", age=1)
+    flood = [add_job(sessions, owner_id="flooder", age=100 - i) for i in range(20)]
+    single = add_job(sessions, owner_id="other", age=1)
     order = [claim(sessions).id for _ in range(3)]  # type: ignore[union-attr]
     assert order == [flood[0], single, flood[1]]
 
 
 def test_priority_beats_turns(sessions: sessionmaker[Session]) -> None:
-    add_job(sessions, owner="a", age=10)
-    urgent = add_job(sessions, owner="a", age=1, priority=3)
+    add_job(sessions, owner_id="a", age=10)
+    urgent = add_job(sessions, owner_id="a", age=1, priority=3)
     assert claim(sessions).id == urgent  # type: ignore[union-attr]
 
 

@@ -10,12 +10,12 @@ from sqlalchemy import update
 
 from easel.migrations.upgrade import upgrade
 from easel.shared.db import session_scope
-from easel.shared.models import Job, Worker, utcnow
+from easel.shared.models import Job, utcnow
 from easel.shared.settings import Settings
 from easel.web import create_app
 from easel.web.eta import cost_model, estimate_seconds
 from easel.worker.signing import new_secret, receiver_secret, signed_headers, verify_signature
-from tests.factories import migrated_settings
+from tests.factories import migrated_settings, worker_row
 
 
 @pytest.fixture
@@ -160,16 +160,7 @@ def test_eta_uses_history_and_live_workers(client: FlaskClient, settings: Settin
 
     def add_worker(name: str) -> None:
         with session_scope(settings.database_url) as session:
-            session.add(
-                Worker(
-                    id=name,
-                    hostname="h",
-                    models=["tiny-sd"],
-                    device="cpu",
-                    started_at=utcnow(),
-                    last_seen_at=utcnow(),
-                )
-            )
+            session.add(worker_row(name, ["tiny-sd"]))
 
     add_worker("a")
     # 10 steps of 64x64 took 4 s: 4 / (10 * 0.004096) s per step-megapixel; 0.5 s overhead.

@@ -15,11 +15,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from easel.migrations.upgrade import upgrade
 from easel.shared.db import make_engine
 from easel.shared.errors import StorageError
-from easel.shared.models import Job, Worker, utcnow
+from easel.shared.models import Job, utcnow
 from easel.shared.storage import LocalStorage
 from easel.worker.engine.generate import GenerationRequest, GpuOutOfMemory
 from easel.worker.sweeper import Sweeper
-from tests.factories import enqueue, fetch, generate_one, generation_request, job_row, make_runner
+from tests.factories import (
+    enqueue,
+    fetch,
+    generate_one,
+    generation_request,
+    insert_job,
+    make_runner,
+    worker_row,
+)
 
 
 @pytest.fixture
@@ -29,44 +37,17 @@ def sessions(tmp_path: Path) -> sessionmaker[Session]:
     return sessionmaker(make_engine(url), expire_on_commit=False)
 
 
-def add(
-    sessions: sessionmaker[Session],
-    status: str = "running",
-    worker: str | None = "w1",
-    attempts: int = 1,
-    age: float = 0,
-    cancel: bool = False,
-    model: str = "m",
-    started: float = 60,
-) -> str:
-    with sessions() as session:
-        job = job_row(
-            model=model,
-            status=status,
-            started_at=utcnow() - timedelta(seconds=started) if status == "running" else None,
-            attempts=attempts,
-            worker_id=worker,
-            cancel_requested=cancel,
-            created_at=utcnow() - timedelta(seconds=age),
-        )
-        session.add(job)
-        session.commit()
-        return job.id
+def add(sessions: sessionmaker[Session], worker: str, started: float = 60, **fields: Any) -> str:
+    """A job of model "m" that ``worker`` has run for ``started`` seconds: a first attempt unless
+    ``fields`` say otherwise."""
+    started_at = utcnow() - timedelta(seconds=started)
+    fields = {"model": "m", "attempts": 1, **fields}
+    return insert_job(sessions, status="running", worker_id=worker, started_at=started_at, **fields)
 
 
 def beat(sessions: sessionmaker[Session], worker: str, age: float, stopped: bool = False) -> None:
     with sessions() as session:
-        session.merge(
-            Worker(
-                id=worker,
-                hostname="h",
-                models=["m"],
-                device="cpu",
-                started_at=utcnow(),
-                last_seen_at=utcnow() - timedelta(seconds=age),
-                stopped_at=utcnow() if stopped else None,
-            )
-        )
+        session.merge(worker_row(worker, ["m"], age, stopped))
         session.commit()
 
 
@@ -119,7 +100,7 @@ def test_last_attempt_fails_with_a_reason_and_notifies(sessions: sessionmaker[Se
 
 
 def test_a_lost_job_with_a_cancel_request_ends_canceled(sessions: sessionmaker[Session]) -> None:
-    job_id = add(sessions, worker="gone", cancel=True)
+    job_id = add(sessions, worker="gone", cancel_requested=True)
     sweeper(sessions, [], []).recover_lost_jobs()
     assert status_of(sessions, job_id).status == "canceled"
 
@@ -192,14 +173,7 @@ def no_scheduler_swap(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def oom_request(seeds: tuple[int, ...]) -> GenerationRequest:
     return generation_request(
-        prompt="p",
-        negative_prompt="",
-        width=8,
-        height=8,
-        steps=1,
-        guidance_scale=1,
-        scheduler="ddim",
-        seeds=seeds,
+        prompt="p", width=8, height=8, steps=1, guidance_scale=1, scheduler="ddim", seeds=seeds
     )
 
 

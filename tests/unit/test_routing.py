@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -10,10 +9,10 @@ from flask.testing import FlaskClient
 
 from easel.shared.db import session_scope
 from easel.shared.jobs import waiting_for_worker
-from easel.shared.models import Job, JobStatus, Worker, utcnow
+from easel.shared.models import Job, JobStatus
 from easel.shared.settings import Settings
 from easel.shared.workers import live_workers, live_workers_by_model
-from tests.factories import migrated_settings
+from tests.factories import migrated_settings, worker_row
 
 MODELS_FILE = """
 [models.alpha]
@@ -41,19 +40,8 @@ def settings(tmp_path: Path) -> Settings:
 def add_worker(
     settings: Settings, worker_id: str, models: list[str], age: float = 0, stopped: bool = False
 ) -> None:
-    seen = utcnow() - timedelta(seconds=age)
     with session_scope(settings.database_url) as session:
-        session.add(
-            Worker(
-                id=worker_id,
-                hostname="h",
-                models=models,
-                device="cpu",
-                started_at=seen,
-                last_seen_at=seen,
-                stopped_at=seen if stopped else None,
-            )
-        )
+        session.add(worker_row(worker_id, models, age, stopped))
 
 
 def test_live_workers_count_fresh_running_rows_serving_each_model(settings: Settings) -> None:
