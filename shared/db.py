@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -34,24 +35,53 @@ def rowcount(result: Result[*tuple[Any, ...]]) -> int:
     return cast("CursorResult[*tuple[Any, ...]]", result).rowcount
 
 
-def make_engine(url: str) -> Engine:
-    """An engine tuned for the backend: WAL + busy timeout on SQLite, pre-ping elsewhere."""
+def make_engine(url: str, durable: bool = True) -> Engine:
+    """An engine tuned for the backend: WAL + busy timeout on SQLite, pre-ping elsewhere.
+
+    ``durable=False`` (SQLite only) is for state that is rebuilt anyway (wake-ups,
+    rate-limit counters): its commits skip the fsync (``synchronous=NORMAL`` under WAL),
+    so a power loss may drop the last few, a crash of the process none.
+    """
     if is_sqlite(url):
         database = make_url(url).database
         if database and database != ":memory:":
             create_private_file(Path(database))
         engine = create_engine(url, connect_args={"timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas if durable else _sqlite_pragmas_not_durable)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any = None) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _sqlite_pragmas_not_durable(dbapi_connection: Any, _record: Any = None) -> None:
+    _sqlite_pragmas(dbapi_connection)
+    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+
+def sqlite_broker_options(broker_url: str) -> dict[str, Any]:
+    """Kombu transport options for the embedded ``sqla+sqlite`` broker: its connections get
+    the pragmas of a not-durable engine (the broker carries wake-ups only, which the claim
+    loop's polling makes up for); ``{}`` for any other broker."""
+    url = broker_url.removeprefix("sqla+")
+    if url == broker_url or not is_sqlite(url):
+        return {}
+    database = make_url(url).database or ":memory:"
+    if database != ":memory:":
+        create_private_file(Path(database))
+
+    def connect() -> sqlite3.Connection:
+        connection = sqlite3.connect(database, timeout=30, check_same_thread=False)
+        _sqlite_pragmas_not_durable(connection)
+        return connection
+
+    return {"creator": connect}
 
 
 @lru_cache(maxsize=8)

@@ -10,6 +10,7 @@ import logging
 
 from celery import Celery
 
+from easel.shared.db import sqlite_broker_options
 from easel.shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_timeout=5,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
+        broker_transport_options=sqlite_broker_options(settings.broker_url),
     )
     return app
 

@@ -72,7 +72,7 @@ class SqlStorage(Storage):
     def __init__(self, uri: str, wrap_exceptions: bool = False, **options: Any) -> None:
         super().__init__(uri, wrap_exceptions=wrap_exceptions)
         url = uri.removeprefix(f"{SQL_SCHEME}+")
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, durable=False)  # counters: a lost increment is harmless
         self._create_table()
         self._increments = 0
         self._lock = threading.Lock()
