@@ -37,14 +37,14 @@ from easel.migrations.upgrade import upgrade
 from easel.shared.db import engine_for
 from easel.shared.errors import ValidationFailed
 from easel.shared.images import load_image
-from easel.shared.models import Job, JobStatus
+from easel.shared.models import JobStatus
 from easel.shared.netsafety import UnsafeUrl, check_public_url, is_public_address
 from easel.shared.settings import Settings
 from easel.shared.storage import LocalStorage
 from easel.web import create_app
 from easel.web.limits import SqlStorage, storage_uri
 from easel.worker.webhooks import WebhookDeliverer, post_pinned
-from tests.factories import make_key, simultaneous_statuses
+from tests.factories import insert_job, make_key, simultaneous_statuses
 from tests.webhook_receiver import Receiver
 
 # ---- row 1: only globally routable webhook addresses -----------------------------------
@@ -91,25 +91,7 @@ def webhook_db(tmp_path: Path) -> Iterator[sessionmaker]:
 
 
 def finished_job(sessions: sessionmaker, webhook_url: str) -> str:
-    with sessions() as session:
-        job = Job(
-            type="txt2img",
-            model="tiny-sd",
-            status=JobStatus.SUCCEEDED.value,
-            prompt="p",
-            width=64,
-            height=64,
-            steps=1,
-            guidance_scale=1.0,
-            scheduler="euler",
-            seed=1,
-            num_images=1,
-            webhook_url=webhook_url,
-            timings={},
-        )
-        session.add(job)
-        session.commit()
-        return job.id
+    return insert_job(sessions, status=JobStatus.SUCCEEDED.value, webhook_url=webhook_url)
 
 
 class SwitchingResolver:

@@ -37,19 +37,11 @@ def test_defaults_come_from_the_model(settings: Settings) -> None:
 
 
 def test_explicit_values_are_kept(settings: Settings) -> None:
-    job = submit(
-        settings,
-        prompt="a cat",
-        width=64,
-        height=128,
-        steps=3,
-        seed=9,
-        scheduler="dpmpp_2m",
-        guidance_scale=0,
-        num_images=4,
+    explicit = dict(
+        width=64, height=128, steps=3, seed=9, scheduler="dpmpp_2m", guidance_scale=0, num_images=4
     )
-    assert (job.width, job.height, job.steps, job.seed, job.scheduler) == (64, 128, 3, 9, "dpmpp_2m")
-    assert job.guidance_scale == 0 and job.num_images == 4
+    job = submit(settings, prompt="a cat", **explicit)
+    assert {name: getattr(job, name) for name in explicit} == explicit
 
 
 def test_form_strings_are_coerced(settings: Settings) -> None:
