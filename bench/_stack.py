@@ -416,6 +416,54 @@ def measure_rest(
     }
 
 
+@dataclass(frozen=True)
+class PipelineOptions:
+    """The worker and stack options of throughput and batching (``pipeline_options``)."""
+
+    threads: int = 0
+    batch_wait_ms: int | None = None
+    timeout: float = 900
+    private: bool = False
+    embedded: bool = False
+    keep: bool = False
+
+    def worker_settings(self, batch: int) -> dict[str, str]:
+        """The worker's settings with ``EASEL_MAX_BATCH_SIZE=batch``."""
+        wait = {"EASEL_BATCH_WAIT_MS": str(self.batch_wait_ms)} if self.batch_wait_ms is not None else {}
+        return {"EASEL_MAX_BATCH_SIZE": str(batch), **wait, "EASEL_CPU_THREADS": str(self.threads)}
+
+    def measure_rest(self, model: Path, jobs: list[dict[str, Any]], batch: int, label: str) -> dict[str, Any]:
+        """``measure_rest`` of ``jobs`` on fresh services, the worker batching up to ``batch``."""
+        with services(private=self.private, embedded=self.embedded) as found:
+            settings = self.worker_settings(batch)
+            return measure_rest(found, model, jobs, settings, self.timeout, self.keep, label=label)
+
+    def figures(self, jobs: int, size: int, steps: int) -> dict[str, Any]:
+        """What a report says of its ``jobs`` (``compatible_jobs``) and these options."""
+        return {
+            "model": "tiny-sd",
+            "jobs": jobs,
+            "width": size,
+            "height": size,
+            "steps": steps,
+            "scheduler": SCHEDULER,
+            "guidance_scale": GUIDANCE,
+            "cpu_threads": self.threads,
+            "batch_wait_ms": self.batch_wait_ms,
+        }
+
+
+@contextlib.contextmanager
+def temporary_tiny_model() -> Iterator[Path]:
+    """tiny-sd built in a temporary folder, removed on exit."""
+    root = Path(tempfile.mkdtemp(prefix="easel-bench-model-"))
+    try:
+        progress("building tiny-sd")
+        yield build_tiny_model(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def mean_generate_seconds(finished: list[dict[str, Any]]) -> float | None:
     """The worker's own time in the pipeline call, per run (jobs of one batch share it)."""
     per_run = {job["batch_id"]: job["timings"].get("generate_seconds") for job in finished}
@@ -496,17 +544,12 @@ def add_stack_arguments(parser: argparse.ArgumentParser, timeout: float | None =
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and process logs")
 
 
-def pipeline_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of a benchmark's ``run`` that ``add_pipeline_arguments`` and
-    ``add_stack_arguments`` (with a timeout) parsed, but the job shape."""
-    return {
-        "threads": args.threads,
-        "batch_wait_ms": args.batch_wait_ms,
-        "timeout": args.timeout,
-        "private": args.private_servers,
-        "embedded": args.embedded,
-        "keep": args.keep,
-    }
+def pipeline_options(args: argparse.Namespace) -> PipelineOptions:
+    """The options that ``add_pipeline_arguments`` and ``add_stack_arguments`` (with a
+    timeout) parsed, but the job shape."""
+    return PipelineOptions(
+        args.threads, args.batch_wait_ms, args.timeout, args.private_servers, args.embedded, args.keep
+    )
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:

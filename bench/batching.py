@@ -19,28 +19,21 @@ progress goes to stderr.
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from bench._stack import (
-    GUIDANCE,
-    SCHEDULER,
+    PipelineOptions,
     add_pipeline_arguments,
     add_stack_arguments,
     bench_parser,
-    build_tiny_model,
     compatible_jobs,
     emit,
     exit_cleanly_on_sigterm,
-    measure_rest,
     pipeline_options,
-    progress,
     ratio,
-    services,
+    temporary_tiny_model,
     totals,
 )
 
@@ -51,49 +44,26 @@ def run(
     steps: int = 20,
     batch_sizes: tuple[int, ...] = (1, 4),
     repeat: int = 1,
-    threads: int = 0,
-    batch_wait_ms: int | None = None,
-    timeout: float = 900,
-    private: bool = False,
-    embedded: bool = False,
-    keep: bool = False,
+    options: PipelineOptions | None = None,
 ) -> dict[str, Any]:
+    options = options or PipelineOptions()
     load_at_start = os.getloadavg()[0]
     work = compatible_jobs(jobs, size, steps)
-    root = Path(tempfile.mkdtemp(prefix="easel-bench-model-"))
     started = time.monotonic()
     runs: list[dict[str, Any]] = []
     by_size: dict[str, float] = {}
-    try:
-        progress("building tiny-sd")
-        model = build_tiny_model(root)
+    with temporary_tiny_model() as model:
         for round_ in range(1, repeat + 1):
             for batch in batch_sizes:
-                settings = {
-                    "EASEL_MAX_BATCH_SIZE": str(batch),
-                    **({"EASEL_BATCH_WAIT_MS": str(batch_wait_ms)} if batch_wait_ms is not None else {}),
-                    "EASEL_CPU_THREADS": str(threads),
-                }
                 label = f"batch {batch}" + (f", round {round_}/{repeat}" if repeat > 1 else "")
-                with services(private=private, embedded=embedded) as found:
-                    figures = measure_rest(found, model, work, settings, timeout, keep, label=label)
+                figures = options.measure_rest(model, work, batch, label)
                 runs.append({"max_batch_size": batch, "round": round_, **figures})
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
     for batch in batch_sizes:
         rates = [r["images_per_s"] for r in runs if r["max_batch_size"] == batch]
         by_size[str(batch)] = round(statistics.median(rates), 3)
     return {
         "benchmark": "batching",
-        "model": "tiny-sd",
-        "jobs": jobs,
-        "width": size,
-        "height": size,
-        "steps": steps,
-        "scheduler": SCHEDULER,
-        "guidance_scale": GUIDANCE,
-        "cpu_threads": threads,
-        "batch_wait_ms": batch_wait_ms,
+        **options.figures(jobs, size, steps),
         "repeat": repeat,
         "images_per_s": by_size,
         "gain": ratio(by_size[str(batch_sizes[-1])], by_size[str(batch_sizes[0])])
@@ -123,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     if not sizes or min(sizes) < 1 or min(args.jobs, args.steps, args.repeat) < 1 or args.size % 8:
         parser.error("--jobs, --steps, --repeat, --batch-sizes must be positive, --size a multiple of 8")
     exit_cleanly_on_sigterm()
-    emit(run(args.jobs, args.size, args.steps, sizes, args.repeat, **pipeline_options(args)))
+    emit(run(args.jobs, args.size, args.steps, sizes, args.repeat, pipeline_options(args)))
 
 
 if __name__ == "__main__":

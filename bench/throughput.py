@@ -24,29 +24,27 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
-import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from bench._stack import (
     GUIDANCE,
     SCHEDULER,
+    PipelineOptions,
     Timer,
     add_pipeline_arguments,
     add_stack_arguments,
     bench_parser,
-    build_tiny_model,
     compatible_jobs,
     emit,
     exit_cleanly_on_sigterm,
-    measure_rest,
     pipeline_options,
     progress,
     rate,
     ratio,
-    services,
+    temporary_tiny_model,
     totals,
 )
 
@@ -106,65 +104,27 @@ def bare(model: Path, jobs: list[dict[str, Any]], batch: int) -> dict[str, Any]:
     }
 
 
-def rest(
-    model: Path,
-    jobs: list[dict[str, Any]],
-    batch: int,
-    threads: int,
-    batch_wait_ms: int | None,
-    timeout: float,
-    private: bool,
-    embedded: bool,
-    keep: bool,
-) -> dict[str, Any]:
-    """Images/s of the same jobs through real web + one worker on PostgreSQL, Redis, S3."""
-    settings = {
-        "EASEL_MAX_BATCH_SIZE": str(batch),
-        **({"EASEL_BATCH_WAIT_MS": str(batch_wait_ms)} if batch_wait_ms is not None else {}),
-        "EASEL_CPU_THREADS": str(threads),
-    }
-    with services(private=private, embedded=embedded) as found:
-        return measure_rest(found, model, jobs, settings, timeout, keep, label="rest")
-
-
 def run(
     jobs: int = 32,
     batch: int = 4,
     size: int = 256,
     steps: int = 20,
-    threads: int = 0,
-    batch_wait_ms: int | None = None,
-    timeout: float = 900,
-    private: bool = False,
-    embedded: bool = False,
-    keep: bool = False,
+    options: PipelineOptions | None = None,
 ) -> dict[str, Any]:
     load_at_start = os.getloadavg()[0]
-    threads = resolve_threads(threads)
+    options = options or PipelineOptions()
+    options = replace(options, threads=resolve_threads(options.threads))
     work = compatible_jobs(jobs, size, steps)
-    root = Path(tempfile.mkdtemp(prefix="easel-bench-model-"))
     started = time.monotonic()
-    try:
-        progress("building tiny-sd")
-        model = build_tiny_model(root)
+    with temporary_tiny_model() as model:
         bare_figures = bare(model, work, batch)
         gc.collect()  # the bare pipeline is gone before the worker starts
-        rest_figures = rest(model, work, batch, threads, batch_wait_ms, timeout, private, embedded, keep)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+        rest_figures = options.measure_rest(model, work, batch, label="rest")
     return {
         "benchmark": "throughput",
-        "model": "tiny-sd",
-        "jobs": jobs,
+        **options.figures(jobs, size, steps),
         "batch": batch,
-        "width": size,
-        "height": size,
-        "steps": steps,
-        "scheduler": SCHEDULER,
-        "guidance_scale": GUIDANCE,
-        "cpu_threads": threads,
-        "batch_wait_ms": batch_wait_ms,
-        "stack": "embedded" if embedded else "postgresql+redis+s3",
+        "stack": "embedded" if options.embedded else "postgresql+redis+s3",
         "bare": bare_figures,
         "rest": rest_figures,
         "rest_vs_bare_batched": ratio(rest_figures["images_per_s"], bare_figures["batched_images_per_s"]),
@@ -186,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.jobs < 1 or args.batch < 1 or args.size % 8 or args.steps < 1:
         parser.error("--jobs, --batch and --steps must be positive and --size a multiple of 8")
     exit_cleanly_on_sigterm()
-    emit(run(args.jobs, args.batch, args.size, args.steps, **pipeline_options(args)))
+    emit(run(args.jobs, args.batch, args.size, args.steps, pipeline_options(args)))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -82,85 +82,64 @@ class Family:
         return f"{self.name.value} ({self.title})"
 
 
+@dataclass(frozen=True)
+class _Backbone:
+    """What the families built on one kind of denoiser share."""
+
+    schedulers: tuple[str, ...]
+    default_scheduler: str
+    default_steps: int
+    size_multiple: int
+
+
+_UNET = _Backbone(DDPM_SCHEDULERS, "euler_a", default_steps=30, size_multiple=8)
+_FLOW_TRANSFORMER = _Backbone(FLOW_SCHEDULERS, "flow_euler", default_steps=28, size_multiple=16)
+
+
+def _family(
+    name: str,
+    title: str,
+    pipeline_prefix: str,
+    backbone: _Backbone,
+    guidance_scale: float,
+    size: int,
+    *,
+    single_file: bool = False,
+    guidance: Guidance = Guidance.CFG,
+) -> Family:
+    """A family whose pipelines are ``<prefix>Pipeline``, ``<prefix>Img2ImgPipeline`` and
+    ``<prefix>InpaintPipeline``. Every family serves all job types at sizes up to twice its
+    default, and takes a negative prompt exactly when it uses classifier-free guidance."""
+    pipelines = tuple(f"{pipeline_prefix}{kind}Pipeline" for kind in ("", "Img2Img", "Inpaint"))
+    return Family(
+        name=FamilyName(name),
+        title=title,
+        schedulers=backbone.schedulers,
+        default_scheduler=backbone.default_scheduler,
+        default_steps=backbone.default_steps,
+        default_guidance_scale=guidance_scale,
+        default_size=size,
+        max_size=2 * size,
+        size_multiple=backbone.size_multiple,
+        job_types=ALL_TYPES,
+        guidance=guidance,
+        negative_prompt=guidance is Guidance.CFG,
+        pipelines=pipelines,
+        single_file_pipeline=pipelines[0] if single_file else None,
+    )
+
+
 FAMILIES: dict[FamilyName, Family] = {
     family.name: family
     for family in (
-        Family(
-            name=FamilyName.SD,
-            title="Stable Diffusion 1.x / 2.x",
-            schedulers=DDPM_SCHEDULERS,
-            default_scheduler="euler_a",
-            default_steps=30,
-            default_guidance_scale=7.5,
-            default_size=512,
-            max_size=1024,
-            size_multiple=8,
-            job_types=ALL_TYPES,
-            guidance=Guidance.CFG,
-            negative_prompt=True,
-            pipelines=(
-                "StableDiffusionPipeline",
-                "StableDiffusionImg2ImgPipeline",
-                "StableDiffusionInpaintPipeline",
-            ),
-            single_file_pipeline="StableDiffusionPipeline",
-        ),
-        Family(
-            name=FamilyName.SDXL,
-            title="Stable Diffusion XL",
-            schedulers=DDPM_SCHEDULERS,
-            default_scheduler="euler_a",
-            default_steps=30,
-            default_guidance_scale=6.0,
-            default_size=1024,
-            max_size=2048,
-            size_multiple=8,
-            job_types=ALL_TYPES,
-            guidance=Guidance.CFG,
-            negative_prompt=True,
-            pipelines=(
-                "StableDiffusionXLPipeline",
-                "StableDiffusionXLImg2ImgPipeline",
-                "StableDiffusionXLInpaintPipeline",
-            ),
-            single_file_pipeline="StableDiffusionXLPipeline",
-        ),
-        Family(
-            name=FamilyName.SD3,
-            title="Stable Diffusion 3 / 3.5",
-            schedulers=FLOW_SCHEDULERS,
-            default_scheduler="flow_euler",
-            default_steps=28,
-            default_guidance_scale=7.0,
-            default_size=1024,
-            max_size=2048,
-            size_multiple=16,
-            job_types=ALL_TYPES,
-            guidance=Guidance.CFG,
-            negative_prompt=True,
-            pipelines=(
-                "StableDiffusion3Pipeline",
-                "StableDiffusion3Img2ImgPipeline",
-                "StableDiffusion3InpaintPipeline",
-            ),
-            single_file_pipeline=None,
-        ),
-        Family(
-            name=FamilyName.FLUX,
-            title="Flux.1",
+        # name, title, pipeline class prefix, backbone, default guidance scale and size
+        _family("sd", "Stable Diffusion 1.x / 2.x", "StableDiffusion", _UNET, 7.5, 512, single_file=True),
+        _family("sdxl", "Stable Diffusion XL", "StableDiffusionXL", _UNET, 6.0, 1024, single_file=True),
+        _family("sd3", "Stable Diffusion 3 / 3.5", "StableDiffusion3", _FLOW_TRANSFORMER, 7.0, 1024),
+        replace(
+            _family("flux", "Flux.1", "Flux", _FLOW_TRANSFORMER, 3.5, 1024, guidance=Guidance.DISTILLED),
             # flow_heun cannot take the custom sigmas Flux pipelines pass to set_timesteps.
             schedulers=("flow_euler", "flow_lcm"),
-            default_scheduler="flow_euler",
-            default_steps=28,
-            default_guidance_scale=3.5,
-            default_size=1024,
-            max_size=2048,
-            size_multiple=16,
-            job_types=ALL_TYPES,
-            guidance=Guidance.DISTILLED,
-            negative_prompt=False,
-            pipelines=("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
-            single_file_pipeline=None,
         ),
     )
 }

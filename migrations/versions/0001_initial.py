@@ -16,19 +16,19 @@ branch_labels = None
 depends_on = None
 
 
+def _strings(*columns: tuple[str, int]) -> list[sa.Column[str]]:
+    """Non-null ``String`` columns, each given as (name, length)."""
+    return [sa.Column(name, sa.String(length=length), nullable=False) for name, length in columns]
+
+
 def upgrade() -> None:
     op.create_table(
         "jobs",
-        sa.Column("id", sa.String(length=32), nullable=False),
-        sa.Column("type", sa.String(length=16), nullable=False),
-        sa.Column("model", sa.String(length=128), nullable=False),
-        sa.Column("status", sa.String(length=16), nullable=False),
+        *_strings(("id", 32), ("type", 16), ("model", 128), ("status", 16)),
         sa.Column("priority", sa.Integer(), nullable=False),
         sa.Column("prompt", sa.Text(), nullable=False),
         sa.Column("negative_prompt", sa.Text(), nullable=False),
-        sa.Column("width", sa.Integer(), nullable=False),
-        sa.Column("height", sa.Integer(), nullable=False),
-        sa.Column("steps", sa.Integer(), nullable=False),
+        *(sa.Column(name, sa.Integer(), nullable=False) for name in ("width", "height", "steps")),
         sa.Column("guidance_scale", sa.Float(), nullable=False),
         sa.Column("scheduler", sa.String(length=32), nullable=False),
         sa.Column("seed", sa.BigInteger(), nullable=False),

@@ -23,20 +23,21 @@ OUTPUTS_DUE = "outputs_pruned_at IS NULL AND finished_at IS NOT NULL"
 INPUTS_DUE = "inputs_pruned_at IS NULL AND input_key IS NOT NULL AND finished_at IS NOT NULL"
 
 
+def _strings(*columns: tuple[str, int]) -> list[sa.Column[str]]:
+    """Non-null ``String`` columns, each given as (name, length)."""
+    return [sa.Column(name, sa.String(length=length), nullable=False) for name, length in columns]
+
+
 def upgrade() -> None:
     op.create_table(
         "job_counts",
-        sa.Column("model", sa.String(length=128), nullable=False),
-        sa.Column("type", sa.String(length=16), nullable=False),
-        sa.Column("status", sa.String(length=16), nullable=False),
+        *_strings(("model", 128), ("type", 16), ("status", 16)),
         sa.Column("count", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("model", "type", "status"),
     )
     op.create_table(
         "job_durations",
-        sa.Column("kind", sa.String(length=8), nullable=False),
-        sa.Column("model", sa.String(length=128), nullable=False),
-        sa.Column("bucket", sa.String(length=16), nullable=False),
+        *_strings(("kind", 8), ("model", 128), ("bucket", 16)),
         sa.Column("count", sa.BigInteger(), nullable=False),
         sa.Column("total", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("kind", "model", "bucket"),
@@ -57,20 +58,11 @@ def upgrade() -> None:
         batch_op.create_index("ix_jobs_status_created", ["status", "created_at"], unique=False)
         batch_op.create_index("ix_jobs_model_finished", ["model", "status", "finished_at"], unique=False)
         batch_op.create_index("ix_jobs_status_finished", ["status", "finished_at"], unique=False)
-        batch_op.create_index(
-            "ix_jobs_outputs_due",
-            ["finished_at"],
-            unique=False,
-            postgresql_where=sa.text(OUTPUTS_DUE),
-            sqlite_where=sa.text(OUTPUTS_DUE),
-        )
-        batch_op.create_index(
-            "ix_jobs_inputs_due",
-            ["finished_at"],
-            unique=False,
-            postgresql_where=sa.text(INPUTS_DUE),
-            sqlite_where=sa.text(INPUTS_DUE),
-        )
+        for name, due in (("ix_jobs_outputs_due", OUTPUTS_DUE), ("ix_jobs_inputs_due", INPUTS_DUE)):
+            where = sa.text(due)
+            batch_op.create_index(
+                name, ["finished_at"], unique=False, postgresql_where=where, sqlite_where=where
+            )
     from easel.shared.stats import rebuild
 
     session = Session(bind=op.get_bind())
