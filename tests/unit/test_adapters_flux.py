@@ -28,16 +28,7 @@ def test_flux_lora_weight_zero_draws_as_without_it(tmp_path_factory: pytest.Temp
 
     def draw(*loras: LoraRef) -> np.ndarray:
         request = generation_request(
-            model="tiny-flux",
-            prompt="a red box",
-            negative_prompt="",
-            seeds=(2,),
-            width=64,
-            height=64,
-            steps=2,
-            guidance_scale=3.5,
-            scheduler="flow_euler",
-            loras=loras,
+            model="tiny-flux", seeds=(2,), steps=2, guidance_scale=3.5, scheduler="flow_euler", loras=loras
         )
         (image,) = generate_batch(pipeline_for(pipelines, request.params, registry), [request])[0]
         return np.asarray(image.convert("RGB"), dtype=np.int16)
