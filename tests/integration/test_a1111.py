@@ -25,16 +25,10 @@ def api_for(stack: Stack, **options: object) -> webuiapi.WebUIApi:
 
 
 def test_txt2img_is_one_job_of_batch_size_times_n_iter_images(services_stack: Stack) -> None:
+    # A1111's names for what Easel calls num_images (batch_size x n_iter), guidance_scale, scheduler
+    renamed = {"batch_size": 1, "n_iter": 2, "cfg_scale": 5, "sampler_name": "DPM++ 2M"}
     result = api_for(services_stack).txt2img(
-        prompt="a lighthouse",
-        negative_prompt="fog",
-        width=64,
-        height=96,
-        batch_size=1,
-        n_iter=2,
-        seed=1234,
-        cfg_scale=5,
-        sampler_name="DPM++ 2M",
+        prompt="a lighthouse", negative_prompt="fog", width=64, height=96, seed=1234, **renamed
     )
     assert [image.size for image in result.images] == [(64, 96), (64, 96)]
     assert result.info["all_seeds"] == [1234, 1235] and result.info["sampler_name"] == "DPM++ 2M"
@@ -51,16 +45,9 @@ def test_txt2img_is_one_job_of_batch_size_times_n_iter_images(services_stack: St
 @pytest.mark.parametrize("invert", [0, 1])
 def test_img2img_with_a_mask_is_an_inpaint_job(services_stack: Stack, invert: int) -> None:
     picture, mask = gradient(64, 64), box_mask(64, 64, (16, 16, 48, 48))
+    masking = {"mask_image": mask, "inpainting_mask_invert": invert, "mask_blur": 0}
     result = api_for(services_stack).img2img(
-        images=[picture],
-        mask_image=mask,
-        inpainting_mask_invert=invert,
-        prompt="a red boat",
-        width=64,
-        height=64,
-        denoising_strength=0.9,
-        mask_blur=0,
-        seed=3,
+        images=[picture], prompt="a red boat", width=64, height=64, denoising_strength=0.9, seed=3, **masking
     )
     job = services_stack.job(result.info["easel_job_id"])
     assert job["status"] == "succeeded" and job["type"] == "inpaint"

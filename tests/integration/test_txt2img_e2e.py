@@ -19,14 +19,7 @@ pytestmark = pytest.mark.slow
 
 def test_submit_poll_download(stack: Stack) -> None:
     created = stack.submit(
-        prompt="a red lighthouse",
-        width=64,
-        height=96,
-        steps=6,
-        seed=1234,
-        num_images=2,
-        scheduler="ddim",
-        guidance_scale=5.0,
+        prompt="a red lighthouse", width=64, height=96, steps=6, seed=1234, num_images=2, scheduler="ddim"
     )
     assert created["status"] == "queued"
     assert created["params"]["seed"] == 1234
