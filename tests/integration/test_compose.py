@@ -217,13 +217,12 @@ def test_compose_commands_run_a_job(
 ) -> None:
     compose = load_compose()["services"]
     bucket = urlsplit(compose["web"]["environment"]["EASEL_STORAGE_URL"]).netloc
-    boto3.client(
-        "s3",
-        endpoint_url=s3["endpoint"],
-        region_name="us-east-1",
-        aws_access_key_id="easel",
-        aws_secret_access_key="x",
-    ).create_bucket(Bucket=bucket)
+    keys = {
+        "aws_access_key_id": s3["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": s3["AWS_SECRET_ACCESS_KEY"],
+    }
+    storage = boto3.client("s3", endpoint_url=s3["endpoint"], region_name="us-east-1", **keys)
+    storage.create_bucket(Bucket=bucket)
     install_tiny_model(tiny_model, tmp_path)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("EASEL_", "AWS_"))}
     base.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
@@ -270,13 +269,7 @@ def test_compose_commands_run_a_job(
         assert verify_signature("compose-secret", delivery.body, delivery.headers)
         # Output links in the payload use compose's EASEL_PUBLIC_URL.
         assert json.loads(delivery.body)["outputs"][0]["url"].startswith("http://localhost:8000/api/v1/jobs/")
-        listed = boto3.client(
-            "s3",
-            endpoint_url=s3["endpoint"],
-            region_name="us-east-1",
-            aws_access_key_id="easel",
-            aws_secret_access_key="x",
-        ).list_objects_v2(Bucket=bucket)
+        listed = storage.list_objects_v2(Bucket=bucket)
         assert f"outputs/jobs/{job['id']}/0.png" in [o["Key"] for o in listed["Contents"]]
         metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
         assert metrics.status_code == 200 and "process_cpu_seconds_total" in metrics.text
