@@ -67,6 +67,16 @@ def wait_until_finished(page: Any, timeout: float = 120_000) -> None:
     )
 
 
+def submit_form(page: Any, picture: str) -> None:
+    """Screenshots the filled form as ``picture`` in ARTIFACTS, submits it and waits on the
+    job page until the job has finished."""
+    page.screenshot(path=str(ARTIFACTS / picture), full_page=True)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/jobs/*")
+    page.locator("#status").wait_for()
+    wait_until_finished(page)
+
+
 def test_form_submit_shows_the_finished_image(page: Any, embedded_stack: Stack) -> None:
     page.goto("/")
     assert "Authentication is off" in page.locator("#auth-off").inner_text()  # the demo says so
@@ -78,12 +88,8 @@ def test_form_submit_shows_the_finished_image(page: Any, embedded_stack: Stack) 
     page.fill("input[name=steps]", "20")
     page.fill("input[name=seed]", "31337")
     page.select_option("select[name=scheduler]", "ddim")
-    page.screenshot(path=str(ARTIFACTS / "form.png"), full_page=True)
-    page.click("button[type=submit]")
-    page.wait_for_url("**/jobs/*")
+    submit_form(page, "form.png")
     status = page.locator("#status")
-    status.wait_for()
-    wait_until_finished(page)
     assert status.get_attribute("data-status") == "succeeded", page.locator("#error").inner_text()
     image = page.locator("img.output").first
     image.wait_for()
@@ -145,17 +151,11 @@ def test_cancel_from_the_job_page(page: Any, embedded_stack: Stack) -> None:
 
 
 def test_gallery_links_to_jobs_and_reuses_settings(page: Any, embedded_stack: Stack) -> None:
-    job = embedded_stack.wait(
-        embedded_stack.submit(
-            model="demo-shapes",
-            prompt="a yellow triangle on a black background",
-            width=64,
-            height=64,
-            steps=10,
-            seed=99,
-            scheduler="ddim",
-        )["id"]
+    prompt = "a yellow triangle on a black background"
+    created = embedded_stack.submit(
+        model="demo-shapes", prompt=prompt, width=64, height=64, steps=10, seed=99, scheduler="ddim"
     )
+    job = embedded_stack.wait(created["id"])
     page.goto("/gallery")
     tile = page.locator(f"a[href='/jobs/{job['id']}']")
     tile.locator("img").wait_for()
@@ -163,7 +163,7 @@ def test_gallery_links_to_jobs_and_reuses_settings(page: Any, embedded_stack: St
     tile.click()
     page.wait_for_url(f"**/jobs/{job['id']}")
     page.click("#reuse")
-    assert page.input_value("textarea[name=prompt]") == "a yellow triangle on a black background"
+    assert page.input_value("textarea[name=prompt]") == prompt
     assert page.input_value("input[name=seed]") == "99"
     assert page.locator("select[name=scheduler]").input_value() == "ddim"
 
@@ -189,10 +189,7 @@ def test_paint_a_mask_and_inpaint(page: Any, embedded_stack: Stack) -> None:
     page.fill("textarea[name=prompt]", "a stripe")
     page.fill("input[name=steps]", "6")
     page.fill("input[name=mask_blur]", "0")
-    page.screenshot(path=str(ARTIFACTS / "inpaint-form.png"), full_page=True)
-    page.click("button[type=submit]")
-    page.wait_for_url("**/jobs/*")
-    wait_until_finished(page)
+    submit_form(page, "inpaint-form.png")
     assert page.locator("#status").get_attribute("data-status") == "succeeded"
     page.locator("img.output").wait_for()
     page.locator("img.input-mask").wait_for()
