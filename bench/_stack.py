@@ -545,15 +545,16 @@ def add_stack_arguments(parser: argparse.ArgumentParser, timeout: float | None =
 
 
 def pipeline_options(args: argparse.Namespace) -> PipelineOptions:
-    """The options that ``add_pipeline_arguments`` and ``add_stack_arguments`` (with a
-    timeout) parsed, but the job shape."""
+    """The options of a ``pipeline_parser``'s arguments, but the job shape."""
     return PipelineOptions(
         args.threads, args.batch_wait_ms, args.timeout, args.private_servers, args.embedded, args.keep
     )
 
 
-def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
-    """The job shape and worker options shared by throughput and batching."""
+def pipeline_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """The ``bench_parser`` of throughput and batching, with the job shape, worker and stack
+    options they share (each adds its own)."""
+    parser = bench_parser(prog, doc)
     parser.add_argument("--size", type=int, default=256, help="width and height, a multiple of 8")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument(
@@ -562,3 +563,5 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-wait-ms", type=int, default=None, help="EASEL_BATCH_WAIT_MS of the worker (default: its own)"
     )
+    add_stack_arguments(parser, timeout=900)
+    return parser

@@ -25,13 +25,11 @@ from typing import Any
 
 from bench._stack import (
     PipelineOptions,
-    add_pipeline_arguments,
-    add_stack_arguments,
-    bench_parser,
     compatible_jobs,
     emit,
     exit_cleanly_on_sigterm,
     pipeline_options,
+    pipeline_parser,
     ratio,
     temporary_tiny_model,
     totals,
@@ -75,7 +73,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = bench_parser("python -m bench.batching", __doc__)
+    parser = pipeline_parser("python -m bench.batching", __doc__)
     parser.add_argument("--jobs", type=int, default=32, help="one-image jobs per run (default 32)")
     parser.add_argument(
         "--batch-sizes", default="1,4", help="EASEL_MAX_BATCH_SIZE of each run, comma-separated (1,4)"
@@ -83,8 +81,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--repeat", type=int, default=1, help="rounds of all batch sizes, interleaved; medians are reported"
     )
-    add_pipeline_arguments(parser)
-    add_stack_arguments(parser, timeout=900)
     args = parser.parse_args(argv)
     try:
         sizes = tuple(int(part) for part in args.batch_sizes.split(","))

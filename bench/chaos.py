@@ -28,6 +28,7 @@ import requests
 from sqlalchemy import create_engine, text
 
 from bench._stack import (
+    TERMINAL,
     Services,
     bench_parser,
     easel_stack,
@@ -45,7 +46,6 @@ CHAOS_SETTINGS = {
     "EASEL_MAX_ATTEMPTS": "10",
     "EASEL_PROGRESS_INTERVAL_SECONDS": "0.2",
 }
-TERMINAL = {"succeeded", "failed", "canceled"}
 
 
 @dataclass

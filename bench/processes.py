@@ -121,6 +121,19 @@ def install_tiny_model(prebuilt: Path, home: Path) -> None:
         shutil.copytree(prebuilt, target)
 
 
+TINY_SD_JOB: dict[str, Any] = {
+    "model": "tiny-sd",
+    "negative_prompt": "",
+    "width": 64,
+    "height": 64,
+    "steps": 4,
+    "guidance_scale": 7.5,
+    "scheduler": "euler",
+}
+"""A small tiny-sd image, all but the job's type, prompt and seed: the made-up jobs of the
+tests and of the scale benchmark's history."""
+
+
 @dataclass
 class Stack:
     """Real ``easel web`` and ``easel worker`` processes sharing one configuration."""

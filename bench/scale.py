@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._stack import emit, percentile, progress
+from bench.processes import TINY_SD_JOB
 
 CALLS = ("submit", "get", "list", "list_succeeded", "cancel", "metrics", "claim", "sweep", "prune")
 HISTORY_WORKER = "bench:history"
@@ -312,16 +313,10 @@ class Bench:
                     {
                         "id": job_id,
                         "type": "txt2img",
-                        "model": "tiny-sd",
+                        **TINY_SD_JOB,
                         "status": status,
                         "priority": 0,
                         "prompt": f"history {i}",
-                        "negative_prompt": "",
-                        "width": 64,
-                        "height": 64,
-                        "steps": 4,
-                        "guidance_scale": 7.5,
-                        "scheduler": "euler",
                         "seed": i,
                         "num_images": 1,
                         "attempts": 1,

@@ -34,13 +34,11 @@ from bench._stack import (
     SCHEDULER,
     PipelineOptions,
     Timer,
-    add_pipeline_arguments,
-    add_stack_arguments,
-    bench_parser,
     compatible_jobs,
     emit,
     exit_cleanly_on_sigterm,
     pipeline_options,
+    pipeline_parser,
     progress,
     rate,
     ratio,
@@ -137,11 +135,9 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = bench_parser("python -m bench.throughput", __doc__)
+    parser = pipeline_parser("python -m bench.throughput", __doc__)
     parser.add_argument("--jobs", type=int, default=32, help="images (one-image jobs) per side (default 32)")
     parser.add_argument("--batch", type=int, default=4, help="bare batch size and EASEL_MAX_BATCH_SIZE")
-    add_pipeline_arguments(parser)
-    add_stack_arguments(parser, timeout=900)
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.batch < 1 or args.size % 8 or args.steps < 1:
         parser.error("--jobs, --batch and --steps must be positive and --size a multiple of 8")

@@ -16,7 +16,7 @@ from PIL import Image
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
-from bench.processes import Stack, base_env, install_tiny_model
+from bench.processes import TINY_SD_JOB, Stack, base_env, install_tiny_model
 from easel.shared.models import Job, JobType, Worker, utcnow
 from easel.shared.params import GenerationParams
 from easel.shared.settings import Settings
@@ -25,18 +25,7 @@ from easel.worker.engine.generate import GenerationRequest
 if TYPE_CHECKING:
     from easel.worker.engine.runner import JobRunner
 
-DEFAULT_PARAMS: dict[str, Any] = {
-    "type": JobType.TXT2IMG,
-    "model": "tiny-sd",
-    "prompt": "a blue bird",
-    "negative_prompt": "",
-    "width": 64,
-    "height": 64,
-    "steps": 4,
-    "guidance_scale": 7.5,
-    "scheduler": "euler",
-    "seed": 11,
-}
+DEFAULT_PARAMS: dict[str, Any] = {"type": JobType.TXT2IMG, **TINY_SD_JOB, "prompt": "a blue bird", "seed": 11}
 
 
 def generation_request(
