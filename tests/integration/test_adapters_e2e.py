@@ -23,18 +23,16 @@ source = "directory"
 location = '{model}'
 max_size = 512
 
-[loras.ink]
-location = '{lora}'
-models = ["tiny-sd"]
+[loras]
+ink.location = '{lora}'
+ink.models = ["tiny-sd"]
+broken.location = '{broken}'
+broken.models = ["tiny-sd"]
 
-[loras.broken]
-location = '{broken}'
-models = ["tiny-sd"]
-
-[controlnets.edges]
-location = '{controlnet}'
-models = ["tiny-sd"]
-preprocessor = "canny"
+[controlnets]
+edges.location = '{controlnet}'
+edges.models = ["tiny-sd"]
+edges.preprocessor = "canny"
 """
 SMALL = {"width": 64, "height": 64, "steps": 3, "seed": 11, "scheduler": "ddim", "prompt": "a red box"}
 
