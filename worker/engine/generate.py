@@ -129,8 +129,12 @@ def generate_batch(
     per_request = [_items(request) for request in requests]  # inputs fitted once per request
     tiling = use_vae_tiling(head.width, head.height, vae_tiling_pixels)
     items = [item for items in per_request for item in items]
+
+    def call(part: list[_Item], offset: int) -> list[Any]:
+        return _call(pipe, head, part, on_step, tiling, on_latents, offset)
+
     with lora_scope(pipe, head.loras):  # the call's LoRAs and weights; off again after
-        images = _generate_split(pipe, head, items, on_step, tiling, on_latents)
+        images = _generate_split(head, items, call)
     results: list[list[Any]] = []
     for request, items in zip(requests, per_request, strict=True):
         own, images = images[: len(items)], images[len(items) :]
@@ -165,18 +169,13 @@ def _items(request: GenerationRequest) -> list[_Item]:
 
 
 def _generate_split(
-    pipe: Any,
-    head: GenerationParams,
-    items: list[_Item],
-    on_step: StepCallback | None,
-    tiling: bool,
-    on_latents: LatentCallback | None = None,
-    offset: int = 0,
+    head: GenerationParams, items: list[_Item], call: Callable[[list[_Item], int], list[Any]], offset: int = 0
 ) -> list[Any]:
+    """``call(items, offset)``; on GPU out-of-memory, the same for each half of ``items``."""
     import torch
 
     try:
-        return _call(pipe, head, items, on_step, tiling, on_latents, offset)
+        return call(items, offset)
     except torch.cuda.OutOfMemoryError as exc:
         free_accelerator_memory()
         if len(items) == 1:
@@ -188,8 +187,8 @@ def _generate_split(
         log.warning(
             "out of GPU memory for %d images; retrying as %d + %d", len(items), half, len(items) - half
         )
-        first = _generate_split(pipe, head, items[:half], on_step, tiling, on_latents, offset)
-        return first + _generate_split(pipe, head, items[half:], on_step, tiling, on_latents, offset + half)
+        first = _generate_split(head, items[:half], call, offset)
+        return first + _generate_split(head, items[half:], call, offset + half)
 
 
 def free_accelerator_memory() -> None:

@@ -33,20 +33,10 @@ def weighted_embeddings(pipe: Any, prompts: list[str], negative_prompts: list[st
         import torch
 
         penultimate = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
-        first = Compel(
-            tokenizer=pipe.tokenizer,
-            text_encoder=pipe.text_encoder,
-            returned_embeddings_type=penultimate,
-            truncate_long_prompts=True,
-            device=device,
-        )
+        both = dict(returned_embeddings_type=penultimate, truncate_long_prompts=True, device=device)
+        first = Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, **both)
         second = Compel(
-            tokenizer=pipe.tokenizer_2,
-            text_encoder=pipe.text_encoder_2,
-            returned_embeddings_type=penultimate,
-            requires_pooled=True,
-            truncate_long_prompts=True,
-            device=device,
+            tokenizer=pipe.tokenizer_2, text_encoder=pipe.text_encoder_2, requires_pooled=True, **both
         )
 
         def encode(texts: list[str], originals: list[str]) -> tuple[Any, Any]:
