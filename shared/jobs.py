@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from easel.shared import transitions
 from easel.shared.errors import Conflict, NotFound, ValidationFailed, field_detail
 from easel.shared.models import Job, JobStatus
-from easel.shared.params import PARAM_FIELDS, params_of
+from easel.shared.params import params_of
 from easel.shared.schemas import (
     DEFAULT_WEBHOOK_EVENTS,
     ErrorInfo,
@@ -63,11 +63,8 @@ def create_job(
 ) -> Job:
     """Add a ``queued`` job row for ``resolved`` (committed by the caller)."""
     job = Job(
-        **resolved.model_dump(mode="json", include=set(PARAM_FIELDS)),
+        **resolved.model_dump(mode="json"),  # the parameters, webhook and priority
         status=JobStatus.QUEUED.value,
-        webhook_url=resolved.webhook_url,
-        webhook_events=resolved.webhook_events,
-        priority=resolved.priority,
         progress_total=resolved.denoising_steps,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
@@ -184,6 +181,26 @@ def list_jobs(
 # ---- the job object ---------------------------------------------------------------------
 
 
+_AS_STORED = (
+    "id",
+    "type",
+    "model",
+    "status",
+    "attempts",
+    "worker_id",
+    "cancel_requested",
+    "priority",
+    "batch_id",
+    "batch_size",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "outputs_pruned_at",
+    "inputs_pruned_at",
+)
+"""The fields of the job object that show the row's columns as they are."""
+
+
 def describe(
     job: Job,
     output_url: OutputUrl,
@@ -204,10 +221,7 @@ def describe(
         step = total
     error = ErrorInfo(code=job.error_code, message=job.error_message or "") if job.error_code else None
     return JobView(
-        id=job.id,
-        type=job.type,
-        model=job.model,
-        status=job.status,
+        **{name: getattr(job, name) for name in _AS_STORED},
         params=params_of(job).recorded(),
         progress=Progress(step=step, total=total, fraction=round(step / total, 4) if total else 0.0),
         queue_position=position,
@@ -235,19 +249,8 @@ def describe(
             if key
         },
         error=error,
-        attempts=job.attempts,
-        worker_id=job.worker_id,
-        cancel_requested=job.cancel_requested,
-        priority=job.priority,
-        batch_id=job.batch_id,
-        batch_size=job.batch_size,
         webhook=_webhook_state(job),
         timings=job.timings or {},
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        outputs_pruned_at=job.outputs_pruned_at,
-        inputs_pruned_at=job.inputs_pruned_at,
     )
 
 

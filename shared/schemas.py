@@ -204,23 +204,11 @@ def resolve_job(
                 request.type.value,
             )
         )
-    if len(request.prompt) > settings.max_prompt_chars:
-        details.append(
-            field_detail(
-                "prompt",
-                f"is {len(request.prompt)} characters; at most {settings.max_prompt_chars} are allowed",
-                request.prompt,
-            )
-        )
-    if len(request.negative_prompt) > settings.max_prompt_chars:
-        details.append(
-            field_detail(
-                "negative_prompt",
-                f"is {len(request.negative_prompt)} characters; at most "
-                f"{settings.max_prompt_chars} are allowed",
-                request.negative_prompt,
-            )
-        )
+    for name in ("prompt", "negative_prompt"):
+        text = getattr(request, name)
+        if len(text) > settings.max_prompt_chars:
+            message = f"is {len(text)} characters; at most {settings.max_prompt_chars} are allowed"
+            details.append(field_detail(name, message, text))
     for name in ("width", "height"):
         value = getattr(request, name)
         if value is not None and not spec.min_size <= value <= spec.max_size:
@@ -231,22 +219,12 @@ def resolve_job(
                     value,
                 )
             )
-    if request.steps is not None and request.steps > spec.max_steps:
-        details.append(
-            field_detail(
-                "steps",
-                f"{request.steps} exceeds model {spec.name!r}'s maximum of {spec.max_steps}",
-                request.steps,
+    for name, most in (("steps", spec.max_steps), ("num_images", spec.max_num_images)):
+        value = getattr(request, name)
+        if value is not None and value > most:
+            details.append(
+                field_detail(name, f"{value} exceeds model {spec.name!r}'s maximum of {most}", value)
             )
-        )
-    if request.num_images > spec.max_num_images:
-        details.append(
-            field_detail(
-                "num_images",
-                f"{request.num_images} exceeds model {spec.name!r}'s maximum of {spec.max_num_images}",
-                request.num_images,
-            )
-        )
     details += _check_family(request, spec)
     details += _check_inputs(request, inputs)
     if request.webhook_url is not None and settings.webhook_secret is not None:
@@ -385,6 +363,10 @@ def _fit8(side: float, spec: ModelSpec) -> int:
     return min(spec.max_size, max(spec.min_size, int(side) // multiple * multiple))
 
 
+_AS_REQUESTED = {"type", "prompt", "negative_prompt", "num_images", "priority"}
+"""The fields a job keeps as its request gives them (``_with_defaults``)."""
+
+
 def _with_defaults(request: JobCreate, spec: ModelSpec, seed: int, inputs: JobInputs) -> ResolvedJob:
     width, height = _output_size(request, spec, inputs)
     strength = request.strength
@@ -392,10 +374,8 @@ def _with_defaults(request: JobCreate, spec: ModelSpec, seed: int, inputs: JobIn
         strength = DEFAULT_STRENGTH[request.type]
     inpaint = request.type is JobType.INPAINT
     return ResolvedJob(
-        type=request.type,
+        **request.model_dump(include=_AS_REQUESTED),
         model=spec.name,
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
         width=width,
         height=height,
         steps=request.steps or spec.default_steps,
@@ -404,7 +384,6 @@ def _with_defaults(request: JobCreate, spec: ModelSpec, seed: int, inputs: JobIn
         ),
         scheduler=request.scheduler or spec.default_scheduler,
         seed=seed,
-        num_images=request.num_images,
         strength=strength,
         mask_blur=(request.mask_blur if request.mask_blur is not None else DEFAULT_MASK_BLUR)
         if inpaint
@@ -420,7 +399,6 @@ def _with_defaults(request: JobCreate, spec: ModelSpec, seed: int, inputs: JobIn
         webhook_events=(
             list(request.webhook_events or DEFAULT_WEBHOOK_EVENTS) if request.webhook_url else None
         ),
-        priority=request.priority,
     )
 
 

@@ -213,6 +213,10 @@ def recover_lost(
 # ---- operators ---------------------------------------------------------------------------
 
 
+_RUN_TRACES = ("worker_id", "started_at", "finished_at", "error_code", "error_message", "outputs_pruned_at")
+"""The columns a run fills in and a rerun clears (``requeue_finished``)."""
+
+
 def requeue_finished(session: Session, job_id: str) -> bool:
     """Run a failed or canceled job again from scratch (same parameters and seed): back
     to ``queued`` with its attempts and outputs cleared; commits. Whether it moved (a job
@@ -223,15 +227,10 @@ def requeue_finished(session: Session, job_id: str) -> bool:
         Job.id == job_id,
         Job.status.in_([JobStatus.FAILED.value, JobStatus.CANCELED.value]),
         Job.inputs_pruned_at.is_(None),
-        outputs_pruned_at=None,
+        **dict.fromkeys(_RUN_TRACES),
         status=QUEUED,
         attempts=0,
-        error_code=None,
-        error_message=None,
         cancel_requested=False,
-        worker_id=None,
-        started_at=None,
-        finished_at=None,
         progress_step=0,
         created_at=now,
         updated_at=now,
