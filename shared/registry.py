@@ -193,16 +193,17 @@ DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "worker" / "engine" / "de
 """The committed ``demo-shapes`` pipeline (``easel/worker/engine/demo_shapes`` once installed)."""
 
 
+# The built-in models give only what differs from ModelSpec's and the SD family's defaults.
+
+
 def demo_spec() -> ModelSpec:
     """``demo-shapes``: "a {color} {shape} on a {color} background" at 64x64 (or 128x128)."""
     return ModelSpec(
         name="demo-shapes",
         source=ModelSource.DIRECTORY,
         location=str(DEMO_MODEL_DIR),
-        min_size=64,
         max_size=128,
         default_size=64,
-        max_steps=150,
         default_steps=20,
         default_guidance_scale=7.0,
         default_scheduler="ddim",
@@ -214,13 +215,9 @@ def tiny_spec(settings: Settings) -> ModelSpec:
         name="tiny-sd",
         source=ModelSource.TINY,
         location=str(settings.models_dir / "tiny-sd"),
-        min_size=64,
         max_size=512,
         default_size=256,
-        max_steps=150,
         default_steps=20,
-        default_guidance_scale=7.5,
-        default_scheduler="euler_a",
     )
 
 

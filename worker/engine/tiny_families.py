@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from easel.shared.families import FamilyName
-from easel.worker.engine.tiny_model import SEED, build_tiny_pipeline, tiny_clip_config
+from easel.worker.engine.tiny_model import SEED, build_tiny_pipeline, tiny_clip_config, tiny_unet, tiny_vae
 from easel.worker.engine.tiny_model import _tokenizer as clip_tokenizer
 
 if TYPE_CHECKING:
@@ -74,11 +74,7 @@ def _clip_encoder(vocab_size: int, projection: bool) -> Any:
 
 
 def _vae(latent_channels: int, flow: bool) -> Any:
-    """A 4-block AutoencoderKL (downsamples by 8); SD3/Flux-style (no quant convs) if ``flow``."""
-    import torch
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(SEED)
+    """A 4-block ``tiny_vae``; SD3/Flux-style (no quant convs) if ``flow``."""
     extra: dict[str, Any] = (
         {
             "use_quant_conv": False,
@@ -89,35 +85,16 @@ def _vae(latent_channels: int, flow: bool) -> Any:
         if flow
         else {}
     )
-    return AutoencoderKL(
-        block_out_channels=(16, 16, 32, 32),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=latent_channels,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=128,
-        **extra,
+    return tiny_vae(
+        (16, 16, 32, 32), latent_channels=latent_channels, norm_num_groups=8, sample_size=128, **extra
     )
 
 
 def _sdxl() -> DiffusionPipeline:
-    import torch
-    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline
 
     tokenizer, vocab_size = clip_tokenizer()
-    torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
+    unet = tiny_unet(
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=8,

@@ -65,6 +65,47 @@ def _tokenizer() -> tuple[CLIPTokenizer, int]:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77), len(vocab)
 
 
+def tiny_unet(**fields: Any) -> Any:
+    """The ``UNet2DConditionModel`` of the tiny UNet pipelines (two blocks, 32 and 64 wide),
+    from ``SEED``; ``fields`` add to or override it."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(SEED)
+    return UNet2DConditionModel(
+        **{
+            "block_out_channels": (32, 64),
+            "layers_per_block": 2,
+            "sample_size": 32,
+            "in_channels": 4,
+            "out_channels": 4,
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+            "attention_head_dim": (2, 4),
+            **fields,
+        }
+    )
+
+
+def tiny_vae(block_out_channels: tuple[int, ...], **fields: Any) -> Any:
+    """An ``AutoencoderKL`` of one block per entry of ``block_out_channels`` (4 blocks: 3
+    downsamplings, factor 8 as in SD), from ``SEED``; ``fields`` add to it."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(SEED)
+    blocks = len(block_out_channels)
+    return AutoencoderKL(
+        block_out_channels=block_out_channels,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        layers_per_block=1,
+        **fields,
+    )
+
+
 def build_tiny_pipeline(inpainting: bool = False) -> DiffusionPipeline:
     """The tiny pipeline in memory, identical on every call.
 
@@ -73,40 +114,15 @@ def build_tiny_pipeline(inpainting: bool = False) -> DiffusionPipeline:
     """
     import torch
     from diffusers import (
-        AutoencoderKL,
         EulerAncestralDiscreteScheduler,
         StableDiffusionInpaintPipeline,
         StableDiffusionPipeline,
-        UNet2DConditionModel,
     )
     from transformers import CLIPTextModel
 
     tokenizer, vocab_size = _tokenizer()
-    torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=9 if inpainting else 4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=(2, 4),
-        norm_num_groups=32,
-    )
-    torch.manual_seed(SEED)
-    vae = AutoencoderKL(
-        block_out_channels=(32, 32, 64, 64),  # 4 blocks: 3 downsamplings, factor 8 as in SD
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=32,
-        sample_size=256,
-    )
+    unet = tiny_unet(in_channels=9 if inpainting else 4, cross_attention_dim=32, norm_num_groups=32)
+    vae = tiny_vae((32, 32, 64, 64), latent_channels=4, norm_num_groups=32, sample_size=256)
     torch.manual_seed(SEED)
     text_encoder = CLIPTextModel(tiny_clip_config(vocab_size))
     scheduler = EulerAncestralDiscreteScheduler(
