@@ -23,7 +23,7 @@ from easel.worker.engine.fastpath import (
     use_vae_tiling,
     warm_up,
 )
-from easel.worker.engine.generate import make_scheduler, with_scheduler
+from easel.worker.engine.generate import generate_batch, make_scheduler, with_scheduler
 from easel.worker.engine.pipelines import load_pipeline
 from tests.factories import generate_one, generation_request
 
@@ -204,3 +204,24 @@ def test_tiled_decode_runs_past_the_tile_size(tiny_model: Path) -> None:
 def test_a_bad_compile_shape_fails_at_settings_load_naming_it() -> None:
     with pytest.raises(ValueError, match="512by512"):
         Settings(compile_shapes="512x512,512by512")
+
+
+def test_after_warm_up_no_batch_sampler_or_guidance_compiles_again(tiny_model: Path) -> None:
+    """Dynamo's guards on the CPU (eager backend): once warmed up for the family's samplers,
+    batches of 1-4 images, guided or not, with integer (DDIM) or float (Euler) timesteps run
+    without a new graph. Without the unguided single image and the second timestep dtype in
+    the warm-up, each of those compiled again (measured before the change)."""
+    pipe = load(tiny_model)
+    apply_fast_path(pipe, FastPathPlan(compile=True, compile_backend="eager"))
+    try:
+        warm_up(pipe, [(64, 64)], (1, 4), steps=2, schedulers=("euler_a", "ddim", "euler", "dpmpp_2m"))
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for scheduler in ("ddim", "euler_a", "dpmpp_2m"):
+                for images, guidance in ((1, 1.0), (3, 1.0), (1, 7.5), (3, 7.5), (4, 7.5)):
+                    requests = [
+                        generation_request(steps=2, guidance_scale=guidance, scheduler=scheduler, seed=seed)
+                        for seed in range(images)
+                    ]
+                    assert len(generate_batch(pipe, requests)) == images
+    finally:
+        torch._dynamo.reset()

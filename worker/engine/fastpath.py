@@ -130,45 +130,88 @@ def is_compiled(module: Any) -> bool:
 
 
 def warm_up(
-    pipe: Any, shapes: list[Shape], batch_sizes: Sequence[int] = (1,), steps: int = 2
+    pipe: Any,
+    shapes: list[Shape],
+    batch_sizes: Sequence[int] = (1,),
+    steps: int = 2,
+    schedulers: Sequence[str] = (),
 ) -> dict[Shape, float]:
-    """Short calls per shape, one per batch size, so no real job pays a compile.
+    """Short calls per shape, so no real job pays a compile; does nothing unless the UNet
+    is compiled.
 
-    Does nothing unless the UNet is compiled. Two batch sizes (1 and the largest)
-    make torch.compile mark the batch dimension dynamic, so batches of every size in
-    between run on that graph without recompiling. Runs with classifier-free guidance
-    (the UNet batch real jobs use) and stops at the latents (the VAE is not compiled).
-    Uses its own scheduler, so the cached pipeline's state is untouched. Returns the
-    seconds per shape, all batch sizes together.
+    What makes torch.compile (dynamo) compile again, and the call that covers it:
+
+    * the batch: two batch sizes (1 and the largest) mark the batch dimension dynamic,
+      so every size in between runs on that graph. A guided call doubles the UNet's
+      batch, so one unguided image (a UNet batch of 1, which dynamo specialises) gets
+      its own call;
+    * the timestep dtype: some samplers step in integers (DDIM, DPM++), others in
+      floats (Euler); one of ``schedulers`` per dtype is warmed up (the pipeline's own
+      when none are given).
+
+    Raises dynamo's recompile limit to the graphs this makes, so none falls back to
+    eager. Stops at the latents (the VAE is not compiled) and uses its own schedulers,
+    leaving the cached pipeline untouched. Returns the seconds per shape.
     """
+    import torch
+    import torch._dynamo
+
+    if not shapes or not is_compiled(getattr(pipe, "unet", None)):
+        return {}
+    kinds = _one_scheduler_per_timestep_dtype(pipe, schedulers, steps)
+    graphs = len(shapes) * len(kinds) * 3
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, graphs)
+    calls = [(size, 7.5) for size in sorted(set(batch_sizes) | {1})] + [(1, 1.0)]
+    seconds: dict[Shape, float] = {}
+    for width, height in shapes:
+        started = time.perf_counter()
+        for kind in kinds:
+            for size, guidance in calls:
+                _warm_up_call(pipe, kind, width, height, size, guidance, steps)
+        seconds[(width, height)] = time.perf_counter() - started
+        log.info("warmed up %dx%d in %.1fs", width, height, seconds[(width, height)])
+    return seconds
+
+
+def _one_scheduler_per_timestep_dtype(pipe: Any, names: Sequence[str], steps: int) -> list[Any]:
+    """A new scheduler of each timestep dtype among ``names`` (default: the pipeline's own)."""
+    from easel.worker.engine.generate import make_scheduler
+
+    candidates = [make_scheduler(name, pipe.scheduler.config) for name in names]
+    candidates = candidates or [type(pipe.scheduler).from_config(pipe.scheduler.config)]
+    by_dtype: dict[Any, Any] = {}
+    for scheduler in candidates:
+        try:
+            scheduler.set_timesteps(steps)
+        except (TypeError, ValueError):  # needs the pipeline's arguments (Flux's ``mu``): floats
+            by_dtype.setdefault("float", scheduler)
+            continue
+        by_dtype.setdefault(str(scheduler.timesteps.dtype), scheduler)
+    return list(by_dtype.values())
+
+
+def _warm_up_call(
+    pipe: Any, scheduler: Any, width: int, height: int, size: int, guidance: float, steps: int
+) -> None:
     import torch
     from PIL import Image
 
     from easel.worker.engine.generate import with_scheduler
 
-    if not shapes or not is_compiled(getattr(pipe, "unet", None)):
-        return {}
-    seconds: dict[Shape, float] = {}
-    for width, height in shapes:
-        started = time.perf_counter()
-        for size in batch_sizes:
-            call = with_scheduler(pipe, type(pipe.scheduler).from_config(pipe.scheduler.config))
-            call.set_progress_bar_config(disable=True)
-            extra: dict[str, Any] = {}
-            if "Inpaint" in type(pipe).__name__:
-                blank, mask = Image.new("RGB", (width, height)), Image.new("L", (width, height), 255)
-                extra = {"image": [blank] * size, "mask_image": [mask] * size}
-            with torch.inference_mode():
-                call(
-                    prompt=["warm-up"] * size,
-                    width=width,
-                    height=height,
-                    num_inference_steps=steps,
-                    guidance_scale=7.5,
-                    generator=[torch.Generator("cpu").manual_seed(i) for i in range(size)],
-                    output_type="latent",
-                    **extra,
-                )
-        seconds[(width, height)] = time.perf_counter() - started
-        log.info("warmed up %dx%d in %.1fs", width, height, seconds[(width, height)])
-    return seconds
+    call = with_scheduler(pipe, type(scheduler).from_config(scheduler.config))
+    call.set_progress_bar_config(disable=True)
+    extra: dict[str, Any] = {}
+    if "Inpaint" in type(pipe).__name__:
+        blank, mask = Image.new("RGB", (width, height)), Image.new("L", (width, height), 255)
+        extra = {"image": [blank] * size, "mask_image": [mask] * size}
+    with torch.inference_mode():
+        call(
+            prompt=["warm-up"] * size,
+            width=width,
+            height=height,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=[torch.Generator("cpu").manual_seed(i) for i in range(size)],
+            output_type="latent",
+            **extra,
+        )
