@@ -99,15 +99,15 @@ def make_text_encoder(vocab_size: int) -> Any:
     )
 
 
-def make_unet(tiny: bool = False) -> Any:
+def make_unet(width: int = 48) -> Any:
+    """A UNet whose three blocks are ``width``, ``2 * width`` and ``2 * width`` wide."""
     from diffusers import UNet2DConditionModel
 
-    channels = (16, 32, 32) if tiny else (48, 96, 96)
     return UNet2DConditionModel(
         sample_size=16,
         in_channels=4,
         out_channels=4,
-        block_out_channels=channels,
+        block_out_channels=(width, 2 * width, 2 * width),
         layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),

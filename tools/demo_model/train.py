@@ -1,9 +1,13 @@
 """Train ``demo-shapes``: the VAE first, then the text encoder and UNet together.
 
 ``python -m tools.demo_model --out DIR`` writes a diffusers folder (``save_pretrained``,
-safetensors, fp16) and ``train.log``; ``--tiny`` runs a few steps of small models to
-check the code. Everything is seeded: the same arguments give the same model on the
-same machine (CPU and CUDA kernels differ in their last bits, so not across them).
+safetensors, fp16) and ``<DIR>.log``; ``--preset cpu`` (the default on the CPU) fits in
+about an hour on two cores, ``--preset gpu`` is the committed weights' configuration,
+``--tiny`` runs a few steps of small models to check the code. Everything is seeded: the
+same arguments give the same model on the same machine (CPU and CUDA kernels differ in
+their last bits, so not across them). A deadline (the cpu preset's hour) makes the UNet's
+step count depend on the machine's speed; the log and ``training.json`` record it, and
+``--unet-steps N --deadline 0`` repeats a run exactly.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class Config:
     vae_lr: float = 1e-3
     unet_steps: int = 3020
     unet_batch: int = 128
+    unet_width: int = 48
     unet_lr: float = 1e-3
     warmup: int = 200
     ema_decay: float = 0.999
@@ -41,7 +46,19 @@ class Config:
     tiny: bool = False
 
 
-TINY = Config(vae_steps=6, vae_batch=4, unet_steps=8, unet_batch=4, warmup=2, large_every=4, tiny=True)
+TINY = Config(
+    vae_steps=6, vae_batch=4, unet_steps=8, unet_batch=4, unet_width=16, warmup=2, large_every=4, tiny=True
+)
+
+PRESETS: dict[str, Config] = {
+    # The committed weights (one GPU, 275 s): a 3.7M-parameter UNet, 386k training pictures.
+    "gpu": Config(),
+    # At most an hour on two CPU cores (docs/models.md): a shorter VAE run and a
+    # 1.7M-parameter UNet that sees as many pictures per step; the deadline trims the
+    # UNet's steps to what fits (1,748 of 2,600 on this project's 2-core machine).
+    "cpu": Config(vae_steps=1200, unet_steps=2600, unet_width=32, deadline=3600.0),
+    "tiny": TINY,
+}
 
 
 def scene_batch(rng: random.Random, count: int, size: int, plain_fraction: float) -> tuple[Any, list[str]]:
@@ -154,7 +171,7 @@ def train_unet(
 
     tokenizer = build.make_tokenizer()
     text_encoder = build.make_text_encoder(len(tokenizer)).to(device)
-    unet = build.make_unet(config.tiny).to(device)
+    unet = build.make_unet(config.unet_width).to(device)
     scheduler = build.training_scheduler()
     alphas = scheduler.alphas_cumprod.to(device)
     params = [*unet.parameters(), *text_encoder.parameters()]
@@ -244,12 +261,13 @@ def train(config: Config, out: Path, device: str = "cpu", workers: int = 0) -> P
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tools.demo_model", description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="folder to write the pipeline to")
-    parser.add_argument("--tiny", action="store_true", help="a few steps of small models (a smoke test)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="base configuration (default: by --device)")
+    parser.add_argument("--tiny", action="store_true", help="a few steps of small models (--preset tiny)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch decides)")
     parser.add_argument("--workers", type=int, default=0, help="processes that render training images")
     parser.add_argument("--deadline", type=float, default=None, help="seconds the run may take (fewer steps)")
-    fields = ("seed", "vae_steps", "vae_batch", "unet_steps", "unet_batch", "deadline")
+    fields = ("seed", "vae_steps", "vae_batch", "unet_steps", "unet_batch", "unet_width", "deadline")
     for field in fields[:-1]:
         parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=None)
     args = parser.parse_args(argv)
@@ -259,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = TINY if args.tiny else Config()
+    preset = args.preset or ("cpu" if args.device == "cpu" else "gpu")
+    config = TINY if args.tiny else PRESETS[preset]
     overrides = {field: getattr(args, field) for field in fields}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     train(config, args.out, args.device, args.workers)
