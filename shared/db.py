@@ -43,13 +43,20 @@ def make_engine(url: str, durable: bool = True) -> Engine:
     so a power loss may drop the last few, a crash of the process none.
     """
     if is_sqlite(url):
-        database = make_url(url).database
-        if database and database != ":memory:":
-            create_private_file(Path(database))
+        _private_database(url)
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas if durable else _sqlite_pragmas_not_durable)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _private_database(url: str) -> str:
+    """The file of an SQLite ``url``, created private (``create_private_file``) unless it
+    is in memory (``":memory:"``, also for an empty path)."""
+    database = make_url(url).database or ":memory:"
+    if database != ":memory:":
+        create_private_file(Path(database))
+    return database
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any = None) -> None:
@@ -72,9 +79,7 @@ def sqlite_broker_options(broker_url: str) -> dict[str, Any]:
     url = broker_url.removeprefix("sqla+")
     if url == broker_url or not is_sqlite(url):
         return {}
-    database = make_url(url).database or ":memory:"
-    if database != ":memory:":
-        create_private_file(Path(database))
+    database = _private_database(url)
 
     def connect() -> sqlite3.Connection:
         connection = sqlite3.connect(database, timeout=30, check_same_thread=False)

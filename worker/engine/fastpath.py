@@ -159,9 +159,9 @@ def warm_up(
     if not shapes or not is_compiled(getattr(pipe, "unet", None)):
         return {}
     kinds = _one_scheduler_per_timestep_dtype(pipe, schedulers, steps)
-    graphs = len(shapes) * len(kinds) * 3
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, graphs)
     calls = [(size, 7.5) for size in sorted(set(batch_sizes) | {1})] + [(1, 1.0)]
+    graphs = len(shapes) * len(kinds) * len(calls)  # at most one graph per call
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, graphs)
     seconds: dict[Shape, float] = {}
     for width, height in shapes:
         started = time.perf_counter()
