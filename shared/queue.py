@@ -46,12 +46,23 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+def broker_wakes_workers(broker_url: str) -> bool:
+    """Whether wake-ups over this broker reach an idle worker sooner than its own poll of
+    the database: yes for Redis (delivered at once), no for the embedded ``sqla+`` broker,
+    which kombu polls once a second while an idle worker looks at the database every
+    0.1 s (``EASEL_IDLE_POLL_SECONDS``). There a wake-up only costs both sides CPU."""
+    return not broker_url.startswith("sqla+")
+
+
 def send_wakeup(app: Celery, job_id: str, model: str) -> bool:
-    """Publish a wake-up for ``job_id``; ``False`` (logged) if the broker refused it.
+    """Publish a wake-up for ``job_id`` where the broker delivers it faster than the
+    workers' poll (``broker_wakes_workers``); ``False`` (logged) if the broker refused it.
 
     The job row is already committed, so a failed publish loses nothing: the job
-    stays ``queued`` and any later wake-up for its model claims it.
+    stays ``queued`` and any later wake-up or poll claims it.
     """
+    if not broker_wakes_workers(app.conf.broker_url):
+        return True
     try:
         app.send_task(
             RUN_JOB_TASK,

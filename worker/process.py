@@ -22,6 +22,7 @@ from sqlalchemy.orm import sessionmaker
 from easel.shared.db import engine_for
 from easel.shared.jobs import webhook_events
 from easel.shared.models import Job, JobStatus
+from easel.shared.queue import broker_wakes_workers
 from easel.shared.registry import Registry
 from easel.shared.retention import Policy, Pruner
 from easel.shared.settings import Settings, parse_shapes
@@ -47,12 +48,12 @@ def new_worker_id() -> str:
 
 
 def idle_poll_seconds(settings: Settings) -> float:
-    """How often an idle worker looks for queued jobs: the setting, else 0.1 s on the
-    embedded broker (polled by kombu only once a second) and 1 s with a server broker,
-    whose wake-ups arrive at once."""
+    """How often an idle worker looks for queued jobs: the setting, else 1 s with a broker
+    whose wake-ups arrive at once and 0.1 s with the embedded one, which carries none
+    (``broker_wakes_workers``)."""
     if settings.idle_poll_seconds:
         return settings.idle_poll_seconds
-    return 0.1 if settings.broker_url.startswith("sqla+") else 1.0
+    return 1.0 if broker_wakes_workers(settings.broker_url) else 0.1
 
 
 @dataclass
