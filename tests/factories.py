@@ -162,7 +162,8 @@ def make_key(settings: Settings, name: str = "alice", admin: bool = False) -> st
 
 
 def counts(settings: Settings) -> tuple[int, int]:
-    """(jobs in the database, wake-ups waiting in the embedded SQLite broker)."""
+    """(jobs in the database, messages waiting in the embedded SQLite broker). That broker
+    carries webhook deliveries only (no wake-ups: ``broker_wakes_workers``)."""
     jobs = create_engine(settings.database_url)
     with jobs.connect() as conn:
         n_jobs = conn.execute(text("SELECT count(*) FROM jobs")).scalar_one()
