@@ -48,9 +48,10 @@ def make_celery(settings: Settings) -> Celery:
 
 def broker_wakes_workers(broker_url: str) -> bool:
     """Whether wake-ups over this broker reach an idle worker sooner than its own poll of
-    the database: yes for Redis (delivered at once), no for the embedded ``sqla+`` broker,
-    which kombu polls once a second while an idle worker looks at the database every
-    0.1 s (``EASEL_IDLE_POLL_SECONDS``). There a wake-up only costs both sides CPU."""
+    the database: yes for a server broker such as Redis (delivered at once), no for kombu's
+    SQLAlchemy transport (``sqla+``, the embedded broker), which kombu polls once a second
+    while an idle worker looks at the database every 0.1 s (``EASEL_IDLE_POLL_SECONDS``).
+    There a wake-up would only cost both sides CPU."""
     return not broker_url.startswith("sqla+")
 
 
