@@ -99,7 +99,7 @@ def make_text_encoder(vocab_size: int) -> Any:
     )
 
 
-def make_unet(width: int = 48) -> Any:
+def make_unet(width: int) -> Any:
     """A UNet whose three blocks are ``width``, ``2 * width`` and ``2 * width`` wide."""
     from diffusers import UNet2DConditionModel
 

@@ -277,8 +277,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    preset = args.preset or ("cpu" if args.device == "cpu" else "gpu")
-    config = TINY if args.tiny else PRESETS[preset]
+    preset = "tiny" if args.tiny else args.preset or ("cpu" if args.device == "cpu" else "gpu")
+    config = PRESETS[preset]
     overrides = {field: getattr(args, field) for field in fields}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     train(config, args.out, args.device, args.workers)
