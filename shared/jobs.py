@@ -70,6 +70,7 @@ def create_job(
         request_hash=fingerprint,
         owner_id=owner_id,
         timings={},
+        outputs=[],  # a new job has none: known without a read
     )
     session.add(job)
     session.flush()

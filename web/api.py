@@ -13,10 +13,10 @@ from easel.shared.jobs import cancel_job, describe, get_job, list_jobs, preview_
 from easel.shared.models import Job, JobOutput, JobStatus, JobType
 from easel.shared.queue import send_webhook
 from easel.shared.schemas import FamilyView, JobList, ModelLimits, ModelList, ModelView
-from easel.shared.workers import live_workers, live_workers_by_model
+from easel.shared.workers import live_workers_by_model
 from easel.web import events
 from easel.web.auth import current_principal
-from easel.web.eta import estimate_seconds, queue_position
+from easel.web.eta import QueueEstimates
 from easel.web.hold import hold, prefer_wait
 from easel.web.limits import accepted, api_limit, limiter, submit_limit
 from easel.web.services import services
@@ -41,19 +41,23 @@ def preview_url(job: Job) -> str:
     return url_for("api.get_preview", job_id=job.id, step=job.preview_step, _external=True)
 
 
-def job_view(session: Session, job: Job) -> dict[str, Any]:
-    """The job object, with its queue position, ETA and whether it waits for a worker."""
+def queue_estimates(session: Session) -> QueueEstimates:
+    """Positions and estimates for the jobs of this request, with the app's settings."""
     settings = services().settings
-    lost_after = settings.worker_lost_after_seconds
-    workers = live_workers(session, job.model, lost_after) if job.status == JobStatus.QUEUED.value else None
-    eta = estimate_seconds(session, job, settings.eta_history_jobs, lost_after, workers)
+    return QueueEstimates(session, settings.eta_history_jobs, settings.worker_lost_after_seconds)
+
+
+def job_view(session: Session, job: Job, estimates: QueueEstimates | None = None) -> dict[str, Any]:
+    """The job object, with its queue position, ETA and whether it waits for a worker;
+    ``estimates`` shares the live workers and cost figures between the jobs of a request."""
+    place = (estimates or queue_estimates(session)).place(job)
     return describe(
         job,
         output_url,
-        queue_position(session, job),
-        eta,
+        place.position,
+        place.eta_seconds,
         input_url,
-        serving_workers=workers,
+        serving_workers=place.workers,
         preview_url=preview_url,
     ).model_dump(mode="json")
 
@@ -63,25 +67,27 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
 def create_job() -> ResponseReturnValue:
     svc = services()
     principal = current_principal()
-    job, replayed = accept_job(
+    wait = prefer_wait(request.headers.getlist("Prefer"))  # Replicate's Prefer: wait=N
+    submitted = accept_job(
         svc,
         request_fields(request),
         idempotency_key(request),
         request.files,
         owner_id=principal.owner_id,
         admin=principal.is_admin,
+        describe=job_view if wait is None else None,
     )
-    wait = prefer_wait(request.headers.getlist("Prefer"))  # Replicate's Prefer: wait=N
+    job_id, body = submitted.job.id, submitted.view
     if wait is not None:
-        hold(svc, job.id, wait)  # polls with short sessions; answers the job as it is then
-    with svc.session() as session:
-        body = job_view(session, get_job(session, job.id))
+        hold(svc, job_id, wait)  # polls with short sessions; answers the job as it is then
+        with svc.session() as session:
+            body = job_view(session, get_job(session, job_id))
     response = jsonify(body)
     response.status_code = 202
-    response.headers["Location"] = url_for("api.get_job", job_id=job.id)
+    response.headers["Location"] = url_for("api.get_job", job_id=job_id)
     if wait is not None:
         response.headers["Preference-Applied"] = f"wait={wait}"
-    if replayed:
+    if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
 
@@ -123,7 +129,8 @@ def jobs_index() -> ResponseReturnValue:
             job_type,
             current_principal().owner_filter,
         )
-        views = [job_view(session, job) for job in jobs]
+        estimates = queue_estimates(session)
+        views = [job_view(session, job, estimates) for job in jobs]
     return jsonify(
         JobList.model_validate({"jobs": views, "next_cursor": next_cursor}).model_dump(mode="json")
     )

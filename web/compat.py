@@ -61,7 +61,7 @@ def run_job(fields: dict[str, Any], files: Mapping[str, FileStorage] | None = No
     timeout passes). No session is open while holding."""
     svc = services()
     principal = current_principal()
-    job, _ = accept_job(svc, fields, None, files, owner_id=principal.owner_id, admin=principal.is_admin)
+    job = accept_job(svc, fields, None, files, owner_id=principal.owner_id, admin=principal.is_admin).job
     finished = hold(svc, job.id, svc.settings.sync_timeout_seconds)
     with svc.session() as session:
         job = get_job_fresh(session, job.id)

@@ -17,19 +17,21 @@ read the model's latest ``EASEL_ETA_HISTORY_JOBS`` succeeded rows through
 ``ix_jobs_model_finished`` (model, status, finished_at), a bounded rolling sample
 that costs the same with a million finished jobs as with twenty; queue position and
 the work ahead count only queued and running rows, through the status-first
-``ix_jobs_claim``.
+``ix_jobs_claim``. ``QueueEstimates`` places the jobs of one request: it reads the
+live workers and each model's cost figures once, and a queued job's line (position,
+work ahead, work running) in one statement.
 """
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from easel.shared.models import Job, JobStatus
-from easel.shared.workers import live_workers
+from easel.shared.workers import live_worker_models, serves
 
 PRIOR_RATE = 0.5
 PRIOR_OVERHEAD = 0.2
@@ -69,42 +71,88 @@ def cost_model(session: Session, model: str, history: int) -> CostModel:
     return CostModel(statistics.median(rates), statistics.median(overheads) if overheads else 0.0)
 
 
-def estimate_seconds(
-    session: Session, job: Job, history: int, lost_after: float, workers: int | None = None
-) -> float | None:
-    """Seconds until ``job`` finishes; ``None`` once it has, or while it is queued and
-    no live worker serves its model. ``workers`` (live workers serving the job's
-    model) saves a query when the caller has already counted them."""
-    if job.status not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
-        return None
-    if job.status == JobStatus.QUEUED.value:
-        if workers is None:
-            workers = live_workers(session, job.model, lost_after)
+@dataclass(frozen=True)
+class Place:
+    """Where a job stands: its queue position, its estimate and the live workers serving
+    its model (``None`` where they do not apply: position and workers count only for a
+    queued job, the estimate only for a queued or running one)."""
+
+    position: int | None = None
+    eta_seconds: float | None = None
+    workers: int | None = None
+
+
+@dataclass
+class QueueEstimates:
+    """Queue positions and estimates for the jobs of one request.
+
+    Reads the live workers once and each model's cost figures once, however many jobs
+    it places (a page of the list), and a queued job's line in one statement: the queued
+    jobs ahead of it and the work left in its model's running jobs.
+    """
+
+    session: Session
+    history: int
+    lost_after: float
+    _worker_models: list[list[str]] | None = field(default=None, init=False, repr=False)
+    _costs: dict[str, CostModel] = field(default_factory=dict, init=False, repr=False)
+
+    def workers(self, model: str) -> int:
+        """How many live workers serve ``model``."""
+        if self._worker_models is None:
+            self._worker_models = live_worker_models(self.session, self.lost_after)
+        return sum(1 for models in self._worker_models if serves(models, model))
+
+    def cost(self, model: str) -> CostModel:
+        """``model``'s cost figures (``cost_model``)."""
+        if model not in self._costs:
+            self._costs[model] = cost_model(self.session, model, self.history)
+        return self._costs[model]
+
+    def place(self, job: Job) -> Place:
+        """``job``'s position, estimate and serving workers."""
+        if job.status == JobStatus.RUNNING.value:  # its pipeline call denoises its whole batch
+            rate = self.cost(job.model).rate
+            total = job.progress_total or job.steps
+            call_mpx = job.width * job.height / 1e6 * (job.batch_size or job.num_images)
+            return Place(eta_seconds=round(max(0.1, rate * max(0, total - job.progress_step) * call_mpx), 2))
+        if job.status != JobStatus.QUEUED.value:
+            return Place()
+        workers = self.workers(job.model)
+        position, ahead_work, running_work = _line(self.session, job)
         if workers == 0:
-            return None
-    model = cost_model(session, job.model, history)
-    if job.status == JobStatus.RUNNING.value:  # its pipeline call denoises its whole batch
-        total = job.progress_total or job.steps
-        call_mpx = job.width * job.height / 1e6 * (job.batch_size or job.num_images)
-        return round(max(0.1, model.rate * max(0, total - job.progress_step) * call_mpx), 2)
-    ahead_count, ahead_work = session.execute(
+            return Place(position, None, workers)
+        model = self.cost(job.model)
+        wait = position * model.overhead + model.rate * (ahead_work + running_work) / 1e6
+        own = model.cost(job.steps, job.width, job.height, job.num_images)
+        return Place(position, round(max(0.1, wait / workers + own), 2), workers)
+
+
+def estimate_seconds(session: Session, job: Job, history: int, lost_after: float) -> float | None:
+    """Seconds until ``job`` finishes; ``None`` once it has, or while it is queued and
+    no live worker serves its model."""
+    return QueueEstimates(session, history, lost_after).place(job).eta_seconds
+
+
+def _line(session: Session, job: Job) -> tuple[int, float, float]:
+    """The queued jobs of ``job``'s model that will be claimed before it, their work
+    (steps x pixels x images), and the work left in the model's running jobs: one read of
+    the model's queued and running rows."""
+    ahead = and_(Job.status == JobStatus.QUEUED.value, Job.id != job.id, _ahead_of(job))
+    running = Job.status == JobStatus.RUNNING.value
+    count, ahead_work, running_work = session.execute(
         select(
-            func.count(), func.coalesce(func.sum(Job.steps * Job.width * Job.height * Job.num_images), 0)
-        ).where(
-            Job.status == JobStatus.QUEUED.value, Job.model == job.model, Job.id != job.id, _ahead_of(job)
-        )
-    ).one()
-    running_work = session.scalar(
-        select(
+            func.count().filter(ahead),
+            func.coalesce(func.sum(Job.steps * Job.width * Job.height * Job.num_images).filter(ahead), 0),
             func.coalesce(
-                func.sum((Job.progress_total - Job.progress_step) * Job.width * Job.height * Job.num_images),
+                func.sum(
+                    (Job.progress_total - Job.progress_step) * Job.width * Job.height * Job.num_images
+                ).filter(running),
                 0,
-            )
-        ).where(Job.status == JobStatus.RUNNING.value, Job.model == job.model)
-    )
-    wait = ahead_count * model.overhead + model.rate * (float(ahead_work) + float(running_work or 0)) / 1e6
-    own = model.cost(job.steps, job.width, job.height, job.num_images)
-    return round(max(0.1, wait / max(1, workers or 0) + own), 2)
+            ),
+        ).where(Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]), Job.model == job.model)
+    ).one()
+    return int(count or 0), float(ahead_work or 0), float(running_work or 0)
 
 
 def _ahead_of(job: Job) -> ColumnElement[bool]:
@@ -113,13 +161,3 @@ def _ahead_of(job: Job) -> ColumnElement[bool]:
         and_(Job.priority == job.priority, Job.created_at < job.created_at),
         and_(Job.priority == job.priority, Job.created_at == job.created_at, Job.id < job.id),
     )
-
-
-def queue_position(session: Session, job: Job) -> int | None:
-    """How many queued jobs of the same model will be claimed before this one."""
-    if job.status != JobStatus.QUEUED.value:
-        return None
-    ahead = select(func.count()).where(
-        Job.status == JobStatus.QUEUED.value, Job.model == job.model, Job.id != job.id, _ahead_of(job)
-    )
-    return int(session.scalar(ahead) or 0)

@@ -74,13 +74,13 @@ def _submit_form(template: str) -> ResponseReturnValue:
     values = dict(request.form.items())
     try:
         principal = current_principal()
-        job, _ = accept_job(
+        job = accept_job(
             services(),
             request_fields(request),
             files=request.files,
             owner_id=principal.owner_id,
             admin=principal.is_admin,
-        )
+        ).job
     except EaselError as exc:
         errors = {d["field"]: _field_message(d) for d in reversed(exc.details)}
         return render_template(template, **_form_context(values, errors, exc.message)), exc.status

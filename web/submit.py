@@ -6,7 +6,8 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Request
@@ -169,6 +170,21 @@ def decode_inputs(services: Services, raw: dict[str, bytes]) -> JobInputs:
     return JobInputs(image=image, mask=mask, control=control)
 
 
+Describe = Callable[[Session, Job], dict[str, Any]]
+"""The job object of a job, read in the session that recorded or found it."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What a submission came to: the job; whether it replays an earlier request with the
+    same ``Idempotency-Key`` (then nothing new was recorded or enqueued); and the job
+    object ``describe`` made of it, if one was asked for."""
+
+    job: Job
+    replayed: bool
+    view: dict[str, Any] | None = None
+
+
 def accept_job(
     services: Services,
     fields: dict[str, Any],
@@ -176,25 +192,26 @@ def accept_job(
     files: Mapping[str, FileStorage] | None = None,
     owner_id: str | None = None,
     admin: bool = False,
-) -> tuple[Job, bool]:
+    describe: Describe | None = None,
+) -> Accepted:
     """Validate, record the job as ``queued`` with its inputs stored, then wake a worker.
 
-    Returns the job and whether it is a replay of an earlier request with the same
-    ``Idempotency-Key`` (then nothing new is recorded or enqueued). Nothing is
-    enqueued for invalid input; a broker failure after the commit loses nothing,
-    because the row is the source of truth.
+    Nothing is enqueued for invalid input; a broker failure after the commit loses
+    nothing, because the row is the source of truth. ``describe(session, job)`` makes the
+    job object in the transaction that records the job (so the queue position and
+    estimate are those of the moment it joined the queue) or that finds its replay.
+    Two transactions in all: the replay lookup and early cap check, then the insert.
     """
     fields = dict(fields)
     raw = upload_bytes(fields, files or {})
     fingerprint = request_hash({**fields, **{n: hashlib.sha256(b).hexdigest() for n, b in raw.items()}})
-    if key is not None:
+    if key is not None or owner_id is not None:
         with services.session() as session:
-            replay = find_replay(session, key, fingerprint, owner_id)
-        if replay is not None:
-            return replay, True
-    if owner_id is not None:  # early refusal, before decoding anything; held again below
-        with services.session() as session:
-            _check_cap(services, session, owner_id)
+            replay = find_replay(session, key, fingerprint, owner_id) if key is not None else None
+            if replay is not None:
+                return Accepted(replay, True, describe(session, replay) if describe else None)
+            if owner_id is not None:  # early refusal, before decoding anything; held again below
+                _check_cap(services, session, owner_id)
     request = parse_job_request(fields)
     inputs = decode_inputs(services, raw)
     resolved = resolve_job(request, services.registry, services.settings, inputs, admin=admin)
@@ -205,16 +222,17 @@ def accept_job(
                 _check_cap(services, session, owner_id)
             job = create_job(session, resolved, key, fingerprint if key else None, owner_id)
             _store_inputs(services, job, inputs)
+            view = describe(session, job) if describe else None
     except IntegrityError:
         if key is None:
             raise
         with services.session() as session:  # a concurrent request with the same key won
             replay = find_replay(session, key, fingerprint, owner_id)
-        assert replay is not None
-        return replay, True
+            assert replay is not None
+            return Accepted(replay, True, describe(session, replay) if describe else None)
     send_wakeup(services.celery, job.id, job.model)
     log.info("accepted job %s", job.id, extra={"job_id": job.id, "model": job.model})
-    return job, False
+    return Accepted(job, False, view)
 
 
 SUBMIT_LOCK_CLASS = 0x45_53  # PostgreSQL advisory lock namespace of submissions ("ES")

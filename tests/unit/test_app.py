@@ -6,18 +6,21 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import event
 
 from bench.processes import ROOT
 from easel.migrations.upgrade import upgrade
+from easel.shared.db import engine_for, session_scope
 from easel.shared.settings import Settings
 from easel.web import create_app
-from tests.factories import counts
+from tests.factories import counts, worker_row
 
 
 @pytest.fixture
@@ -71,6 +74,69 @@ def test_queue_position_counts_jobs_ahead(client: FlaskClient) -> None:
     ids = [client.post("/api/v1/jobs", json={"prompt": f"p{i}"}).get_json()["id"] for i in range(3)]
     positions = [client.get(f"/api/v1/jobs/{i}").get_json()["queue_position"] for i in ids]
     assert positions == [0, 1, 2]
+
+
+@contextmanager
+def statements(settings: Settings) -> Iterator[list[str]]:
+    """The SQL statements the app sends to its database while the block runs."""
+    engine = engine_for(settings.database_url)
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(" ".join(statement.split()))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def reads_of(table: str, seen: list[str]) -> int:
+    return sum(
+        1 for statement in seen if statement.startswith("SELECT") and f"FROM {table} " in f"{statement} "
+    )
+
+
+def test_a_submit_describes_the_job_it_records_without_reading_it_back(
+    client: FlaskClient, settings: Settings
+) -> None:
+    """The job object of a submit comes from the transaction that records the job: the
+    job and its (no) outputs are not read back, and its position and estimate read the
+    live workers once and the queue ahead of it in one statement."""
+    with session_scope(settings.database_url) as session:
+        session.add(worker_row("w1", []))  # a live worker, so the estimate is computed
+    client.post("/api/v1/jobs", json={"prompt": "first"})
+    with statements(settings) as seen:
+        response = client.post("/api/v1/jobs", json={"prompt": "second"}, headers={"Idempotency-Key": "k-2"})
+    body = response.get_json()
+    assert response.status_code == 202 and body["queue_position"] == 1 and body["eta_seconds"] > 0
+    assert sum(1 for statement in seen if statement.startswith("INSERT INTO jobs ")) == 1
+    assert reads_of("job_outputs", seen) == 0 and reads_of("workers", seen) == 1
+    # The replay lookup, the cap (early and held), the cost figures and the line.
+    assert reads_of("jobs", seen) == 5, seen
+    replay = client.post("/api/v1/jobs", json={"prompt": "second"}, headers={"Idempotency-Key": "k-2"})
+    assert replay.headers["Idempotent-Replayed"] == "true" and replay.get_json()["id"] == body["id"]
+
+
+def test_a_page_of_jobs_reads_the_workers_and_cost_figures_once(
+    client: FlaskClient, settings: Settings
+) -> None:
+    """Listing queued jobs costs one statement per job (its line) on top of a fixed few."""
+    with session_scope(settings.database_url) as session:
+        session.add(worker_row("w1", []))
+
+    def page_reads(size: int) -> list[str]:
+        with statements(settings) as seen:
+            page = client.get(f"/api/v1/jobs?limit={size}").get_json()["jobs"]
+        assert len(page) == size and all(job["eta_seconds"] > 0 for job in page)
+        return seen
+
+    for i in range(6):
+        client.post("/api/v1/jobs", json={"prompt": f"p{i}"})
+    three, six = page_reads(3), page_reads(6)
+    assert reads_of("workers", three) == reads_of("workers", six) == 1
+    assert len(six) - len(three) == 3
 
 
 def error_of(response: Any) -> dict[str, Any]:
