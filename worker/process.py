@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,14 @@ log = logging.getLogger(__name__)
 
 Publish = Any  # (job id, model) -> object: a wake-up for another worker
 Notify = Any  # (job id[, event]) -> object: a job's webhook (default event: completed)
+
+
+GIL_SWITCH_INTERVAL = 50e-6
+"""Seconds a thread of the worker may keep the GIL while another waits for it
+(``sys.setswitchinterval``; CPython's default is 5 ms). The denoising thread lets go of
+the GIL at each torch operation and needs it back right after; at the default, a busy
+store, preview or broker thread then keeps it for up to 5 ms every time, so denoising
+crawls for as long as they work. 50 us gives it back at once (docs/benchmarks.md)."""
 
 
 def new_worker_id() -> str:
@@ -159,6 +168,7 @@ class WorkerProcess:
     def start(self) -> None:
         """Serve metrics, start beating (after marking dead predecessors on this host
         stopped), and start claiming."""
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)  # the denoising thread first: see above
         if self.settings.metrics_port:
             try:
                 worker_metrics.start_server(self.settings.metrics_port)

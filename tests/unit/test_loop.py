@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -92,3 +94,24 @@ def test_stop_ends_an_idle_loop_at_once(queue: Queue) -> None:
     loop.start()
     wait_for(lambda: queue.waits, 5, "the first claim")
     assert loop.stop(timeout=2)
+
+
+def test_a_started_worker_lets_its_denoising_thread_take_the_gil_back_at_once(env: dict[str, Any]) -> None:
+    """The worker shortens the interval after which a thread waiting for the GIL gets it
+    (CPython's default: 5 ms), so its store, preview and broker threads do not hold up
+    denoising (``worker.process.GIL_SWITCH_INTERVAL``)."""
+    from easel.worker.engine.device import DevicePlan
+    from easel.worker.process import GIL_SWITCH_INTERVAL, WorkerProcess
+
+    settings = env["settings"].model_copy(update={"preload_models": "none", "metrics_port": 0})
+    before = sys.getswitchinterval()
+    process = WorkerProcess.build(
+        settings, env["registry"], ["tiny-sd"], DevicePlan("cpu", "float32"), lambda *_: None, lambda *_: None
+    )
+    try:
+        assert before > GIL_SWITCH_INTERVAL
+        process.start()
+        assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL)
+    finally:
+        process.stop(timeout=10)
+        sys.setswitchinterval(before)
