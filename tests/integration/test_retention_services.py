@@ -22,10 +22,10 @@ from easel.shared.models import Job, JobOutput, JobStatus, utcnow
 from easel.shared.retention import Policy, output_key, prune
 from easel.shared.settings import Settings
 from easel.shared.storage import S3Storage, storage_from_settings
-from easel.web.eta import cost_model, estimate_seconds, queue_position
+from easel.web.eta import QueueEstimates, cost_model
 from easel.web.metrics import histograms, job_counts
 from tests.factories import job_row as base_job_row
-from tests.factories import make_stack
+from tests.factories import make_stack, worker_row
 
 
 def job_row(status: JobStatus, age_days: float | None, **fields: Any) -> Job:
@@ -154,7 +154,7 @@ def test_hot_queries_read_indexes_not_the_history_on_postgres(pg_sessions: sessi
     fill_history(pg_sessions, 20_000, owner)
     with pg_sessions() as session:
         queued = [job_row(JobStatus.QUEUED, None, owner_id=owner, seed=i) for i in range(5)]
-        session.add_all(queued)
+        session.add_all([*queued, worker_row("w1", ["tiny-sd"])])
         session.commit()
         job = queued[-1]
 
@@ -167,8 +167,8 @@ def test_hot_queries_read_indexes_not_the_history_on_postgres(pg_sessions: sessi
 
         event.listen(engine, "before_cursor_execute", grab)
         try:
-            assert queue_position(session, job) == 4
-            assert estimate_seconds(session, job, 20, 30.0, workers=1) is not None
+            place = QueueEstimates(session, 20, 30.0).place(job)
+            assert place.position == 4 and place.eta_seconds is not None and place.workers == 1
             assert cost_model(session, "tiny-sd", 20).rate > 0
             assert active_jobs(session, owner) == 5
             assert len(list_jobs(session, 20, owner=owner)[0]) == 20
