@@ -2,7 +2,7 @@
 
 Hot paths never scan the job history (docs/design.md principle 11). So when a job
 reaches a final status, ``record_finished`` adds it, in the same transaction as the
-change of status, to
+change of status (``record_all_finished``: the jobs of a batch at once), to
 
 - ``job_counts``: jobs finished per (model, type, status), the
   ``easel_jobs_finished`` counter (and, with the queued and running rows, which an
@@ -21,6 +21,7 @@ the jobs that finished before it; benchmarks that bulk-insert history call it).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol, cast
@@ -56,6 +57,10 @@ def bucket_of(seconds: float, bounds: Sequence[float]) -> str:
     return INF
 
 
+Finished = tuple[FinishedJob, str | JobStatus, datetime]
+"""A job, the final status it reached and when (``record_all_finished``)."""
+
+
 def record_finished(
     session: Session, job: FinishedJob, status: str | JobStatus, finished_at: datetime
 ) -> None:
@@ -65,23 +70,40 @@ def record_finished(
     guarded ``UPDATE`` that made the change and only when that update changed the row,
     so the counters move if and only if the status did.
     """
-    status = status.value if isinstance(status, JobStatus) else status
-    if status not in TERMINAL:
-        raise ValueError(f"status {status!r} is not final; expected one of {', '.join(TERMINAL)}")
-    _add(session, _table(JobCount), {"model": job.model, "type": job.type, "status": status}, count=1)
-    if job.started_at is None:  # canceled while queued: it neither waited to start nor ran
-        return
-    for kind, seconds in (
-        ("wait", (job.started_at - job.created_at).total_seconds()),
-        ("run", (finished_at - job.started_at).total_seconds()),
-    ):
-        seconds = max(0.0, seconds)  # web and worker clocks may differ
+    record_all_finished(session, [(job, status, finished_at)])
+
+
+def record_all_finished(session: Session, finished: Sequence[Finished]) -> None:
+    """``record_finished`` for each of ``finished`` (not committed), with one upsert per
+    counter they touch, however many jobs: a batch of jobs of one model ending together
+    adds to a few rows. The rows are written in one order (sorted keys, counts first) in
+    every transaction, so workers finishing at the same time never deadlock."""
+    counts: Counter[tuple[str, str, str]] = Counter()
+    durations: dict[tuple[str, str, str], tuple[int, float]] = {}
+    for job, status, finished_at in finished:
+        status = status.value if isinstance(status, JobStatus) else status
+        if status not in TERMINAL:
+            raise ValueError(f"status {status!r} is not final; expected one of {', '.join(TERMINAL)}")
+        counts[(job.model, job.type, status)] += 1
+        if job.started_at is None:  # canceled while queued: it neither waited to start nor ran
+            continue
+        for kind, seconds in (
+            ("wait", (job.started_at - job.created_at).total_seconds()),
+            ("run", (finished_at - job.started_at).total_seconds()),
+        ):
+            seconds = max(0.0, seconds)  # web and worker clocks may differ
+            key = (kind, job.model, bucket_of(seconds, BUCKETS[kind]))
+            count, total = durations.get(key, (0, 0.0))
+            durations[key] = (count + 1, total + seconds)
+    for (model, job_type, status), count in sorted(counts.items()):
+        _add(session, _table(JobCount), {"model": model, "type": job_type, "status": status}, count=count)
+    for (kind, model, bucket), (count, total) in sorted(durations.items()):
         _add(
             session,
             _table(JobDuration),
-            {"kind": kind, "model": job.model, "bucket": bucket_of(seconds, BUCKETS[kind])},
-            count=1,
-            total=seconds,
+            {"kind": kind, "model": model, "bucket": bucket},
+            count=count,
+            total=total,
         )
 
 

@@ -13,14 +13,15 @@ docstring says otherwise.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, update
+from sqlalchemy import ColumnElement, delete, insert, update
 from sqlalchemy.orm import Session
 
 from easel.shared.db import rowcount
 from easel.shared.models import Job, JobOutput, JobStatus, utcnow
-from easel.shared.stats import record_finished
+from easel.shared.stats import Finished, FinishedJob, record_all_finished, record_finished
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
 
@@ -36,17 +37,23 @@ def _update(session: Session, *where: ColumnElement[bool], **values: Any) -> int
 def _end(session: Session, *where: ColumnElement[bool], **values: Any) -> bool:
     """Move the row to the final status in ``values`` if ``where`` holds, and count it in
     the maintained statistics in the same transaction; whether it moved."""
-    row = session.execute(
+    row = _end_uncounted(session, *where, **values)
+    if row is None:
+        return False
+    record_finished(session, row, values["status"], values["finished_at"])
+    return True
+
+
+def _end_uncounted(session: Session, *where: ColumnElement[bool], **values: Any) -> FinishedJob | None:
+    """Move the row to the final status in ``values`` if ``where`` holds; what the
+    statistics read of it (``FinishedJob``) if it moved, for the caller to count."""
+    return session.execute(
         update(Job)
         .where(*where)
         .values(**values)
         .returning(Job.model, Job.type, Job.created_at, Job.started_at)
         .execution_options(synchronize_session=False)
     ).first()
-    if row is None:
-        return False
-    record_finished(session, row, values["status"], values["finished_at"])
-    return True
 
 
 def held_by(worker_id: str | None, *job_ids: str) -> tuple[ColumnElement[bool], ...]:
@@ -106,6 +113,17 @@ def record_preview(session: Session, job_ids: Sequence[str], worker_id: str, ste
     return _update(session, *held_by(worker_id, *job_ids), preview_step=step)
 
 
+@dataclass(frozen=True)
+class Ending:
+    """How one of our running jobs ends (``finish_all``)."""
+
+    job_id: str
+    status: JobStatus
+    timings: dict[str, Any]
+    error: tuple[str, str] | None = None
+    outputs: Sequence[JobOutput] = ()
+
+
 def finish(
     session: Session,
     job_id: str,
@@ -116,35 +134,63 @@ def finish(
     outputs: Sequence[JobOutput] = (),
 ) -> JobStatus | None:
     """End our running job as ``status`` with its outputs; commits. The status it got, or
-    ``None`` if the job is no longer ours.
+    ``None`` if the job is no longer ours (``finish_all`` of one job)."""
+    return finish_all(session, worker_id, [Ending(job_id, status, timings, error, outputs)])[0]
+
+
+def finish_all(session: Session, worker_id: str, endings: Sequence[Ending]) -> list[JobStatus | None]:
+    """End our running jobs, each as its ``Ending`` says and with its outputs, in one
+    transaction; commits. For each, the status it got, or ``None`` if the job is no
+    longer ours (nothing is written for it).
 
     A job whose cancel was requested ends ``canceled``, not ``succeeded``: the client
-    asked, and nothing it did not want is published.
+    asked, and nothing it did not want is published. One guarded ``UPDATE`` per job;
+    then their outputs and statistics in a few statements for all of them (the jobs of
+    a batch end together).
     """
     now = utcnow()
-    values: dict[str, Any] = {
-        "status": status.value,
-        "finished_at": now,
-        "timings": timings,
-        "updated_at": now,
-    }
-    if error is not None:
-        values["error_code"], values["error_message"] = error
-    mine = held_by(worker_id, job_id)
-    if status is JobStatus.SUCCEEDED:
-        if not _end(session, *mine, Job.cancel_requested.is_(False), **values):
-            status, outputs = JobStatus.CANCELED, ()
-            if not _end(session, *mine, **{**values, "status": status.value}):
-                session.rollback()
-                return None
-    elif not _end(session, *mine, **values):
-        session.rollback()
-        return None
-    if outputs:
-        session.execute(delete(JobOutput).where(JobOutput.job_id == job_id))
-        session.add_all(outputs)
+    got: list[JobStatus | None] = []
+    counted: list[Finished] = []
+    outputs: list[JobOutput] = []
+    for ending in endings:
+        values: dict[str, Any] = {
+            "status": ending.status.value,
+            "finished_at": now,
+            "timings": ending.timings,
+            "updated_at": now,
+        }
+        if ending.error is not None:
+            values["error_code"], values["error_message"] = ending.error
+        mine = held_by(worker_id, ending.job_id)
+        status, row = ending.status, None
+        if status is JobStatus.SUCCEEDED:
+            row = _end_uncounted(session, *mine, Job.cancel_requested.is_(False), **values)
+            if row is None:  # a cancel was asked meanwhile (or the job is no longer ours)
+                status = JobStatus.CANCELED
+                values["status"] = status.value
+        if row is None:
+            row = _end_uncounted(session, *mine, **values)
+        got.append(status if row is not None else None)
+        if row is None:
+            continue
+        counted.append((row, status, now))
+        if status is JobStatus.SUCCEEDED:
+            outputs.extend(ending.outputs)
+    if outputs:  # a rerun replaces what an earlier attempt stored
+        session.execute(delete(JobOutput).where(JobOutput.job_id.in_({o.job_id for o in outputs})))
+        session.execute(insert(JobOutput), [_output_values(output) for output in outputs])
+    record_all_finished(session, counted)
     session.commit()
-    return status
+    return got
+
+
+def _output_values(output: JobOutput) -> dict[str, Any]:
+    """A new ``JobOutput``'s columns, for one multi-row ``INSERT`` (the id and creation
+    time come from the table's defaults)."""
+    return {name: getattr(output, name) for name in _OUTPUT_COLUMNS}
+
+
+_OUTPUT_COLUMNS = tuple(c.key for c in JobOutput.__table__.columns if c.key not in ("id", "created_at"))
 
 
 # ---- cancel ------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from easel.shared.models import Job, JobOutput, JobStatus
 from easel.shared.params import params_of
 from easel.shared.registry import Registry
 from easel.shared.storage import Storage
-from easel.shared.transitions import finish, held_by, record_progress
+from easel.shared.transitions import Ending, finish_all, held_by, record_progress
 from easel.worker.engine.adapters import pipeline_for, prepare_control
 from easel.worker.engine.claims import claim_batch
 from easel.worker.engine.generate import (
@@ -377,6 +377,8 @@ class JobRunner:
             pending.result()
 
     def _store_all(self, done: list[_Done]) -> None:
+        """Store each job's images, then record the stored jobs in one transaction."""
+        stored: list[tuple[_Done, Ending]] = []
         for item in done:
             job, timings = item.job, item.timings
             t0 = time.perf_counter()
@@ -387,8 +389,14 @@ class JobRunner:
                 continue
             timings["store_seconds"] = round(time.perf_counter() - t0, 3)
             timings["run_seconds"] = round(timings["run_seconds"] + timings["store_seconds"], 3)
-            if self._finish(job, JobStatus.SUCCEEDED, timings, outputs=outputs) is JobStatus.SUCCEEDED:
-                log.info("job %s succeeded in %.2fs", job.id, timings["run_seconds"], extra=item.context)
+            stored.append((item, Ending(job.id, JobStatus.SUCCEEDED, timings, outputs=outputs)))
+        if not stored:
+            return
+        finals = self._finish_all([item.job for item, _ in stored], [ending for _, ending in stored])
+        for (item, ending), final in zip(stored, finals, strict=True):
+            if final is JobStatus.SUCCEEDED:
+                seconds = ending.timings["run_seconds"]
+                log.info("job %s succeeded in %.2fs", item.job.id, seconds, extra=item.context)
 
     def _fail(self, job: Job, exc: BaseException, timings: dict[str, Any], context: dict[str, Any]) -> None:
         code = error_code_for(exc)
@@ -456,41 +464,39 @@ class JobRunner:
     def _finish(
         self, job: Job, status: JobStatus, timings: dict[str, Any], **kwargs: Any
     ) -> JobStatus | None:
-        """``_finish_once`` retried through database outages for ``db_retry_seconds``:
+        """End one job (``_finish_all``)."""
+        return self._finish_all([job], [Ending(job.id, status, timings, **kwargs)])[0]
+
+    def _finish_all(self, jobs: Sequence[Job], endings: Sequence[Ending]) -> list[JobStatus | None]:
+        """``_finish_all_once`` retried through database outages for ``db_retry_seconds``:
         finished work is never marked lost because the database blinked."""
         for attempt in Retrying(
             retry=retry_if_exception_type((OperationalError, InterfaceError, DisconnectionError)),
             stop=stop_after_delay(self.db_retry_seconds),
             wait=wait_exponential(multiplier=0.5, max=10),
             before_sleep=lambda state: log.warning(
-                "recording job %s failed (attempt %d); retrying",
-                job.id,
+                "recording jobs %s failed (attempt %d); retrying",
+                ",".join(job.id for job in jobs),
                 state.attempt_number,
-                extra={"job_id": job.id},
+                extra={"job_id": jobs[0].id},
             ),
             reraise=True,
         ):
             with attempt:
-                return self._finish_once(job, status, timings, **kwargs)
+                return self._finish_all_once(jobs, endings)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _finish_once(
-        self,
-        job: Job,
-        status: JobStatus,
-        timings: dict[str, Any],
-        error: tuple[str, str] | None = None,
-        outputs: list[JobOutput] | None = None,
-    ) -> JobStatus | None:
-        """Move our running job to ``status``; the status it got (``canceled`` if a cancel
-        was asked meanwhile), or ``None`` if the job is no longer ours."""
+    def _finish_all_once(self, jobs: Sequence[Job], endings: Sequence[Ending]) -> list[JobStatus | None]:
+        """Move our running jobs to their endings in one transaction; for each, the status
+        it got (``canceled`` if a cancel was asked meanwhile), or ``None`` if the job is
+        no longer ours."""
         with self.sessions() as session:
-            final = finish(session, job.id, self.worker_id, status, timings, error, outputs or ())
-        if final is None:
-            log.warning(
-                "job %s is no longer ours; result of this run dropped", job.id, extra={"job_id": job.id}
-            )
-            return None
-        if self.on_finished is not None:
-            self.on_finished(job, final, timings)
-        return final
+            finals = finish_all(session, self.worker_id, endings)
+        for job, ending, final in zip(jobs, endings, finals, strict=True):
+            if final is None:
+                log.warning(
+                    "job %s is no longer ours; result of this run dropped", job.id, extra={"job_id": job.id}
+                )
+            elif self.on_finished is not None:
+                self.on_finished(job, final, ending.timings)
+        return finals
