@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from easel.shared import transitions
@@ -114,16 +114,14 @@ def _finished(job: Job) -> Conflict:
     )
 
 
+_ACTIVE_OF_OWNER = select(func.count()).where(
+    Job.owner_id == bindparam("owner_id"), Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value])
+)  # built once: every submit counts twice
+
+
 def active_jobs(session: Session, owner_id: str) -> int:
     """Queued and running jobs of one owner."""
-    return int(
-        session.scalar(
-            select(func.count()).where(
-                Job.owner_id == owner_id, Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value])
-            )
-        )
-        or 0
-    )
+    return int(session.scalar(_ACTIVE_OF_OWNER, {"owner_id": owner_id}) or 0)
 
 
 def get_job_fresh(session: Session, job_id: str) -> Job:

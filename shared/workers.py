@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from easel.shared.models import Worker, utcnow
@@ -27,10 +27,15 @@ def serves(models: Sequence[str] | None, model: str) -> bool:
     return not models or model in models
 
 
+_LIVE_MODELS = select(Worker.models).where(
+    Worker.last_seen_at >= bindparam("since"), Worker.stopped_at.is_(None)
+)
+"""Built once: every submit and job view reads it."""
+
+
 def live_worker_models(session: Session, lost_after: float) -> list[list[str]]:
     """The models of each live worker, one list per worker."""
-    live = (Worker.last_seen_at >= live_since(lost_after), Worker.stopped_at.is_(None))
-    rows = session.scalars(select(Worker.models).where(*live)).all()
+    rows = session.scalars(_LIVE_MODELS, {"since": live_since(lost_after)}).all()
     return [list(models or []) for models in rows]
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from easel.shared.models import Job, JobStatus
@@ -46,15 +46,20 @@ class CostModel:
         return self.overhead + self.rate * steps * width * height / 1e6 * images
 
 
+_RECENT_SUCCEEDED = (
+    select(Job.steps, Job.width, Job.height, Job.num_images, Job.timings)
+    .where(Job.model == bindparam("model"), Job.status == JobStatus.SUCCEEDED.value)
+    .order_by(Job.finished_at.desc())
+    .limit(bindparam("history"))
+)
+"""A model's latest succeeded jobs. The hot statements here are built once, with bound
+parameters: building one per call cost several times what running it does."""
+
+
 def cost_model(session: Session, model: str, history: int) -> CostModel:
     """The model's cost figures from its ``history`` latest succeeded jobs (or the prior):
     an index range of at most ``history`` rows, whatever the size of the history."""
-    rows = session.execute(
-        select(Job.steps, Job.width, Job.height, Job.num_images, Job.timings)
-        .where(Job.model == model, Job.status == JobStatus.SUCCEEDED.value)
-        .order_by(Job.finished_at.desc())
-        .limit(history)
-    ).all()
+    rows = session.execute(_RECENT_SUCCEEDED, {"model": model, "history": history}).all()
     rates, overheads = [], []
     for steps, width, height, images, timings in rows:
         timings = timings or {}
@@ -134,30 +139,41 @@ def estimate_seconds(session: Session, job: Job, history: int, lost_after: float
     return QueueEstimates(session, history, lost_after).place(job).eta_seconds
 
 
+_QUEUED, _RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
+_AHEAD = and_(  # queued, and claimed before the job: higher priority, or older at the same
+    Job.status == _QUEUED,
+    Job.id != bindparam("job_id"),
+    or_(
+        Job.priority > bindparam("priority"),
+        and_(Job.priority == bindparam("priority"), Job.created_at < bindparam("created_at")),
+        and_(
+            Job.priority == bindparam("priority"),
+            Job.created_at == bindparam("created_at"),
+            Job.id < bindparam("job_id"),
+        ),
+    ),
+)
+_LINE = select(
+    func.count().filter(_AHEAD),
+    func.coalesce(func.sum(Job.steps * Job.width * Job.height * Job.num_images).filter(_AHEAD), 0),
+    func.coalesce(
+        func.sum((Job.progress_total - Job.progress_step) * Job.width * Job.height * Job.num_images).filter(
+            Job.status == _RUNNING
+        ),
+        0,
+    ),
+).where(Job.status.in_([_QUEUED, _RUNNING]), Job.model == bindparam("model"))
+
+
 def _line(session: Session, job: Job) -> tuple[int, float, float]:
     """The queued jobs of ``job``'s model that will be claimed before it, their work
     (steps x pixels x images), and the work left in the model's running jobs: one read of
     the model's queued and running rows."""
-    ahead = and_(Job.status == JobStatus.QUEUED.value, Job.id != job.id, _ahead_of(job))
-    running = Job.status == JobStatus.RUNNING.value
-    count, ahead_work, running_work = session.execute(
-        select(
-            func.count().filter(ahead),
-            func.coalesce(func.sum(Job.steps * Job.width * Job.height * Job.num_images).filter(ahead), 0),
-            func.coalesce(
-                func.sum(
-                    (Job.progress_total - Job.progress_step) * Job.width * Job.height * Job.num_images
-                ).filter(running),
-                0,
-            ),
-        ).where(Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]), Job.model == job.model)
-    ).one()
+    parameters = {
+        "job_id": job.id,
+        "priority": job.priority,
+        "created_at": job.created_at,
+        "model": job.model,
+    }
+    count, ahead_work, running_work = session.execute(_LINE, parameters).one()
     return int(count or 0), float(ahead_work or 0), float(running_work or 0)
-
-
-def _ahead_of(job: Job) -> ColumnElement[bool]:
-    return or_(
-        Job.priority > job.priority,
-        and_(Job.priority == job.priority, Job.created_at < job.created_at),
-        and_(Job.priority == job.priority, Job.created_at == job.created_at, Job.id < job.id),
-    )
