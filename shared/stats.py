@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
+from functools import cache
 from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, case, delete, func, literal, select
@@ -114,19 +115,23 @@ def _table(model: type[JobCount | JobDuration]) -> Table:
 
 def _add(session: Session, table: Table, key: dict[str, Any], **amounts: float) -> None:
     """``INSERT`` the row, or add ``amounts`` to the one with the same ``key``."""
-    dialect = session.get_bind().dialect.name
+    upsert = _upsert(session.get_bind().dialect.name, table, tuple(key), tuple(amounts))
+    session.execute(upsert, {**key, **amounts})
+
+
+@cache
+def _upsert(dialect: str, table: Table, key: tuple[str, ...], amounts: tuple[str, ...]) -> Any:
+    """The ``INSERT ... ON CONFLICT (key) DO UPDATE SET amount = amount + excluded.amount``
+    of ``table``, built once per shape (its values are the execution's parameters)."""
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
     else:  # pragma: no cover - only PostgreSQL and SQLite are supported
         raise NotImplementedError(f"no upsert for the {dialect!r} database")
-    statement = insert(table).values(**key, **amounts)
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=list(key),
-            set_={name: table.c[name] + statement.excluded[name] for name in amounts},
-        )
+    statement = insert(table)
+    return statement.on_conflict_do_update(
+        index_elements=list(key), set_={name: table.c[name] + statement.excluded[name] for name in amounts}
     )
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, delete, insert, update
+from sqlalchemy import ColumnElement, Table, bindparam, delete, insert, update
 from sqlalchemy.orm import Session
 
 from easel.shared.db import rowcount
@@ -61,6 +61,47 @@ def held_by(worker_id: str | None, *job_ids: str) -> tuple[ColumnElement[bool], 
     return (Job.id.in_(job_ids), Job.status == RUNNING, Job.worker_id == worker_id)
 
 
+# The statements a worker runs for every batch (claim, progress, finish), built once with
+# bound parameters on the table: building them per call cost more than running them.
+_JOBS = cast(Table, Job.__table__)
+_THESE = _JOBS.c.id.in_(bindparam("job_ids", expanding=True))
+_HELD = (_THESE, _JOBS.c.status == RUNNING, _JOBS.c.worker_id == bindparam("holder"))
+_CLAIM = (
+    update(_JOBS)
+    .where(_THESE, _JOBS.c.status == QUEUED)
+    .values(
+        status=RUNNING,
+        attempts=_JOBS.c.attempts + 1,
+        worker_id=bindparam("holder"),
+        batch_id=bindparam("new_batch_id"),
+        batch_size=bindparam("new_batch_size"),
+        started_at=bindparam("now"),
+        progress_step=0,
+        preview_step=None,  # a rerun shows no preview of an earlier attempt
+        updated_at=bindparam("now"),
+    )
+)
+_PROGRESS = (
+    update(_JOBS)
+    .where(*_HELD)
+    .values(progress_step=bindparam("new_step"), progress_total=bindparam("new_total"))
+    .returning(_JOBS.c.id, _JOBS.c.cancel_requested)
+)
+_ENDING: dict[str, Any] = {
+    "status": bindparam("new_status"),
+    "finished_at": bindparam("now"),
+    "timings": bindparam("new_timings"),
+    "error_code": bindparam("new_error_code"),
+    "error_message": bindparam("new_error_message"),
+    "updated_at": bindparam("now"),
+}
+_COUNTED = (_JOBS.c.model, _JOBS.c.type, _JOBS.c.created_at, _JOBS.c.started_at)  # FinishedJob
+_END_UNLESS_CANCELED = (
+    update(_JOBS).where(*_HELD, _JOBS.c.cancel_requested.is_(False)).values(**_ENDING).returning(*_COUNTED)
+)
+_END_HELD = update(_JOBS).where(*_HELD).values(**_ENDING).returning(*_COUNTED)
+
+
 # ---- queued -> running -------------------------------------------------------------------
 
 
@@ -69,21 +110,8 @@ def claim(
 ) -> int:
     """Move the still-queued of ``job_ids`` to running for ``worker_id`` in one batch;
     how many moved. Each claim counts as an attempt."""
-    now = utcnow()
-    return _update(
-        session,
-        Job.id.in_(list(job_ids)),
-        Job.status == QUEUED,
-        status=RUNNING,
-        attempts=Job.attempts + 1,
-        worker_id=worker_id,
-        batch_id=batch_id,
-        batch_size=batch_size,
-        started_at=now,
-        progress_step=0,
-        preview_step=None,  # a rerun shows no preview of an earlier attempt
-        updated_at=now,
-    )
+    values = {"new_batch_id": batch_id, "new_batch_size": batch_size, "now": utcnow()}
+    return rowcount(session.execute(_CLAIM, {"job_ids": list(job_ids), "holder": worker_id, **values}))
 
 
 def set_batch_size(session: Session, job_ids: Sequence[str], batch_id: str, images: int) -> None:
@@ -100,10 +128,7 @@ def record_progress(
     """Record (step, total) on the jobs still ours, in one statement that also reads their
     cancel requests: ``{job id: cancel requested}`` for each job still ours."""
     rows = session.execute(
-        update(Job)
-        .where(*held_by(worker_id, *job_ids))
-        .values(progress_step=step, progress_total=total)
-        .returning(Job.id, Job.cancel_requested)
+        _PROGRESS, {"job_ids": list(job_ids), "holder": worker_id, "new_step": step, "new_total": total}
     ).all()
     return {job_id: bool(cancel) for job_id, cancel in rows}
 
@@ -153,23 +178,24 @@ def finish_all(session: Session, worker_id: str, endings: Sequence[Ending]) -> l
     counted: list[Finished] = []
     outputs: list[JobOutput] = []
     for ending in endings:
-        values: dict[str, Any] = {
-            "status": ending.status.value,
-            "finished_at": now,
-            "timings": ending.timings,
-            "updated_at": now,
+        code, message = ending.error or (None, None)
+        values = {
+            "job_ids": [ending.job_id],
+            "holder": worker_id,
+            "now": now,
+            "new_status": ending.status.value,
+            "new_timings": ending.timings,
+            "new_error_code": code,
+            "new_error_message": message,
         }
-        if ending.error is not None:
-            values["error_code"], values["error_message"] = ending.error
-        mine = held_by(worker_id, ending.job_id)
         status, row = ending.status, None
         if status is JobStatus.SUCCEEDED:
-            row = _end_uncounted(session, *mine, Job.cancel_requested.is_(False), **values)
+            row = session.execute(_END_UNLESS_CANCELED, values).first()
             if row is None:  # a cancel was asked meanwhile (or the job is no longer ours)
                 status = JobStatus.CANCELED
-                values["status"] = status.value
+                values["new_status"] = status.value
         if row is None:
-            row = _end_uncounted(session, *mine, **values)
+            row = session.execute(_END_HELD, values).first()
         got.append(status if row is not None else None)
         if row is None:
             continue
