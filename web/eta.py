@@ -133,12 +133,6 @@ class QueueEstimates:
         return Place(position, round(max(0.1, wait / workers + own), 2), workers)
 
 
-def estimate_seconds(session: Session, job: Job, history: int, lost_after: float) -> float | None:
-    """Seconds until ``job`` finishes; ``None`` once it has, or while it is queued and
-    no live worker serves its model."""
-    return QueueEstimates(session, history, lost_after).place(job).eta_seconds
-
-
 _QUEUED, _RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
 _AHEAD = and_(  # queued, and claimed before the job: higher priority, or older at the same
     Job.status == _QUEUED,

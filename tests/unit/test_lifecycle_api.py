@@ -13,7 +13,7 @@ from easel.shared.db import session_scope
 from easel.shared.models import Job, utcnow
 from easel.shared.settings import Settings
 from easel.web import create_app
-from easel.web.eta import cost_model, estimate_seconds
+from easel.web.eta import QueueEstimates, cost_model
 from easel.worker.signing import new_secret, receiver_secret, signed_headers, verify_signature
 from tests.factories import migrated_settings, worker_row
 
@@ -225,4 +225,4 @@ def test_eta_learns_the_per_image_cost_of_batched_jobs(settings: Settings) -> No
         session.add(running)
         session.flush()
         # Half its steps left, for the 4 images its call denoises: half of the 8 s call.
-        assert estimate_seconds(session, running, 20, 30.0) == pytest.approx(4.0)
+        assert QueueEstimates(session, 20, 30.0).place(running).eta_seconds == pytest.approx(4.0)
