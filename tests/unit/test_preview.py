@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import io
+import itertools
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from easel.shared.jobs import preview_key
 from easel.shared.storage import LocalStorage
-from easel.worker.engine.preview import SD1, latent_rgb_for, latent_to_image, preview_size
+from easel.worker.engine import preview as preview_module
+from easel.worker.engine.preview import SD1, PreviewWriter, latent_rgb_for, latent_to_image, preview_size
 from tests.factories import enqueue, fetch, generate_one, generation_request, make_runner
 
 
@@ -68,3 +72,33 @@ def test_previews_off_write_nothing(env: dict[str, Any]) -> None:
     job_id = enqueue(env, steps=3)
     runner.run_next()
     assert preview_key(job_id) not in storage.writes and fetch(env, job_id).preview_step is None
+
+
+def test_a_batch_is_first_previewed_one_interval_after_it_started(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that ends within the interval costs no preview; a longer one gets its first
+    once it has denoised for an interval, then one per interval."""
+    storage = CountingStorage(env["storage"].root)
+    writer = PreviewWriter(env["sessions"], storage, "test:1", interval=1.0)
+    pipe = make_runner(env).cache.get(env["registry"].get("tiny-sd"))[0].for_type("txt2img")
+    clock = iter(itertools.count(100.0, 0.25))  # each look at the clock: a quarter second later
+    monkeypatch.setattr(preview_module.time, "monotonic", lambda: next(clock))
+    latents = torch.zeros(1, 4, 8, 8)  # one image's latents, as the step callback gets them
+
+    previewed: list[int] = []
+    callback = writer.for_batch(pipe, {0: "job-a"}, ["job-a"], (64, 64))  # started at 100.0
+    assert callback is not None
+    for step in range(1, 13):  # seen at 100.25, 100.5, ... 103.0
+        callback(step, 0, latents)
+        writer.drain()
+        if writer.written > len(previewed):
+            previewed.append(step)
+    assert previewed == [4, 8, 12]  # at 101.0, 102.0, 103.0: one interval in, then each interval
+
+    short = writer.for_batch(pipe, {0: "job-b"}, ["job-b"], (64, 64))  # started at 103.25
+    assert short is not None
+    for step in range(1, 4):  # 103.5 to 104.0: within its first interval
+        short(step, 0, latents)
+    writer.drain()
+    assert preview_key("job-b") not in storage.writes and writer.written == 3

@@ -10,7 +10,9 @@ RGB, upscales, encodes a JPEG, overwrites the job's preview object
 records the step on the job row. When that thread is still busy with the last
 preview, the step callback skips this one instead of queueing: denoising never waits
 for a preview. A worker takes at most one preview per ``EASEL_PREVIEW_INTERVAL_SECONDS``
-over all its batches, so short jobs cost no more than long ones (``bench.preview``
+over all its batches, and a batch's first one interval after the batch started: a
+batch that ends sooner costs nothing (its images come before a preview would help),
+and a long one shows the latents once they have taken shape (``bench.preview``
 measures the cost: within run-to-run noise, docs/benchmarks.md).
 """
 
@@ -124,6 +126,8 @@ class PreviewWriter:
     last: float = float("-inf")
     """When the last preview was taken (``time.monotonic``), over all batches: at most one
     preview per ``interval`` per worker, however short its jobs."""
+    not_before: float = float("-inf")
+    """No preview before this ``time.monotonic``: one interval after the batch in hand started."""
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _pending: Future[None] | None = field(default=None, init=False, repr=False)
 
@@ -141,6 +145,7 @@ class PreviewWriter:
         rgb = latent_rgb_for(pipe)
         if self.interval <= 0 or rgb is None or not first_images:
             return None
+        self.not_before = time.monotonic() + self.interval
         return _BatchPreviews(self, rgb, dict(first_images), active, preview_size(*size))
 
     def submit(self, step: int, latents: dict[str, Any], rgb: LatentRgb, size: tuple[int, int]) -> None:
@@ -187,7 +192,7 @@ class _BatchPreviews:
 
     def __call__(self, step: int, offset: int, latents: Any) -> None:
         now = time.monotonic()
-        if now - self.writer.last < self.writer.interval or self.writer.busy:
+        if now < self.writer.not_before or now - self.writer.last < self.writer.interval or self.writer.busy:
             return
         picks = {
             job_id: index - offset
