@@ -6,7 +6,7 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -60,10 +60,16 @@ def create_job(
     idempotency_key: str | None = None,
     fingerprint: str | None = None,
     owner_id: str | None = None,
+    job_id: str | None = None,
+    input_keys: Mapping[str, str] | None = None,
 ) -> Job:
-    """Add a ``queued`` job row for ``resolved`` (committed by the caller)."""
+    """Add a ``queued`` job row for ``resolved`` (committed by the caller): ``job_id``, or
+    a new id; ``input_keys``, the ``input_key``/``mask_key``/``control_key`` of its stored
+    inputs."""
     job = Job(
         **resolved.model_dump(mode="json"),  # the parameters, webhook and priority
+        **({"id": job_id} if job_id else {}),
+        **(input_keys or {}),
         status=JobStatus.QUEUED.value,
         progress_total=resolved.denoising_steps,
         idempotency_key=idempotency_key,

@@ -222,6 +222,23 @@ def simultaneous_statuses(
     return sorted(statuses)
 
 
+def inputs_in_storage_and_rows(settings: Settings) -> tuple[set[str], set[str]]:
+    """The stored job inputs under ``settings``' local storage folder, and the input keys
+    its job rows name: equal when no submission left an input behind."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import sessionmaker
+
+    from easel.shared.db import engine_for
+    from easel.shared.storage import LocalStorage, storage_from_settings
+
+    storage = storage_from_settings(settings)
+    assert isinstance(storage, LocalStorage)
+    stored = {path.relative_to(storage.root).as_posix() for path in storage.root.rglob("input-*.png")}
+    with sessionmaker(engine_for(settings.database_url))() as session:
+        named = set(session.scalars(select(Job.input_key).where(Job.input_key.is_not(None))))
+    return stored, named
+
+
 # -- stacks of real processes ---------------------------------------------------------------
 
 WEBHOOK_SECRET = "whsec_dGVzdC13ZWJob29rLXNlY3JldC1rZXk="  # Standard Webhooks' form

@@ -19,7 +19,7 @@ from werkzeug.datastructures import FileStorage
 from easel.shared.errors import BadRequest, TooManyJobs, UnsupportedMediaType, ValidationFailed, field_detail
 from easel.shared.images import as_mask, as_rgb, decode_base64, encode_png_bytes, load_image
 from easel.shared.jobs import INPUT_NAMES, active_jobs, create_job, find_replay, input_key, request_hash
-from easel.shared.models import Job
+from easel.shared.models import Job, new_job_id
 from easel.shared.queue import send_wakeup
 from easel.shared.schemas import JobInputs, parse_job_request, resolve_job
 from easel.web.services import Services
@@ -198,9 +198,11 @@ def accept_job(
 
     Nothing is enqueued for invalid input; a broker failure after the commit loses
     nothing, because the row is the source of truth. ``describe(session, job)`` makes the
-    job object in the transaction that records the job (so the queue position and
-    estimate are those of the moment it joined the queue) or that finds its replay.
-    Two transactions in all: the replay lookup and early cap check, then the insert.
+    job object right after the insert commits (so the queue position and estimate are
+    those of the moment it joined the queue), or in the transaction that finds its
+    replay. The replay lookup and early cap check are one transaction; the owner's turn,
+    the cap check and the insert another, kept that short because an owner's
+    submissions wait for each other's.
     """
     fields = dict(fields)
     raw = upload_bytes(fields, files or {})
@@ -215,22 +217,30 @@ def accept_job(
     request = parse_job_request(fields)
     inputs = decode_inputs(services, raw)
     resolved = resolve_job(request, services.registry, services.settings, inputs, admin=admin)
+    job_id = new_job_id()
+    input_keys = _store_inputs(services, job_id, inputs)  # before the owner's turn: uploads are slow
+    recorded = False
     try:
         with services.session() as session:
             if owner_id is not None:  # the cap holds under concurrency: count and insert as one
                 hold_owner_turn(session, owner_id)
                 _check_cap(services, session, owner_id)
-            job = create_job(session, resolved, key, fingerprint if key else None, owner_id)
-            _store_inputs(services, job, inputs)
+            replay_key = fingerprint if key else None
+            job = create_job(session, resolved, key, replay_key, owner_id, job_id, input_keys)
+            session.commit()  # ends the owner's turn
+            recorded = True
+            send_wakeup(services.celery, job.id, job.model)
             view = describe(session, job) if describe else None
-    except IntegrityError:
-        if key is None:
+    except BaseException as exc:
+        refused = isinstance(exc, TooManyJobs | IntegrityError)  # raised before the commit
+        if not recorded and (refused or not _recorded(services, job_id)):
+            _remove_inputs(services, job_id, input_keys)
+        if not isinstance(exc, IntegrityError) or key is None:
             raise
         with services.session() as session:  # a concurrent request with the same key won
             replay = find_replay(session, key, fingerprint, owner_id)
             assert replay is not None
             return Accepted(replay, True, describe(session, replay) if describe else None)
-    send_wakeup(services.celery, job.id, job.model)
     log.info("accepted job %s", job.id, extra={"job_id": job.id, "model": job.model})
     return Accepted(job, False, view)
 
@@ -267,14 +277,40 @@ def _check_cap(services: Services, session: Session, owner_id: str) -> None:
         )
 
 
-def _store_inputs(services: Services, job: Job, inputs: JobInputs) -> None:
-    """Put the inputs in storage before the row commits: a committed job always has them."""
-    if inputs.image is not None:
-        job.input_key = input_key(job.id, "image")
-        services.storage.put(job.input_key, encode_png_bytes(inputs.image), "image/png")
-    if inputs.mask is not None:
-        job.mask_key = input_key(job.id, "mask")
-        services.storage.put(job.mask_key, encode_png_bytes(inputs.mask), "image/png")
-    if inputs.control is not None:
-        job.control_key = input_key(job.id, "control")
-        services.storage.put(job.control_key, encode_png_bytes(inputs.control), "image/png")
+def _store_inputs(services: Services, job_id: str, inputs: JobInputs) -> dict[str, str]:
+    """Put the inputs of job ``job_id`` in storage before its row is written, so a committed
+    job always has them: the ``input_key``, ``mask_key`` and ``control_key`` stored."""
+    keys: dict[str, str] = {}
+    for column, name, picture in (
+        ("input_key", "image", inputs.image),
+        ("mask_key", "mask", inputs.mask),
+        ("control_key", "control", inputs.control),
+    ):
+        if picture is not None:
+            keys[column] = input_key(job_id, name)
+            try:
+                services.storage.put(keys[column], encode_png_bytes(picture), "image/png")
+            except BaseException:
+                _remove_inputs(services, job_id, keys)
+                raise
+    return keys
+
+
+def _recorded(services: Services, job_id: str) -> bool:
+    """Whether job ``job_id``'s row exists; ``True`` when that cannot be told (a commit
+    in doubt keeps its inputs: an orphan costs storage, a missing input fails the job)."""
+    try:
+        with services.session() as session:
+            return session.get(Job, job_id) is not None
+    except Exception:
+        return True
+
+
+def _remove_inputs(services: Services, job_id: str, keys: Mapping[str, str]) -> None:
+    """Delete the stored inputs of a job that was not recorded (best effort: logged)."""
+    if not keys:
+        return
+    try:
+        services.storage.delete(list(keys.values()))
+    except Exception:
+        log.warning("inputs of unrecorded job %s not removed: %s", job_id, ", ".join(keys.values()))

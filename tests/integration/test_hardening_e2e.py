@@ -27,7 +27,7 @@ from easel.shared.settings import Settings
 from easel.web import create_app
 from easel.web.keys import create_key
 from easel.web.limits import SqlStorage
-from tests.factories import make_key, migrated_settings, simultaneous_statuses
+from tests.factories import inputs_in_storage_and_rows, make_key, migrated_settings, simultaneous_statuses
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,8 +54,10 @@ def test_concurrent_submissions_respect_the_queued_cap_on_postgres(
     app = create_app(settings)
     body = {"prompt": "p", "width": 64, "height": 64, "steps": 4, "type": "img2img", "image": _png(256)}
     statuses = simultaneous_statuses(app, body, {"Authorization": f"Bearer {key}"})
+    stored, named = inputs_in_storage_and_rows(settings)  # a refused one leaves no input behind
     engine_for(settings.database_url).dispose()
     assert statuses == [202, 202] + [429] * 6, statuses
+    assert len(named) == 2 and stored == named, (stored, named)
 
 
 def _free_port() -> int:

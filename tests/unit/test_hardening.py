@@ -44,7 +44,7 @@ from easel.shared.storage import LocalStorage
 from easel.web import create_app
 from easel.web.limits import SqlStorage, storage_uri
 from easel.worker.webhooks import WebhookDeliverer, post_pinned
-from tests.factories import insert_job, make_key, simultaneous_statuses
+from tests.factories import inputs_in_storage_and_rows, insert_job, make_key, simultaneous_statuses
 from tests.webhook_receiver import Receiver
 
 # ---- row 1: only globally routable webhook addresses -----------------------------------
@@ -281,6 +281,20 @@ def test_concurrent_submissions_respect_the_queued_cap_on_sqlite(settings: Setti
     body = {**JOB, "steps": 4, "type": "img2img", "image": base64.b64encode(png_bytes(256, 256)).decode()}
     statuses = simultaneous_statuses(app, body, bearer(key))
     assert statuses == [202, 202] + [429] * 6, statuses
+    stored, named = inputs_in_storage_and_rows(settings)  # a refused one leaves no input behind
+    assert len(named) == 2 and stored == named, (stored, named)
+
+
+def test_simultaneous_submissions_with_one_idempotency_key_make_one_job(settings: Settings) -> None:
+    """8 simultaneous img2img submissions with the same Idempotency-Key: one job; the others
+    answer it as a replay (the unique key decides the race), and only its input is kept."""
+    app = app_for(settings)
+    key = make_key(settings)
+    body = {**JOB, "steps": 4, "type": "img2img", "image": base64.b64encode(png_bytes(256, 256)).decode()}
+    statuses = simultaneous_statuses(app, body, {**bearer(key), "Idempotency-Key": "once"})
+    assert statuses == [202] * 8, statuses
+    stored, named = inputs_in_storage_and_rows(settings)
+    assert len(named) == 1 and stored == named, (stored, named)
 
 
 def _login(client: FlaskClient, key: str) -> None:
