@@ -7,6 +7,10 @@ rebuilt from the database and a duplicate one is harmless.
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from celery import Celery
 
@@ -76,6 +80,62 @@ def send_wakeup(app: Celery, job_id: str, model: str) -> bool:
         log.exception("could not publish wake-up for job %s (model %s)", job_id, model)
         return False
     return True
+
+
+Send = Callable[[str, str], object]
+"""Publishes a wake-up: ``(job id, model)``."""
+Schedule = Callable[[float, Callable[[], None]], None]
+"""Calls a function that many seconds from now, in another thread."""
+
+
+def _timer(delay: float, call: Callable[[], None]) -> None:
+    timer = threading.Timer(delay, call)
+    timer.daemon = True  # a wake-up lost at exit costs an idle worker one poll, nothing more
+    timer.start()
+
+
+@dataclass
+class WakeupCoalescer:
+    """At most one wake-up per model every ``window`` seconds from this process.
+
+    The first submit after a quiet spell publishes at once; the others within the window
+    share one wake-up at its end. Each job so still has a wake-up published after its row
+    committed (an idle worker claims after it), at most ``window`` later, while a burst of
+    submits publishes a few messages instead of one each: a busy worker claims again
+    after every batch without them, and each message costs the web, the broker and the
+    worker's consumer CPU.
+    """
+
+    send: Send
+    window: float = 0.05
+    clock: Callable[[], float] = time.monotonic
+    schedule: Schedule = _timer
+    _last: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+    _due: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def wake(self, job_id: str, model: str) -> None:
+        """Wake a worker for ``job_id`` (committed) of ``model``: now, or at the window's end."""
+        with self._lock:
+            if model in self._due:  # a wake-up is due after this commit: it covers this job
+                self._due[model] = job_id
+                return
+            now = self.clock()
+            wait = self._last.get(model, float("-inf")) + self.window - now
+            if wait > 0:
+                self._due[model] = job_id
+            else:
+                self._last[model] = now
+        if wait > 0:
+            self.schedule(wait, lambda: self._send_due(model))
+        else:
+            self.send(job_id, model)
+
+    def _send_due(self, model: str) -> None:
+        with self._lock:
+            job_id = self._due.pop(model)
+            self._last[model] = self.clock()
+        self.send(job_id, model)
 
 
 def send_webhook(app: Celery, job_id: str, event: str = "completed") -> bool:

@@ -239,6 +239,22 @@ def inputs_in_storage_and_rows(settings: Settings) -> tuple[set[str], set[str]]:
     return stored, named
 
 
+class ManualTimers:
+    """A fake clock and the wake-ups it has scheduled, fired by the test."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.due: list[tuple[float, Callable[[], None]]] = []
+
+    def schedule(self, delay: float, call: Callable[[], None]) -> None:
+        self.due.append((round(self.now + delay, 6), call))
+
+    def fire(self) -> None:
+        at, call = self.due.pop(0)
+        self.now = at
+        call()
+
+
 # -- stacks of real processes ---------------------------------------------------------------
 
 WEBHOOK_SECRET = "whsec_dGVzdC13ZWJob29rLXNlY3JldC1rZXk="  # Standard Webhooks' form

@@ -11,7 +11,6 @@ from sqlalchemy import func, select
 
 from easel.shared.jobs import cancel_job, get_job
 from easel.shared.models import Job, JobStatus, Worker, utcnow
-from easel.shared.queue import send_wakeup
 from easel.shared.transitions import requeue_finished
 from easel.web.auth import current_principal
 from easel.web.services import services
@@ -64,7 +63,7 @@ def requeue(job_id: str) -> ResponseReturnValue:
         model = get_job(session, job_id).model
         done = requeue_finished(session, job_id)
     if done:
-        send_wakeup(svc.celery, job_id, model)
+        svc.wakeups.wake(job_id, model)
     return redirect(url_for("admin.overview"), code=303)
 
 

@@ -10,7 +10,7 @@ from flask import Flask, current_app
 from sqlalchemy.orm import Session
 
 from easel.shared.db import session_scope
-from easel.shared.queue import make_celery
+from easel.shared.queue import WakeupCoalescer, make_celery, send_wakeup
 from easel.shared.registry import Registry, load_registry
 from easel.shared.settings import Settings
 from easel.shared.storage import Storage, storage_from_settings
@@ -25,6 +25,7 @@ class Services:
         self.registry: Registry = load_registry(settings)
         self.storage: Storage = storage_from_settings(settings)
         self.celery: Celery = make_celery(settings)
+        self.wakeups = WakeupCoalescer(lambda job_id, model: send_wakeup(self.celery, job_id, model))
 
     def init_app(self, app: Flask) -> None:
         app.extensions["easel"] = self

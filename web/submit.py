@@ -20,7 +20,6 @@ from easel.shared.errors import BadRequest, TooManyJobs, UnsupportedMediaType, V
 from easel.shared.images import as_mask, as_rgb, decode_base64, encode_png_bytes, load_image
 from easel.shared.jobs import INPUT_NAMES, active_jobs, create_job, find_replay, input_key, request_hash
 from easel.shared.models import Job, new_job_id
-from easel.shared.queue import send_wakeup
 from easel.shared.schemas import JobInputs, parse_job_request, resolve_job
 from easel.web.services import Services
 
@@ -229,7 +228,7 @@ def accept_job(
             job = create_job(session, resolved, key, replay_key, owner_id, job_id, input_keys)
             session.commit()  # ends the owner's turn
             recorded = True
-            send_wakeup(services.celery, job.id, job.model)
+            services.wakeups.wake(job.id, job.model)
             view = describe(session, job) if describe else None
     except BaseException as exc:
         refused = isinstance(exc, TooManyJobs | IntegrityError)  # raised before the commit
