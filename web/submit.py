@@ -199,19 +199,19 @@ def accept_job(
     nothing, because the row is the source of truth. ``describe(session, job)`` makes the
     job object right after the insert commits (so the queue position and estimate are
     those of the moment it joined the queue), or in the transaction that finds its
-    replay. The replay lookup and early cap check are one transaction; the owner's turn,
-    the cap check and the insert another, kept that short because an owner's
-    submissions wait for each other's.
+    replay. The replay lookup and, with uploads to decode, an early cap check are one
+    transaction; the owner's turn, the cap check and the insert another, kept that short
+    because an owner's submissions wait for each other's.
     """
     fields = dict(fields)
     raw = upload_bytes(fields, files or {})
     fingerprint = request_hash({**fields, **{n: hashlib.sha256(b).hexdigest() for n, b in raw.items()}})
-    if key is not None or owner_id is not None:
+    if key is not None or (owner_id is not None and raw):
         with services.session() as session:
             replay = find_replay(session, key, fingerprint, owner_id) if key is not None else None
             if replay is not None:
                 return Accepted(replay, True, describe(session, replay) if describe else None)
-            if owner_id is not None:  # early refusal, before decoding anything; held again below
+            if owner_id is not None and raw:  # refused before decoding the uploads; held again below
                 _check_cap(services, session, owner_id)
     request = parse_job_request(fields)
     inputs = decode_inputs(services, raw)

@@ -101,9 +101,9 @@ def reads_of(table: str, seen: list[str]) -> int:
 def test_a_submit_describes_the_job_it_records_without_reading_it_back(
     client: FlaskClient, settings: Settings
 ) -> None:
-    """The job object of a submit comes from the transaction that records the job: the
-    job and its (no) outputs are not read back, and its position and estimate read the
-    live workers once and the queue ahead of it in one statement."""
+    """The job object of a submit is made as the insert commits: the job and its (no)
+    outputs are not read back, and its position and estimate read the live workers once
+    and the queue ahead of it in one statement."""
     with session_scope(settings.database_url) as session:
         session.add(worker_row("w1", []))  # a live worker, so the estimate is computed
     client.post("/api/v1/jobs", json={"prompt": "first"})
@@ -113,8 +113,9 @@ def test_a_submit_describes_the_job_it_records_without_reading_it_back(
     assert response.status_code == 202 and body["queue_position"] == 1 and body["eta_seconds"] > 0
     assert sum(1 for statement in seen if statement.startswith("INSERT INTO jobs ")) == 1
     assert reads_of("job_outputs", seen) == 0 and reads_of("workers", seen) == 1
-    # The replay lookup, the cap (early and held), the cost figures and the line.
-    assert reads_of("jobs", seen) == 5, seen
+    # The replay lookup, the cap (held: with nothing to decode, no early check), the cost
+    # figures and the line.
+    assert reads_of("jobs", seen) == 4, seen
     replay = client.post("/api/v1/jobs", json={"prompt": "second"}, headers={"Idempotency-Key": "k-2"})
     assert replay.headers["Idempotent-Replayed"] == "true" and replay.get_json()["id"] == body["id"]
 
