@@ -16,8 +16,11 @@ reach. The first ``--warmup`` seconds are not counted.
 
 Prints one JSON object: requests/s, and per kind (submit, poll) the count, requests/s,
 latency p50/p95/p99/mean/max in milliseconds (successful requests) and errors by
-status code or exception; progress goes to stderr. The clients share the machine with
-the server: on a small machine their own CPU use lowers the figures.
+status code or exception, and ``web_cpu_ms_per_request``: the CPU time of the web's
+processes (gunicorn and its workers) over the measured seconds, per request (with
+``--polls-per-submit 0``, what one submit costs the web tier); progress goes to stderr.
+The clients share the machine with the server: on a small machine their own CPU use
+lowers the figures.
 """
 
 from __future__ import annotations
@@ -179,7 +182,7 @@ def run(
     ):
         headers = {"Authorization": f"Bearer {stack.create_key('bench')}"} if auth else {}
         progress(f"starting web ({web_workers} gunicorn workers)")
-        stack.start_web()
+        web = stack.start_web()
         progress(f"{clients} clients for {warmup:g}s warm-up + {duration:g}s")
         samples = [Samples() for _ in range(clients)]
         t0 = time.perf_counter()
@@ -203,12 +206,16 @@ def run(
         ]
         for thread in threads:
             thread.start()
+        time.sleep(max(0.0, t0 + warmup - time.perf_counter()))
+        web_cpu_at_warmup = web.cpu_seconds()
         for thread in threads:
             thread.join(timeout=warmup + duration + 60)
+        web_cpu = web.cpu_seconds() - web_cpu_at_warmup
         if any(thread.is_alive() for thread in threads):
             raise TimeoutError("some clients did not stop within 60s of the end")
         submitted = sum(1 for s in samples for kind, _, _ in s.ok if kind == "submit")
     figures = summarise(samples, warmup, duration)
+    web_ms = round(web_cpu * 1000 / figures["requests"], 2) if figures["requests"] else None
     progress(f"{figures['requests']} requests, {figures['requests_per_s']}/s, {figures['errors']} errors")
     return {
         "benchmark": "api",
@@ -220,6 +227,7 @@ def run(
         "interval_s": interval,
         "auth": auth,
         **figures,
+        "web_cpu_ms_per_request": web_ms,
         "jobs_queued_at_end": submitted,
         **totals(started, load_at_start),
     }

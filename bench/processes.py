@@ -69,6 +69,23 @@ class Process:
     def running(self) -> bool:
         return self.popen.poll() is None
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user + system) its live process group has used: the process and
+        the children it started, such as gunicorn's workers (Linux ``/proc``)."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+            if int(fields[2]) == self.popen.pid:  # process group: the session leader's pid
+                total += (int(fields[11]) + int(fields[12])) / ticks
+        return total
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
         """``sig`` to the whole process group, then SIGKILL after ``timeout`` seconds."""
         if self.popen.poll() is not None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import sys
+from pathlib import Path
 
 import pytest
 
 from bench._stack import batch_sizes, compatible_jobs, percentile
 from bench.api import Samples, summarise
+from bench.processes import start_process, wait_for
 
 BENCHMARKS = ["chaos", "throughput", "batching", "api", "preview"]
 
@@ -67,3 +71,24 @@ def test_api_figures_count_only_the_measured_window() -> None:
     assert figures["submit"]["p50_ms"] == 20.0
     assert figures["poll"]["errors"] == {"503": 1}
     assert figures["poll"]["requests_per_s"] == 1.0
+
+
+def test_a_process_cpu_time_counts_the_children_it_started(tmp_path: Path) -> None:
+    """``Process.cpu_seconds``: what bench.api reports per request (gunicorn's workers are
+    children of the process it starts)."""
+    burnt = tmp_path / "burnt"
+    child = (
+        "import sys, time\n"
+        "end = time.process_time() + 0.5\n"
+        "while time.process_time() < end: pass\n"
+        "open(sys.argv[1], 'w').close()\n"
+        "time.sleep(60)\n"
+    )
+    spawn = f"subprocess.Popen([sys.executable, '-c', {child!r}, {str(burnt)!r}])"
+    parent = f"import subprocess, sys, time; {spawn}; time.sleep(60)"
+    process = start_process("parent", [sys.executable, "-c", parent], dict(os.environ), tmp_path)
+    try:
+        wait_for(burnt.exists, 30, "the child to burn half a second of CPU")
+        assert 0.45 <= process.cpu_seconds() < 5
+    finally:
+        process.stop(timeout=5)
