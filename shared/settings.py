@@ -114,7 +114,10 @@ class Settings(BaseSettings):
     )
     progress_interval_seconds: float = Field(0.5, gt=0, description="Least time between progress writes.")
     preview_interval_seconds: float = Field(
-        1.0, ge=0, description="Least time between live previews of a running job; 0 turns previews off."
+        1.0,
+        ge=0,
+        description="Least time between live previews of a running job (the first this long into its batch); "
+        "0 turns previews off.",
     )
     max_priority: int = Field(
         10, ge=0, le=1000, description="Highest `priority` a non-admin key may ask for."
