@@ -127,7 +127,11 @@ class WakeupCoalescer:
             else:
                 self._last[model] = now
         if wait > 0:
-            self.schedule(wait, lambda: self._send_due(model))
+            try:
+                self.schedule(wait, lambda: self._send_due(model))
+            except Exception:  # no timer (say, no thread to spare): publish now, never hold it back
+                log.warning("could not schedule a wake-up for model %s; publishing now", model)
+                self._send_due(model)
         else:
             self.send(job_id, model)
 

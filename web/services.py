@@ -10,7 +10,7 @@ from flask import Flask, current_app
 from sqlalchemy.orm import Session
 
 from easel.shared.db import session_scope
-from easel.shared.queue import WakeupCoalescer, make_celery, send_wakeup
+from easel.shared.queue import WakeupCoalescer, broker_wakes_workers, make_celery, send_wakeup
 from easel.shared.registry import Registry, load_registry
 from easel.shared.settings import Settings
 from easel.shared.storage import Storage, storage_from_settings
@@ -25,7 +25,9 @@ class Services:
         self.registry: Registry = load_registry(settings)
         self.storage: Storage = storage_from_settings(settings)
         self.celery: Celery = make_celery(settings)
-        self.wakeups = WakeupCoalescer(lambda job_id, model: send_wakeup(self.celery, job_id, model))
+        # The embedded broker carries no wake-ups (``broker_wakes_workers``): nothing to coalesce.
+        window = 0.05 if broker_wakes_workers(settings.broker_url) else 0.0
+        self.wakeups = WakeupCoalescer(lambda job_id, model: send_wakeup(self.celery, job_id, model), window)
 
     def init_app(self, app: Flask) -> None:
         app.extensions["easel"] = self

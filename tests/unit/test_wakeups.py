@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from pathlib import Path
 
 from easel.shared.queue import WakeupCoalescer
+from easel.shared.settings import Settings
+from easel.web import create_app
 from tests.factories import ManualTimers
 
 
@@ -55,3 +59,25 @@ def test_a_zero_window_publishes_every_wakeup() -> None:
     for job_id in "abc":
         wakeups.wake(job_id, "m")
     assert sent == ["a", "b", "c"]
+
+
+def test_a_wakeup_that_cannot_be_scheduled_is_published_at_once() -> None:
+    sent: list[str] = []
+    now = [0.0]
+
+    def no_timer(delay: float, call: Callable[[], None]) -> None:
+        raise RuntimeError("can't start new thread")
+
+    wakeups = WakeupCoalescer(lambda job_id, model: sent.append(job_id), 0.05, lambda: now[0], no_timer)
+    wakeups.wake("a", "m")
+    now[0] = 0.01
+    wakeups.wake("b", "m")  # due at the window's end, but no timer: now
+    now[0] = 0.2
+    wakeups.wake("c", "m")  # nothing left due that would swallow it
+    assert sent == ["a", "b", "c"]
+
+
+def test_the_embedded_broker_has_nothing_to_coalesce(tmp_path: Path) -> None:
+    """It carries no wake-ups (``broker_wakes_workers``), so no timer is ever started."""
+    app = create_app(Settings(home=tmp_path, auth_enabled=False))
+    assert app.extensions["easel"].wakeups.window == 0.0
