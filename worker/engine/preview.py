@@ -126,8 +126,6 @@ class PreviewWriter:
     last: float = float("-inf")
     """When the last preview was taken (``time.monotonic``), over all batches: at most one
     preview per ``interval`` per worker, however short its jobs."""
-    not_before: float = float("-inf")
-    """No preview before this ``time.monotonic``: one interval after the batch in hand started."""
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _pending: Future[None] | None = field(default=None, init=False, repr=False)
 
@@ -145,8 +143,8 @@ class PreviewWriter:
         rgb = latent_rgb_for(pipe)
         if self.interval <= 0 or rgb is None or not first_images:
             return None
-        self.not_before = time.monotonic() + self.interval
-        return _BatchPreviews(self, rgb, dict(first_images), active, preview_size(*size))
+        not_before = time.monotonic() + self.interval  # the batch's first: one interval in
+        return _BatchPreviews(self, rgb, dict(first_images), active, preview_size(*size), not_before)
 
     def submit(self, step: int, latents: dict[str, Any], rgb: LatentRgb, size: tuple[int, int]) -> None:
         if self._pool is None:
@@ -189,10 +187,12 @@ class _BatchPreviews:
     first_images: dict[int, str]
     active: Sequence[str]
     size: tuple[int, int]
+    not_before: float
+    """No preview of this batch before this ``time.monotonic``."""
 
     def __call__(self, step: int, offset: int, latents: Any) -> None:
         now = time.monotonic()
-        if now < self.writer.not_before or now - self.writer.last < self.writer.interval or self.writer.busy:
+        if now < self.not_before or now - self.writer.last < self.writer.interval or self.writer.busy:
             return
         picks = {
             job_id: index - offset
