@@ -197,8 +197,8 @@ class WorkerProcess:
 
 def preload(settings: Settings, registry: Registry, models: list[str], cache: PipelineCache) -> None:
     """Load the models to preload and, when compiling, warm each up at every size to
-    compile, at batch sizes 1 and the largest and with each timestep dtype of its
-    family's samplers (``fastpath.warm_up``), so no job pays a recompile."""
+    compile and at batch sizes 1 and the largest (``fastpath.warm_up``), so no job pays
+    a recompile."""
     shapes = parse_shapes(settings.compile_shapes)
     batch_sizes = sorted({1, settings.max_batch_size})
     for name in settings.preload_list(registry.default):
@@ -208,6 +208,6 @@ def preload(settings: Settings, registry: Registry, models: list[str], cache: Pi
             spec = registry.get(name)
             pipelines, _ = cache.get(spec)
             # Does nothing unless the UNet is compiled.
-            warm_up(pipelines.base, shapes, batch_sizes, schedulers=spec.family_info.schedulers)
+            warm_up(pipelines.base, shapes, batch_sizes)
         except Exception:  # a bad model must not keep the worker from serving the others
             log.exception("could not preload model %s", name)

@@ -17,6 +17,7 @@ from easel.worker.engine.device import DevicePlan
 from easel.worker.engine.fastpath import (
     FastPathPlan,
     apply_fast_path,
+    compile_unet,
     is_compiled,
     plan_fast_path,
     set_vae_tiling,
@@ -206,15 +207,31 @@ def test_a_bad_compile_shape_fails_at_settings_load_naming_it() -> None:
         Settings(compile_shapes="512x512,512by512")
 
 
-def test_after_warm_up_no_batch_sampler_or_guidance_compiles_again(tiny_model: Path) -> None:
-    """Dynamo's guards on the CPU (eager backend): once warmed up for the family's samplers,
-    batches of 1-4 images, guided or not, with integer (DDIM) or float (Euler) timesteps run
-    without a new graph. Without the unguided single image and the second timestep dtype in
-    the warm-up, each of those compiled again (measured before the change)."""
+class GraphCounter:
+    """A ``torch.compile`` backend that counts the graphs dynamo hands it and runs them eagerly."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+
+    def __call__(self, graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        self.graphs += 1
+        return graph.forward
+
+
+def test_warm_up_compiles_two_graphs_and_no_batch_sampler_or_guidance_compiles_again(
+    tiny_model: Path,
+) -> None:
+    """Dynamo's guards on the CPU: the warm-up makes two graphs (a UNet batch of 1, and
+    every larger batch), and then batches of 1-4 images, guided or not, with integer (DDIM,
+    DPM++) or float (Euler) timesteps run without a new one. Plain ``unet.compile()``
+    made five here (static batch, dynamic batch, batch of 1, then each again for the
+    other timestep dtype), each an inductor compile of its own on a GPU."""
     pipe = load(tiny_model)
-    apply_fast_path(pipe, FastPathPlan(compile=True, compile_backend="eager"))
+    counter = GraphCounter()
+    compile_unet(pipe.unet, counter)
     try:
-        warm_up(pipe, [(64, 64)], (1, 4), steps=2, schedulers=("euler_a", "ddim", "euler", "dpmpp_2m"))
+        warm_up(pipe, [(64, 64)], (1, 4), steps=2)
+        assert counter.graphs == 2
         with torch._dynamo.config.patch(error_on_recompile=True):
             for scheduler in ("ddim", "euler_a", "dpmpp_2m"):
                 for images, guidance in ((1, 1.0), (3, 1.0), (1, 7.5), (3, 7.5), (4, 7.5)):
@@ -223,5 +240,18 @@ def test_after_warm_up_no_batch_sampler_or_guidance_compiles_again(tiny_model: P
                         for seed in range(images)
                     ]
                     assert len(generate_batch(pipe, requests)) == images
+        assert counter.graphs == 2
     finally:
         torch._dynamo.reset()
+
+
+def test_an_integer_timestep_and_its_float_give_the_unet_the_same_output(tiny_model: Path) -> None:
+    """What lets ``compile_unet`` cast integer timesteps to float32 without changing an image."""
+    unet = load(tiny_model).unet
+    sample = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        for step in (999, 501, 1):
+            as_int = unet(sample, torch.tensor(step), encoder_hidden_states=text).sample
+            as_float = unet(sample, torch.tensor(float(step)), encoder_hidden_states=text).sample
+            assert torch.equal(as_int, as_float)

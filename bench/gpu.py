@@ -1,0 +1,403 @@
+"""The CUDA path: bare diffusers against the ``make run`` stack on an SD1.5-shaped pipeline.
+
+    python -m bench.gpu                   # a CUDA machine: fp16, 512x512, 25 steps, Euler a
+    python -m bench.gpu --tiny            # anywhere, in a minute: a tiny pipeline on the CPU
+    python -m bench.gpu --stacks compile  # only the stack with EASEL_TORCH_COMPILE=true
+
+No weights are downloaded: the pipeline has the real architecture of Stable Diffusion
+1.5 (860M-parameter UNet, ViT-L text encoder, 84M VAE) and random weights, so its speed
+is the real model's and its pictures are noise. It is saved once to ``--model-dir``.
+
+1. bare: the pipeline in this process, ``--serial`` images one per call, then
+   ``--jobs`` images in calls of ``--batch`` (one generator per image);
+2. each of ``--stacks`` (``eager``; ``compile``: ``EASEL_TORCH_COMPILE=true`` warmed up at
+   the benchmark's size): ``python -m easel run`` with its embedded defaults serving that
+   model with ``EASEL_MAX_BATCH_SIZE=--batch``, and through REST a warm-up round of
+   ``--batch`` jobs (it waits for the model load and any compile), ``--jobs`` jobs at
+   once (e2e images/s from the first submit to the last ``finished_at``), then jobs
+   that make batches of 1, 2 and 3 and a batch of another timestep dtype (DDIM), each
+   of which would recompile a compiled UNet that the warm-up missed. The stack runs
+   with ``TORCH_LOGS=recompiles``: the figures count the recompiles logged after the
+   warm-up round.
+
+Writes the figures to ``$OUT/result.json`` after every stage (so a run cut short keeps
+what it measured) and each stack's log to ``$OUT/stack-<n>.log`` (n counts ``--stacks``
+from 1); prints the JSON. Stops a stage at ``--budget`` seconds from the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+PROMPT = "a lighthouse on a cliff at dusk"
+TERMINAL = {"succeeded", "failed", "canceled"}
+RECOMPILE_MARKS = ("Recompiling function", "recompile_limit")
+
+
+class OutOfTime(Exception):
+    """The run's ``--budget`` is spent."""
+
+
+class Clock:
+    """Seconds since the start, and the time left of the budget."""
+
+    def __init__(self, budget: float) -> None:
+        self.start, self.budget = time.monotonic(), budget
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def left(self) -> float:
+        return self.budget - self.elapsed()
+
+
+def log(clock: Clock, message: str) -> None:
+    print(f"[gpu {clock.elapsed():6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def build_model(model_dir: Path, tiny: bool, dtype: Any) -> None:
+    """Save an SD1.5-shaped (or tiny) random-weight pipeline to ``model_dir``."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    tokenizer_dir = model_dir.parent / "tokenizer-source"
+    tokenizer_dir.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
+    for i, letter in enumerate("abcdefghijklmnopqrstuvwxyz"):
+        vocab[letter], vocab[letter + "</w>"] = 3 + i, 29 + i
+    (tokenizer_dir / "vocab.json").write_text(json.dumps(vocab))
+    (tokenizer_dir / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(
+        str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"), model_max_length=77
+    )
+    if tiny:
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            sample_size=32,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=[32, 64],
+            down_block_types=["DownEncoderBlock2D"] * 2,
+            up_block_types=["UpDecoderBlock2D"] * 2,
+            latent_channels=4,
+        )
+        text = CLIPTextConfig(
+            vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4
+        )
+    else:  # Stable Diffusion 1.5's shapes
+        unet = UNet2DConditionModel(
+            sample_size=64,
+            layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=[128, 256, 512, 512],
+            down_block_types=["DownEncoderBlock2D"] * 4,
+            up_block_types=["UpDecoderBlock2D"] * 4,
+            latent_channels=4,
+            layers_per_block=2,
+            sample_size=512,
+        )
+        text = CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            hidden_act="quick_gelu",
+        )
+    text.bos_token_id, text.eos_token_id, text.pad_token_id = 0, 1, 1
+    scheduler = EulerAncestralDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(text),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).to(dtype)
+    pipe.save_pretrained(model_dir)
+
+
+def bare(model_dir: Path, args: argparse.Namespace, device: str, dtype: Any) -> dict[str, Any]:
+    """Images/s of the bare pipeline, serial and batched, after one call of each shape."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir, torch_dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+
+    def call(seeds: list[int]) -> float:
+        started = time.perf_counter()
+        pipe(
+            prompt=[PROMPT] * len(seeds),
+            width=args.size,
+            height=args.size,
+            num_inference_steps=args.steps,
+            guidance_scale=7.0,
+            generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+        )
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    call([0])
+    call(list(range(args.batch)))
+    serial = sum(call([seed]) for seed in range(args.serial)) or float("nan")
+    batches = [call(list(range(s, s + args.batch))) for s in range(0, args.jobs, args.batch)]
+    return {
+        "bare_serial_img_s": round(args.serial / serial, 3),
+        "bare_batched_img_s": round(args.jobs / sum(batches), 3),
+        "bare_batch_seconds_median": round(statistics.median(batches), 3),
+    }
+
+
+class Api:
+    """The stack's REST API through the standard library (this script needs no client)."""
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            self.base + path, method=method, data=data, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
+    def ready(self) -> bool:
+        try:
+            return bool(self.call("GET", "/readyz")["status"] == "ready")
+        except OSError:
+            return False
+
+    def submit(self, count: int, seed: int, **fields: Any) -> list[str]:
+        return [self.call("POST", "/api/v1/jobs", {**fields, "seed": seed + i})["id"] for i in range(count)]
+
+    def wait(self, ids: list[str], clock: Clock) -> list[dict[str, Any]]:
+        while True:
+            jobs = [self.call("GET", f"/api/v1/jobs/{job_id}") for job_id in ids]
+            if all(job["status"] in TERMINAL for job in jobs):
+                return jobs
+            if clock.left() <= 0:
+                raise OutOfTime(f"{sum(j['status'] not in TERMINAL for j in jobs)} job(s) unfinished")
+            time.sleep(0.1)
+
+
+def batches(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pipeline calls that ran ``jobs``: size, start and generate seconds, in order."""
+    seen: dict[str, dict[str, Any]] = {}
+    for job in jobs:
+        seen.setdefault(
+            job["batch_id"] or job["id"],
+            {
+                "size": job["batch_size"],
+                "started_at": job["started_at"],
+                "generate_seconds": job["timings"].get("generate_seconds"),
+            },
+        )
+    return sorted(seen.values(), key=lambda batch: batch["started_at"] or "")
+
+
+def stack_settings(spec: str, size: int) -> dict[str, str]:
+    """The environment of a ``--stacks`` entry: ``eager`` or ``compile``, then any
+    ``+NAME=VALUE`` settings (``eager+EASEL_CHANNELS_LAST=false``)."""
+    name, *pairs = spec.split("+")
+    if name not in ("eager", "compile"):
+        raise SystemExit(f"--stacks: {spec!r} starts with neither eager nor compile")
+    settings = {"EASEL_TORCH_COMPILE": "true", "EASEL_COMPILE_SHAPES": f"{size}x{size}"}
+    if name == "eager":
+        settings = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals:
+            raise SystemExit(f"--stacks: {pair!r} in {spec!r} is not NAME=VALUE")
+        settings[key] = value
+    return settings
+
+
+def run_stack(
+    index: int, spec: str, model_dir: Path, args: argparse.Namespace, clock: Clock, out: Path
+) -> dict[str, Any]:
+    """Serve the model with ``easel run`` and time jobs through REST (module docstring)."""
+    name = spec
+    home = Path(tempfile.mkdtemp(prefix=f"easel-gpu-{index}-"))
+    models_file = home / "models.toml"
+    models_file.write_text(
+        f'[models.sd15]\nsource = "directory"\nlocation = "{model_dir}"\nmin_size = 64\n'
+        f"max_size = 1024\ndefault_size = {args.size}\ndefault_steps = {args.steps}\n"
+        f"max_num_images = {args.batch}\n"
+    )
+    env = {
+        **os.environ,
+        "EASEL_HOME": str(home),
+        "EASEL_PORT": str(args.port),
+        "EASEL_MODELS_FILE": str(models_file),
+        "EASEL_DEFAULT_MODEL": "sd15",
+        "EASEL_MAX_BATCH_SIZE": str(args.batch),
+        "EASEL_AUTH_ENABLED": "false",
+        "EASEL_LOG_FORMAT": "text",
+        "EASEL_RATE_LIMIT": "100000000/minute",
+        "EASEL_SUBMIT_RATE_LIMIT": "100000000/minute",
+        "EASEL_MAX_QUEUED_PER_KEY": "100000000",
+        "TORCH_LOGS": "recompiles",
+    }
+    env |= stack_settings(spec, args.size)
+    log_path = out / f"stack-{index}.log"
+    figures: dict[str, Any] = {}
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "easel", "run"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        api = Api(args.port)
+        try:
+            while not api.ready():
+                if process.poll() is not None or clock.left() <= 0:
+                    raise OutOfTime(f"the stack never became ready (exit {process.poll()})")
+                time.sleep(0.2)
+            body = {"prompt": PROMPT, "width": args.size, "height": args.size, "steps": args.steps}
+            body |= {"guidance_scale": 7.0, "scheduler": "euler_a"}
+            log(clock, f"{name}: ready; warm-up round")
+            started = time.perf_counter()
+            api.wait(api.submit(args.batch, 0, **body), clock)
+            figures["warmup_round_seconds"] = round(time.perf_counter() - started, 1)
+            warm_log = log_path.read_text()
+            figures["warm_up_lines"] = [line for line in warm_log.splitlines() if "warmed up" in line]
+            figures["recompiles_in_warm_up"] = sum(warm_log.count(mark) for mark in RECOMPILE_MARKS)
+            log(clock, f"{name}: {args.jobs} jobs")
+            submitted = datetime.now().astimezone()
+            jobs = api.wait(api.submit(args.jobs, 1000, **body), clock)
+            last = max(datetime.fromisoformat(job["finished_at"]) for job in jobs)
+            figures["e2e_img_s"] = round(args.jobs / (last - submitted).total_seconds(), 3)
+            figures["statuses"] = sorted({job["status"] for job in jobs})
+            figures["batches"] = batches(jobs)
+            odd: list[dict[str, Any]] = []
+            rounds = ((1, "euler_a"), (2, "euler_a"), (3, "euler_a"), (args.batch, "ddim"))
+            log(clock, f"{name}: batches of 1, 2, 3 and one of DDIM" if args.odd_batches else f"{name}: done")
+            for count, scheduler in rounds if args.odd_batches else ():
+                done = api.wait(api.submit(count, 2000 + count, **(body | {"scheduler": scheduler})), clock)
+                odd += [batch | {"scheduler": scheduler} for batch in batches(done)]
+            figures["odd_batches"] = odd
+        except OutOfTime as exc:
+            figures["stopped"] = str(exc)
+        finally:
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+    text = log_path.read_text()
+    figures["recompiles_after_warm_up"] = sum(text.count(mark) for mark in RECOMPILE_MARKS) - figures.get(
+        "recompiles_in_warm_up", 0
+    )
+    errors = [line for line in text.splitlines() if "Traceback" in line or " ERROR " in line]
+    figures["error_lines"] = errors[:5]
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tiny", action="store_true", help="a tiny pipeline at 64x64 (a dry run)")
+    parser.add_argument(
+        "--stacks",
+        default="eager,compile",
+        help="comma-separated: eager or compile, each with any +NAME=VALUE settings",
+    )
+    parser.add_argument(
+        "--no-odd-batches", dest="odd_batches", action="store_false", help="skip batches of 1, 2, 3, DDIM"
+    )
+    parser.add_argument("--jobs", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--serial", type=int, default=8)
+    parser.add_argument("--size", type=int)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--model-dir", type=Path, help="where the pipeline is saved (kept between runs)")
+    parser.add_argument("--bare-batched", type=float, help="skip the bare part: its batched img/s")
+    parser.add_argument("--budget", type=float, default=540.0, help="seconds before stages stop")
+    args = parser.parse_args()
+    args.size = args.size or (64 if args.tiny else 512)
+    args.steps = args.steps or (4 if args.tiny else 25)
+    clock = Clock(args.budget)
+    out = Path(os.environ.get("OUT") or tempfile.mkdtemp(prefix="easel-gpu-out-"))
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    figures: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        **{key: getattr(args, key) for key in ("size", "steps", "jobs", "batch")},
+    }
+
+    def save() -> None:
+        (out / "result.json").write_text(json.dumps(figures, indent=1))
+
+    model_dir = args.model_dir or Path(tempfile.gettempdir()) / f"easel-gpu-{'tiny' if args.tiny else 'sd15'}"
+    if not (model_dir / "model_index.json").exists():
+        build_model(model_dir, args.tiny, dtype)
+    log(clock, f"model at {model_dir}")
+    if args.bare_batched:
+        figures["bare_batched_img_s"] = args.bare_batched
+    else:
+        figures |= bare(model_dir, args, device, dtype)
+        if device == "cuda":
+            torch.cuda.empty_cache()  # the bare pipeline is gone with bare()'s frame
+    log(clock, f"bare: {figures}")
+    save()
+    specs = args.stacks.split(",")
+    for spec in specs:
+        stack_settings(spec, args.size)  # a bad entry fails before anything runs
+    for index, name in enumerate(specs, 1):
+        stack = run_stack(index, name, model_dir, args, clock, out)
+        if "e2e_img_s" in stack:
+            stack["e2e_over_bare_batched"] = round(stack["e2e_img_s"] / figures["bare_batched_img_s"], 3)
+        figures[name] = stack
+        save()
+        log(clock, f"{name}: {json.dumps(stack)}")
+    print(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
