@@ -96,11 +96,31 @@ def test_progress_writes_are_throttled(env: dict[str, Any]) -> None:
     with env["sessions"]() as session:
         session.execute(update(Job).where(Job.id == job_id).values(status="running", worker_id="test:1"))
         session.commit()
-    reporter = ProgressReporter(env["sessions"], job_id, "test:1", interval=3600)
-    for step in range(1, 11):
+    now = [0.0]
+    reporter = ProgressReporter(env["sessions"], job_id, "test:1", interval=1.0, clock=lambda: now[0])
+    for step, at in ((1, 0.1), (2, 0.9), (3, 1.0), (4, 1.5), (5, 2.1), (6, 2.2)):
+        now[0] = at
         reporter(step, 10)
-    assert reporter.writes == 2  # the first step, and the last
-    assert fetch(env, job_id).progress_step == 10
+    assert reporter.writes == 2  # one interval after the start, then one interval after that
+    assert fetch(env, job_id).progress_step == 5
+    now[0] = 2.3
+    reporter(10, 10)
+    assert reporter.writes == 3 and fetch(env, job_id).progress_step == 10  # the last step, at once
+
+
+def test_a_call_shorter_than_the_interval_writes_no_progress(env: dict[str, Any]) -> None:
+    """Its ending records the job; a write at its first or last step would only cost a
+    transaction in the denoising thread."""
+    job_id = enqueue(env)
+    with env["sessions"]() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(status="running", worker_id="test:1"))
+        session.commit()
+    now = [0.0]
+    reporter = ProgressReporter(env["sessions"], job_id, "test:1", interval=1.0, clock=lambda: now[0])
+    for step in range(1, 11):
+        now[0] = step * 0.09
+        reporter(step, 10)
+    assert reporter.writes == 0 and fetch(env, job_id).progress_step == 0
 
 
 def test_a_job_no_longer_ours_is_not_overwritten(env: dict[str, Any]) -> None:

@@ -65,8 +65,10 @@ def error_code_for(exc: BaseException) -> str:
 class ProgressReporter:
     """The step callback of one pipeline call, for every job in it.
 
-    Writes (step, total) at most every ``interval`` seconds, in one statement for
-    all of the call's jobs, which also reads their ``cancel_requested``. A job that
+    Writes (step, total) at most every ``interval`` seconds, the first one interval
+    after the call started, and at the last step once it has written before (a call
+    shorter than ``interval`` writes nothing: its jobs' ending records them), in one
+    statement for all of the call's jobs, which also reads their ``cancel_requested``. A job that
     was canceled (or is no longer ours) leaves the batch: ``on_leave(job_id,
     canceled)`` is called and the others go on. When no job is left, ``JobCanceled``
     interrupts the pipeline at this step. Past ``deadline`` (``time.perf_counter()``),
@@ -82,22 +84,24 @@ class ProgressReporter:
         on_leave: Callable[[str, bool], None] | None = None,
         deadline: float | None = None,
         after_write: Callable[[list[str], int, int], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sessions = sessions
+        self.clock = clock
         self.deadline = deadline
         self.active = [job_ids] if isinstance(job_ids, str) else list(job_ids)
         self.worker_id = worker_id
         self.interval = interval
         self.on_leave = on_leave
         self.after_write = after_write
-        self._last = float("-inf")
+        self._last = clock()
         self.writes = 0
 
     def __call__(self, step: int, total: int) -> None:
         if self.deadline is not None and time.perf_counter() > self.deadline:
             raise TimeLimitExceeded(f"the batch ran past its time limit at step {step} of {total}")
-        now = time.monotonic()
-        if now - self._last < self.interval and step < total:
+        now = self.clock()
+        if now - self._last < self.interval and not (step >= total and self.writes):
             return
         self._last = now
         try:
