@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -79,16 +80,13 @@ def build_model(model_dir: Path, tiny: bool, dtype: Any) -> None:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
-    tokenizer_dir = model_dir.parent / "tokenizer-source"
-    tokenizer_dir.mkdir(parents=True, exist_ok=True)
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
     for i, letter in enumerate("abcdefghijklmnopqrstuvwxyz"):
         vocab[letter], vocab[letter + "</w>"] = 3 + i, 29 + i
-    (tokenizer_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tokenizer_dir / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(
-        str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"), model_max_length=77
-    )
+    with tempfile.TemporaryDirectory() as folder:  # a letters-only CLIP tokenizer
+        (Path(folder) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(folder) / "merges.txt").write_text("#version: 0.2\n")
+        tokenizer = CLIPTokenizer(f"{folder}/vocab.json", f"{folder}/merges.txt", model_max_length=77)
     if tiny:
         unet = UNet2DConditionModel(
             block_out_channels=(32, 64),
@@ -155,7 +153,7 @@ def bare(model_dir: Path, args: argparse.Namespace, device: str, dtype: Any) -> 
     import torch
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(model_dir, torch_dtype=dtype).to(device)
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir, dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
 
     def call(seeds: list[int]) -> float:
@@ -322,6 +320,8 @@ def run_stack(
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            shutil.rmtree(home, ignore_errors=True)
     text = log_path.read_text()
     figures["recompiles_after_warm_up"] = sum(text.count(mark) for mark in RECOMPILE_MARKS) - figures.get(
         "recompiles_in_warm_up", 0
@@ -331,7 +331,7 @@ def run_stack(
     return figures
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -344,16 +344,19 @@ def main() -> None:
     parser.add_argument(
         "--no-odd-batches", dest="odd_batches", action="store_false", help="skip batches of 1, 2, 3, DDIM"
     )
-    parser.add_argument("--jobs", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--serial", type=int, default=8)
-    parser.add_argument("--size", type=int)
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--jobs", type=int, default=32, help="one-image jobs (and bare images) per stack")
+    parser.add_argument("--batch", type=int, default=4, help="bare batch size and EASEL_MAX_BATCH_SIZE")
+    parser.add_argument("--serial", type=int, default=8, help="bare images one per call (0: none)")
+    parser.add_argument("--size", type=int, help="width and height (512; 64 with --tiny)")
+    parser.add_argument("--steps", type=int, help="denoising steps (25; 4 with --tiny)")
+    parser.add_argument("--port", type=int, default=8765, help="the stack's web port")
     parser.add_argument("--model-dir", type=Path, help="where the pipeline is saved (kept between runs)")
     parser.add_argument("--bare-batched", type=float, help="skip the bare part: its batched img/s")
     parser.add_argument("--budget", type=float, default=540.0, help="seconds before stages stop")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    specs = args.stacks.split(",")
+    for spec in specs:
+        stack_settings(spec, 0)  # a bad entry fails before anything runs
     args.size = args.size or (64 if args.tiny else 512)
     args.steps = args.steps or (4 if args.tiny else 25)
     clock = Clock(args.budget)
@@ -386,9 +389,6 @@ def main() -> None:
             torch.cuda.empty_cache()  # the bare pipeline is gone with bare()'s frame
     log(clock, f"bare: {figures}")
     save()
-    specs = args.stacks.split(",")
-    for spec in specs:
-        stack_settings(spec, args.size)  # a bad entry fails before anything runs
     for index, name in enumerate(specs, 1):
         stack = run_stack(index, name, model_dir, args, clock, out)
         if "e2e_img_s" in stack:

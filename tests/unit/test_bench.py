@@ -14,7 +14,7 @@ from bench._stack import batch_sizes, compatible_jobs, percentile
 from bench.api import Samples, summarise
 from bench.processes import start_process, wait_for
 
-BENCHMARKS = ["chaos", "throughput", "batching", "api", "preview"]
+BENCHMARKS = ["chaos", "throughput", "batching", "api", "preview", "gpu"]
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
@@ -33,6 +33,25 @@ def test_bad_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--batch-sizes", "1,four"])
     assert exit_info.value.code == 2
     assert "--batch-sizes" in capsys.readouterr().err
+
+
+def test_gpu_stack_entries_become_settings() -> None:
+    from bench.gpu import stack_settings
+
+    assert stack_settings("eager", 512) == {}
+    assert stack_settings("compile+EASEL_CHANNELS_LAST=false", 512) == {
+        "EASEL_TORCH_COMPILE": "true",
+        "EASEL_COMPILE_SHAPES": "512x512",
+        "EASEL_CHANNELS_LAST": "false",
+    }
+
+
+@pytest.mark.parametrize(("stacks", "named"), [("eager,fast", "'fast'"), ("eager+EASEL_X", "'EASEL_X'")])
+def test_gpu_bench_refuses_a_bad_stack_before_it_starts(stacks: str, named: str) -> None:
+    from bench.gpu import main
+
+    with pytest.raises(SystemExit, match=named):
+        main(["--stacks", stacks])
 
 
 def test_percentile_interpolates() -> None:
