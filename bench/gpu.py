@@ -172,10 +172,10 @@ def bare(model_dir: Path, args: argparse.Namespace, device: str, dtype: Any) -> 
 
     call([0])
     call(list(range(args.batch)))
-    serial = sum(call([seed]) for seed in range(args.serial)) or float("nan")
+    serial = sum(call([seed]) for seed in range(args.serial))
     batches = [call(list(range(s, s + args.batch))) for s in range(0, args.jobs, args.batch)]
     return {
-        "bare_serial_img_s": round(args.serial / serial, 3),
+        "bare_serial_img_s": round(args.serial / serial, 3) if args.serial else None,
         "bare_batched_img_s": round(args.jobs / sum(batches), 3),
         "bare_batch_seconds_median": round(statistics.median(batches), 3),
     }
@@ -250,7 +250,6 @@ def run_stack(
     index: int, spec: str, model_dir: Path, args: argparse.Namespace, clock: Clock, out: Path
 ) -> dict[str, Any]:
     """Serve the model with ``easel run`` and time jobs through REST (module docstring)."""
-    name = spec
     home = Path(tempfile.mkdtemp(prefix=f"easel-gpu-{index}-"))
     models_file = home / "models.toml"
     models_file.write_text(
@@ -291,14 +290,14 @@ def run_stack(
                 time.sleep(0.2)
             body = {"prompt": PROMPT, "width": args.size, "height": args.size, "steps": args.steps}
             body |= {"guidance_scale": 7.0, "scheduler": "euler_a"}
-            log(clock, f"{name}: ready; warm-up round")
+            log(clock, f"{spec}: ready; warm-up round")
             started = time.perf_counter()
             api.wait(api.submit(args.batch, 0, **body), clock)
             figures["warmup_round_seconds"] = round(time.perf_counter() - started, 1)
             warm_log = log_path.read_text()
             figures["warm_up_lines"] = [line for line in warm_log.splitlines() if "warmed up" in line]
             figures["recompiles_in_warm_up"] = sum(warm_log.count(mark) for mark in RECOMPILE_MARKS)
-            log(clock, f"{name}: {args.jobs} jobs")
+            log(clock, f"{spec}: {args.jobs} jobs")
             submitted = datetime.now().astimezone()
             jobs = api.wait(api.submit(args.jobs, 1000, **body), clock)
             last = max(datetime.fromisoformat(job["finished_at"]) for job in jobs)
@@ -307,7 +306,7 @@ def run_stack(
             figures["batches"] = batches(jobs)
             odd: list[dict[str, Any]] = []
             rounds = ((1, "euler_a"), (2, "euler_a"), (3, "euler_a"), (args.batch, "ddim"))
-            log(clock, f"{name}: batches of 1, 2, 3 and one of DDIM" if args.odd_batches else f"{name}: done")
+            log(clock, f"{spec}: batches of 1, 2, 3 and one of DDIM" if args.odd_batches else f"{spec}: done")
             for count, scheduler in rounds if args.odd_batches else ():
                 done = api.wait(api.submit(count, 2000 + count, **(body | {"scheduler": scheduler})), clock)
                 odd += [batch | {"scheduler": scheduler} for batch in batches(done)]
@@ -389,13 +388,13 @@ def main(argv: list[str] | None = None) -> None:
             torch.cuda.empty_cache()  # the bare pipeline is gone with bare()'s frame
     log(clock, f"bare: {figures}")
     save()
-    for index, name in enumerate(specs, 1):
-        stack = run_stack(index, name, model_dir, args, clock, out)
+    for index, spec in enumerate(specs, 1):
+        stack = run_stack(index, spec, model_dir, args, clock, out)
         if "e2e_img_s" in stack:
             stack["e2e_over_bare_batched"] = round(stack["e2e_img_s"] / figures["bare_batched_img_s"], 3)
-        figures[name] = stack
+        figures[spec] = stack
         save()
-        log(clock, f"{name}: {json.dumps(stack)}")
+        log(clock, f"{spec}: {json.dumps(stack)}")
     print(json.dumps(figures, indent=1))
 
 
