@@ -255,3 +255,26 @@ def test_an_integer_timestep_and_its_float_give_the_unet_the_same_output(tiny_mo
             as_int = unet(sample, torch.tensor(step), encoder_hidden_states=text).sample
             as_float = unet(sample, torch.tensor(float(step)), encoder_hidden_states=text).sample
             assert torch.equal(as_int, as_float)
+
+
+def test_sdxl_added_conditions_share_the_two_graphs() -> None:
+    """SDXL's UNet also takes pooled text embeddings and size ids, batched like the sample:
+    marked dynamic with it, they add no graph either."""
+    from easel.worker.engine.tiny_families import build_family_pipeline
+
+    pipe = build_family_pipeline("sdxl")
+    counter = GraphCounter()
+    compile_unet(pipe.unet, counter)
+    try:
+        warm_up(pipe, [(64, 64)], (1, 4), steps=2)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for scheduler in ("ddim", "euler_a"):
+                for images, guidance in ((1, 1.0), (3, 7.5), (1, 7.5)):
+                    requests = [
+                        generation_request(steps=2, guidance_scale=guidance, scheduler=scheduler, seed=seed)
+                        for seed in range(images)
+                    ]
+                    assert len(generate_batch(pipe, requests)) == images
+        assert counter.graphs == 2
+    finally:
+        torch._dynamo.reset()
