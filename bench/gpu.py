@@ -1,12 +1,14 @@
 """The CUDA path: bare diffusers against the ``make run`` stack on an SD1.5-shaped pipeline.
 
     python -m bench.gpu                   # a CUDA machine: fp16, 512x512, 25 steps, Euler a
-    python -m bench.gpu --tiny            # anywhere, in a minute: a tiny pipeline on the CPU
+    python -m bench.gpu --tiny            # anywhere, in a minute: tiny-sd at 64x64
     python -m bench.gpu --stacks compile  # only the stack with EASEL_TORCH_COMPILE=true
 
 No weights are downloaded: the pipeline has the real architecture of Stable Diffusion
-1.5 (860M-parameter UNet, ViT-L text encoder, 84M VAE) and random weights, so its speed
-is the real model's and its pictures are noise. It is saved once to ``--model-dir``.
+1.5 (860M-parameter UNet, the 12-layer ViT-L text transformer, 84M VAE) and random
+weights, so its speed is the real model's and its pictures are noise; its tokenizer is
+tiny-sd's (a byte vocabulary, so the text encoder's embedding table is smaller). It is
+saved once to ``--model-dir``.
 
 1. bare: the pipeline in this process, ``--serial`` images one per call, then
    ``--jobs`` images in calls of ``--batch`` (one generator per image);
@@ -69,46 +71,16 @@ def log(clock: Clock, message: str) -> None:
 
 
 def build_model(model_dir: Path, tiny: bool, dtype: Any) -> None:
-    """Save an SD1.5-shaped (or tiny) random-weight pipeline to ``model_dir``."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerAncestralDiscreteScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    """Save tiny-sd (``tiny``) or an SD1.5-shaped random-weight pipeline to ``model_dir``."""
+    from easel.worker.engine.tiny_model import build_tiny_pipeline, tiny_clip_config, tiny_unet
 
-    torch.manual_seed(0)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
-    for i, letter in enumerate("abcdefghijklmnopqrstuvwxyz"):
-        vocab[letter], vocab[letter + "</w>"] = 3 + i, 29 + i
-    with tempfile.TemporaryDirectory() as folder:  # a letters-only CLIP tokenizer
-        (Path(folder) / "vocab.json").write_text(json.dumps(vocab))
-        (Path(folder) / "merges.txt").write_text("#version: 0.2\n")
-        tokenizer = CLIPTokenizer(f"{folder}/vocab.json", f"{folder}/merges.txt", model_max_length=77)
-    if tiny:
-        unet = UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=2,
-            sample_size=32,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-        )
-        vae = AutoencoderKL(
-            block_out_channels=[32, 64],
-            down_block_types=["DownEncoderBlock2D"] * 2,
-            up_block_types=["UpDecoderBlock2D"] * 2,
-            latent_channels=4,
-        )
-        text = CLIPTextConfig(
-            vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4
-        )
-    else:  # Stable Diffusion 1.5's shapes
-        unet = UNet2DConditionModel(
+    pipe = build_tiny_pipeline()
+    if not tiny:  # Stable Diffusion 1.5's shapes; tiny-sd's tokenizer, vocabulary and scheduler
+        from diffusers import AutoencoderKL
+        from transformers import CLIPTextModel
+
+        unet = tiny_unet(
             sample_size=64,
-            layers_per_block=2,
             block_out_channels=(320, 640, 1280, 1280),
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
@@ -116,36 +88,23 @@ def build_model(model_dir: Path, tiny: bool, dtype: Any) -> None:
             attention_head_dim=8,
         )
         vae = AutoencoderKL(
-            block_out_channels=[128, 256, 512, 512],
-            down_block_types=["DownEncoderBlock2D"] * 4,
-            up_block_types=["UpDecoderBlock2D"] * 4,
-            latent_channels=4,
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
             layers_per_block=2,
             sample_size=512,
         )
-        text = CLIPTextConfig(
-            vocab_size=49408,
+        text = tiny_clip_config(
+            len(pipe.tokenizer),
             hidden_size=768,
             intermediate_size=3072,
             num_hidden_layers=12,
             num_attention_heads=12,
             hidden_act="quick_gelu",
         )
-    text.bos_token_id, text.eos_token_id, text.pad_token_id = 0, 1, 1
-    scheduler = EulerAncestralDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=CLIPTextModel(text),
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).to(dtype)
-    pipe.save_pretrained(model_dir)
+        parts = {"unet": unet, "vae": vae, "text_encoder": CLIPTextModel(text)}
+        pipe = type(pipe)(**{**pipe.components, **parts}, requires_safety_checker=False)
+    pipe.to(dtype).save_pretrained(model_dir)
 
 
 def bare(model_dir: Path, args: argparse.Namespace, device: str, dtype: Any) -> dict[str, Any]:
@@ -334,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tiny", action="store_true", help="a tiny pipeline at 64x64 (a dry run)")
+    parser.add_argument("--tiny", action="store_true", help="tiny-sd at 64x64 (a dry run)")
     parser.add_argument(
         "--stacks",
         default="eager,compile",

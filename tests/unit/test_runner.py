@@ -91,13 +91,20 @@ def test_cancel_request_stops_at_the_next_step(env: dict[str, Any]) -> None:
     assert job.status == "canceled" and job.progress_step == 2 and not job.outputs
 
 
-def test_progress_writes_are_throttled(env: dict[str, Any]) -> None:
+def reporter_of_running_job(env: dict[str, Any]) -> tuple[str, list[float], ProgressReporter]:
+    """A job running on ``test:1``, and a reporter for it (interval 1 s) on a clock set by
+    writing ``now[0]``."""
     job_id = enqueue(env)
     with env["sessions"]() as session:
         session.execute(update(Job).where(Job.id == job_id).values(status="running", worker_id="test:1"))
         session.commit()
     now = [0.0]
     reporter = ProgressReporter(env["sessions"], job_id, "test:1", interval=1.0, clock=lambda: now[0])
+    return job_id, now, reporter
+
+
+def test_progress_writes_are_throttled(env: dict[str, Any]) -> None:
+    job_id, now, reporter = reporter_of_running_job(env)
     for step, at in ((1, 0.1), (2, 0.9), (3, 1.0), (4, 1.5), (5, 2.1), (6, 2.2)):
         now[0] = at
         reporter(step, 10)
@@ -111,12 +118,7 @@ def test_progress_writes_are_throttled(env: dict[str, Any]) -> None:
 def test_a_call_shorter_than_the_interval_writes_no_progress(env: dict[str, Any]) -> None:
     """Its ending records the job; a write at its first or last step would only cost a
     transaction in the denoising thread."""
-    job_id = enqueue(env)
-    with env["sessions"]() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(status="running", worker_id="test:1"))
-        session.commit()
-    now = [0.0]
-    reporter = ProgressReporter(env["sessions"], job_id, "test:1", interval=1.0, clock=lambda: now[0])
+    job_id, now, reporter = reporter_of_running_job(env)
     for step in range(1, 11):
         now[0] = step * 0.09
         reporter(step, 10)
