@@ -35,17 +35,16 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bench.processes import Stack, easel, start_process, wait_for
+
 PROMPT = "a lighthouse on a cliff at dusk"
-TERMINAL = {"succeeded", "failed", "canceled"}
 RECOMPILE_MARKS = ("Recompiling function", "recompile_limit")
 
 
@@ -140,37 +139,17 @@ def bare(model_dir: Path, args: argparse.Namespace, device: str, dtype: Any) -> 
     }
 
 
-class Api:
-    """The stack's REST API through the standard library (this script needs no client)."""
+def submit(stack: Stack, count: int, seed: int, **fields: Any) -> list[str]:
+    """``count`` one-image jobs with consecutive seeds from ``seed``: their ids."""
+    return [stack.submit(**fields, seed=seed + i)["id"] for i in range(count)]
 
-    def __init__(self, port: int) -> None:
-        self.base = f"http://127.0.0.1:{port}"
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            self.base + path, method=method, data=data, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read())
-
-    def ready(self) -> bool:
-        try:
-            return bool(self.call("GET", "/readyz")["status"] == "ready")
-        except OSError:
-            return False
-
-    def submit(self, count: int, seed: int, **fields: Any) -> list[str]:
-        return [self.call("POST", "/api/v1/jobs", {**fields, "seed": seed + i})["id"] for i in range(count)]
-
-    def wait(self, ids: list[str], clock: Clock) -> list[dict[str, Any]]:
-        while True:
-            jobs = [self.call("GET", f"/api/v1/jobs/{job_id}") for job_id in ids]
-            if all(job["status"] in TERMINAL for job in jobs):
-                return jobs
-            if clock.left() <= 0:
-                raise OutOfTime(f"{sum(j['status'] not in TERMINAL for j in jobs)} job(s) unfinished")
-            time.sleep(0.1)
+def wait(stack: Stack, ids: list[str], clock: Clock) -> list[dict[str, Any]]:
+    """The jobs once all have finished; ``OutOfTime`` when the budget ends first."""
+    try:
+        return [stack.wait(job_id, timeout=max(clock.left(), 0.1)) for job_id in ids]
+    except AssertionError:  # a job still unfinished (Stack.wait's message holds every log)
+        raise OutOfTime("jobs unfinished when the budget ended") from None
 
 
 def batches(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -231,56 +210,49 @@ def run_stack(
         "TORCH_LOGS": "recompiles",
     }
     env |= stack_settings(spec, args.size)
-    log_path = out / f"stack-{index}.log"
+    process = start_process(f"stack-{index}", easel("run"), env, out)
+    stack = Stack(env=env, workdir=home, port=args.port, processes=[process])
     figures: dict[str, Any] = {}
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "easel", "run"],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        api = Api(args.port)
+    try:
         try:
-            while not api.ready():
-                if process.poll() is not None or clock.left() <= 0:
-                    raise OutOfTime(f"the stack never became ready (exit {process.poll()})")
-                time.sleep(0.2)
-            body = {"prompt": PROMPT, "width": args.size, "height": args.size, "steps": args.steps}
-            body |= {"guidance_scale": 7.0, "scheduler": "euler_a"}
-            log(clock, f"{spec}: ready; warm-up round")
-            started = time.perf_counter()
-            api.wait(api.submit(args.batch, 0, **body), clock)
-            figures["warmup_round_seconds"] = round(time.perf_counter() - started, 1)
-            warm_log = log_path.read_text()
-            figures["warm_up_lines"] = [line for line in warm_log.splitlines() if "warmed up" in line]
-            figures["recompiles_in_warm_up"] = sum(warm_log.count(mark) for mark in RECOMPILE_MARKS)
-            log(clock, f"{spec}: {args.jobs} jobs")
-            submitted = datetime.now().astimezone()
-            jobs = api.wait(api.submit(args.jobs, 1000, **body), clock)
-            last = max(datetime.fromisoformat(job["finished_at"]) for job in jobs)
-            figures["e2e_img_s"] = round(args.jobs / (last - submitted).total_seconds(), 3)
-            figures["statuses"] = sorted({job["status"] for job in jobs})
-            figures["batches"] = batches(jobs)
-            odd: list[dict[str, Any]] = []
-            rounds = ((1, "euler_a"), (2, "euler_a"), (3, "euler_a"), (args.batch, "ddim"))
-            log(clock, f"{spec}: batches of 1, 2, 3 and one of DDIM" if args.odd_batches else f"{spec}: done")
-            for count, scheduler in rounds if args.odd_batches else ():
-                done = api.wait(api.submit(count, 2000 + count, **(body | {"scheduler": scheduler})), clock)
-                odd += [batch | {"scheduler": scheduler} for batch in batches(done)]
-            figures["odd_batches"] = odd
-        except OutOfTime as exc:
-            figures["stopped"] = str(exc)
-        finally:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-            shutil.rmtree(home, ignore_errors=True)
-    text = log_path.read_text()
+            wait_for(
+                lambda: not process.running() or stack.http.get(stack.base_url + "/readyz", timeout=5).ok,
+                max(clock.left(), 0.1),
+                "the stack to be ready",
+            )
+        except TimeoutError:
+            raise OutOfTime("the stack was not ready when the budget ended") from None
+        if not process.running():
+            raise OutOfTime(f"the stack exited ({process.popen.returncode}) before it was ready")
+        body = {"prompt": PROMPT, "width": args.size, "height": args.size, "steps": args.steps}
+        body |= {"guidance_scale": 7.0, "scheduler": "euler_a"}
+        log(clock, f"{spec}: ready; warm-up round")
+        started = time.perf_counter()
+        wait(stack, submit(stack, args.batch, 0, **body), clock)
+        figures["warmup_round_seconds"] = round(time.perf_counter() - started, 1)
+        warm_log = process.log()
+        figures["warm_up_lines"] = [line for line in warm_log.splitlines() if "warmed up" in line]
+        figures["recompiles_in_warm_up"] = sum(warm_log.count(mark) for mark in RECOMPILE_MARKS)
+        log(clock, f"{spec}: {args.jobs} jobs")
+        submitted = datetime.now().astimezone()
+        jobs = wait(stack, submit(stack, args.jobs, 1000, **body), clock)
+        last = max(datetime.fromisoformat(job["finished_at"]) for job in jobs)
+        figures["e2e_img_s"] = round(args.jobs / (last - submitted).total_seconds(), 3)
+        figures["statuses"] = sorted({job["status"] for job in jobs})
+        figures["batches"] = batches(jobs)
+        odd: list[dict[str, Any]] = []
+        rounds = ((1, "euler_a"), (2, "euler_a"), (3, "euler_a"), (args.batch, "ddim"))
+        log(clock, f"{spec}: batches of 1, 2, 3 and one of DDIM" if args.odd_batches else f"{spec}: done")
+        for count, scheduler in rounds if args.odd_batches else ():
+            done = wait(stack, submit(stack, count, 2000 + count, **(body | {"scheduler": scheduler})), clock)
+            odd += [batch | {"scheduler": scheduler} for batch in batches(done)]
+        figures["odd_batches"] = odd
+    except OutOfTime as exc:
+        figures["stopped"] = str(exc)
+    finally:
+        process.stop(signal.SIGINT)  # Ctrl-C, as `easel run` expects; SIGKILL after 30 s
+        shutil.rmtree(home, ignore_errors=True)
+    text = process.log()
     figures["recompiles_after_warm_up"] = sum(text.count(mark) for mark in RECOMPILE_MARKS) - figures.get(
         "recompiles_in_warm_up", 0
     )
