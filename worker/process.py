@@ -197,10 +197,9 @@ class WorkerProcess:
 
 def preload(settings: Settings, registry: Registry, models: list[str], cache: PipelineCache) -> None:
     """Load the models to preload and, when compiling, warm each up at every size to
-    compile and at batch sizes 1 and the largest (``fastpath.warm_up``), so no job pays
-    a recompile."""
+    compile and at every batch size the worker runs (``warm_up_batch_sizes``), so no job
+    pays a recompile or a batch size's first-call set-up."""
     shapes = parse_shapes(settings.compile_shapes)
-    batch_sizes = sorted({1, settings.max_batch_size})
     for name in settings.preload_list(registry.default):
         if name not in models:
             continue
@@ -208,6 +207,13 @@ def preload(settings: Settings, registry: Registry, models: list[str], cache: Pi
             spec = registry.get(name)
             pipelines, _ = cache.get(spec)
             # Does nothing unless the UNet is compiled.
-            warm_up(pipelines.base, shapes, batch_sizes)
+            warm_up(pipelines.base, shapes, warm_up_batch_sizes(settings.max_batch_size))
         except Exception:  # a bad model must not keep the worker from serving the others
             log.exception("could not preload model %s", name)
+
+
+def warm_up_batch_sizes(max_batch_size: int) -> list[int]:
+    """Every batch size a worker runs: 1 to ``EASEL_MAX_BATCH_SIZE`` images. The sizes from
+    2 up share one compiled graph (``compile_unet``), so the extra calls compile nothing;
+    they pay each size's first-call set-up, which a job would otherwise pay."""
+    return list(range(1, max_batch_size + 1))

@@ -184,8 +184,10 @@ def warm_up(
     unguided image the first, and a guided call at each of ``batch_sizes`` checks that
     nothing else does. The timestep dtype needs no call of its own (``compile_unet``
     casts it). Raises dynamo's recompile limit to the graphs this makes, so none falls
-    back to eager. Stops at the latents (the VAE is not compiled) and uses a scheduler
-    of its own, leaving the cached pipeline untouched. Returns the seconds per shape.
+    back to eager. Each call also decodes: the first call at a batch size pays a per-size
+    set-up besides any compile (on an H100, 0.6-0.8 s once per size, docs/benchmarks.md),
+    so the worker passes every batch size it runs. Uses a scheduler of its own, leaving
+    the cached pipeline untouched. Returns the seconds per shape.
     """
     import torch
     import torch._dynamo
@@ -225,6 +227,6 @@ def _warm_up_call(pipe: Any, width: int, height: int, size: int, guidance: float
             num_inference_steps=steps,
             guidance_scale=guidance,
             generator=[torch.Generator("cpu").manual_seed(i) for i in range(size)],
-            output_type="latent",
+            output_type="np",  # through the VAE: its first call at this size is paid here too
             **extra,
         )
