@@ -273,6 +273,32 @@ def test_the_worker_warms_up_every_batch_size_through_the_vae_on_the_two_graphs(
         torch._dynamo.reset()
 
 
+def test_a_warm_up_batch_out_of_gpu_memory_skips_the_larger_ones_and_says_so(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warm-up at a large ``EASEL_MAX_BATCH_SIZE`` may not fit where jobs would (they
+    split on out-of-memory): the worker still starts, warmed up below that size."""
+    from easel.worker.engine import fastpath
+
+    pipe = load(tiny_model)
+    compile_unet(pipe.unet, GraphCounter())
+    ran: list[tuple[int, float]] = []
+
+    def call(pipe: Any, width: int, height: int, size: int, guidance: float, steps: int) -> None:
+        if size >= 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        ran.append((size, guidance))
+
+    monkeypatch.setattr(fastpath, "_warm_up_call", call)
+    try:
+        with caplog.at_level(logging.WARNING, logger="easel.worker.engine.fastpath"):
+            assert list(warm_up(pipe, [(64, 64)], [1, 2, 3, 4], steps=2)) == [(64, 64)]
+    finally:
+        torch._dynamo.reset()
+    assert ran == [(1, 7.5), (2, 7.5), (1, 1.0)]  # 4 skipped after 3 failed; the unguided image still runs
+    assert "warm-up at 64x64 stopped at a batch of 3 images: out of GPU memory" in caplog.text
+
+
 def test_an_integer_timestep_and_its_float_give_the_unet_the_same_output(tiny_model: Path) -> None:
     """What lets ``compile_unet`` cast integer timesteps to float32 without changing an image."""
     unet = load(tiny_model).unet

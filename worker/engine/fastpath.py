@@ -184,13 +184,16 @@ def warm_up(
     unguided image the first, and a guided call at each of ``batch_sizes`` checks that
     nothing else does. The timestep dtype needs no call of its own (``compile_unet``
     casts it). Raises dynamo's recompile limit to the graphs this makes, so none falls
-    back to eager. Each call also decodes: the first call at a batch size pays a per-size
+    back to eager. A batch size that runs out of GPU memory ends the larger ones (logged).
+    Each call also decodes: the first call at a batch size pays a per-size
     set-up besides any compile (on an H100, 0.6-0.8 s once per size, docs/benchmarks.md),
     so the worker passes every batch size it runs. Uses a scheduler of its own, leaving
     the cached pipeline untouched. Returns the seconds per shape.
     """
     import torch
     import torch._dynamo
+
+    from easel.worker.engine.generate import free_accelerator_memory
 
     if not shapes or not is_compiled(getattr(pipe, "unet", None)):
         return {}
@@ -200,8 +203,22 @@ def warm_up(
     seconds: dict[Shape, float] = {}
     for width, height in shapes:
         started = time.perf_counter()
+        too_big: int | None = None  # the batch size that ran out of GPU memory
         for size, guidance in calls:
-            _warm_up_call(pipe, width, height, size, guidance, steps)
+            if too_big is not None and size >= too_big:
+                continue
+            try:
+                _warm_up_call(pipe, width, height, size, guidance, steps)
+            except torch.cuda.OutOfMemoryError:
+                free_accelerator_memory()
+                too_big = size
+                log.warning(
+                    "warm-up at %dx%d stopped at a batch of %d images: out of GPU memory; larger "
+                    "batches pay their set-up at their first job (which splits them if they do not fit)",
+                    width,
+                    height,
+                    size,
+                )
         seconds[(width, height)] = time.perf_counter() - started
         log.info("warmed up %dx%d in %.1fs", width, height, seconds[(width, height)])
     return seconds
