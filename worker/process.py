@@ -207,7 +207,12 @@ def preload(settings: Settings, registry: Registry, models: list[str], cache: Pi
             spec = registry.get(name)
             pipelines, _ = cache.get(spec)
             # Does nothing unless the UNet is compiled.
-            warm_up(pipelines.base, shapes, warm_up_batch_sizes(settings.max_batch_size))
+            warm_up(
+                pipelines.base,
+                shapes,
+                warm_up_batch_sizes(settings.max_batch_size),
+                vae_tiling_pixels=settings.vae_tiling_pixels,
+            )
         except Exception:  # a bad model must not keep the worker from serving the others
             log.exception("could not preload model %s", name)
 

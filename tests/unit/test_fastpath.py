@@ -258,6 +258,7 @@ def test_the_worker_warms_up_every_batch_size_through_the_vae_on_the_two_graphs(
 
     def counting_decode(latents: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         decoded.append(latents.shape[0])
+        assert pipe.vae.use_tiling is False  # 64x64 is below any tiling threshold given
         return decode(latents, *args, **kwargs)
 
     monkeypatch.setattr(pipe.vae, "decode", counting_decode)
@@ -273,6 +274,27 @@ def test_the_worker_warms_up_every_batch_size_through_the_vae_on_the_two_graphs(
         torch._dynamo.reset()
 
 
+def test_the_warm_up_decodes_in_tiles_where_a_job_of_that_size_would(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipe = load(tiny_model)
+    tiled: list[bool] = []
+    decode = pipe.vae.decode
+
+    def recording_decode(latents: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        tiled.append(pipe.vae.use_tiling)
+        return decode(latents, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.vae, "decode", recording_decode)
+    compile_unet(pipe.unet, GraphCounter())
+    try:
+        warm_up(pipe, [(64, 64), (32, 32)], [1], steps=1, vae_tiling_pixels=64 * 64)
+    finally:
+        torch._dynamo.reset()
+        set_vae_tiling(pipe, False)
+    assert tiled == [True, True, False, False]  # per shape: guided, then unguided
+
+
 def test_a_warm_up_batch_out_of_gpu_memory_skips_the_larger_ones_and_says_so(
     tiny_model: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -284,7 +306,7 @@ def test_a_warm_up_batch_out_of_gpu_memory_skips_the_larger_ones_and_says_so(
     compile_unet(pipe.unet, GraphCounter())
     ran: list[tuple[int, float]] = []
 
-    def call(pipe: Any, width: int, height: int, size: int, guidance: float, steps: int) -> None:
+    def call(pipe: Any, width: int, height: int, size: int, guidance: float, steps: int, tiling: int) -> None:
         if size >= 3:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         ran.append((size, guidance))

@@ -175,6 +175,7 @@ def warm_up(
     shapes: list[Shape],
     batch_sizes: Sequence[int] = (1,),
     steps: int = 2,
+    vae_tiling_pixels: int = 0,
 ) -> dict[Shape, float]:
     """Short calls per shape, so no real job pays a compile; does nothing unless the UNet
     is compiled.
@@ -187,8 +188,10 @@ def warm_up(
     back to eager. A batch size that runs out of GPU memory ends the larger ones (logged).
     Each call also decodes: the first call at a batch size pays a per-size
     set-up besides any compile (on an H100, 0.6-0.8 s once per size, docs/benchmarks.md),
-    so the worker passes every batch size it runs. Uses a scheduler of its own, leaving
-    the cached pipeline untouched. Returns the seconds per shape.
+    so the worker passes every batch size it runs; the VAE decodes in tiles where a job
+    of that size would (``vae_tiling_pixels``, as ``generate_batch`` takes it). Uses a
+    scheduler of its own, leaving the cached pipeline untouched. Returns the seconds per
+    shape.
     """
     import torch
     import torch._dynamo
@@ -208,7 +211,7 @@ def warm_up(
             if too_big is not None and size >= too_big:
                 continue
             try:
-                _warm_up_call(pipe, width, height, size, guidance, steps)
+                _warm_up_call(pipe, width, height, size, guidance, steps, vae_tiling_pixels)
             except torch.cuda.OutOfMemoryError:
                 free_accelerator_memory()
                 too_big = size
@@ -224,7 +227,9 @@ def warm_up(
     return seconds
 
 
-def _warm_up_call(pipe: Any, width: int, height: int, size: int, guidance: float, steps: int) -> None:
+def _warm_up_call(
+    pipe: Any, width: int, height: int, size: int, guidance: float, steps: int, vae_tiling_pixels: int = 0
+) -> None:
     import torch
     from PIL import Image
 
@@ -232,6 +237,7 @@ def _warm_up_call(pipe: Any, width: int, height: int, size: int, guidance: float
 
     call = with_scheduler(pipe, type(pipe.scheduler).from_config(pipe.scheduler.config))
     call.set_progress_bar_config(disable=True)
+    set_vae_tiling(call, use_vae_tiling(width, height, vae_tiling_pixels))  # as a job of this size
     extra: dict[str, Any] = {}
     if "Inpaint" in type(pipe).__name__:
         blank, mask = Image.new("RGB", (width, height)), Image.new("L", (width, height), 255)
