@@ -233,11 +233,10 @@ def _warm_up_call(
     import torch
     from PIL import Image
 
-    from easel.worker.engine.generate import with_scheduler
+    from easel.worker.engine.generate import call_view
 
-    call = with_scheduler(pipe, type(pipe.scheduler).from_config(pipe.scheduler.config))
-    call.set_progress_bar_config(disable=True)
-    set_vae_tiling(call, use_vae_tiling(width, height, vae_tiling_pixels))  # as a job of this size
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    call = call_view(pipe, scheduler, use_vae_tiling(width, height, vae_tiling_pixels))  # as a job would
     extra: dict[str, Any] = {}
     if "Inpaint" in type(pipe).__name__:
         blank, mask = Image.new("RGB", (width, height)), Image.new("L", (width, height), 255)

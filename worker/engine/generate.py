@@ -83,6 +83,16 @@ def with_scheduler(pipe: Any, scheduler: Any) -> Any:
     return type(pipe)(**{**pipe.components, "scheduler": scheduler}, **config)
 
 
+def call_view(pipe: Any, scheduler: Any, vae_tiling: bool) -> Any:
+    """What one pipeline call runs: ``with_scheduler``'s view, without a progress bar, and
+    VAE tiling set on or off (on the shared VAE, so every call sets it and none leaks into
+    the next)."""
+    view = with_scheduler(pipe, scheduler)
+    view.set_progress_bar_config(disable=True)
+    set_vae_tiling(view, vae_tiling)
+    return view
+
+
 class GpuOutOfMemory(RuntimeError):
     """Even one image at a time does not fit in the GPU's memory."""
 
@@ -219,9 +229,7 @@ def _call(
             f"scheduler {head.scheduler!r} does not fit the {family.describe()} family "
             f"(its schedulers: {', '.join(family.schedulers)})"
         )
-    call_pipe = with_scheduler(pipe, make_scheduler(head.scheduler, pipe.scheduler.config))
-    call_pipe.set_progress_bar_config(disable=True)
-    set_vae_tiling(call_pipe, tiling)  # set on every call (the VAE is shared), so no call leaks into the next
+    call_pipe = call_view(pipe, make_scheduler(head.scheduler, pipe.scheduler.config), tiling)
     # 2. One generator per image (on the CPU, so seeds give the same noise on any device).
     generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
 
