@@ -246,6 +246,19 @@ def test_warm_up_compiles_two_graphs_and_no_batch_sampler_or_guidance_compiles_a
         torch._dynamo.reset()
 
 
+def record_decodes(pipe: Any, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """Each VAE decode of ``pipe`` from now on, as (batch size, whether tiling was on)."""
+    decodes: list[tuple[int, bool]] = []
+    decode = pipe.vae.decode
+
+    def recording_decode(latents: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        decodes.append((latents.shape[0], pipe.vae.use_tiling))
+        return decode(latents, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.vae, "decode", recording_decode)
+    return decodes
+
+
 def test_the_worker_warms_up_every_batch_size_through_the_vae_on_the_two_graphs(
     tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -253,22 +266,15 @@ def test_the_worker_warms_up_every_batch_size_through_the_vae_on_the_two_graphs(
     0.6-0.8 s, in the UNet and the VAE), so the worker's warm-up calls every batch size it
     runs and decodes each; the sizes from 2 up still share one graph."""
     pipe = load(tiny_model)
-    decoded: list[int] = []
-    decode = pipe.vae.decode
-
-    def counting_decode(latents: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        decoded.append(latents.shape[0])
-        assert pipe.vae.use_tiling is False  # 64x64 is below any tiling threshold given
-        return decode(latents, *args, **kwargs)
-
-    monkeypatch.setattr(pipe.vae, "decode", counting_decode)
+    decodes = record_decodes(pipe, monkeypatch)
     counter = GraphCounter()
     compile_unet(pipe.unet, counter)
     try:
         sizes = warm_up_batch_sizes(Settings(max_batch_size=4).max_batch_size)
         assert sizes == [1, 2, 3, 4]
         warm_up(pipe, [(64, 64)], sizes, steps=2)
-        assert decoded == [1, 2, 3, 4, 1]  # then one unguided image
+        # Then one unguided image; none tiled (no tiling threshold given).
+        assert decodes == [(1, False), (2, False), (3, False), (4, False), (1, False)]
         assert counter.graphs == 2
     finally:
         torch._dynamo.reset()
@@ -278,21 +284,14 @@ def test_the_warm_up_decodes_in_tiles_where_a_job_of_that_size_would(
     tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pipe = load(tiny_model)
-    tiled: list[bool] = []
-    decode = pipe.vae.decode
-
-    def recording_decode(latents: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        tiled.append(pipe.vae.use_tiling)
-        return decode(latents, *args, **kwargs)
-
-    monkeypatch.setattr(pipe.vae, "decode", recording_decode)
+    decodes = record_decodes(pipe, monkeypatch)
     compile_unet(pipe.unet, GraphCounter())
     try:
         warm_up(pipe, [(64, 64), (32, 32)], [1], steps=1, vae_tiling_pixels=64 * 64)
     finally:
         torch._dynamo.reset()
         set_vae_tiling(pipe, False)
-    assert tiled == [True, True, False, False]  # per shape: guided, then unguided
+    assert decodes == [(1, True), (1, True), (1, False), (1, False)]  # per shape: guided, then unguided
 
 
 def test_a_warm_up_batch_out_of_gpu_memory_skips_the_larger_ones_and_says_so(
