@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, delete, insert, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Table, bindparam, delete, insert, select, update
+from sqlalchemy.orm import Session, noload
 
 from easel.shared.db import rowcount
 from easel.shared.models import Job, JobOutput, JobStatus, utcnow
@@ -81,6 +81,12 @@ _CLAIM = (
         updated_at=bindparam("now"),
     )
 )
+_CLAIMED = (
+    select(Job)
+    .from_statement(_CLAIM.returning(*_JOBS.c))
+    .options(noload(Job.outputs))
+    .execution_options(populate_existing=True)
+)
 _PROGRESS = (
     update(_JOBS)
     .where(*_HELD)
@@ -107,11 +113,14 @@ _END_HELD = update(_JOBS).where(*_HELD).values(**_ENDING).returning(*_COUNTED)
 
 def claim(
     session: Session, job_ids: Sequence[str], worker_id: str, batch_id: str, batch_size: int | None = None
-) -> int:
-    """Move the still-queued of ``job_ids`` to running for ``worker_id`` in one batch;
-    how many moved. Each claim counts as an attempt."""
+) -> list[Job]:
+    """Move the still-queued of ``job_ids`` to running for ``worker_id`` in one batch:
+    the jobs that moved, as they are now (read by the same statement, in no set order;
+    their outputs are not loaded: a claimed job's outputs are its runner's to write).
+    Each claim counts as an attempt."""
     values = {"new_batch_id": batch_id, "new_batch_size": batch_size, "now": utcnow()}
-    return rowcount(session.execute(_CLAIM, {"job_ids": list(job_ids), "holder": worker_id, **values}))
+    parameters = {"job_ids": list(job_ids), "holder": worker_id, **values}
+    return list(session.scalars(_CLAIMED, parameters).all())
 
 
 def set_batch_size(session: Session, job_ids: Sequence[str], batch_id: str, images: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import event, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from easel.shared.models import Job, JobStatus
@@ -104,6 +104,26 @@ def test_a_batch_takes_compatible_jobs_in_claim_order_up_to_max_images(
     assert {job.batch_size for job in second} == {4}
     assert {job.status for job in second} == {JobStatus.RUNNING.value}
     assert [job.id for job in batch(sessions, max_images=4)] == same[4:]
+
+
+def test_a_claim_reads_the_head_and_its_companions_and_writes_once(sessions: sessionmaker[Session]) -> None:
+    """Three statements a batch: the head, its companions, and the ``UPDATE`` that moves
+    them and returns their rows (nothing is read back afterwards)."""
+    ids = [add_job(sessions, age=30 - i) for i in range(3)]
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement.split(None, 1)[0].upper())
+
+    engine = sessions.kw["bind"]
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        jobs = batch(sessions, max_images=4)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert [job.id for job in jobs] == ids and {job.batch_size for job in jobs} == {3}
+    writes_and_reads = [kind for kind in seen if kind in ("SELECT", "UPDATE", "INSERT", "DELETE")]
+    assert writes_and_reads == ["SELECT", "SELECT", "UPDATE"]
 
 
 def test_jobs_with_different_batch_keys_never_share_a_batch(sessions: sessionmaker[Session]) -> None:

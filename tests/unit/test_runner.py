@@ -16,6 +16,7 @@ from bench.processes import wait_for
 from easel.shared.errors import StorageError
 from easel.shared.models import Job, JobOutput
 from easel.shared.storage import LocalStorage
+from easel.worker.engine import runner as runner_module
 from easel.worker.engine.runner import JobRunner, ProgressReporter
 from easel.worker.pngmeta import read_parameters
 from tests.factories import enqueue, fetch, make_runner
@@ -204,6 +205,35 @@ def test_a_canceled_job_leaves_the_batch_and_the_others_finish(env: dict[str, An
     jobs = [fetch(env, job_id) for job_id in ids]
     assert [job.status for job in jobs] == ["succeeded", "canceled", "succeeded"]
     assert jobs[1].progress_step == 2 and not jobs[1].outputs  # it left at the step it was canceled
+    assert len(jobs[0].outputs) == 1 and len(jobs[2].outputs) == 1
+
+
+@pytest.mark.parametrize("overlap_store", [False, True])
+def test_a_cancel_after_the_last_step_stores_nothing_for_that_job(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch, overlap_store: bool
+) -> None:
+    """A cancel asked once denoising is over (while decoding) is read before anything is
+    uploaded: that job ends ``canceled`` with no outputs and no stored object, and the
+    others of its batch succeed."""
+    ids = [enqueue(env, seed=i) for i in range(3)]
+    generate = runner_module.generate_batch
+
+    def generate_then_cancel(*args: Any, **kwargs: Any) -> Any:
+        images = generate(*args, **kwargs)
+        with env["sessions"]() as session:
+            session.execute(update(Job).where(Job.id == ids[1]).values(cancel_requested=True))
+            session.commit()
+        return images
+
+    monkeypatch.setattr(runner_module, "generate_batch", generate_then_cancel)
+    runner = make_batching_runner(env)
+    runner.overlap_store = overlap_store
+    assert runner.run_next() == ids[0]
+    runner.drain()
+    jobs = [fetch(env, job_id) for job_id in ids]
+    assert [job.status for job in jobs] == ["succeeded", "canceled", "succeeded"]
+    assert jobs[1].progress_step == jobs[1].progress_total and not jobs[1].outputs
+    assert not list((env["storage"].root / "jobs" / ids[1]).glob("*.png"))
     assert len(jobs[0].outputs) == 1 and len(jobs[2].outputs) == 1
 
 

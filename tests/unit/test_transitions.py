@@ -46,7 +46,10 @@ def test_a_batch_ends_in_one_transaction_and_counts_as_its_jobs_would_one_by_one
         session.add_all(jobs)
         session.flush()
         ids = [job.id for job in jobs]
-        assert claim(session, ids, "w1", "batch-1", 4) == 4
+        claimed = claim(session, ids, "w1", "batch-1", 4)
+        assert sorted(job.id for job in claimed) == sorted(ids)
+        moved = {(job.status, job.worker_id, job.batch_size, job.attempts) for job in claimed}
+        assert moved == {("running", "w1", 4, 1)}
         # One job was asked to cancel meanwhile; another was requeued and claimed by w2.
         session.execute(update(Job).where(Job.id == ids[2]).values(cancel_requested=True))
         session.execute(update(Job).where(Job.id == ids[3]).values(worker_id="w2"))

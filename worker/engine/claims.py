@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session, aliased, noload
+from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm.attributes import set_committed_value
 
 from easel.shared.models import Job, JobStatus
 from easel.shared.params import BATCH_KEY
@@ -70,8 +71,9 @@ def claim_batch(
     The head job is always taken, even if its own images exceed ``max_images``.
     With ``wait_seconds``, a batch that is not full waits that long for compatible
     jobs to arrive. Claimed jobs are ``running`` with ``attempts`` raised by one and
-    share one ``batch_id``; ``batch_size`` is the images of the whole batch. Empty
-    when nothing is claimable.
+    share one ``batch_id``; ``batch_size`` is the images of the whole batch. The jobs
+    in claim order, head first (as the claim's own ``UPDATE ... RETURNING`` read them,
+    outputs not loaded); empty when nothing is claimable.
     """
     batch_id = new_batch_id()
     claimed = _claim_first_round(session, worker_id, models, max_images, batch_id)
@@ -79,34 +81,29 @@ def claim_batch(
         session.rollback()
         return []
     session.commit()
-    head, chosen = claimed
-    ids, images = [job_id for job_id, _ in chosen], sum(count for _, count in chosen)
+    head, jobs = claimed
+    images = sum(job.num_images for job in jobs)
     if images < max_images and wait_seconds > 0:
         deadline = time.monotonic() + wait_seconds
         while images < max_images and time.monotonic() < deadline:
             time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
             more = _claim_companions(session, worker_id, models, head, max_images - images, batch_id)
-            ids += [job_id for job_id, _ in more]
-            images += sum(count for _, count in more)
+            jobs += more
+            images += sum(job.num_images for job in more)
             session.commit()
-        set_batch_size(session, ids, batch_id, images)
+        set_batch_size(session, [job.id for job in jobs], batch_id, images)
         session.commit()
-    jobs = session.scalars(
-        select(Job)
-        .where(Job.id.in_(ids))
-        .options(noload(Job.outputs))  # a claimed job's outputs are the runner's to write
-        .execution_options(populate_existing=True)
-    ).all()
-    by_id = {job.id: job for job in jobs}
-    return [by_id[job_id] for job_id in ids if job_id in by_id]
+        for job in jobs:
+            set_committed_value(job, "batch_size", images)
+    return jobs
 
 
 def _claim_first_round(
     session: Session, worker_id: str, models: Sequence[str] | None, max_images: int, batch_id: str
-) -> tuple[Any, list[tuple[str, int]]] | None:
+) -> tuple[Any, list[Job]] | None:
     """Mark ours (not committed) the best queued job and the queued jobs that share its
-    batch key and fit: one read of each and one write. The head's row and the
-    (id, images) of every job marked."""
+    batch key and fit: one read of each and one write. The head's row and the jobs
+    marked, head first."""
     for _ in range(10):  # SQLite: lost a race for the head, try the next best job
         head = session.execute(_locked(session, _in_claim_order(models).limit(1))).first()
         if head is None:
@@ -115,13 +112,16 @@ def _claim_first_round(
             (head.id, head.num_images),
             *_companions(session, models, head, max_images - head.num_images),
         ]
-        kept = _mark_ours(session, chosen, worker_id, batch_id, sum(count for _, count in chosen))
-        if head.id not in {job_id for job_id, _ in kept}:
+        jobs = _mark_ours(session, chosen, worker_id, batch_id, sum(count for _, count in chosen))
+        if not jobs or jobs[0].id != head.id:
             session.rollback()
             continue
-        if len(kept) != len(chosen):
-            set_batch_size(session, [job_id for job_id, _ in kept], batch_id, sum(n for _, n in kept))
-        return head, kept
+        if len(jobs) != len(chosen):
+            images = sum(job.num_images for job in jobs)
+            set_batch_size(session, [job.id for job in jobs], batch_id, images)
+            for job in jobs:
+                set_committed_value(job, "batch_size", images)
+        return head, jobs
     return None
 
 
@@ -142,9 +142,9 @@ def _companions(
 
 def _claim_companions(
     session: Session, worker_id: str, models: Sequence[str] | None, head: Any, room: int, batch_id: str
-) -> list[tuple[str, int]]:
+) -> list[Job]:
     """Mark ours (not committed) more queued jobs with ``head``'s batch key that fit in
-    ``room``; their (id, images)."""
+    ``room``; those jobs."""
     chosen = _companions(session, models, head, room)
     return _mark_ours(session, chosen, worker_id, batch_id) if chosen else []
 
@@ -155,13 +155,15 @@ def _mark_ours(
     worker_id: str,
     batch_id: str,
     batch_size: int | None = None,
-) -> list[tuple[str, int]]:
-    """Mark ``chosen`` running for us (not committed); those that were still queued."""
-    if claim(session, [job_id for job_id, _ in chosen], worker_id, batch_id, batch_size) == len(chosen):
-        return chosen
-    # SQLite: another worker took some between our read and our write; keep ours.
-    mine = set(session.scalars(select(Job.id).where(Job.batch_id == batch_id)))
-    return [(job_id, count) for job_id, count in chosen if job_id in mine]
+) -> list[Job]:
+    """Mark ``chosen`` running for us (not committed): those that were still queued (on
+    SQLite another worker may have taken some between our read and our write), in the
+    order of ``chosen``."""
+    by_id = {
+        job.id: job
+        for job in claim(session, [job_id for job_id, _ in chosen], worker_id, batch_id, batch_size)
+    }
+    return [by_id[job_id] for job_id, _ in chosen if job_id in by_id]
 
 
 def _locked(session: Session, query: Select[Any]) -> Select[Any]:

@@ -116,17 +116,6 @@ class ProgressReporter:
         if self.after_write is not None:
             self.after_write(list(self.active), step, total)
 
-    def check_cancel(self) -> None:
-        """Let canceled jobs (and jobs no longer ours) leave; ``JobCanceled`` if none is left."""
-        try:
-            with self.sessions() as session:
-                rows = session.execute(
-                    select(Job.id, Job.cancel_requested).where(*held_by(self.worker_id, *self.active))
-                ).all()
-        except SQLAlchemyError:
-            return  # cannot tell now; the guarded finish decides
-        self._keep({job_id: bool(cancel) for job_id, cancel in rows})
-
     def _keep(self, cancel_by_id: dict[str, bool]) -> None:
         for job_id in list(self.active):
             if job_id not in cancel_by_id or cancel_by_id[job_id]:
@@ -282,7 +271,6 @@ class JobRunner:
                 vae_tiling_pixels=self.vae_tiling_pixels,
                 on_latents=on_latents,
             )
-            reporter.check_cancel()  # asked to cancel while decoding: store nothing for those
         except JobCanceled:
             return True  # every job left the batch, each recorded as it left
         except Exception as exc:
@@ -381,9 +369,10 @@ class JobRunner:
             pending.result()
 
     def _store_all(self, done: list[_Done]) -> None:
-        """Store each job's images, then record the stored jobs in one transaction."""
+        """Store the images of each job still wanted (``_still_wanted``), then record the
+        stored jobs in one transaction."""
         stored: list[tuple[_Done, Ending]] = []
-        for item in done:
+        for item in self._still_wanted(done):
             job, timings = item.job, item.timings
             t0 = time.perf_counter()
             try:
@@ -401,6 +390,33 @@ class JobRunner:
             if final is JobStatus.SUCCEEDED:
                 seconds = ending.timings["run_seconds"]
                 log.info("job %s succeeded in %.2fs", item.job.id, seconds, extra=item.context)
+
+    def _still_wanted(self, done: list[_Done]) -> list[_Done]:
+        """``done`` less the jobs whose cancel was asked after their last step (while
+        decoding, or while an earlier batch was being stored), which end ``canceled``
+        with nothing stored, and those no longer ours, dropped: one read for all. All of
+        ``done`` when the database cannot tell now (the guarded finish decides)."""
+        try:
+            with self.sessions() as session:
+                ids = [item.job.id for item in done]
+                rows = session.execute(
+                    select(Job.id, Job.cancel_requested).where(*held_by(self.worker_id, *ids))
+                ).all()
+        except SQLAlchemyError:
+            return done
+        cancel_by_id = {job_id: bool(cancel) for job_id, cancel in rows}
+        wanted = []
+        for item in done:
+            if cancel_by_id.get(item.job.id) is False:
+                wanted.append(item)
+            elif item.job.id in cancel_by_id:
+                self._finish(item.job, JobStatus.CANCELED, item.timings)
+                log.info("job %s canceled while running", item.job.id, extra=item.context)
+            else:
+                log.warning(
+                    "job %s is no longer ours; result of this run dropped", item.job.id, extra=item.context
+                )
+        return wanted
 
     def _fail(self, job: Job, exc: BaseException, timings: dict[str, Any], context: dict[str, Any]) -> None:
         code = error_code_for(exc)
