@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -413,6 +414,7 @@ def measure_rest(
         "mean_images_per_run": round(images / len(sizes), 2) if sizes else None,
         "runs_by_jobs": {str(n): sizes.count(n) for n in sorted(set(sizes))} if sizes else None,
         "mean_generate_seconds_per_run": mean_generate_seconds(finished),
+        "batches": batch_times(finished, first_submit),
     }
 
 
@@ -462,6 +464,51 @@ def temporary_tiny_model() -> Iterator[Path]:
         yield build_tiny_model(root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def batch_times(finished: list[dict[str, Any]], first_submit: float) -> list[dict[str, float]] | None:
+    """Each worker run (pipeline call) of ``finished``, in order, in seconds from
+    ``first_submit``: ``start``, its last job's claim; ``generate``, the worker's
+    ``generate_seconds``; ``end``, its last job recorded; and its ``images``. ``None``
+    when a job has no batch id or generate time."""
+    runs: dict[str, dict[str, float]] = {}
+    for job in finished:
+        generate = (job.get("timings") or {}).get("generate_seconds")
+        if not job.get("batch_id") or generate is None or not job.get("started_at"):
+            return None
+        run = runs.setdefault(
+            str(job["batch_id"]), {"start": 0.0, "generate": generate, "end": 0.0, "images": 0}
+        )
+        run["start"] = max(run["start"], epoch(job["started_at"]) - first_submit)
+        run["end"] = max(run["end"], epoch(job["finished_at"]) - first_submit)
+        run["images"] += len(job["outputs"])
+    return sorted(
+        ({k: round(v, 3) for k, v in run.items()} for run in runs.values()), key=lambda r: r["start"]
+    )
+
+
+def round_breakdown(batches: list[dict[str, float]], bare_image_seconds: float) -> dict[str, float]:
+    """Where a REST round's seconds went, against bare batched denoising at
+    ``bare_image_seconds`` per image (``batch_times``' runs; the parts add up to the
+    round): ``bare``, its images at the bare rate; ``head``, first submit to the first
+    run's last claim; ``first_batch``, that run's denoising beyond bare (it runs while the
+    submits arrive); ``later_batches``, the other runs' beyond bare; ``between_batches``,
+    each denoising's end to the next run's last claim (storing beside it, claiming,
+    preparing); ``tail``, the last denoising's end to the last job recorded."""
+    first, last = batches[0], batches[-1]
+    bare = [run["images"] * bare_image_seconds for run in batches]
+    parts = {
+        "bare": sum(bare),
+        "head": first["start"],
+        "first_batch": first["generate"] - bare[0],
+        "later_batches": sum(run["generate"] for run in batches[1:]) - sum(bare[1:]),
+        "between_batches": sum(
+            after["start"] - (before["start"] + before["generate"])
+            for before, after in itertools.pairwise(batches)
+        ),
+        "tail": max(run["end"] for run in batches) - (last["start"] + last["generate"]),
+    }
+    return {name: round(seconds, 3) for name, seconds in parts.items()}
 
 
 def mean_generate_seconds(finished: list[dict[str, Any]]) -> float | None:

@@ -20,7 +20,11 @@ here and passed to the worker as ``EASEL_CPU_THREADS``. Each side warms up first
 one call of each batch shape; REST, one job (which waits for the worker to load the
 model), then ``--batch`` jobs at once. Prints one JSON object with images/s of each
 round and the median ratios REST/bare-batched and REST/bare-serial; progress goes to
-stderr.
+stderr. Each round also says where its REST time went against the bare rate of the
+same round (``breakdown``: the bare time of its images, the wait for the first batch,
+the first batch's and the later batches' denoising beyond bare, the time between
+batches, and the last store; ``bench._stack.round_breakdown``), with the medians of
+each part in ``breakdown_medians``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from bench._stack import (
     progress,
     rate,
     ratio,
+    round_breakdown,
     temporary_tiny_model,
     totals,
 )
@@ -106,6 +111,13 @@ class BarePipeline:
         return rate(len(self.jobs), batched.seconds)
 
 
+def median_breakdown(breakdowns: list[dict[str, float]]) -> dict[str, float] | None:
+    """Each part of the rounds' ``round_breakdown``, its median over the rounds."""
+    if not breakdowns:
+        return None
+    return {name: round(statistics.median(b[name] for b in breakdowns), 3) for name in breakdowns[0]}
+
+
 def run(
     jobs: int = 32,
     batch: int = 4,
@@ -128,11 +140,13 @@ def run(
         for number in range(1, rounds + 1):
             batched = bare.batched_images_per_s()
             rest = options.measure_rest(model, work, batch, label=f"rest, round {number} of {rounds}")
+            batches = rest.pop("batches")
             figures.append(
                 {
                     "bare_batched_images_per_s": batched,
                     "rest": rest,
                     "rest_vs_bare_batched": ratio(rest["images_per_s"], batched),
+                    "breakdown": round_breakdown(batches, 1 / batched) if batches and batched else None,
                 }
             )
             progress(f"round {number}: rest/bare batched {figures[-1]['rest_vs_bare_batched']}")
@@ -148,9 +162,11 @@ def run(
                 "bare_batched_images_per_s": f["bare_batched_images_per_s"],
                 "rest_images_per_s": f["rest"]["images_per_s"],
                 "rest_vs_bare_batched": f["rest_vs_bare_batched"],
+                "breakdown": f["breakdown"],
             }
             for f in figures
         ],
+        "breakdown_medians": median_breakdown([f["breakdown"] for f in figures if f["breakdown"]]),
         "bare": {"serial_images_per_s": serial, "batched_images_per_s_median": batched_median},
         "rest": middle["rest"],  # the round of the median ratio
         "rest_vs_bare_batched": middle["rest_vs_bare_batched"],

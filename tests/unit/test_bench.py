@@ -6,11 +6,13 @@ import importlib
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench._stack import batch_sizes, compatible_jobs, percentile
+from bench._stack import batch_sizes, batch_times, compatible_jobs, percentile, round_breakdown
 from bench.api import Samples, summarise
 from bench.processes import start_process, wait_for
 
@@ -77,6 +79,47 @@ def test_batch_sizes_from_job_objects_then_from_the_log() -> None:
     )
     assert batch_sizes(log + "\nnot json", ["a", "b", "c"]) == [2, 1]
     assert batch_sizes("no batches here", ["a"]) is None
+
+
+def test_a_round_breaks_down_into_parts_that_add_up_to_it() -> None:
+    """Two runs of two one-image jobs, submitted at t=100: the first claimed at 0.05 and
+    0.1 (its start is its last claim), denoised 0.5 s, recorded at 0.7; the second
+    claimed at 0.65, denoised 0.3 s, recorded at 1.0. Bare: 0.125 s an image."""
+
+    def job(batch: str, started: float, generate: float, finished: float) -> dict[str, Any]:
+        stamp = datetime.fromtimestamp(100 + started, UTC).isoformat()
+        done = datetime.fromtimestamp(100 + finished, UTC).isoformat()
+        timings = {"generate_seconds": generate}
+        return {
+            "batch_id": batch,
+            "started_at": stamp,
+            "finished_at": done,
+            "timings": timings,
+            "outputs": [1],
+        }
+
+    finished = [
+        job("b", 0.65, 0.3, 1.0),
+        job("a", 0.05, 0.5, 0.7),
+        job("a", 0.1, 0.5, 0.7),
+        job("b", 0.6, 0.3, 1.0),
+    ]
+    batches = batch_times(finished, 100.0)
+    assert batches == [
+        {"start": 0.1, "generate": 0.5, "end": 0.7, "images": 2},
+        {"start": 0.65, "generate": 0.3, "end": 1.0, "images": 2},
+    ]
+    parts = round_breakdown(batches, 0.125)
+    assert parts == {
+        "bare": 0.5,
+        "head": 0.1,
+        "first_batch": 0.25,
+        "later_batches": 0.05,
+        "between_batches": 0.05,
+        "tail": 0.05,
+    }
+    assert sum(parts.values()) == pytest.approx(1.0)  # the round: first submit to last recorded
+    assert batch_times([{**finished[0], "batch_id": None}], 100.0) is None
 
 
 def test_api_figures_count_only_the_measured_window() -> None:
