@@ -428,11 +428,14 @@ class PipelineOptions:
     private: bool = False
     embedded: bool = False
     keep: bool = False
+    extra: tuple[tuple[str, str], ...] = ()
+    """More settings of the stack, as (name, value) pairs."""
 
     def worker_settings(self, batch: int) -> dict[str, str]:
         """The worker's settings with ``EASEL_MAX_BATCH_SIZE=batch``."""
         wait = {"EASEL_BATCH_WAIT_MS": str(self.batch_wait_ms)} if self.batch_wait_ms is not None else {}
-        return {"EASEL_MAX_BATCH_SIZE": str(batch), **wait, "EASEL_CPU_THREADS": str(self.threads)}
+        threads = {"EASEL_CPU_THREADS": str(self.threads)}
+        return {"EASEL_MAX_BATCH_SIZE": str(batch), **wait, **threads, **dict(self.extra)}
 
     def measure_rest(self, model: Path, jobs: list[dict[str, Any]], batch: int, label: str) -> dict[str, Any]:
         """``measure_rest`` of ``jobs`` on fresh services, the worker batching up to ``batch``."""

@@ -25,6 +25,11 @@ same round (``breakdown``: the bare time of its images, the wait for the first b
 the first batch's and the later batches' denoising beyond bare, the time between
 batches, and the last store; ``bench._stack.round_breakdown``), with the medians of
 each part in ``breakdown_medians``.
+
+``--versus EASEL_NAME=VALUE`` compares a setting side by side: each round then also
+runs bare batched and REST with that setting (the two stacks take turns going first),
+and ``versus`` reports those rounds the same way, with ``rounds_ahead``, the rounds in
+which the setting's ratio was the higher one.
 """
 
 from __future__ import annotations
@@ -125,38 +130,63 @@ def run(
     steps: int = 20,
     options: PipelineOptions | None = None,
     rounds: int = 3,
+    versus: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Bare serial once, then ``rounds`` rounds of bare batched and REST side by side; the
-    ratios are the medians of the rounds' (the machine's load weighs on both sides alike)."""
+    ratios are the medians of the rounds' (the machine's load weighs on both sides alike).
+    With ``versus`` (a setting's name and value), each round also runs bare batched and
+    REST with that setting, the two in turn first, and ``versus`` reports them alike."""
     load_at_start = os.getloadavg()[0]
     options = options or PipelineOptions()
     options = replace(options, threads=resolve_threads(options.threads))
+    stacks = [options] + ([replace(options, extra=(*options.extra, versus))] if versus else [])
     work = compatible_jobs(jobs, size, steps)
     started = time.monotonic()
-    figures: list[dict[str, Any]] = []
+    figures: list[list[dict[str, Any]]] = [[] for _ in stacks]
     with temporary_tiny_model() as model:
         bare = BarePipeline(model, work, batch)
         serial = bare.serial_images_per_s()
         for number in range(1, rounds + 1):
-            batched = bare.batched_images_per_s()
-            rest = options.measure_rest(model, work, batch, label=f"rest, round {number} of {rounds}")
-            batches = rest.pop("batches")
-            figures.append(
-                {
-                    "bare_batched_images_per_s": batched,
-                    "rest": rest,
-                    "rest_vs_bare_batched": ratio(rest["images_per_s"], batched),
-                    "breakdown": round_breakdown(batches, 1 / batched) if batches and batched else None,
-                }
-            )
-            progress(f"round {number}: rest/bare batched {figures[-1]['rest_vs_bare_batched']}")
-    middle = sorted(figures, key=lambda f: f["rest_vs_bare_batched"] or 0)[len(figures) // 2]
-    batched_median = statistics.median(f["bare_batched_images_per_s"] or 0.0 for f in figures)
-    return {
+            order = range(len(stacks)) if number % 2 else reversed(range(len(stacks)))
+            for index in order:
+                batched = bare.batched_images_per_s()
+                label = f"rest{' with ' + '='.join(versus) if index else ''}, round {number} of {rounds}"
+                rest = stacks[index].measure_rest(model, work, batch, label=label)
+                batches = rest.pop("batches")
+                figures[index].append(
+                    {
+                        "bare_batched_images_per_s": batched,
+                        "rest": rest,
+                        "rest_vs_bare_batched": ratio(rest["images_per_s"], batched),
+                        "breakdown": round_breakdown(batches, 1 / batched) if batches and batched else None,
+                    }
+                )
+                progress(
+                    f"round {number}: {label}: rest/bare batched {figures[index][-1]['rest_vs_bare_batched']}"
+                )
+    report = {
         "benchmark": "throughput",
         **options.figures(jobs, size, steps),
         "batch": batch,
         "stack": "embedded" if options.embedded else "postgresql+redis+s3",
+        **summary(figures[0], serial),
+    }
+    if versus:
+        mine, theirs = figures[0], figures[1]
+        ahead = sum(
+            1
+            for a, b in zip(mine, theirs, strict=True)
+            if (b["rest_vs_bare_batched"] or 0) > (a["rest_vs_bare_batched"] or 0)
+        )
+        report["versus"] = {"setting": "=".join(versus), **summary(theirs, serial), "rounds_ahead": ahead}
+    return {**report, **totals(started, load_at_start)}
+
+
+def summary(figures: list[dict[str, Any]], serial: float | None) -> dict[str, Any]:
+    """The rounds of one stack and their medians."""
+    middle = sorted(figures, key=lambda f: f["rest_vs_bare_batched"] or 0)[len(figures) // 2]
+    batched_median = statistics.median(f["bare_batched_images_per_s"] or 0.0 for f in figures)
+    return {
         "rounds": [
             {
                 "bare_batched_images_per_s": f["bare_batched_images_per_s"],
@@ -172,7 +202,6 @@ def run(
         "rest_vs_bare_batched": middle["rest_vs_bare_batched"],
         "rest_vs_bare_serial": ratio(middle["rest"]["images_per_s"], serial),
         "bare_batched_vs_serial": ratio(batched_median, serial),
-        **totals(started, load_at_start),
     }
 
 
@@ -181,11 +210,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=32, help="images (one-image jobs) per side (default 32)")
     parser.add_argument("--batch", type=int, default=4, help="bare batch size and EASEL_MAX_BATCH_SIZE")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of bare batched and REST (medians)")
+    parser.add_argument(
+        "--versus",
+        metavar="EASEL_NAME=VALUE",
+        help="also run each round with this setting (in turn first), and report both",
+    )
     args = parser.parse_args(argv)
     if min(args.jobs, args.batch, args.steps, args.rounds) < 1 or args.size % 8:
         parser.error("--jobs, --batch, --steps and --rounds must be positive and --size a multiple of 8")
+    versus = None
+    if args.versus is not None:
+        name, equals, value = args.versus.partition("=")
+        if not equals or not name.startswith("EASEL_") or not value:
+            parser.error(f"--versus takes EASEL_NAME=VALUE, not {args.versus!r}")
+        versus = (name, value)
     exit_cleanly_on_sigterm()
-    emit(run(args.jobs, args.batch, args.size, args.steps, pipeline_options(args), args.rounds))
+    emit(run(args.jobs, args.batch, args.size, args.steps, pipeline_options(args), args.rounds, versus))
 
 
 if __name__ == "__main__":

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     offline: bool = Field(True, description="Never download weights (HF_HUB_OFFLINE).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     cpu_threads: int = Field(0, ge=0, description="Torch threads of a CPU worker; 0 lets torch decide.")
+    store_overlap: Literal["auto", "true", "false"] = Field(
+        "auto",
+        description="Store a batch beside the next one's denoising: auto (on a GPU, or with a CPU to spare).",
+    )
     preload_models: str = Field(
         "default", description="Models a worker loads at start: names, default or none."
     )

@@ -29,7 +29,7 @@ from easel.shared.retention import Policy, Pruner
 from easel.shared.settings import Settings, parse_shapes
 from easel.shared.storage import storage_from_settings
 from easel.worker import metrics as worker_metrics
-from easel.worker.engine.device import DevicePlan
+from easel.worker.engine.device import DevicePlan, overlaps_store
 from easel.worker.engine.fastpath import warm_up
 from easel.worker.engine.loop import ClaimLoop
 from easel.worker.engine.pipelines import PipelineCache, load_pipeline
@@ -54,6 +54,19 @@ crawls for as long as they work. 50 us gives it back at once (docs/benchmarks.md
 def new_worker_id() -> str:
     """``host:pid:token``: unique even when a restarted container reuses host and pid."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def store_overlap(settings: Settings, plan: DevicePlan) -> bool:
+    """``overlaps_store`` for this process: its torch threads and the CPUs it may run on."""
+    import torch
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    overlap = overlaps_store(settings.store_overlap, plan, torch.get_num_threads(), cpus)
+    log.info(
+        "each batch is stored %s",
+        "beside the next one's denoising" if overlap else "before the next one starts",
+    )
+    return overlap
 
 
 def idle_poll_seconds(settings: Settings) -> float:
@@ -143,7 +156,7 @@ class WorkerProcess:
             max_batch_images=settings.max_batch_size,
             max_loras_loaded=settings.max_loras_loaded,
             time_limit=settings.task_soft_time_limit,
-            overlap_store=True,
+            overlap_store=store_overlap(settings, plan),
             on_batch=worker_metrics.observe_batch,
             vae_tiling_pixels=settings.vae_tiling_pixels,
             preview_interval=settings.preview_interval_seconds,

@@ -37,6 +37,16 @@ def test_bad_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--batch-sizes" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("versus", ["EASEL_STORE_OVERLAP", "STORE_OVERLAP=true", "EASEL_STORE_OVERLAP="])
+def test_a_comparison_needs_a_setting_and_its_value(versus: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.throughput import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--versus", versus])
+    assert exit_info.value.code == 2
+    assert f"--versus takes EASEL_NAME=VALUE, not {versus!r}" in capsys.readouterr().err
+
+
 def test_gpu_stack_entries_become_settings() -> None:
     from bench.gpu import stack_settings
 

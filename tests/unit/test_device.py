@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from easel.worker.engine.device import DevicePlan, plan_device
+from easel.worker.engine.device import DevicePlan, overlaps_store, plan_device
 
 
 @pytest.mark.parametrize(
@@ -36,3 +36,20 @@ def test_impossible_requests_are_explained(requested: str, available: bool, coun
 
 def test_cuda_plan_flag() -> None:
     assert DevicePlan("cuda:0", "float16").is_cuda and not DevicePlan("cpu", "float32").is_cuda
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "threads", "cpus", "overlap"),
+    [
+        ("auto", "cuda:0", 16, 16, True),  # the GPU denoises while a core stores
+        ("auto", "cpu", 2, 2, False),  # every core denoises: store between batches
+        ("auto", "cpu", 1, 2, True),  # a core to spare
+        ("true", "cpu", 2, 2, True),
+        ("false", "cuda:0", 16, 16, False),
+    ],
+)
+def test_a_batch_is_stored_beside_the_next_only_with_a_core_to_spare(
+    setting: str, device: str, threads: int, cpus: int, overlap: bool
+) -> None:
+    plan = DevicePlan(device, "float32" if device == "cpu" else "float16")
+    assert overlaps_store(setting, plan, threads, cpus) is overlap

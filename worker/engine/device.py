@@ -47,6 +47,20 @@ def plan_device(requested: str, cuda_available: bool, cuda_count: int) -> Device
     raise ValueError(f"device {requested!r} is not one of auto, cpu, cuda, cuda:N")
 
 
+def overlaps_store(setting: str, plan: DevicePlan, torch_threads: int, cpus: int) -> bool:
+    """Whether a worker stores and records a batch in a thread beside the next batch's
+    denoising (``EASEL_STORE_OVERLAP``: ``true``, ``false`` or ``auto``).
+
+    ``auto``: on a GPU, yes (the GPU denoises while a CPU core stores); on the CPU, only
+    when the denoising leaves a core free (``torch_threads < cpus``). With every core
+    denoising, a storing thread beside it took cores from the denoising threads and
+    slowed each batch by more than storing between batches costs (docs/benchmarks.md).
+    """
+    if setting in ("true", "false"):
+        return setting == "true"
+    return plan.device != "cpu" or torch_threads < cpus
+
+
 def detect(requested: str) -> DevicePlan:
     """``plan_device`` with what torch reports on this machine."""
     import torch
