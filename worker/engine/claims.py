@@ -91,10 +91,8 @@ def claim_batch(
             jobs += more
             images += sum(job.num_images for job in more)
             session.commit()
-        set_batch_size(session, [job.id for job in jobs], batch_id, images)
+        _record_batch_size(session, jobs, batch_id)
         session.commit()
-        for job in jobs:
-            set_committed_value(job, "batch_size", images)
     return jobs
 
 
@@ -117,10 +115,7 @@ def _claim_first_round(
             session.rollback()
             continue
         if len(jobs) != len(chosen):
-            images = sum(job.num_images for job in jobs)
-            set_batch_size(session, [job.id for job in jobs], batch_id, images)
-            for job in jobs:
-                set_committed_value(job, "batch_size", images)
+            _record_batch_size(session, jobs, batch_id)
         return head, jobs
     return None
 
@@ -164,6 +159,15 @@ def _mark_ours(
         for job in claim(session, [job_id for job_id, _ in chosen], worker_id, batch_id, batch_size)
     }
     return [by_id[job_id] for job_id, _ in chosen if job_id in by_id]
+
+
+def _record_batch_size(session: Session, jobs: list[Job], batch_id: str) -> None:
+    """Record the images of the whole batch on each of ``jobs`` (not committed): on their
+    rows and on the loaded objects (which that marks unchanged, so no flush writes it again)."""
+    images = sum(job.num_images for job in jobs)
+    set_batch_size(session, [job.id for job in jobs], batch_id, images)
+    for job in jobs:
+        set_committed_value(job, "batch_size", images)
 
 
 def _locked(session: Session, query: Select[Any]) -> Select[Any]:
