@@ -10,8 +10,9 @@ weights, so its speed is the real model's and its pictures are noise; its tokeni
 tiny-sd's (a byte vocabulary, so the text encoder's embedding table is smaller). It is
 saved once to ``--model-dir``.
 
-1. bare: the pipeline in this process, ``--serial`` images one per call, then
-   ``--jobs`` images in calls of ``--batch`` (one generator per image);
+1. bare: the pipeline in this process: two calls at each batch size from 1 to
+   ``--batch`` (the first pays that size's set-up), ``--serial`` images one per call,
+   then ``--jobs`` images in calls of ``--batch`` (one generator per image);
 2. each of ``--stacks`` (``eager``; ``compile``: ``EASEL_TORCH_COMPILE=true`` warmed up at
    the benchmark's size): ``python -m easel run`` with its embedded defaults serving that
    model with ``EASEL_MAX_BATCH_SIZE=--batch``, and through REST a warm-up round of
@@ -128,14 +129,20 @@ def bare(model_dir: Path, args: argparse.Namespace, device: str, dtype: Any) -> 
             torch.cuda.synchronize()
         return time.perf_counter() - started
 
-    call([0])
-    call(list(range(args.batch)))
+    # Each batch size's first call and a second one: what the first costs beyond the
+    # second is the per-size set-up a worker's warm-up takes out of the jobs. The largest
+    # size goes first, so its first call also pays the process's first-ever call.
+    first_calls: dict[str, list[float]] = {}
+    for size in [args.batch, *range(1, args.batch)]:
+        seeds = list(range(size))
+        first_calls[str(size)] = [round(call(seeds), 3), round(call(seeds), 3)]
     serial = sum(call([seed]) for seed in range(args.serial))
     batches = [call(list(range(s, s + args.batch))) for s in range(0, args.jobs, args.batch)]
     return {
         "bare_serial_img_s": round(args.serial / serial, 3) if args.serial else None,
         "bare_batched_img_s": round(args.jobs / sum(batches), 3),
         "bare_batch_seconds_median": round(statistics.median(batches), 3),
+        "bare_first_and_second_call_seconds": first_calls,
     }
 
 

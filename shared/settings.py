@@ -142,7 +142,10 @@ class Settings(BaseSettings):
     max_loaded_models: int = Field(1, ge=1, description="Models a worker keeps loaded (LRU).")
     max_loaded_bytes: int = Field(0, ge=0, description="Weight bytes a worker keeps loaded; 0 = no limit.")
     torch_compile: bool = Field(False, description="torch.compile the UNet on CUDA, warmed up per shape.")
-    compile_shapes: str = Field("", description="WxH sizes to warm up at start when compiling.")
+    compile_shapes: str = Field(
+        "",
+        description="WxH sizes a CUDA worker warms up (compiles) at start; unset: each model's default size.",
+    )
     channels_last: bool = Field(True, description="channels_last memory format for the UNet on CUDA.")
     vae_tiling_pixels: int = Field(
         1024 * 1024, ge=0, description="Output pixels from which the VAE decodes in tiles; 0 = never."

@@ -30,7 +30,7 @@ from easel.shared.settings import Settings, parse_shapes
 from easel.shared.storage import storage_from_settings
 from easel.worker import metrics as worker_metrics
 from easel.worker.engine.device import DevicePlan, overlaps_store
-from easel.worker.engine.fastpath import warm_up
+from easel.worker.engine.fastpath import warm_up, warm_up_shapes
 from easel.worker.engine.loop import ClaimLoop
 from easel.worker.engine.pipelines import PipelineCache, load_pipeline
 from easel.worker.engine.runner import JobRunner
@@ -167,7 +167,7 @@ class WorkerProcess:
             runner.run_next,
             idle_poll=idle_poll_seconds(settings),
             gather=settings.batch_wait_ms / 1000,
-            before_first_claim=lambda: preload(settings, registry, models, runner.cache),
+            before_first_claim=lambda: preload(settings, registry, models, runner.cache, plan),
         )
         pruner = Pruner(
             sessions,
@@ -208,21 +208,22 @@ class WorkerProcess:
             self.heartbeat.stop()
 
 
-def preload(settings: Settings, registry: Registry, models: list[str], cache: PipelineCache) -> None:
-    """Load the models to preload and, when compiling, warm each up at every size to
-    compile and at every batch size the worker runs (``warm_up_batch_sizes``), so no job
-    pays a recompile or a batch size's first-call set-up."""
-    shapes = parse_shapes(settings.compile_shapes)
+def preload(
+    settings: Settings, registry: Registry, models: list[str], cache: PipelineCache, plan: DevicePlan
+) -> None:
+    """Load the models to preload and, on CUDA, warm each up (``warm_up_shapes``: the
+    sizes to compile, else its default size) at every batch size the worker runs
+    (``warm_up_batch_sizes``), so no job pays a compile or a batch size's first-call set-up."""
+    compile_shapes = parse_shapes(settings.compile_shapes)
     for name in settings.preload_list(registry.default):
         if name not in models:
             continue
         try:
             spec = registry.get(name)
             pipelines, _ = cache.get(spec)
-            # Does nothing unless the UNet is compiled.
             warm_up(
                 pipelines.base,
-                shapes,
+                warm_up_shapes(plan, compile_shapes, spec.default_size),
                 warm_up_batch_sizes(settings.max_batch_size),
                 vae_tiling_pixels=settings.vae_tiling_pixels,
             )

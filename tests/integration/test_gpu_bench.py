@@ -26,6 +26,9 @@ def test_the_tiny_gpu_check_times_bare_and_the_stack(
     figures = json.loads((tmp_path / "out" / "result.json").read_text())
     assert figures == json.loads(capsys.readouterr().out)
     assert figures["bare_batched_img_s"] > 0 and figures["bare_serial_img_s"] > 0
+    first_calls = figures["bare_first_and_second_call_seconds"]
+    assert list(first_calls) == ["4", "1", "2", "3"]  # the largest first: it pays the process's first call
+    assert all(len(pair) == 2 and min(pair) > 0 for pair in first_calls.values())
     stack = figures["eager+EASEL_PREVIEW_INTERVAL_SECONDS=0"]
     assert "stopped" not in stack, stack
     assert stack["statuses"] == ["succeeded"] and stack["e2e_img_s"] > 0

@@ -23,10 +23,11 @@ from easel.worker.engine.fastpath import (
     set_vae_tiling,
     use_vae_tiling,
     warm_up,
+    warm_up_shapes,
 )
 from easel.worker.engine.generate import generate_batch, make_scheduler, with_scheduler
-from easel.worker.engine.pipelines import load_pipeline
-from easel.worker.process import warm_up_batch_sizes
+from easel.worker.engine.pipelines import PipelineCache, load_pipeline
+from easel.worker.process import preload, warm_up_batch_sizes
 from tests.factories import generate_one, generation_request
 
 CPU = DevicePlan("cpu", "float32")
@@ -171,8 +172,23 @@ def test_channels_last_and_compile_mechanics_run_on_the_cpu(tiny_model: Path) ->
         torch._dynamo.reset()
 
 
-def test_warm_up_does_nothing_without_a_compiled_unet(tiny_model: Path) -> None:
-    assert warm_up(load(tiny_model), [(64, 64)]) == {}
+@pytest.mark.parametrize(
+    ("device", "compile_shapes", "expected"),
+    [
+        (CPU, [], []),  # no per-size set-up on the CPU worth a slower start
+        (CPU, [(512, 512)], []),
+        (CUDA, [], [(768, 768)]),  # the model's default size
+        (CUDA, [(512, 512), (512, 768)], [(512, 512), (512, 768)]),
+    ],
+)
+def test_a_cuda_worker_warms_up_at_the_sizes_to_compile_else_the_default_size(
+    device: DevicePlan, compile_shapes: list[tuple[int, int]], expected: list[tuple[int, int]]
+) -> None:
+    assert warm_up_shapes(device, compile_shapes, default_size=768) == expected
+
+
+def test_warm_up_with_no_shapes_does_nothing(tiny_model: Path) -> None:
+    assert warm_up(load(tiny_model), []) == {}
 
 
 def test_set_vae_tiling_toggles_the_shared_vae_both_ways(tiny_model: Path) -> None:
@@ -263,7 +279,7 @@ def test_the_worker_warms_up_every_batch_size_through_the_vae_on_the_two_graphs(
     tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A batch size's first call pays a set-up of its own besides any compile (on an H100
-    0.6-0.8 s, in the UNet and the VAE), so the worker's warm-up calls every batch size it
+    and an H200 0.5-1.1 s, in the UNet and the VAE), so the worker's warm-up calls every batch size it
     runs and decodes each; the sizes from 2 up still share one graph."""
     pipe = load(tiny_model)
     decodes = record_decodes(pipe, monkeypatch)
@@ -278,6 +294,31 @@ def test_the_worker_warms_up_every_batch_size_through_the_vae_on_the_two_graphs(
         assert counter.graphs == 2
     finally:
         torch._dynamo.reset()
+
+
+def test_an_eager_warm_up_calls_every_batch_size_through_the_vae(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not compiled, a CUDA worker still warms up: the per-size set-up is not a compile."""
+    pipe = load(tiny_model)
+    decodes = record_decodes(pipe, monkeypatch)
+    assert list(warm_up(pipe, [(64, 64)], [1, 2, 3], steps=1)) == [(64, 64)]
+    assert decodes == [(1, False), (2, False), (3, False), (1, False)]
+    assert not is_compiled(pipe.unet)
+
+
+@pytest.mark.parametrize(("plan", "warmed"), [(CUDA, True), (CPU, False)])
+def test_a_cuda_worker_warms_its_preloaded_model_up_at_its_default_size_and_every_batch_size(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch, plan: DevicePlan, warmed: bool
+) -> None:
+    """``preload`` to ``warm_up``: the plan decides (the pipeline itself runs on the CPU)."""
+    settings = env["settings"].model_copy(update={"max_batch_size": 3, "preload_models": "default"})
+    cache = PipelineCache(loader=lambda spec: load_pipeline(spec, CPU))
+    pipelines, _ = cache.get(env["registry"].get("tiny-sd"))
+    decodes = record_decodes(pipelines.base, monkeypatch)
+    preload(settings, env["registry"], ["tiny-sd"], cache, plan)
+    assert cache.loads == {"tiny-sd": 1}
+    assert decodes == ([(1, False), (2, False), (3, False), (1, False)] if warmed else [])
 
 
 def test_the_warm_up_decodes_in_tiles_where_a_job_of_that_size_would(

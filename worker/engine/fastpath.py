@@ -170,6 +170,16 @@ def is_compiled(module: Any) -> bool:
     return getattr(module, "_compiled_call_impl", None) is not None or hasattr(module, "_orig_mod")
 
 
+def warm_up_shapes(device: DevicePlan, compile_shapes: list[Shape], default_size: int) -> list[Shape]:
+    """The shapes a worker warms a model up at before its first claim: on CUDA, the
+    ``EASEL_COMPILE_SHAPES`` given, else the model's default size, so that no job pays a
+    compile or a batch size's first-call set-up in the CUDA libraries (0.5-1.1 s once per
+    size on an H100 and an H200, docs/benchmarks.md); on the CPU none (no such set-up)."""
+    if not device.is_cuda:
+        return []
+    return compile_shapes or [(default_size, default_size)]
+
+
 def warm_up(
     pipe: Any,
     shapes: list[Shape],
@@ -177,28 +187,27 @@ def warm_up(
     steps: int = 2,
     vae_tiling_pixels: int = 0,
 ) -> dict[Shape, float]:
-    """Short calls per shape, so no real job pays a compile; does nothing unless the UNet
-    is compiled.
+    """Short calls per shape (``warm_up_shapes``), so that no real job pays a compile or a
+    batch size's first-call set-up.
 
-    ``compile_unet`` leaves two graphs per shape: a UNet batch of 1 (one image without
-    guidance) and every larger batch. One guided image compiles the second, one
-    unguided image the first, and a guided call at each of ``batch_sizes`` checks that
-    nothing else does. The timestep dtype needs no call of its own (``compile_unet``
-    casts it). Raises dynamo's recompile limit to the graphs this makes, so none falls
-    back to eager. A batch size that runs out of GPU memory ends the larger ones (logged).
-    Each call also decodes: the first call at a batch size pays a per-size
-    set-up besides any compile (on an H100, 0.6-0.8 s once per size, docs/benchmarks.md),
-    so the worker passes every batch size it runs; the VAE decodes in tiles where a job
-    of that size would (``vae_tiling_pixels``, as ``generate_batch`` takes it). Uses a
-    scheduler of its own, leaving the cached pipeline untouched. Returns the seconds per
-    shape.
+    The first call at a batch size pays a per-size set-up on CUDA, compiled or not
+    (0.5-1.1 s once per size, docs/benchmarks.md), so the worker passes every
+    batch size it runs, guided (a UNet batch of twice the images), then one unguided
+    image (a UNet batch of 1). With a compiled UNet the same calls make its two graphs
+    per shape: ``compile_unet`` leaves one for a UNet batch of 1 and one for every
+    larger batch, and the timestep dtype needs no call of its own (``compile_unet``
+    casts it); dynamo's recompile limit is raised to the graphs this makes, so none
+    falls back to eager. A batch size that runs out of GPU memory ends the larger ones
+    (logged). Each call also decodes, in tiles where a job of that size would
+    (``vae_tiling_pixels``, as ``generate_batch`` takes it). Uses a scheduler of its
+    own, leaving the cached pipeline untouched. Returns the seconds per shape.
     """
     import torch
     import torch._dynamo
 
     from easel.worker.engine.generate import free_accelerator_memory
 
-    if not shapes or not is_compiled(getattr(pipe, "unet", None)):
+    if not shapes:
         return {}
     calls = [(size, 7.5) for size in sorted(set(batch_sizes) | {1})] + [(1, 1.0)]
     graphs = len(shapes) * len(calls)  # at most one graph per call
