@@ -307,6 +307,15 @@ def test_an_eager_warm_up_calls_every_batch_size_through_the_vae(
     assert not is_compiled(pipe.unet)
 
 
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_the_warm_up_calls_run_on_every_family(family: str) -> None:
+    """A CUDA worker warms up whatever it serves, compiled or not: the calls fit each
+    family's pipeline (its text encoders, transformer or UNet, flow-matching scheduler)."""
+    from easel.worker.engine.tiny_families import build_family_pipeline
+
+    assert list(warm_up(build_family_pipeline(family), [(64, 64)], [1, 2], steps=1)) == [(64, 64)]
+
+
 @pytest.mark.parametrize(("plan", "warmed"), [(CUDA, True), (CPU, False)])
 def test_a_cuda_worker_warms_its_preloaded_model_up_at_its_default_size_and_every_batch_size(
     env: dict[str, Any], monkeypatch: pytest.MonkeyPatch, plan: DevicePlan, warmed: bool
