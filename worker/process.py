@@ -221,14 +221,18 @@ def preload(
         try:
             spec = registry.get(name)
             pipelines, _ = cache.get(spec)
+        except Exception:  # a bad model must not keep the worker from serving the others
+            log.exception("could not preload model %s", name)
+            continue
+        try:
             warm_up(
                 pipelines.base,
                 warm_up_shapes(plan, compile_shapes, spec.default_size),
                 warm_up_batch_sizes(settings.max_batch_size),
                 vae_tiling_pixels=settings.vae_tiling_pixels,
             )
-        except Exception:  # a bad model must not keep the worker from serving the others
-            log.exception("could not preload model %s", name)
+        except Exception:  # the model is loaded: its first jobs pay what the warm-up would have
+            log.exception("could not warm up model %s; it serves jobs without the warm-up", name)
 
 
 def warm_up_batch_sizes(max_batch_size: int) -> list[int]:

@@ -330,6 +330,23 @@ def test_a_cuda_worker_warms_its_preloaded_model_up_at_its_default_size_and_ever
     assert decodes == ([(1, False), (2, False), (3, False), (1, False)] if warmed else [])
 
 
+def test_a_warm_up_that_fails_leaves_the_model_loaded_and_says_so(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from easel.worker import process
+
+    def failing_warm_up(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("CUDA error: an illegal memory access (simulated)")
+
+    monkeypatch.setattr(process, "warm_up", failing_warm_up)
+    cache = PipelineCache(loader=lambda spec: load_pipeline(spec, CPU))
+    with caplog.at_level(logging.ERROR, logger="easel.worker.process"):
+        preload(env["settings"], env["registry"], ["tiny-sd"], cache, CUDA)
+    assert cache.loads == {"tiny-sd": 1}
+    assert "could not warm up model tiny-sd; it serves jobs without the warm-up" in caplog.text
+    assert "could not preload" not in caplog.text
+
+
 def test_the_warm_up_decodes_in_tiles_where_a_job_of_that_size_would(
     tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
