@@ -242,13 +242,7 @@ class JobRunner:
 
         def leave(job_id: str, canceled: bool) -> None:
             job = by_id[job_id]
-            if canceled:
-                self._finish(job, JobStatus.CANCELED, self._timings(job, started, shared))
-                log.info("job %s canceled while running", job_id, extra=contexts[job_id])
-            else:
-                log.warning(
-                    "job %s is no longer ours; dropped from its batch", job_id, extra=contexts[job_id]
-                )
+            self._leave(job, canceled, self._timings(job, started, shared), contexts[job_id])
 
         reporter = ProgressReporter(
             self.sessions,
@@ -409,14 +403,18 @@ class JobRunner:
         for item in done:
             if cancel_by_id.get(item.job.id) is False:
                 wanted.append(item)
-            elif item.job.id in cancel_by_id:
-                self._finish(item.job, JobStatus.CANCELED, item.timings)
-                log.info("job %s canceled while running", item.job.id, extra=item.context)
             else:
-                log.warning(
-                    "job %s is no longer ours; result of this run dropped", item.job.id, extra=item.context
-                )
+                self._leave(item.job, item.job.id in cancel_by_id, item.timings, item.context)
         return wanted
+
+    def _leave(self, job: Job, canceled: bool, timings: dict[str, Any], context: dict[str, Any]) -> None:
+        """A job that left its run before storing: ended ``canceled`` if its cancel was
+        asked, else (no longer ours) its result dropped."""
+        if canceled:
+            self._finish(job, JobStatus.CANCELED, timings)
+            log.info("job %s canceled while running", job.id, extra=context)
+        else:
+            log.warning("job %s is no longer ours; result of this run dropped", job.id, extra=context)
 
     def _fail(self, job: Job, exc: BaseException, timings: dict[str, Any], context: dict[str, Any]) -> None:
         code = error_code_for(exc)
