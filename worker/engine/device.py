@@ -59,7 +59,7 @@ def overlaps_store(setting: str, plan: DevicePlan, torch_threads: int, cpus: int
     """
     if setting in ("true", "false"):
         return setting == "true"
-    return plan.device != "cpu" or torch_threads < cpus
+    return plan.is_cuda or torch_threads < cpus
 
 
 def detect(requested: str) -> DevicePlan:
