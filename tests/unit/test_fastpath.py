@@ -18,7 +18,6 @@ from easel.worker.engine.fastpath import (
     FastPathPlan,
     apply_fast_path,
     compile_unet,
-    is_compiled,
     plan_fast_path,
     set_vae_tiling,
     use_vae_tiling,
@@ -29,6 +28,12 @@ from easel.worker.engine.generate import generate_batch, make_scheduler, with_sc
 from easel.worker.engine.pipelines import PipelineCache, load_pipeline
 from easel.worker.process import preload, warm_up_batch_sizes
 from tests.factories import generate_one, generation_request
+
+
+def is_compiled(module: Any) -> bool:
+    """Whether ``module`` was compiled (in place with ``Module.compile`` or wrapped)."""
+    return getattr(module, "_compiled_call_impl", None) is not None or hasattr(module, "_orig_mod")
+
 
 CPU = DevicePlan("cpu", "float32")
 CUDA = DevicePlan("cuda:0", "float16")

@@ -165,11 +165,6 @@ def _batched_tensors(batch: int, value: Any) -> list[Any]:
     return [tensor for item in items for tensor in _batched_tensors(batch, item)]
 
 
-def is_compiled(module: Any) -> bool:
-    """Whether ``module`` was compiled (in place with ``Module.compile`` or wrapped)."""
-    return getattr(module, "_compiled_call_impl", None) is not None or hasattr(module, "_orig_mod")
-
-
 def warm_up_shapes(device: DevicePlan, compile_shapes: list[Shape], default_size: int) -> list[Shape]:
     """The shapes a worker warms a model up at before its first claim: on CUDA, the
     ``EASEL_COMPILE_SHAPES`` given, else the model's default size, so that no job pays a
