@@ -6,3 +6,7 @@ One import package over the product's folders: ``easel.web`` (the Flask front en
 and ``easel.migrations`` (Alembic). ``easel.cli`` is the ``easel`` command and
 ``easel.client`` the HTTP client. ``docs/design.md`` is the design the code cites.
 """
+
+from easel.offline import apply_offline
+
+apply_offline()  # before anything can import huggingface_hub (easel/offline.py)

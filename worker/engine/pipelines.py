@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -46,9 +45,7 @@ def load_pipeline(
     from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
     from diffusers.utils import logging as diffusers_logging
 
-    diffusers_logging.disable_progress_bar()
-    if offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
+    diffusers_logging.disable_progress_bar()  # offline: the switches are set at import (easel/offline.py)
     dtype = torch_dtype(plan)
     auto = AutoPipelineForInpainting if spec.inpainting else AutoPipelineForText2Image
     family = spec.family_info
