@@ -18,6 +18,7 @@ from easel.shared.registry import ModelSource, ModelSpec
 from easel.worker.engine.device import DevicePlan, torch_dtype
 from easel.worker.engine.fastpath import apply_fast_path, plan_fast_path
 from easel.worker.engine.generate import free_accelerator_memory
+from easel.worker.engine.single_file import load_single_file
 from easel.worker.engine.tiny_model import ensure_tiny_model
 
 log = logging.getLogger(__name__)
@@ -41,15 +42,12 @@ def load_pipeline(
     family (``check_family``). ``channels_last`` and ``torch_compile`` take effect on CUDA
     only (``worker.engine.fastpath``).
     """
-    import diffusers
     from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()  # offline: the switches are set at import (easel/offline.py)
     dtype = torch_dtype(plan)
     auto = AutoPipelineForInpainting if spec.inpainting else AutoPipelineForText2Image
-    family = spec.family_info
-    single_name = family.pipelines[2] if spec.inpainting else family.single_file_pipeline
     try:
         match spec.source:
             case ModelSource.TINY:
@@ -60,10 +58,8 @@ def load_pipeline(
             case ModelSource.HUGGINGFACE:
                 pipe = auto.from_pretrained(spec.location, dtype=dtype, local_files_only=offline)
             case ModelSource.SINGLE_FILE:
-                assert single_name is not None  # ModelSpec refuses single files of other families
-                pipe = getattr(diffusers, single_name).from_single_file(
-                    spec.location, config=spec.config, dtype=dtype, local_files_only=offline
-                )
+                # the architecture from the file's header; spec.config or the shipped configs
+                pipe = load_single_file(spec, dtype, offline)
     except Exception as exc:
         raise ModelLoadError(
             f"cannot load model {spec.name!r} ({spec.source.value} {spec.location!r}): {exc}"
