@@ -15,11 +15,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[worker,dev]"
 	touch $(STAMP)
 
-# The local demo runs without authentication unless EASEL_AUTH_ENABLED says otherwise, and
-# serves the trained demo-shapes model unless EASEL_DEFAULT_MODEL names another.
+# The local demo runs without authentication unless EASEL_AUTH_ENABLED says otherwise. With
+# the built-in models it serves the trained demo-shapes model unless EASEL_DEFAULT_MODEL names
+# another; a models file or folder gets its own default (docs/bring-your-models.md).
 run: $(STAMP)
 	EASEL_AUTH_ENABLED=$${EASEL_AUTH_ENABLED:-false} EASEL_LOG_FORMAT=$${EASEL_LOG_FORMAT:-text} \
-	EASEL_DEFAULT_MODEL=$${EASEL_DEFAULT_MODEL:-demo-shapes} $(BIN)/easel run
+	EASEL_DEFAULT_MODEL=$${EASEL_DEFAULT_MODEL:-$$( [ -n "$$EASEL_MODELS_FILE$$EASEL_MODELS_DIR" ] || echo demo-shapes)} \
+	$(BIN)/easel run
 
 # Lint, then the whole suite. PostgreSQL and Redis: the servers at EASEL_TEST_PG /
 # EASEL_TEST_REDIS (127.0.0.1:5432 / :6379) when they answer, else private ones started

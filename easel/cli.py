@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -104,6 +105,16 @@ def _fail(exc: Exception) -> click.ClickException:
 @click.option("--mask", type=click.Path(exists=True, dir_okay=False), help="Mask, white repaints (inpaint).")
 @click.option("--model", help="Registry name; default model.")
 @knob_options
+@click.option(
+    "--lora",
+    "loras",
+    multiple=True,
+    metavar="NAME[:WEIGHT]",
+    help="A LoRA and its weight (default 1); repeat for more.",
+)
+@click.option("--control-model", help="A ControlNet of the registry (needs --control-image).")
+@click.option("--control-image", type=click.Path(exists=True, dir_okay=False), help="The ControlNet's image.")
+@click.option("--control-scale", type=float, default=None, help="ControlNet conditioning scale, 0..2.")
 @click.option("--wait", is_flag=True, help="Wait for the job, with a progress bar.")
 @click.option("--out", type=click.Path(file_okay=False), help="With --wait: save the images here.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
@@ -113,6 +124,10 @@ def submit(
     job_type: str,
     image: str | None,
     mask: str | None,
+    loras: tuple[str, ...],
+    control_model: str | None,
+    control_image: str | None,
+    control_scale: float | None,
     wait: bool,
     out: str | None,
     timeout: float | None,
@@ -123,9 +138,19 @@ def submit(
     """Submit a job and print its id (or, with --wait, wait and save its images)."""
     from easel.client import EaselApiError
 
+    if (control_model is None) != (control_image is None) or (
+        control_scale is not None and not control_model
+    ):
+        raise click.UsageError("--control-model and --control-image go together (--control-scale with them)")
+    if loras:  # the multipart/form text form, which JSON takes too: "name:weight,name"
+        params["loras"] = ",".join(loras)
+    if control_model:
+        params.update(control_model=control_model, control_scale=control_scale)
     client = _client(url, key)
     try:
-        job = client.submit(prompt, type=job_type, image=image, mask=mask, **params)
+        job = client.submit(
+            prompt, type=job_type, image=image, mask=mask, control_image=control_image, **params
+        )
     except EaselApiError as exc:
         raise _fail(exc) from None
     click.echo(job["id"])
@@ -261,6 +286,50 @@ def keys_revoke(ref: str) -> None:
         click.echo(f"revoked {row.prefix} ({row.name})")
 
 
+@main.group()
+def models() -> None:
+    """The models catalog: what the workers found in their models folders (EASEL_MODELS_DIR)."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """Every file the workers published: kind, name, family, architecture, and why a file
+    is not servable."""
+    from easel.shared.catalog_store import read_catalog
+    from easel.shared.db import session_scope
+
+    with session_scope(get_settings().database_url) as session:
+        records = read_catalog(session)
+    click.echo(f"{'KIND':11} {'NAME':40} {'FAMILY':7} {'ARCH':13} {'WORKERS':7} STATUS")
+    for r in records:
+        status = "available" if r.available else f"unavailable: {r.reason}"
+        click.echo(
+            f"{r.kind:11} {r.name[:40]:40} {r.family or '-':7} {r.architecture or '-':13} "
+            f"{len(r.workers):<7} {status}"
+        )
+
+
+@models.command("rescan")
+@click.option("--wait", "timeout", default=30.0, show_default=True, help="Seconds to wait for a worker.")
+def models_rescan(timeout: float) -> None:
+    """Ask every worker to rescan its models folders now, and wait until one has."""
+    from easel.shared.catalog_store import read_catalog, request_rescan, wait_for_publish
+    from easel.shared.db import session_scope
+
+    url = get_settings().database_url
+    with session_scope(url) as session:
+        asked = request_rescan(session)
+    if not wait_for_publish(lambda: session_scope(url), asked, timeout):
+        raise click.ClickException(
+            f"no worker rescanned within {timeout:g}s (is a worker with EASEL_MODELS_DIR running?); "
+            "the request stands: workers rescan when they next look"
+        )
+    with session_scope(url) as session:
+        records = read_catalog(session)
+    usable = sum(1 for r in records if r.available)
+    click.echo(f"rescanned: {len(records)} files, {usable} available, {len(records) - usable} unavailable")
+
+
 @main.command()
 @click.option("--dry-run", is_flag=True, help="List what is due and delete nothing.")
 def prune(dry_run: bool) -> None:
@@ -341,21 +410,15 @@ def worker(models: str | None, loglevel: str) -> None:
     have queued jobs, woken by the broker when idle."""
     settings = get_settings()
     _setup_logging(loglevel)
-    from easel.shared.queue import queue_name, send_wakeup, send_webhook
-    from easel.shared.registry import ModelSource, load_registry
+    from easel.shared.queue import broker_wakes_workers, queue_name, send_wakeup, send_webhook
+    from easel.shared.registry import ModelSource, Registry, load_registry
     from easel.worker.engine.device import detect
-    from easel.worker.process import WorkerProcess
+    from easel.worker.process import WorkerProcess, served_models
     from easel.worker.tasks import make_gpu_app, make_webhook_app
 
+    if models is not None:
+        settings = settings.model_copy(update={"worker_models": models})
     registry = load_registry(settings)
-    served = [m.strip() for m in models.split(",") if m.strip()] if models is not None else None
-    served = served or settings.served_models or registry.names()
-    for name in served:
-        spec = registry.get(name)  # unknown names fail here, before the worker starts
-        if spec.source is ModelSource.TINY:
-            from easel.worker.engine.tiny_model import ensure_tiny_model
-
-            ensure_tiny_model(Path(spec.location))
     plan = detect(settings.device)
     if not plan.is_cuda and settings.cpu_threads:
         import torch
@@ -365,13 +428,39 @@ def worker(models: str | None, loglevel: str) -> None:
     process = WorkerProcess.build(
         settings,
         registry,
-        served,
+        served_models(settings, registry),
         plan,
         publish=lambda job_id, model: send_wakeup(senders, job_id, model),
         notify=lambda job_id, event="completed": send_webhook(senders, job_id, event),
     )
     app = make_gpu_app(settings, process.wake)
+    hostname = f"easel-{os.getpid()}@{socket.gethostname()}"
+    catalog = None
+    if settings.models_roots:  # the models folders join the registry, now and at each rescan
+        from easel.worker.catalog_sync import catalog_sync
+
+        consuming: list[bool] = []  # set once the Celery worker consumes its queues
+
+        def serve(found: Registry) -> None:
+            added = process.serve(found)
+            if added and consuming and broker_wakes_workers(settings.broker_url):  # their wake-ups too
+                for name in added:
+                    app.control.add_consumer(queue_name(name), destination=[hostname], reply=False)
+
+        catalog = catalog_sync(settings, registry, process.heartbeat.worker_id, serve)
+        catalog.scan()  # before the queues are chosen: the models found now are among them
+        consuming.append(True)
+    for name in settings.served_models:  # unknown names fail here, before the worker starts
+        process.registry.get(name)
+    for spec in (process.registry.get(name) for name in process.models if name in process.registry):
+        if spec.source is ModelSource.TINY:
+            from easel.worker.engine.tiny_model import ensure_tiny_model
+
+            ensure_tiny_model(Path(spec.location))
+    served = process.models
     process.start()
+    if catalog is not None:
+        catalog.start()
     try:
         app.worker_main(
             [
@@ -383,7 +472,7 @@ def worker(models: str | None, loglevel: str) -> None:
                 "--prefetch-multiplier",
                 "1",
                 "--hostname",
-                f"easel-{os.getpid()}@%h",
+                hostname,
                 "--loglevel",
                 loglevel,
                 "--without-gossip",
@@ -391,6 +480,8 @@ def worker(models: str | None, loglevel: str) -> None:
             ]
         )
     finally:
+        if catalog is not None:
+            catalog.stop()
         process.stop(timeout=settings.task_soft_time_limit)
 
 

@@ -95,17 +95,19 @@ class EaselClient:
         image: ImageInput | None = None,
         mask: ImageInput | None = None,
         idempotency_key: str | None = None,
+        control_image: ImageInput | None = None,
         **params: Any,
     ) -> dict[str, Any]:
         """Submit a job; ``params`` are the REST fields (width, steps, seed, ...).
 
-        ``image`` and ``mask`` take a path or bytes and go up as multipart files.
+        ``image``, ``mask`` and ``control_image`` (the ControlNet's, with ``control_model``
+        and ``control_scale`` in ``params``) take a path or bytes and go up as multipart files.
         """
         fields = {"type": type, "prompt": prompt, **{k: v for k, v in params.items() if v is not None}}
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         files = {
             name: (f"{name}.png", _read(value))
-            for name, value in (("image", image), ("mask", mask))
+            for name, value in (("image", image), ("mask", mask), ("control_image", control_image))
             if value is not None
         }
         if files:

@@ -1,5 +1,6 @@
-"""LoRA adapters, ControlNets and prompt weighting: the models-file tables, the job
-fields, and their validation (no torch: the web tier imports this).
+"""LoRA adapters, ControlNets, VAEs, textual-inversion embeddings and prompt weighting:
+the models-file tables, the job fields, and their validation (no torch: the web tier
+imports this).
 
 Models file::
 
@@ -9,24 +10,42 @@ Models file::
 
     [controlnets.edges]
     location = "/models/controlnet/canny"   # a diffusers ControlNetModel folder
-    models = ["sd15"]
+    family = "sd"                           # or: fits every model of a family
     preprocessor = "canny"                  # or "none": the image is the control map itself
 
+    [vaes.mse]
+    location = "/models/VAE/vae-ft-mse-840000-ema-pruned.safetensors"  # or a diffusers folder
+    family = "sd"
+
+    [embeddings.easynegative]
+    location = "/models/embeddings/easynegative.safetensors"  # A1111 .pt / .safetensors
+    family = "sd"
+    architecture = "sd1"                    # optional: not for SD 2.x models
+
+Each entry fits the base models it lists (``models``), or else every model of its
+``family`` (and ``architecture``, where both sides know theirs): ``AdapterSpec.fits``.
+
 A job names them in ``loras`` (``[{"name": "watercolor", "weight": 0.8}]``, or
-A1111-style ``<lora:watercolor:0.8>`` tags in the prompt, removed from its text) and
-``control`` (``{"model": "edges", "image": <base64>, "scale": 1.0}``). Both are part of
-the batch key; the job row keeps them as canonical JSON text (``CanonicalJson``) so the
-claim's SQL equality works on SQLite and PostgreSQL alike.
+A1111-style ``<lora:watercolor:0.8>`` tags in the prompt, removed from its text),
+``control`` (``{"model": "edges", "image": <base64>, "scale": 1.0}``) and ``vae``
+(``"mse"``); all three are part of the batch key, and the job row keeps ``loras`` and
+``control`` as canonical JSON text (``CanonicalJson``) so the claim's SQL equality works
+on SQLite and PostgreSQL alike. An embedding is used A1111-style, by its name as a word
+of the prompt or negative prompt (``mentioned_embeddings``); it belongs to its prompt,
+not to the batch key.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from easel.shared.families import FamilyName
 
 MIN_LORA_WEIGHT = -2.0
 MAX_LORA_WEIGHT = 2.0
@@ -35,19 +54,55 @@ CONTROLNET_FAMILIES = ("sd", "sdxl")
 """Families whose ControlNet pipelines Easel makes (``ControlNetModel`` with ``from_pipe``)."""
 WEIGHTED_FAMILIES = ("sd", "sdxl")
 """Families whose text encoders Easel weights ``(word:1.3)`` prompts for (compel)."""
+EMBEDDING_FAMILIES = ("sd", "sdxl")
+"""Families whose CLIP text encoders Easel loads textual-inversion embeddings into."""
 
 _LORA_TAG = re.compile(r"<lora:([^:<>]+?)(?::([^<>]*))?>", re.IGNORECASE)
 _WEIGHTED = re.compile(r"\(([^()]*?):\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*\)")
 
 
 class AdapterSpec(BaseModel):
-    """A models-file entry that fits some base models."""
+    """A models-file entry that fits some base models: the ones it lists, or else every
+    model of its family (and architecture)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
     location: str = Field(min_length=1)
-    models: tuple[str, ...] = Field(min_length=1, description="The base models it fits.")
+    models: Annotated[tuple[str, ...], Field(min_length=1)] | None = Field(
+        None, description="The base models it fits; when absent, every model of its family."
+    )
+    family: FamilyName | None = Field(None, description="sd, sdxl, sd3 or flux: the models it fits.")
+    families: tuple[FamilyName, ...] = Field(
+        (), description="Several families it fits alike (a 4-channel VAE: sd and sdxl), without family."
+    )
+    architecture: str | None = Field(
+        None,
+        max_length=32,
+        description='The base it was made for ("sd1", "sd2", "sdxl", "sdxl-refiner", ...): '
+        "an SD 2 adapter does not fit an SD 1 model.",
+    )
+
+    def fits(self, model_name: str, model_family: str, model_architecture: str | None = None) -> bool:
+        """Whether it fits the model ``model_name`` of ``model_family``: one of its listed
+        ``models`` when it lists them, else a model of its family, of its architecture
+        when both it and the model know theirs."""
+        if self.models is not None:
+            return model_name in self.models
+        allowed = (self.family,) if self.family is not None else self.families
+        if str(model_family) not in {family.value for family in allowed}:
+            return False
+        return (
+            self.architecture is None or model_architecture is None or self.architecture == model_architecture
+        )
+
+    def describe_fit(self) -> str:
+        """What it fits, for messages: ``models a, b`` or ``sd models (v1)``."""
+        if self.models is not None:
+            return f"models {', '.join(self.models)}"
+        where = f" ({self.architecture})" if self.architecture else ""
+        allowed = (self.family,) if self.family is not None else self.families
+        return f"{' and '.join(f.value for f in allowed) or 'no'} models{where}"
 
 
 class LoraSpec(AdapterSpec):
@@ -58,6 +113,26 @@ class ControlNetSpec(AdapterSpec):
     """``[controlnets.NAME]``: a diffusers ControlNetModel folder (or Hub id)."""
 
     preprocessor: Literal["none", "canny"] = "none"
+
+
+class VaeSpec(AdapterSpec):
+    """``[vaes.NAME]``: an ``AutoencoderKL`` to decode (and encode) with instead of the
+    model's own: a single file in the original layout (.safetensors, .ckpt, .pt) or a
+    diffusers folder."""
+
+
+class EmbeddingSpec(AdapterSpec):
+    """``[embeddings.NAME]``: a textual-inversion embedding (A1111 .pt / .safetensors, or
+    diffusers' learned_embeds), used by its name as a word of the prompt."""
+
+
+class AdapterTables(NamedTuple):
+    """The adapter tables of a models file, by name."""
+
+    loras: dict[str, LoraSpec]
+    controlnets: dict[str, ControlNetSpec]
+    vaes: dict[str, VaeSpec]
+    embeddings: dict[str, EmbeddingSpec]
 
 
 class LoraRef(BaseModel):
@@ -96,14 +171,15 @@ class ControlRequest(ControlRef):
     image: str | None = Field(None, description="The control image, base64 (multipart: control_image).")
 
 
-def read_tables(
-    data: dict[str, Any], path: Path, model_names: set[str]
-) -> tuple[dict[str, LoraSpec], dict[str, ControlNetSpec]]:
-    """The ``[loras.*]`` and ``[controlnets.*]`` tables of a parsed models file;
-    ``ValueError`` naming the file, table and problem."""
-    loras = _read_table(data, "loras", LoraSpec, path, model_names)
-    controlnets = _read_table(data, "controlnets", ControlNetSpec, path, model_names)
-    return loras, controlnets
+def read_tables(data: dict[str, Any], path: Path, model_names: set[str]) -> AdapterTables:
+    """The ``[loras.*]``, ``[controlnets.*]``, ``[vaes.*]`` and ``[embeddings.*]`` tables
+    of a parsed models file; ``ValueError`` naming the file, table and problem."""
+    return AdapterTables(
+        loras=_read_table(data, "loras", LoraSpec, path, model_names),
+        controlnets=_read_table(data, "controlnets", ControlNetSpec, path, model_names),
+        vaes=_read_table(data, "vaes", VaeSpec, path, model_names),
+        embeddings=_read_table(data, "embeddings", EmbeddingSpec, path, model_names),
+    )
 
 
 Spec = TypeVar("Spec", bound=AdapterSpec)
@@ -121,7 +197,13 @@ def _read_table(
             spec = cls(name=name, **entry)
         except ValidationError as exc:
             raise ValueError(f"{where}: {exc}") from exc
-        unknown = [m for m in spec.models if m not in model_names]
+        if spec.models is None and spec.family is None and not spec.families:
+            families = " | ".join(f'"{f.value}"' for f in FamilyName)
+            raise ValueError(
+                f'{where}: say what it fits: models = ["NAME", ...] ([models.NAME] tables of the '
+                f"file) or family = {families}"
+            )
+        unknown = [m for m in spec.models or () if m not in model_names]
         if unknown:
             raise ValueError(f"{where}: models {unknown} are not [models.NAME] tables of the file")
         specs[name] = spec
@@ -193,8 +275,29 @@ def dumps_canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def lora_problems(loras: list[LoraRef], model: str, known: dict[str, LoraSpec], max_count: int) -> list[str]:
-    """What is wrong with a job's ``loras`` for ``model`` (empty: nothing)."""
+class Target(NamedTuple):
+    """The model a job runs on, as adapters are fitted to it (``AdapterSpec.fits``)."""
+
+    model: str
+    family: str
+    architecture: str | None = None
+
+    def takes(self, spec: AdapterSpec) -> bool:
+        return spec.fits(self.model, self.family, self.architecture)
+
+    def fitting(self, known: dict[str, Spec]) -> list[str]:
+        """The names in ``known`` that fit this model, sorted."""
+        return sorted(name for name, spec in known.items() if self.takes(spec))
+
+
+def _misfit(kind: str, name: str, spec: AdapterSpec, target: Target) -> str:
+    return f"{kind} {name!r} does not fit model {target.model!r} (it fits {spec.describe_fit()})"
+
+
+def lora_problems(
+    loras: list[LoraRef], target: Target, known: dict[str, LoraSpec], max_count: int
+) -> list[str]:
+    """What is wrong with a job's ``loras`` for the ``target`` model (empty: nothing)."""
     problems = []
     if len(loras) > max_count:
         problems.append(f"{len(loras)} LoRAs; at most {max_count} per job (EASEL_MAX_LORAS_PER_JOB)")
@@ -205,24 +308,94 @@ def lora_problems(loras: list[LoraRef], model: str, known: dict[str, LoraSpec], 
     for name in dict.fromkeys(names):
         spec = known.get(name)
         if spec is None:
-            listed = ", ".join(sorted(known)) or "none"
-            problems.append(f"unknown LoRA {name!r} (known: {listed})")
-        elif model not in spec.models:
-            problems.append(f"LoRA {name!r} does not fit model {model!r} (it fits: {', '.join(spec.models)})")
+            listed = ", ".join(target.fitting(known)) or "none"
+            problems.append(f"unknown LoRA {name!r} (LoRAs for model {target.model!r}: {listed})")
+        elif not target.takes(spec):
+            problems.append(_misfit("LoRA", name, spec, target))
     return problems
 
 
-def control_problems(control: ControlRef, model: str, known: dict[str, ControlNetSpec]) -> list[str]:
-    """What is wrong with a job's ``control`` model for ``model`` (empty: nothing)."""
+def control_problems(control: ControlRef, target: Target, known: dict[str, ControlNetSpec]) -> list[str]:
+    """What is wrong with a job's ``control`` model for the ``target`` model (empty: nothing)."""
     spec = known.get(control.model)
     if spec is None:
-        listed = ", ".join(sorted(known)) or "none"
-        return [f"unknown ControlNet {control.model!r} (known: {listed})"]
-    if model not in spec.models:
-        return [
-            f"ControlNet {control.model!r} does not fit model {model!r} (it fits: {', '.join(spec.models)})"
-        ]
+        listed = ", ".join(target.fitting(known)) or "none"
+        return [f"unknown ControlNet {control.model!r} (ControlNets for model {target.model!r}: {listed})"]
+    if not target.takes(spec):
+        return [_misfit("ControlNet", control.model, spec, target)]
     return []
+
+
+def vae_problems(vae: str, target: Target, known: dict[str, VaeSpec]) -> list[str]:
+    """What is wrong with a job's ``vae`` for the ``target`` model (empty: nothing)."""
+    spec = known.get(vae)
+    if spec is None:
+        listed = ", ".join(target.fitting(known)) or "none"
+        return [
+            f"unknown VAE {vae!r} (VAEs for model {target.model!r}: {listed}; "
+            f"leave vae out for the model's own)"
+        ]
+    if not target.takes(spec):
+        return [_misfit("VAE", vae, spec, target)]
+    return []
+
+
+def _word_pattern(names: Iterable[str]) -> re.Pattern[str] | None:
+    """One pattern for ``names`` as whole words (not inside a longer word), case-insensitive,
+    the longest name first so that ``bad-hands-5`` wins over ``bad-hands``."""
+    ordered = sorted({n for n in names if n}, key=lambda n: (-len(n), n))
+    if not ordered:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, ordered)) + r")(?!\w)", re.IGNORECASE)
+
+
+def mentioned_embeddings(text: str, names: Iterable[str]) -> list[str]:
+    """The embedding ``names`` that ``text`` uses, in order of first use: each as a whole
+    word (A1111-style, case-insensitive: ``easynegative`` in ``"easynegative, blurry"``,
+    not in ``"noteasynegatives"``); where names overlap, the longest one at a place."""
+    lowered = text.lower()
+    candidates = [n for n in names if n and n.lower() in lowered]  # cheap before the regex
+    pattern = _word_pattern(candidates)
+    if pattern is None:
+        return []
+    by_lower: dict[str, str] = {}
+    for name in sorted(candidates):
+        by_lower.setdefault(name.lower(), name)
+    return list(dict.fromkeys(by_lower[m.group(0).lower()] for m in pattern.finditer(text)))
+
+
+def replace_embeddings(text: str, replacements: dict[str, str]) -> str:
+    """``text`` with each embedding name it uses (as ``mentioned_embeddings`` finds them)
+    replaced by ``replacements[name]``; names not in ``replacements`` stay as they are."""
+    lowered = text.lower()
+    present = {n.lower(): r for n, r in replacements.items() if n and n.lower() in lowered}
+    pattern = _word_pattern(present)
+    if pattern is None:
+        return text
+    return pattern.sub(lambda m: present[m.group(0).lower()], text)
+
+
+def embedding_problems(
+    text: str, field: str, family: str, target: Target, known: dict[str, EmbeddingSpec]
+) -> list[str]:
+    """What is wrong with the embeddings that ``text`` (the job's ``field``) uses on the
+    ``target`` model of ``family``: one that does not fit the model, any on a family
+    without textual inversion. A word that names no embedding is just a word."""
+    problems = []
+    for name in mentioned_embeddings(text, known):
+        spec = known[name]
+        if family not in EMBEDDING_FAMILIES:
+            problems.append(
+                f"uses embedding {name!r}; textual-inversion embeddings work on "
+                f"{', '.join(EMBEDDING_FAMILIES)} models, not {family} ones"
+            )
+        elif not target.takes(spec):
+            listed = ", ".join(target.fitting(known)) or "none"
+            problems.append(
+                f"uses embedding {name!r} (its name is a word of the {field}), which does not fit model "
+                f"{target.model!r} (it fits {spec.describe_fit()}; embeddings for this model: {listed})"
+            )
+    return problems
 
 
 def lift_prompt_tags(data: dict[str, Any]) -> dict[str, Any]:
@@ -268,15 +441,21 @@ def adapter_details(
     known_loras: dict[str, LoraSpec],
     known_controlnets: dict[str, ControlNetSpec],
     max_loras: int,
+    vae: str | None = None,
+    known_vaes: dict[str, VaeSpec] | None = None,
+    known_embeddings: dict[str, EmbeddingSpec] | None = None,
+    architecture: str | None = None,
 ) -> list[tuple[str, str, Any]]:
-    """(field, message, value) for every problem of a job's LoRAs, ControlNet and prompt
-    weighting on ``model`` (of ``family``)."""
+    """(field, message, value) for every problem of a job's LoRAs, ControlNet, VAE,
+    embeddings and prompt weighting on ``model`` (of ``family`` and, where known,
+    ``architecture``)."""
+    target = Target(model, family, architecture)
     found: list[tuple[str, str, Any]] = []
-    problems = lora_problems(loras, model, known_loras, max_loras)
+    problems = lora_problems(loras, target, known_loras, max_loras)
     if problems:
         found.append(("loras", "; ".join(problems), [r.name for r in loras]))
     if control is not None:
-        problems = control_problems(control, model, known_controlnets)
+        problems = control_problems(control, target, known_controlnets)
         if family not in CONTROLNET_FAMILIES:
             problems.append(
                 f"ControlNet is supported for {', '.join(CONTROLNET_FAMILIES)} models, not {family} ones"
@@ -289,6 +468,14 @@ def adapter_details(
         found.append(
             ("control", "a control image needs a control model (control.model / control_model)", None)
         )
+    if vae is not None:
+        problems = vae_problems(vae, target, known_vaes or {})
+        if problems:
+            found.append(("vae", "; ".join(problems), vae))
+    for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+        problems = embedding_problems(text, name, family, target, known_embeddings or {})
+        if problems:
+            found.append((name, "; ".join(problems), text))
     if family not in WEIGHTED_FAMILIES:
         for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
             if has_weighting(text):

@@ -162,6 +162,8 @@ class Job(Base):
     loras: Mapped[list[dict[str, Any]] | None] = mapped_column(CanonicalJson, nullable=True)
     control: Mapped[dict[str, Any] | None] = mapped_column(CanonicalJson, nullable=True)
     control_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # The VAE of the batch key ([vaes.NAME]); NULL: the model's own.
+    vae: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     progress_step: Mapped[int] = mapped_column(Integer, default=0)
@@ -306,3 +308,40 @@ class EventStream(Base):
     job_id: Mapped[str] = mapped_column(String(32))
     opened_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class CatalogEntry(Base):
+    """One model or adapter file a worker found in its models folders (``EASEL_MODELS_DIR``),
+    published so that every web process knows it without the files
+    (``easel.shared.catalog_store``, docs/bring-your-models.md).
+
+    Each worker owns its rows (``worker_id``) and replaces them whole at each publish;
+    ``source`` names the folders it scanned, so a new worker of a deployment (a new pod)
+    takes over the rows its stopped predecessors with the same folders left.
+    """
+
+    __tablename__ = "catalog_entries"
+
+    worker_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    source: Mapped[str] = mapped_column(String(64))
+    family: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    architecture: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    format: Mapped[str] = mapped_column(String(16))
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    available: Mapped[bool] = mapped_column(Boolean, default=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    published_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class CatalogRescan(Base):
+    """The last request to rescan the models folders (``easel models rescan``, A1111's
+    ``refresh-checkpoints``): workers rescan when it is newer than their last scan."""
+
+    __tablename__ = "catalog_rescans"
+
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)  # "all"
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -5,6 +5,13 @@ its meaning. The request schema (``easel.shared.schemas``) takes each knob's bou
 and description from it, the job row records exactly its fields, the engine runs
 from it, and the form and the CLI list its fields. ``BATCH_KEY`` says which of them
 jobs must share to run in one pipeline call (docs/design.md, principle 5).
+
+Textual-inversion embeddings are no parameter: an embedding is used by its name as a
+word of the prompt or negative prompt (``easel.shared.adapters.mentioned_embeddings``),
+so it belongs to that prompt, like the prompt's other words, and not to the batch key.
+The worker loads every embedding a batch's prompts use before the call, and a loaded
+embedding changes nothing for a prompt that does not use it, so a job draws the same
+pixels alone or batched with prompts that use other embeddings.
 """
 
 from __future__ import annotations
@@ -53,6 +60,12 @@ class GenerationParams(BaseModel):
         (), description="LoRA adapters and their weights, sorted by name (docs/models.md)."
     )
     control: ControlRef | None = Field(None, description="The ControlNet and its scale (docs/models.md).")
+    vae: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="A VAE of the registry to decode (and encode) with; absent: the model's own.",
+    )
 
     @field_validator("loras", mode="before")
     @classmethod
@@ -101,10 +114,12 @@ BATCH_KEY: tuple[str, ...] = (
     "strength",
     "loras",
     "control",
+    "vae",
 )
-"""Parameters jobs must share to run in one pipeline call; prompts, seeds and inputs
-(the control image too) are per image. ``loras`` and ``control`` are canonical JSON text
-in the row (``easel.shared.models.CanonicalJson``), so SQL equality compares them."""
+"""Parameters jobs must share to run in one pipeline call; prompts (with the embeddings
+they name), seeds and inputs (the control image too) are per image. ``loras`` and
+``control`` are canonical JSON text in the row (``easel.shared.models.CanonicalJson``),
+so SQL equality compares them."""
 
 
 def knob(name: str, description: str | None = None) -> Any:

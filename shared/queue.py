@@ -40,7 +40,7 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
-        task_default_queue=queue_name(settings.default_model),
+        task_default_queue=queue_name(settings.default_model or "default"),
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5,
         worker_hijack_root_logger=False,

@@ -20,14 +20,14 @@ family's. This module never imports torch: the web tier reads limits from it.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from easel.shared.adapters import ControlNetSpec, LoraSpec, read_tables
+from easel.shared.adapters import ControlNetSpec, EmbeddingSpec, LoraSpec, VaeSpec, read_tables
 from easel.shared.errors import UnknownModel
 from easel.shared.families import (
     ALL_TYPES,
@@ -58,6 +58,7 @@ class ModelSource(StrEnum):
     DIRECTORY = "directory"  # a diffusers folder (model_index.json)
     SINGLE_FILE = "single_file"  # one .safetensors / .ckpt checkpoint
     TINY = "tiny"  # the tiny SD-shaped model Easel builds itself
+    CATALOG = "catalog"  # found in a worker's models folder; only the workers know the file
 
 
 class ModelSpec(BaseModel):
@@ -73,6 +74,12 @@ class ModelSpec(BaseModel):
         description="sd, sdxl, sd3 or flux; read from model_index.json when not given.",
     )
     config: str | None = Field(None, description="Diffusers config folder for single files.")
+    architecture: str | None = Field(
+        None,
+        max_length=32,
+        description='The base within the family ("sd1", "sd2", "sdxl", "sdxl-refiner", ...), read from '
+        "a found file's keys; adapters made for another base do not fit.",
+    )
     types: tuple[JobType, ...] = Field(
         ALL_TYPES,  # replaced by the family's job types when not given (_family_defaults)
         description="Job types served; default: all the family's.",
@@ -144,7 +151,7 @@ class ModelSpec(BaseModel):
                 f"model {self.name!r}: an inpainting checkpoint serves only inpaint jobs; "
                 f'set types = ["inpaint"]'
             )
-        if self.source is not ModelSource.TINY and not self.location:
+        if self.source not in (ModelSource.TINY, ModelSource.CATALOG) and not self.location:
             raise ValueError(f"model {self.name!r}: source {self.source} needs a location")
         return self
 
@@ -165,8 +172,23 @@ def detect_family(entry: dict[str, Any], offline: bool = True) -> FamilyName:
         if family is None and not offline:
             family = _family_from_hub(location)
         where = f"{location!r} is not in the Hugging Face cache" + (" (offline)" if offline else "")
-    elif source == ModelSource.SINGLE_FILE:
-        family, where = None, "a single-file checkpoint has no model_index.json"
+    elif source == ModelSource.SINGLE_FILE and location:
+        # no model_index.json: the architecture from the file's keys and shapes (torch-free)
+        from easel.shared.classify import checkpoint_architecture
+        from easel.shared.weights_header import UnreadableWeights, read_header
+
+        try:
+            architecture, found = checkpoint_architecture(read_header(Path(location)))
+        except UnreadableWeights as exc:
+            architecture, found, reason = None, None, str(exc)
+        else:
+            reason = (
+                f"{Path(location).name} holds no checkpoint architecture Easel recognises"
+                if architecture is None
+                else f"{Path(location).name} is a {architecture!r} checkpoint, which no Easel family serves"
+            )
+        family = get_family(found) if found else None
+        where = f"{reason}, and a single-file checkpoint has no model_index.json"
     else:
         return FamilyName.SD  # no location: the "needs a location" check explains
     if family is None:
@@ -214,34 +236,55 @@ def tiny_spec(settings: Settings) -> ModelSpec:
     return ModelSpec(
         name="tiny-sd",
         source=ModelSource.TINY,
-        location=str(settings.models_dir / "tiny-sd"),
+        location=str(settings.built_models_dir / "tiny-sd"),
         max_size=512,
         default_size=256,
         default_steps=20,
     )
 
 
+DEMO_MODEL = "demo-shapes"
+BUILTIN_DEFAULT = "tiny-sd"
+
+
 class Registry:
-    """The models a deployment knows, by name."""
+    """The models a deployment knows, by name.
+
+    ``default`` is the model a job naming none gets: ``requested`` (``EASEL_DEFAULT_MODEL``)
+    when given, else ``demo-shapes`` when present, else the first model by name
+    (``choose_default``). ``strict`` registries (a models file, the built-ins) refuse a
+    requested default they lack; a registry that grows from workers' catalogs
+    (``EASEL_MODELS_DIR``) may not hold it yet, and says so when a job needs it.
+    """
 
     def __init__(
         self,
         specs: list[ModelSpec],
-        default: str,
+        default: str | None,
         loras: dict[str, LoraSpec] | None = None,
         controlnets: dict[str, ControlNetSpec] | None = None,
+        vaes: dict[str, VaeSpec] | None = None,
+        embeddings: dict[str, EmbeddingSpec] | None = None,
+        *,
+        strict: bool = True,
     ) -> None:
         self._specs = {spec.name: spec for spec in specs}
         self.loras = loras or {}  # [loras.NAME] of the models file (easel.shared.adapters)
         self.controlnets = controlnets or {}  # [controlnets.NAME]
-        if default not in self._specs:
+        self.vaes = vaes or {}  # [vaes.NAME]
+        self.embeddings = embeddings or {}  # [embeddings.NAME]
+        self.requested_default = default
+        if strict and default is not None and default not in self._specs:
             raise UnknownModel(
                 f"default model {default!r} is not in the registry (known: {', '.join(sorted(self._specs))})"
             )
-        self.default = default
+        self.default = choose_default(self._specs, default)
 
     def __iter__(self) -> Iterator[ModelSpec]:
         return iter(self._specs.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
 
     def names(self) -> list[str]:
         return sorted(self._specs)
@@ -249,20 +292,67 @@ class Registry:
     def get(self, name: str | None) -> ModelSpec:
         """The spec for ``name`` (the default model when ``None``)."""
         key = name or self.default
+        if key is None:
+            requested = self.requested_default
+            wanted = f"default model {requested!r}" if requested else "no default model"
+            raise UnknownModel(
+                f"{wanted} is not available yet (no worker has published it); "
+                f"known models: {', '.join(self.names()) or 'none'}"
+            )
         try:
             return self._specs[key]
         except KeyError:
             raise UnknownModel(f"unknown model {key!r}; known models: {', '.join(self.names())}") from None
 
 
+def choose_default(names: Iterable[str], requested: str | None) -> str | None:
+    """The default model among ``names``: ``requested`` if it is there, else ``demo-shapes``,
+    else the first by name (``None`` for no models, or a requested one not there yet)."""
+    names = sorted(names)
+    if requested is not None:
+        return requested if requested in names else None
+    if DEMO_MODEL in names:
+        return DEMO_MODEL
+    return names[0] if names else None
+
+
 def load_registry(settings: Settings) -> Registry:
-    """The registry from ``EASEL_MODELS_FILE``, or the built-in demo-shapes and tiny-sd."""
+    """The registry from ``EASEL_MODELS_FILE``, else the built-in demo-shapes and tiny-sd
+    unless ``EASEL_MODELS_DIR`` is set: a models folder, like a models file, replaces the
+    built-ins (its models join the registry from the workers' catalogs,
+    ``easel.shared.catalog_store``)."""
     if settings.models_file is None:
-        return Registry([demo_spec(), tiny_spec(settings)], settings.default_model)
+        if settings.models_roots:
+            return Registry([], settings.default_model, strict=False)
+        builtins = [demo_spec(), tiny_spec(settings)]
+        return Registry(builtins, settings.default_model or BUILTIN_DEFAULT)
     specs = _read_models_file(settings.models_file, settings)
     data = tomllib.loads(settings.models_file.read_text())  # read once above: it parses
-    loras, controlnets = read_tables(data, settings.models_file, {spec.name for spec in specs})
-    return Registry(specs, settings.default_model, loras, controlnets)
+    tables = read_tables(data, settings.models_file, {spec.name for spec in specs})
+    return Registry(specs, settings.default_model, *tables, strict=not settings.models_roots)
+
+
+_SINGLE_FILE_KEYS: dict[str, dict[str, Any]] = {
+    "inpainting": {"inpainting": True, "types": ["inpaint"]},
+    "inpainting_v2": {"inpainting": True, "types": ["inpaint"]},
+    "xl_inpaint": {"inpainting": True, "types": ["inpaint"]},
+    "xl_refiner": {"types": ["img2img"]},  # a refiner only refines
+}
+
+
+def single_file_defaults(location: Path) -> dict[str, Any]:
+    """What a models-file entry of a checkpoint file need not say, read from its keys: an
+    inpainting checkpoint serves inpaint jobs, a refiner img2img; and its base
+    (``architecture``). Empty when the file cannot be read (the load explains)."""
+    from easel.shared.classify import BASE_OF_ARCHITECTURE, checkpoint_architecture
+    from easel.shared.weights_header import UnreadableWeights, read_header
+
+    try:
+        architecture, _ = checkpoint_architecture(read_header(location))
+    except (UnreadableWeights, OSError):
+        return {}
+    base = BASE_OF_ARCHITECTURE.get(architecture or "")
+    return {**_SINGLE_FILE_KEYS.get(architecture or "", {}), **({"architecture": base} if base else {})}
 
 
 def _read_models_file(path: Path, settings: Settings) -> list[ModelSpec]:
@@ -274,8 +364,10 @@ def _read_models_file(path: Path, settings: Settings) -> list[ModelSpec]:
     for name, entry in data.get("models", {}).items():
         entry = dict(entry)
         if entry.get("source") == ModelSource.TINY and not entry.get("location"):
-            entry["location"] = str(settings.models_dir / name)
+            entry["location"] = str(settings.built_models_dir / name)
         try:
+            if entry.get("source") == ModelSource.SINGLE_FILE and not entry.get("config"):
+                entry = {**single_file_defaults(Path(entry.get("location") or "")), **entry}
             if entry.get("family") is None:
                 entry["family"] = detect_family({**entry, "name": name}, offline=settings.offline)
             specs.append(ModelSpec(name=name, **entry))

@@ -86,6 +86,11 @@ class JobCreate(BaseModel):
         description="ControlNet: {model, image (base64), scale (0..2, default 1)}. Multipart: "
         "control_model, control_scale and a control_image file.",
     )
+    vae: str | None = knob(
+        "vae",
+        "A VAE of the registry (GET /api/v1/models) to decode with instead of the model's own; "
+        "absent: the model's own.",
+    )
     webhook_url: AnyHttpUrl | None = Field(
         None, description="POSTed the job object, signed, when the job finishes (http or https)."
     )
@@ -262,6 +267,10 @@ def resolve_job(
             known_loras=registry.loras,
             known_controlnets=registry.controlnets,
             max_loras=settings.max_loras_per_job,
+            vae=request.vae,
+            known_vaes=registry.vaes,
+            known_embeddings=registry.embeddings,
+            architecture=getattr(spec, "architecture", None),
         )
     ]
     if details:
@@ -363,7 +372,7 @@ def _fit8(side: float, spec: ModelSpec) -> int:
     return min(spec.max_size, max(spec.min_size, int(side) // multiple * multiple))
 
 
-_AS_REQUESTED = {"type", "prompt", "negative_prompt", "num_images", "priority"}
+_AS_REQUESTED = {"type", "prompt", "negative_prompt", "num_images", "priority", "vae"}
 """The fields a job keeps as its request gives them (``_with_defaults``)."""
 
 
@@ -540,10 +549,23 @@ class FamilyView(BaseModel):
     negative_prompt: bool = Field(description="Whether jobs may carry a negative prompt.")
 
 
+class ModelAdapters(BaseModel):
+    """The adapters that fit a model, by name (docs/bring-your-models.md)."""
+
+    loras: list[str] = Field(description="LoRAs for `loras` or `<lora:NAME:weight>` tags.")
+    controlnets: list[str] = Field(description="ControlNets for `control.model`.")
+    vaes: list[str] = Field(description="VAEs for `vae`.")
+    embeddings: list[str] = Field(description="Textual-inversion embeddings, used by name in the prompt.")
+
+
 class ModelView(BaseModel):
     name: str
     default: bool
     family: FamilyView
+    architecture: str | None = Field(
+        description='The base within the family ("sd1", "sdxl", ...) where known; adapters of another '
+        "base do not fit."
+    )
     types: list[JobType]
     schedulers: list[str] = Field(description="The schedulers of the model's family.")
     limits: ModelLimits
@@ -551,6 +573,7 @@ class ModelView(BaseModel):
         description="Live workers serving this model (heartbeat within EASEL_WORKER_LOST_AFTER_SECONDS); "
         "0: its jobs wait until one starts."
     )
+    adapters: ModelAdapters
 
 
 class ModelList(BaseModel):

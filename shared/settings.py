@@ -93,7 +93,22 @@ class Settings(BaseSettings):
     )
     webhook_allow_private: bool = Field(False, description="Allow webhooks to private/loopback addresses.")
     models_file: Path | None = Field(None, description="TOML model registry; default: the built-in tiny-sd.")
-    default_model: str = Field("tiny-sd", description="Model used when a job names none.")
+    models_dir: str = Field(
+        "",
+        description="Models folders a worker serves, `:`-separated: an A1111 or ComfyUI `models` folder, "
+        "an `embeddings` folder, a Hugging Face cache (docs/bring-your-models.md).",
+    )
+    models_rescan_seconds: float = Field(
+        30.0, ge=0, description="How often a worker rescans EASEL_MODELS_DIR for file changes; 0 = never."
+    )
+    catalog_refresh_seconds: float = Field(
+        2.0, ge=0, description="How often a web process looks for models the workers published."
+    )
+    default_model: str | None = Field(
+        None,
+        description="Model used when a job names none; default: tiny-sd (built-in models), else demo-shapes "
+        "if present, else the first model by name.",
+    )
     offline: bool = Field(True, description="Never download weights (HF_HUB_OFFLINE).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     cpu_threads: int = Field(0, ge=0, description="Torch threads of a CPU worker; 0 lets torch decide.")
@@ -193,6 +208,8 @@ class Settings(BaseSettings):
             self.storage_url = (self.home / "outputs").as_uri()
         if self.webhook_secret is not None and not self.webhook_secret.get_secret_value():
             self.webhook_secret = None  # an empty variable (compose's default) means "off"
+        if not (self.default_model or "").strip():
+            self.default_model = None  # an empty variable means "choose one"
         if not self.public_url:
             self.public_url = f"http://{self.host}:{self.port}"
         self.public_url = self.public_url.rstrip("/")
@@ -209,12 +226,13 @@ class Settings(BaseSettings):
         """Models this worker serves (empty list means every registered model)."""
         return [m.strip() for m in self.worker_models.split(",") if m.strip()]
 
-    def preload_list(self, default_model: str) -> list[str]:
-        """The models to load at worker start (``default`` is the default model)."""
+    def preload_list(self, default_model: str | None) -> list[str]:
+        """The models to load at worker start (``default`` is the default model, if any)."""
         names = [m.strip() for m in self.preload_models.split(",") if m.strip()]
         if names == ["none"]:
             return []
-        return [default_model if name == "default" else name for name in names]
+        chosen = (default_model if name == "default" else name for name in names)
+        return [name for name in chosen if name]
 
     def session_secret(self) -> str:
         """The session signing key: the setting, else one made once and kept in EASEL_HOME."""
@@ -238,8 +256,14 @@ class Settings(BaseSettings):
         return path.read_text().strip()
 
     @property
-    def models_dir(self) -> Path:
+    def built_models_dir(self) -> Path:
+        """Where Easel keeps the models it builds itself (tiny-sd) and shipped configs."""
         return self.home / "models"
+
+    @property
+    def models_roots(self) -> list[Path]:
+        """The folders of ``EASEL_MODELS_DIR``, in order (earlier ones win name collisions)."""
+        return [Path(part).expanduser() for part in self.models_dir.split(os.pathsep) if part.strip()]
 
     def ensure_home(self) -> None:
         """Create the embedded state folder if it is missing, readable by its owner only

@@ -19,6 +19,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         admin,
         api,
         auth,
+        catalog,
         docs,
         errors,
         health,
@@ -47,7 +48,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(openai_api.bp)  # client-compatibility surfaces: docs/openai.md
-    app.register_blueprint(a1111.bp)  # and docs/automatic1111.md
+    app.register_blueprint(a1111.bp)  # and docs/automatic1111.md (its listings: web/catalog.py)
+    app.register_blueprint(catalog.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(admin.bp)

@@ -5,7 +5,7 @@ WebUI's AUTOMATIC1111 engine.
 finish; ``batch_size * n_iter`` images are one job. ``progress`` and ``interrupt`` act
 on the caller's current job (its latest running one, else its oldest queued one): per
 API key, where A1111 has one global state. ``POST options`` keeps the caller's
-``sd_model_checkpoint`` in storage, so every web process sees it. See
+``sd_model_checkpoint`` and ``sd_vae`` in storage, so every web process sees them. See
 docs/automatic1111.md.
 """
 
@@ -26,7 +26,7 @@ from easel.shared.images import decode_base64, encode_png_bytes, load_image
 from easel.shared.jobs import active_jobs, cancel_job, preview_key
 from easel.shared.models import Job, JobStatus
 from easel.shared.queue import send_webhook
-from easel.web.a1111_map import a1111_error, info, invalid, job_fields, samplers
+from easel.web.a1111_map import a1111_error, info, invalid, job_fields, samplers, vae_for
 from easel.web.auth import current_principal
 from easel.web.compat import (
     compat_blueprint,
@@ -42,6 +42,7 @@ from easel.web.submit import request_fields
 bp = compat_blueprint("a1111", __name__, "/sdapi/v1", a1111_error)
 
 CHECKPOINT = "sd_model_checkpoint"
+VAE = "sd_vae"
 
 
 def _options_key(owner_id: str) -> str:
@@ -93,7 +94,8 @@ def _answer(
 @limiter.limit(submit_limit, deduct_when=accepted)
 def txt2img() -> ResponseReturnValue:
     body = _body()
-    fields = job_fields(body, _stored_options().get(CHECKPOINT))
+    options = _stored_options()
+    fields = job_fields(body, options.get(CHECKPOINT), vae=options.get(VAE))
     return _answer(body, {**fields, "type": "txt2img"})
 
 
@@ -101,7 +103,8 @@ def txt2img() -> ResponseReturnValue:
 @limiter.limit(submit_limit, deduct_when=accepted)
 def img2img() -> ResponseReturnValue:
     body = _body()
-    fields = job_fields(body, _stored_options().get(CHECKPOINT), img2img=True)
+    options = _stored_options()
+    fields = job_fields(body, options.get(CHECKPOINT), img2img=True, vae=options.get(VAE))
     images = body.get("init_images") or []
     if not isinstance(images, list) or len(images) != 1 or not isinstance(images[0], str):
         raise invalid("init_images", "must hold exactly one base64 image", f"{len(images)} images")
@@ -258,20 +261,38 @@ def scripts() -> ResponseReturnValue:
 @bp.get("/options")
 def get_options() -> ResponseReturnValue:
     svc = services()
-    checkpoint = _stored_options().get(CHECKPOINT) or svc.registry.default
-    return jsonify({CHECKPOINT: checkpoint, "sd_checkpoint_hash": None, "samples_format": "png"})
+    options = _stored_options()
+    checkpoint = options.get(CHECKPOINT) or svc.registry.default
+    return jsonify(
+        {
+            CHECKPOINT: checkpoint,
+            "sd_checkpoint_hash": None,
+            VAE: options.get(VAE) or "Automatic",
+            "samples_format": "png",
+        }
+    )
 
 
 @bp.post("/options")
 def set_options() -> ResponseReturnValue:
-    """Keep the caller's ``sd_model_checkpoint``; other options are accepted and ignored."""
+    """Keep the caller's ``sd_model_checkpoint`` and ``sd_vae`` (``Automatic`` / ``None``:
+    the model's own); other options are accepted and ignored."""
     body = _body()
     svc = services()
+    chosen: dict[str, Any] = {}
     if CHECKPOINT in body:
         name = body[CHECKPOINT]
         if not isinstance(name, str) or name not in svc.registry.names():
             raise invalid(CHECKPOINT, f"unknown model; known: {', '.join(svc.registry.names())}", name)
-        stored = {**_stored_options(), CHECKPOINT: name}
+        chosen[CHECKPOINT] = name
+    if VAE in body:
+        vae = vae_for(body[VAE])
+        if vae is not None and vae not in svc.registry.vaes:
+            known = ", ".join(["Automatic", "None", *sorted(svc.registry.vaes)])
+            raise invalid(VAE, f"unknown VAE; known: {known}", body[VAE])
+        chosen[VAE] = vae
+    if chosen:
+        stored = {**_stored_options(), **chosen}
         key = _options_key(current_principal().owner_id)
         svc.storage.put(key, json.dumps(stored).encode(), "application/json")
     return jsonify(None)

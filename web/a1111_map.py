@@ -33,7 +33,11 @@ FIELDS = {
     "strength": "denoising_strength",
     "image": "init_images",
     "model": "sd_model_checkpoint",
+    "vae": "sd_vae",
 }
+VAE_OWN = ("automatic", "none", "")
+"""A1111's ``sd_vae`` values that mean the model's own VAE (case-insensitive)."""
+VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 INFO_VERSION = "easel"
 
 
@@ -96,11 +100,31 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
         raise invalid("scheduler", "only the automatic schedule is supported; pick a sampler_name", schedule)
 
 
-def job_fields(body: dict[str, Any], model: str | None, img2img: bool = False) -> dict[str, Any]:
+def vae_for(value: Any) -> str | None:
+    """Easel's ``vae`` for an A1111 ``sd_vae``: ``None`` (the model's own) for
+    ``Automatic`` and ``None``; a file name (``x.safetensors``, as A1111 lists VAEs) is
+    the name without its suffix."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise invalid("sd_vae", "must be a VAE name, Automatic or None", value)
+    name = value.strip()
+    if name.lower() in VAE_OWN:
+        return None
+    for suffix in VAE_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def job_fields(
+    body: dict[str, Any], model: str | None, img2img: bool = False, vae: str | None = None
+) -> dict[str, Any]:
     """The Easel job fields of a ``txt2img`` / ``img2img`` payload (images aside).
 
-    ``model`` is the checkpoint chosen with ``POST /sdapi/v1/options``; the payload's
-    ``override_settings.sd_model_checkpoint`` wins over it.
+    ``model`` and ``vae`` are the checkpoint and ``sd_vae`` chosen with ``POST
+    /sdapi/v1/options``; the payload's ``override_settings.sd_model_checkpoint`` and
+    ``override_settings.sd_vae`` win over them.
     """
     _refuse_unsupported(body)
     fields: dict[str, Any] = {"prompt": body.get("prompt") or ""}
@@ -127,6 +151,9 @@ def job_fields(body: dict[str, Any], model: str | None, img2img: bool = False) -
     checkpoint = overrides.get("sd_model_checkpoint") or model
     if checkpoint:
         fields["model"] = checkpoint
+    chosen = vae_for(overrides["sd_vae"]) if "sd_vae" in overrides else vae_for(vae)
+    if chosen is not None:
+        fields["vae"] = chosen
     if img2img and body.get("denoising_strength") is not None:
         fields["strength"] = body["denoising_strength"]
     return fields
@@ -140,7 +167,7 @@ def info(job: Job, sampler: str | None = None) -> str:
     text = (
         f"{job.prompt}\nNegative prompt: {job.negative_prompt}\n"
         f"Steps: {job.steps}, Sampler: {sampler}, CFG scale: {job.guidance_scale:g}, "
-        f"Size: {job.width}x{job.height}, Model: {job.model}"
+        f"Size: {job.width}x{job.height}, Model: {job.model}" + (f", VAE: {job.vae}" if job.vae else "")
     )
     return json.dumps(
         {
@@ -162,6 +189,7 @@ def info(job: Job, sampler: str | None = None) -> str:
             "restore_faces": False,
             "sd_model_name": job.model,
             "sd_model_hash": None,
+            "sd_vae_name": job.vae,
             "denoising_strength": job.strength,
             "seed_resize_from_w": -1,
             "seed_resize_from_h": -1,

@@ -8,11 +8,12 @@ from flask import Blueprint, Response, jsonify, redirect, request, stream_with_c
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 
+from easel.shared.catalog_registry import fitting_adapters
 from easel.shared.errors import Gone, NotFound, ValidationFailed, field_detail
 from easel.shared.jobs import cancel_job, describe, get_job, list_jobs, preview_key
 from easel.shared.models import Job, JobOutput, JobStatus, JobType
 from easel.shared.queue import send_webhook
-from easel.shared.schemas import FamilyView, JobList, ModelLimits, ModelList, ModelView
+from easel.shared.schemas import FamilyView, JobList, ModelAdapters, ModelLimits, ModelList, ModelView
 from easel.shared.workers import live_workers_by_model
 from easel.web import events
 from easel.web.auth import current_principal
@@ -271,6 +272,7 @@ def list_models() -> ResponseReturnValue:
         ModelView(
             name=spec.name,
             default=spec.name == registry.default,
+            architecture=spec.architecture,
             family=FamilyView(
                 name=spec.family_info.name.value,
                 title=spec.family_info.title,
@@ -291,6 +293,7 @@ def list_models() -> ResponseReturnValue:
                 size_multiple=spec.family_info.size_multiple,
             ),
             workers=workers[spec.name],
+            adapters=ModelAdapters(**fitting_adapters(registry, spec)),
         )
         for spec in registry
     ]

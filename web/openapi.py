@@ -102,12 +102,16 @@ JOB_EXAMPLES = {
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
     """The whole document; schemas come from ``shared.schemas``."""
+    from easel.web.catalog import CatalogList, RescanResult
+
     _, defs = models_json_schema(
         [
             (JobCreate, "validation"),
             (JobView, "serialization"),
             (JobList, "serialization"),
             (ModelList, "serialization"),
+            (CatalogList, "serialization"),
+            (RescanResult, "serialization"),
             (ErrorResponse, "serialization"),
         ],
         ref_template=REF,
@@ -256,6 +260,23 @@ def openapi_document() -> dict[str, Any]:
                         "operationId": "listModels",
                         "summary": "Models, their limits and the live workers serving each",
                         "responses": {"200": _json("ModelList", "The models")},
+                    }
+                },
+                "/api/v1/catalog": {
+                    "get": {
+                        "operationId": "listCatalog",
+                        "summary": "Every file the workers found in their models folders",
+                        "responses": {"200": _json("CatalogList", "The files, servable or not")},
+                    }
+                },
+                "/api/v1/models/rescan": {
+                    "post": {
+                        "operationId": "rescanModels",
+                        "summary": "Ask every worker to rescan its models folders now",
+                        "responses": {
+                            "200": _json("RescanResult", "A worker rescanned"),
+                            "202": _json("RescanResult", "No worker answered within a few seconds"),
+                        },
                     }
                 },
                 "/healthz": {

@@ -178,6 +178,23 @@ class WorkerProcess:
         )
         return cls(settings, registry, models, runner, heartbeat, loop, pruner)
 
+    def serve(self, registry: Registry) -> list[str]:
+        """Serve ``registry`` from the next claim on (a rescan of the models folders found
+        files added or removed): the models ``EASEL_WORKER_MODELS`` names, else all of
+        them. The names it serves that it did not before."""
+        models = served_models(self.settings, registry) or [NO_MODELS]
+        added = [name for name in models if name not in self.models]
+        changed = models != self.models
+        self.registry = self.runner.registry = registry
+        self.models = models
+        self.runner.models = list(models)
+        self.heartbeat.models = list(models)
+        if self.heartbeat.sweeper is not None:
+            self.heartbeat.sweeper.models = list(models)
+        if changed:
+            log.info("worker %s now serves %s", self.heartbeat.worker_id, ", ".join(models))
+        return added
+
     def start(self) -> None:
         """Serve metrics, start beating (after marking dead predecessors on this host
         stopped), and start claiming."""
@@ -206,6 +223,19 @@ class WorkerProcess:
             self.runner.drain()
         finally:
             self.heartbeat.stop()
+
+
+NO_MODELS = ":none:"
+"""The model list of a worker whose models folders hold no model yet: a name no model can
+have, so it claims nothing (an empty list would mean every model)."""
+
+
+def served_models(settings: Settings, registry: Registry) -> list[str]:
+    """The models a worker serves: those ``EASEL_WORKER_MODELS`` names that the registry
+    has, else every model of the registry."""
+    if settings.served_models:
+        return [name for name in settings.served_models if name in registry]
+    return registry.names()
 
 
 def preload(

@@ -1,5 +1,5 @@
 """Offline means offline: EASEL_OFFLINE takes effect before huggingface_hub is imported,
-so no Easel process asks a hub (docs/models.md, "Offline")."""
+so no Easel process asks a hub (docs/bring-your-models.md, "Offline")."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ def test_embedded_defaults_need_no_server(tmp_path: Path, monkeypatch: pytest.Mo
     assert settings.database_url == f"sqlite:///{tmp_path}/easel.db"
     assert settings.broker_url == f"sqla+sqlite:///{tmp_path}/broker.db"
     assert settings.storage_url == (tmp_path / "outputs").as_uri()
-    assert settings.default_model == "tiny-sd"
+    assert settings.default_model is None  # the registry chooses: tiny-sd among the built-ins
     assert settings.offline is True
 
 

@@ -13,7 +13,7 @@ from PIL import Image, ImageFilter
 from easel.shared.families import ALL_SCHEDULERS, Family, family_of_pipeline
 from easel.shared.models import JobType
 from easel.shared.params import BATCH_KEY, GenerationParams
-from easel.worker.engine.adapters import control_kwargs, lora_scope
+from easel.worker.engine.adapters import control_kwargs, embedding_prompt, lora_scope
 from easel.worker.engine.fastpath import set_vae_tiling, use_vae_tiling
 from easel.worker.engine.weighting import uses_weighting, weighted_embeddings
 
@@ -75,12 +75,19 @@ def with_scheduler(pipe: Any, scheduler: Any) -> Any:
     """A pipeline sharing ``pipe``'s modules but using its own ``scheduler``.
 
     The cached pipeline is never mutated, so later calls see it as it was loaded.
-    Built with the pipeline's own constructor rather than ``from_pipe``, which casts
-    the shared modules to float32 unless told otherwise and costs ~15x more.
+    """
+    return with_components(pipe, scheduler=scheduler)
+
+
+def with_components(pipe: Any, **components: Any) -> Any:
+    """A pipeline of ``pipe``'s class sharing its modules but ``components`` (a
+    ``scheduler``, a ``vae``), and its config. ``pipe`` itself is never mutated. Built
+    with the pipeline's own constructor rather than ``from_pipe``, which casts the shared
+    modules to float32 unless told otherwise and costs ~15x more.
     """
     _, optional = pipe._get_signature_keys(pipe)
     config = {key: pipe.config[key] for key in optional if key in pipe.config}
-    return type(pipe)(**{**pipe.components, "scheduler": scheduler}, **config)
+    return type(pipe)(**{**pipe.components, **components}, **config)
 
 
 def call_view(pipe: Any, scheduler: Any, vae_tiling: bool) -> Any:
@@ -254,8 +261,12 @@ def _call(
     if head.control is not None:  # the ControlNet's image per image, and its scale
         kwargs.update(control_kwargs(head.type, [item.control for item in items], head.control.scale))
 
-    # 5. The prompts and guidance as the family takes them (family_prompts).
+    # 5. The prompts and guidance as the family takes them (family_prompts), each
+    # loaded embedding a prompt names as a word replaced by its private tokens.
     kwargs.update(family_prompts(family, items))
+    for name in ("prompt", "negative_prompt"):
+        if name in kwargs:
+            kwargs[name] = [embedding_prompt(call_pipe, text) for text in kwargs[name]]
     if uses_weighting(kwargs["prompt"], kwargs.get("negative_prompt", [])):  # (word:1.3): embeddings
         with torch.inference_mode():
             embeds = weighted_embeddings(call_pipe, kwargs.pop("prompt"), kwargs.pop("negative_prompt", []))

@@ -25,7 +25,7 @@ from easel.shared.params import params_of
 from easel.shared.registry import Registry
 from easel.shared.storage import Storage
 from easel.shared.transitions import Ending, finish_all, held_by, record_progress
-from easel.worker.engine.adapters import pipeline_for, prepare_control
+from easel.worker.engine.adapters import load_embeddings, pipeline_for, prepare_control
 from easel.worker.engine.claims import claim_batch
 from easel.worker.engine.generate import (
     GenerationRequest,
@@ -217,9 +217,10 @@ class JobRunner:
             return
         requests: dict[str, GenerationRequest] = {}
         for job in jobs:
-            try:
+            try:  # the embeddings its prompts name (not in the batch key: per job), its inputs
+                load_embeddings(pipelines, (job.prompt, job.negative_prompt), self.registry)
                 requests[job.id] = self._request(job)
-            except Exception as exc:  # an unreadable input fails its own job only
+            except Exception as exc:  # an unreadable input or embedding fails its own job only
                 self._fail(job, exc, self._timings(job, started, shared), contexts[job.id])
         self._generate_and_store(
             [j for j in jobs if j.id in requests], requests, pipe, started, shared, contexts
