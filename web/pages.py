@@ -7,12 +7,14 @@ from typing import Any
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from easel.shared.adapters import adapter_form_values
+from easel.shared.adapters import CONTROLNET_FAMILIES, EMBEDDING_FAMILIES, adapter_form_values
+from easel.shared.catalog_registry import ADAPTER_KINDS, fitting_adapters
 from easel.shared.errors import EaselError
 from easel.shared.families import ALL_SCHEDULERS
 from easel.shared.jobs import list_jobs
 from easel.shared.models import Job
 from easel.shared.params import PARAM_FIELDS, params_of
+from easel.shared.registry import Registry
 from easel.web.auth import current_principal
 from easel.web.services import services
 from easel.web.submit import accept_job, request_fields
@@ -24,11 +26,33 @@ REUSED_FIELDS = tuple(name for name in PARAM_FIELDS if name not in ("keep_unmask
 GALLERY_PAGE = 24
 
 
+def form_adapters(registry: Registry) -> dict[str, dict[str, list[str]]]:
+    """For each model, the LoRAs, ControlNets, VAEs and embeddings the form offers with it:
+    those that fit it (``fitting_adapters``), less ControlNets and embeddings on a family
+    that cannot use them (a job naming one would be refused)."""
+    offered: dict[str, dict[str, list[str]]] = {}
+    for spec in registry:
+        fits = fitting_adapters(registry, spec)
+        family = spec.family.value
+        if family not in CONTROLNET_FAMILIES:
+            fits["controlnets"] = []
+        if family not in EMBEDDING_FAMILIES:
+            fits["embeddings"] = []
+        offered[spec.name] = fits
+    return offered
+
+
 def _form_context(values: dict[str, Any], errors: dict[str, str], message: str = "") -> dict[str, Any]:
     registry = services().registry
+    default_model = registry.get(None)
+    adapters = form_adapters(registry)
+    selected = values.get("model") or default_model.name
     return {
         "models": list(registry),
-        "default_model": registry.get(None),
+        "default_model": default_model,
+        "adapter_fits": adapters,  # per model, for the form's script (static/form.js)
+        "adapters_model": selected,  # the model the server-rendered choices are for
+        "fitting": adapters.get(selected, {kind: [] for kind in ADAPTER_KINDS}),
         "schedulers": ALL_SCHEDULERS,
         "values": values,
         "errors": errors,

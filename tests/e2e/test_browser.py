@@ -258,3 +258,107 @@ def test_the_job_page_shows_the_live_preview_changing_before_the_job_finishes(
     assert page.locator("#status").get_attribute("data-status") == "canceled"
     assert page.locator("#preview-section").is_hidden()  # a finished job shows no preview
     assert any(f"/api/v1/jobs/{job['id']}/events" in u for u in page.requests_seen)  # type: ignore[attr-defined]
+
+
+ADAPTER_MODELS = """
+[models.bare]
+source = "directory"
+location = '{model}'
+max_size = 512
+
+[models.tiny-sd]
+source = "directory"
+location = '{model}'
+max_size = 512
+
+[loras.ink]
+location = '{lora}'
+models = ["tiny-sd"]
+
+[vaes.mse]
+location = '{vae}'
+models = ["tiny-sd"]
+"""
+
+
+@pytest.fixture(scope="module")
+def adapter_stack(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_lora: Path
+) -> Iterator[Stack]:
+    """web + worker with a models file: ``bare``, which no adapter fits (the default), and
+    ``tiny-sd``, which the LoRA ``ink`` and the VAE ``mse`` fit (tests/adapter_models.py)."""
+    from tests.adapter_models import build_tiny_vae
+    from tests.factories import make_stack
+
+    home = tmp_path_factory.mktemp("form-adapters-stack")
+    vae = build_tiny_vae(tiny_model, home / "mse.safetensors")
+    models = home / "form-adapters.toml"
+    models.write_text(ADAPTER_MODELS.format(model=tiny_model, lora=tiny_lora, vae=vae))
+    env = {"EASEL_AUTH_ENABLED": "false", "EASEL_MODELS_FILE": str(models), "EASEL_DEFAULT_MODEL": "bare"}
+    yield from make_stack(home, tiny_model, env).running(worker=True)
+
+
+def test_the_form_offers_the_loras_and_vaes_that_fit_the_model(browser: Any, adapter_stack: Stack) -> None:
+    context = browser.new_context(base_url=adapter_stack.base_url)
+    page = context.new_page()
+    try:
+        page.goto("/")
+        lora = page.locator("#lora-picker input[type=checkbox][value=ink]")
+        weight = page.get_by_label("Weight of ink")
+        vae = page.locator("select[name=vae]")
+        # bare: nothing fits it; the picker replaces the text field and says so
+        assert page.locator("select[name=model]").input_value() == "bare"
+        assert page.locator("#lora-none").is_visible() and lora.count() == 0
+        assert page.locator("input[name=loras]").is_hidden()
+        assert page.locator("#vae-none").is_visible() and vae.locator("option").all_inner_texts() == [
+            "the model's own"
+        ]
+        page.select_option("select[name=model]", "tiny-sd")  # the choices follow, no reload
+        assert page.locator("#lora-none").is_hidden() and page.locator("#vae-none").is_hidden()
+        assert vae.locator("option").all_inner_texts() == ["the model's own", "mse"]
+        assert weight.is_disabled()
+        page.get_by_label("ink", exact=True).check()
+        page.fill("input[aria-label='Weight of ink']", "0.5")
+        page.select_option("select[name=vae]", "mse")
+        assert page.input_value("input[name=loras]") == "ink:0.5"
+        page.select_option("select[name=model]", "bare")  # the picks do not fit: left out, said so
+        assert page.input_value("input[name=loras]") == "" and vae.input_value() == ""
+        assert "ink" in page.locator("#lora-left-out").inner_text()
+        page.select_option("select[name=model]", "tiny-sd")  # and come back with a model they fit
+        assert page.input_value("input[name=loras]") == "ink:0.5" and vae.input_value() == "mse"
+        assert lora.is_checked() and page.input_value("input[aria-label='Weight of ink']") == "0.5"
+        page.fill("textarea[name=prompt]", "a red box")
+        for name, value in (("width", "64"), ("height", "64"), ("steps", "3"), ("seed", "5")):
+            page.fill(f"input[name={name}]", value)
+        page.screenshot(path=str(ARTIFACTS / "form-adapters.png"), full_page=True)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/jobs/*")
+        page.locator("#status").wait_for()
+        wait_until_finished(page)
+        job = adapter_stack.job(page.url.rsplit("/", 1)[1])
+        assert job["status"] == "succeeded", job
+        assert job["model"] == "tiny-sd" and job["params"]["vae"] == "mse"
+        assert job["params"]["loras"] == [{"name": "ink", "weight": 0.5}]
+        params = page.locator("#params").inner_text()
+        assert "vae\tmse" in params and "loras\tink:0.5" in params
+        page.goto(f"/?from={job['id']}")  # filled from the job: its LoRA and VAE picked again
+        assert page.locator("select[name=model]").input_value() == "tiny-sd"
+        assert lora.is_checked() and page.input_value("input[aria-label='Weight of ink']") == "0.5"
+        assert vae.input_value() == "mse"
+    finally:
+        context.close()
+    # Without script: the text field and the server-rendered choices, filled from the job.
+    context = browser.new_context(base_url=adapter_stack.base_url, java_script_enabled=False)
+    page = context.new_page()
+    try:
+        page.goto(f"/?from={job['id']}")
+        assert page.locator("#lora-picker").is_hidden() and page.input_value("input[name=loras]") == "ink:0.5"
+        assert "LoRAs that fit this model: ink" in page.locator("#loras-hint").inner_text()
+        assert page.locator("select[name=vae]").input_value() == "mse"
+        page.screenshot(path=str(ARTIFACTS / "form-adapters-no-script.png"), full_page=True)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/jobs/*")
+        again = adapter_stack.job(page.url.rsplit("/", 1)[1])
+        assert again["params"]["loras"] == job["params"]["loras"] and again["params"]["vae"] == "mse"
+    finally:
+        context.close()

@@ -12,12 +12,23 @@
   let timer = null;
   let stream = null;
 
+  // A parameter as text: loras as the form writes them ("name:weight, ..."), control as
+  // "model edges, scale 1".
+  function shown(value) {
+    if (Array.isArray(value)) return value.map(shown).join(", ");
+    if (value && typeof value === "object") {
+      if ("name" in value && "weight" in value) return value.name + ":" + value.weight;
+      return Object.entries(value).map(([k, v]) => k + " " + shown(v)).join(", ");
+    }
+    return String(value);
+  }
+
   function fillTable(table, entries) {
     table.replaceChildren();
     for (const [key, value] of entries) {
       const tr = table.insertRow();
       tr.insertCell().textContent = key;
-      tr.insertCell().textContent = String(value);
+      tr.insertCell().textContent = shown(value);
     }
   }
 
