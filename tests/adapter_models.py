@@ -145,3 +145,14 @@ def write_kohya_lora(lora_folder: Path, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(kohya, str(out))
     return out
+
+
+def write_peft_lora(lora_folder: Path, out: Path) -> Path:
+    """The same LoRA as PEFT's own ``save_pretrained`` names it (``base_model.model.<module>``),
+    a format diffusers' ``load_lora_weights`` reads as no weights at all."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(lora_folder / "pytorch_lora_weights.safetensors"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"base_model.model." + k.removeprefix("unet."): v for k, v in weights.items()}, str(out))
+    return out

@@ -77,6 +77,46 @@ def test_lora_weight_zero_draws_as_without_and_weight_one_changes_the_picture(
     assert lora_bytes > 0 and pipelines.bytes == weight_bytes(pipelines.base)  # the cache's budget sees them
 
 
+def test_kohya_and_peft_files_draw_as_the_diffusers_file(
+    pipelines: ModelPipelines, registry: Registry, tiny_lora: Path, tmp_path: Path
+) -> None:
+    """The formats found in people's folders: kohya's sd-scripts and PEFT's own naming (which
+    diffusers alone would load as nothing) draw the same pixels as the diffusers file."""
+    from tests.adapter_models import write_kohya_lora, write_peft_lora
+
+    files = {
+        "as-kohya": write_kohya_lora(tiny_lora, tmp_path / "kohya.safetensors"),
+        "as-peft": write_peft_lora(tiny_lora, tmp_path / "peft.safetensors"),
+    }
+    loras = {
+        name: LoraSpec(name=name, location=str(path), models=("tiny-sd",)) for name, path in files.items()
+    }
+    both = Registry([registry.get("tiny-sd")], "tiny-sd", loras={**registry.loras, **loras})
+    drawn = {
+        name: px(run(pipelines, both, req(loras=(LoraRef(name=name, weight=0.7),)))[0][0])
+        for name in ("ink", *files)
+    }
+    assert np.abs(drawn["as-kohya"] - drawn["ink"]).max() <= 1
+    assert np.abs(drawn["as-peft"] - drawn["ink"]).max() <= 1
+
+
+def test_a_lora_that_matches_no_layer_fails_instead_of_drawing_without_it(
+    pipelines: ModelPipelines, registry: Registry, tmp_path: Path
+) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file({"unet.no_such_block.to_q.lora_A.weight": torch.zeros(4, 8)}, str(path))
+    stray = Registry(
+        [registry.get("tiny-sd")],
+        "tiny-sd",
+        loras={"stray": LoraSpec(name="stray", location=str(path), models=("tiny-sd",))},
+    )
+    with pytest.raises(ModelLoadError, match="stray"):
+        run(pipelines, stray, req(loras=(LoraRef(name="stray", weight=1.0),)))
+
+
 def test_lora_pixels_are_the_same_alone_and_batched(pipelines: ModelPipelines, registry: Registry) -> None:
     loras = (LoraRef(name="ink", weight=0.7),)
     alone = [run(pipelines, registry, req(seed, loras=loras))[0][0] for seed in (1, 2)]

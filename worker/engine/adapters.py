@@ -112,13 +112,40 @@ def _load_loras(pipelines: Any, refs: Sequence[LoraRef], registry: Registry, max
             del state.loras[old]
             log.info("unloaded LoRA %s from model %s", old, pipelines.spec.name)
         try:
-            base.load_lora_weights(spec.location, adapter_name=ref.name)
+            base.load_lora_weights(lora_weights(spec.location), adapter_name=ref.name)
+            if ref.name not in {n for names in base.get_list_adapters().values() for n in names}:
+                raise ValueError("no weight in the file matched a layer of the model")  # a silent no-op
         except Exception as exc:
             _forget_partial(base, ref.name)
             raise ModelLoadError(f"cannot load LoRA {ref.name!r} from {spec.location!r}: {exc}") from exc
         state.loras[ref.name] = None
         _recount(pipelines)
         log.info("loaded LoRA %s into model %s", ref.name, pipelines.spec.name)
+
+
+PEFT_PREFIX = "base_model.model."
+
+
+def lora_weights(location: str) -> Any:
+    """What ``load_lora_weights`` should read for the LoRA at ``location``: the path itself,
+    or, for a file saved by PEFT (``base_model.model.<module>...``, which diffusers would
+    load as nothing at all), its weights renamed as diffusers names them (``unet.`` or
+    ``text_encoder.``)."""
+    path = Path(location)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return location
+    from easel.shared.weights_header import read_header
+
+    if not any(key.startswith(PEFT_PREFIX) for key in read_header(path).tensors):
+        return location
+    from safetensors.torch import load_file
+
+    renamed = {}
+    for key, tensor in load_file(str(path)).items():
+        module = key.removeprefix(PEFT_PREFIX)
+        owner = "text_encoder." if module.startswith("text_model.") else "unet."
+        renamed[owner + module] = tensor
+    return renamed
 
 
 def _forget_partial(base: Any, name: str) -> None:
