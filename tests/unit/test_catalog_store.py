@@ -198,3 +198,60 @@ def test_an_empty_models_folder_serves_nothing_rather_than_everything(tmp_path: 
     assert served_models(settings, empty) == []
     with pytest.raises(UnknownModel):
         empty.get(NO_MODELS)
+
+
+def test_easel_models_rescan_waits_for_a_worker_and_lists_what_it_found(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`easel models rescan` asks, a worker's rescan thread answers, `easel models list` shows it."""
+    from click.testing import CliRunner
+
+    from easel.cli import main
+    from easel.shared.settings import get_settings
+    from easel.worker.catalog_sync import CatalogSync
+
+    monkeypatch.setenv("EASEL_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    scanner = FakeScanner()
+    scanner.records = [record("checkpoint", "a"), record("lora", "bad", available=False, reason="a LoHa")]
+    sync = CatalogSync(
+        [tmp_path],
+        Registry([], None, strict=False),
+        sessions(settings),
+        "w",
+        lambda registry: None,
+        scanner=scanner,
+        interval=0,  # only when asked
+        lost_after=30,
+    )
+    sync.scan()
+    sync.start()
+    try:
+        scans = scanner.scans
+        result = CliRunner().invoke(main, ["models", "rescan", "--wait", "20"])
+        assert result.exit_code == 0, result.output
+        assert "2 files, 1 available, 1 unavailable" in result.output
+        assert scanner.scans > scans
+    finally:
+        sync.stop()
+        get_settings.cache_clear()
+    listed = CliRunner().invoke(main, ["models", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert "unavailable: a LoHa" in listed.output and "checkpoint" in listed.output
+
+
+def test_easel_models_rescan_says_when_no_worker_answers(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from easel.cli import main
+    from easel.shared.settings import get_settings
+
+    monkeypatch.setenv("EASEL_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["models", "rescan", "--wait", "0.5"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code != 0 and "no worker rescanned within 0.5s" in result.output
