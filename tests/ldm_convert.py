@@ -295,3 +295,39 @@ def ensure_random_sd15(config_dir: Path, cache_dir: Path | None = None) -> Path:
         if os.path.exists(staging):
             os.unlink(staging)
     return path
+
+
+CONTROLNET_PREFIX = "control_model."
+
+
+def controlnet_ldm_name(key: str, config: Mapping[str, Any], hint_blocks: int) -> str:
+    """The original (``cldm``) name of diffusers ControlNet parameter ``key``, as A1111's
+    ``models/ControlNet`` files hold them: the encoder as the UNet's, under ``control_model.``,
+    plus the hint encoder, the zero convolutions and the middle block's output."""
+    for old, new in (
+        ("controlnet_down_blocks.", "zero_convs."),
+        ("controlnet_mid_block.", "middle_block_out."),
+    ):
+        if key.startswith(old):
+            index, _, rest = key[len(old) :].partition(".")
+            if old == "controlnet_mid_block.":
+                return f"{CONTROLNET_PREFIX}middle_block_out.0.{index}"  # index is weight/bias here
+            return f"{CONTROLNET_PREFIX}{new}{index}.0.{rest}"
+    if key.startswith("controlnet_cond_embedding."):
+        rest = key.removeprefix("controlnet_cond_embedding.")
+        if rest.startswith("conv_in."):
+            return f"{CONTROLNET_PREFIX}input_hint_block.0.{rest.removeprefix('conv_in.')}"
+        if rest.startswith("conv_out."):
+            last = 2 * (hint_blocks + 1)
+            return f"{CONTROLNET_PREFIX}input_hint_block.{last}.{rest.removeprefix('conv_out.')}"
+        index, _, tail = rest.removeprefix("blocks.").partition(".")
+        return f"{CONTROLNET_PREFIX}input_hint_block.{2 * (int(index) + 1)}.{tail}"
+    prefixes = {k: v for k, v in unet_key_map({**config, "up_block_types": []}).items()}
+    return CONTROLNET_PREFIX + unet_ldm_name(key, config, prefixes).removeprefix(UNET_PREFIX)
+
+
+def controlnet_to_ldm(controlnet: Any) -> dict[str, Any]:
+    """A diffusers ``ControlNetModel``'s weights in the original single-file layout."""
+    hint_blocks = len(controlnet.controlnet_cond_embedding.blocks)
+    config = dict(controlnet.config)
+    return {controlnet_ldm_name(k, config, hint_blocks): v for k, v in controlnet.state_dict().items()}

@@ -145,6 +145,29 @@ def test_controlnet_scale_zero_draws_the_plain_picture(pipelines: ModelPipelines
     assert control_pipe.unet is pipelines.base.unet  # from_pipe: the base weights are shared
 
 
+def test_a_single_file_controlnet_draws_as_its_diffusers_folder(
+    pipelines: ModelPipelines, registry: Registry, tiny_controlnet: Path, tmp_path: Path
+) -> None:
+    """A1111's models/ControlNet holds files in the original layout (control_model.*): read
+    with a config shaped like the model's own UNet, nothing fetched."""
+    from diffusers import ControlNetModel
+
+    from easel.shared.classify import Kind, classify
+    from easel.shared.weights_header import read_header
+    from tests.ldm_convert import controlnet_to_ldm, save_ldm
+
+    controlnet = ControlNetModel.from_pretrained(str(tiny_controlnet))
+    path = save_ldm(controlnet_to_ldm(controlnet), tmp_path / "edges.safetensors")
+    assert classify(read_header(path)).kind is Kind.CONTROLNET
+    single = ControlNetSpec(name="edges-file", location=str(path), models=("tiny-sd",), preprocessor="canny")
+    both = Registry(
+        [registry.get("tiny-sd")], "tiny-sd", controlnets={**registry.controlnets, "edges-file": single}
+    )
+    folder = px(run(pipelines, both, req(control=ControlRef(model="edges", scale=1.0)))[0][0])
+    file = px(run(pipelines, both, req(control=ControlRef(model="edges-file", scale=1.0)))[0][0])
+    assert np.abs(file - folder).max() <= 1
+
+
 def test_controlnet_drives_img2img(pipelines: ModelPipelines, registry: Registry) -> None:
     params = dict(type=JobType.IMG2IMG, strength=0.8, control=ControlRef(model="edges", scale=1.0))
     request = req(**params)

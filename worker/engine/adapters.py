@@ -157,16 +157,50 @@ def _forget_partial(base: Any, name: str) -> None:
         log.debug("nothing to remove after a failed load of LoRA %s", name)
 
 
+def _load_controlnet(location: str, base: Any) -> Any:
+    """A ControlNet from a diffusers folder (or Hub id), or from one file in the original
+    layout (``control_model.*``, as A1111's ``models/ControlNet`` holds them): read with
+    ``from_single_file`` and the config of a ControlNet shaped like the model's own UNet
+    (``ControlNetModel.from_unet``), so nothing is fetched."""
+    from diffusers import ControlNetModel
+
+    if not Path(location).is_file():
+        return ControlNetModel.from_pretrained(location, dtype=base.dtype)
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():  # only its config is wanted: no memory for its weights
+        shaped = ControlNetModel.from_unet(base.unet, load_weights_from_unet=False, **_hint_shape(location))
+    with tempfile.TemporaryDirectory(prefix="easel-controlnet-config-") as config:
+        shaped.save_config(config)
+        return ControlNetModel.from_single_file(location, config=config, local_files_only=True).to(base.dtype)
+
+
+def _hint_shape(location: str) -> dict[str, Any]:
+    """The hint encoder's channels of a single-file ControlNet, from its header: the
+    convolutions ``input_hint_block.0, 2, 4, ...`` (the last is the output's); each pair
+    after the first widens to the next of ``conditioning_embedding_out_channels``."""
+    from easel.shared.weights_header import read_header
+
+    convs = sorted(
+        (int(key.split(".")[-2]), info.shape)
+        for key, info in read_header(Path(location)).tensors.items()
+        if key.removeprefix("control_model.").startswith("input_hint_block.") and key.endswith(".weight")
+    )
+    if len(convs) < 3:
+        return {}
+    first, blocks = convs[0][1], [shape for _, shape in convs[1:-1]]
+    channels = (first[0], *(shape[0] for shape in blocks[1::2]))
+    return {"conditioning_embedding_out_channels": channels, "conditioning_channels": first[1]}
+
+
 def _control_pipe(pipelines: Any, pipe: Any, job_type: JobType, spec: ControlNetSpec) -> Any:
     state = _state(pipelines)
     key = (JobType(job_type).value, spec.name)
     if key in state.control_pipes:
         return state.control_pipes[key]
     if spec.name not in state.controlnets:
-        from diffusers import ControlNetModel
-
         try:
-            model = ControlNetModel.from_pretrained(spec.location, dtype=pipelines.base.dtype)
+            model = _load_controlnet(spec.location, pipelines.base)
         except Exception as exc:
             raise ModelLoadError(
                 f"cannot load ControlNet {spec.name!r} from {spec.location!r}: {exc}"
