@@ -492,8 +492,15 @@ def webhooks(loglevel: str) -> None:
     settings = get_settings()
     _setup_logging(loglevel)
     from easel.shared.queue import WEBHOOK_QUEUE
+    from easel.worker import metrics as worker_metrics
     from easel.worker.tasks import make_webhook_app
 
+    if settings.metrics_port:  # easel_webhook_deliveries_total, per sender
+        worker_metrics.init_webhook_series()
+        try:
+            worker_metrics.start_server(settings.metrics_port)
+        except OSError:  # a taken port must not keep webhooks from going out
+            click.echo(f"could not serve metrics on port {settings.metrics_port}", err=True)
     make_webhook_app(settings).worker_main(
         [
             "worker",

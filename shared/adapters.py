@@ -229,7 +229,9 @@ def split_lora_tags(prompt: str) -> tuple[str, list[dict[str, Any]]]:
 
     if "<" not in prompt:
         return prompt, []
-    text = _LORA_TAG.sub(take, prompt)
+    text, taken = _LORA_TAG.subn(take, prompt)
+    while taken:  # a tag inside a tag (<lora:<lora:a:1>:1>): the outer one is a tag once the inner goes
+        text, taken = _LORA_TAG.subn(take, text)
     return " ".join(text.split()) if found else prompt, found
 
 

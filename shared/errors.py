@@ -53,8 +53,35 @@ class UnknownModel(ValueError):
     """A model name that the registry does not know."""
 
 
+ERROR_DETAIL = "error_detail"
+"""The key of a failed job's ``timings`` that holds the operator's detail of its error
+(``ModelLoadError.detail``): shown on ``/admin``, left out of the job object."""
+
+
 class ModelLoadError(RuntimeError):
-    """A model whose weights could not be loaded."""
+    """A model (or adapter) whose weights could not be loaded.
+
+    Two messages: ``str(exc)`` (``detail``) is for the operator, with file names, paths and
+    the library's own error, and goes to the worker log and ``/admin``; ``public`` is what
+    the job's owner is told (``error.message``, the OpenAI and AUTOMATIC1111 bodies): what
+    failed, by name, and what they can do, never a path or a library's text.
+    """
+
+    def __init__(self, detail: str, public: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.public = public or (
+            "a model this job needs cannot be loaded on this server; the operator has the cause "
+            "in the worker log"
+        )
+
+
+def cannot_load(kind: str, name: str, advice: str) -> str:
+    """The public message of a ``ModelLoadError``: ``kind`` ``name`` failed, and ``advice``."""
+    return (
+        f"{kind} {name!r} cannot be loaded on this server ({advice}); "
+        "the operator has the cause in the worker log"
+    )
 
 
 class StorageError(RuntimeError):

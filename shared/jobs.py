@@ -9,12 +9,13 @@ import json
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from easel.shared import transitions
-from easel.shared.errors import Conflict, NotFound, ValidationFailed, field_detail
+from easel.shared.errors import ERROR_DETAIL, Conflict, NotFound, ValidationFailed, field_detail
 from easel.shared.models import Job, JobStatus
 from easel.shared.params import params_of
 from easel.shared.schemas import (
@@ -255,7 +256,7 @@ def describe(
         },
         error=error,
         webhook=_webhook_state(job),
-        timings=job.timings or {},
+        timings={k: v for k, v in (job.timings or {}).items() if k != ERROR_DETAIL},  # the operator's
     )
 
 
@@ -264,11 +265,20 @@ def waiting_for_worker(job: Job, serving_workers: int | None) -> bool:
     return job.status == JobStatus.QUEUED.value and serving_workers == 0
 
 
+def redact_userinfo(url: str) -> str:
+    """``url`` with any ``user:password@`` shown as ``***@`` (submit refuses credentials;
+    a row stored before that may still carry them)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
 def _webhook_state(job: Job) -> dict[str, Any] | None:
     if not job.webhook_url:
         return None
     return {
-        "url": job.webhook_url,
+        "url": redact_userinfo(job.webhook_url),
         "events": webhook_events(job),
         "attempts": job.webhook_attempts,
         "delivered_at": job.webhook_delivered_at.isoformat() if job.webhook_delivered_at else None,

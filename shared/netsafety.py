@@ -6,6 +6,8 @@ it carries inside is global too: IPv4-mapped (``::ffff:a.b.c.d``), 6to4
 (``64:ff9b::/96``, ``64:ff9b:1::/48``) forms are unwrapped, so ``[2002:7f00:1::]``
 is refused like ``127.0.0.1``. Shared address space (``100.64.0.0/10``, where some
 clouds serve instance metadata), multicast and reserved ranges are refused as well.
+Cloud metadata addresses (``METADATA_NETWORKS``, wrapped forms too), credentials in the
+URL, an empty host and port 0 are refused always, even with ``allow_private``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,17 @@ from urllib.parse import urlsplit
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 NAT64_NETWORKS = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+# Cloud instance metadata and host services: refused even with EASEL_WEBHOOK_ALLOW_PRIVATE
+# (credentials live there). IPv4 link-local (AWS, GCP, Azure IMDS at 169.254.169.254, ECS
+# at 169.254.170.2), Alibaba's 100.100.100.200, Azure's host 168.63.129.16, and AWS's IPv6
+# endpoints (fd00:ec2::254, fd00:ec2::23).
+METADATA_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+    ipaddress.IPv4Network("169.254.0.0/16"),
+    ipaddress.IPv4Network("100.100.100.200/32"),
+    ipaddress.IPv4Network("168.63.129.16/32"),
+    ipaddress.IPv6Network("fd00:ec2::/64"),
+    ipaddress.IPv6Network("fe80::a9fe:a9fe/128"),
+)
 
 
 class UnsafeUrl(ValueError):
@@ -53,6 +66,36 @@ def is_public_address(address: IPAddress) -> bool:
     return True
 
 
+def is_metadata_address(address: IPAddress) -> bool:
+    """True if ``address`` (or an IPv4 address inside it) is a cloud metadata or host
+    service address, or IPv4 link-local: never a webhook's target."""
+    if any(address in network for network in METADATA_NETWORKS if network.version == address.version):
+        return True
+    if isinstance(address, ipaddress.IPv6Address):
+        return any(is_metadata_address(inner) for inner in embedded_ipv4(address))
+    return False
+
+
+def check_url_shape(url: str) -> tuple[str, int]:
+    """The host and port of an http(s) URL with a host, a port that is not 0 and no
+    credentials; raise ``UnsafeUrl`` otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise UnsafeUrl(f"scheme {parts.scheme!r} is not allowed; use http or https")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise UnsafeUrl("must not carry credentials (user:password@); authenticate with the signature")
+    host = parts.hostname
+    if not host:
+        raise UnsafeUrl("has no host")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise UnsafeUrl(f"port is invalid ({exc})") from None
+    if port == 0:
+        raise UnsafeUrl("port 0 is not a port to deliver to")
+    return host, port or (443 if parts.scheme == "https" else 80)
+
+
 def resolve_checked(url: str, allow_private: bool = False) -> list[IPAddress]:
     """The addresses ``url``'s host resolves to, each checked; raise ``UnsafeUrl`` unless
     the URL is http(s) and every address is public (or ``allow_private``).
@@ -60,16 +103,7 @@ def resolve_checked(url: str, allow_private: bool = False) -> list[IPAddress]:
     Resolve once and connect to what this returns (``worker.webhooks`` pins it): a
     second lookup could answer differently (DNS rebinding).
     """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise UnsafeUrl(f"scheme {parts.scheme!r} is not allowed; use http or https")
-    host = parts.hostname
-    if not host:
-        raise UnsafeUrl("has no host")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as exc:
-        raise UnsafeUrl(f"port is invalid ({exc})") from None
+    host, port = check_url_shape(url)
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
@@ -83,6 +117,11 @@ def resolve_checked(url: str, allow_private: bool = False) -> list[IPAddress]:
                 f"or another that is not globally routable "
                 f"(set EASEL_WEBHOOK_ALLOW_PRIVATE=true to allow)"
             )
+        if is_metadata_address(address):  # even with allow_private
+            raise UnsafeUrl(
+                f"host {host!r} resolves to {address}, a cloud metadata or link-local address, "
+                "refused even with EASEL_WEBHOOK_ALLOW_PRIVATE"
+            )
         if address not in addresses:
             addresses.append(address)
     if not addresses:
@@ -93,12 +132,15 @@ def resolve_checked(url: str, allow_private: bool = False) -> list[IPAddress]:
 def check_public_url(url: str, allow_private: bool = False) -> None:
     """Raise ``UnsafeUrl`` unless ``url`` is http(s) and every address its host resolves
     to is public. Checked at submit; delivery checks again and connects to the checked
-    address. With ``allow_private`` only the scheme and host are checked (no lookup)."""
+    address. With ``allow_private`` only the URL's shape and an address written in it are
+    checked (no lookup; delivery refuses a name that resolves to a metadata address)."""
     if allow_private:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https"):
-            raise UnsafeUrl(f"scheme {parts.scheme!r} is not allowed; use http or https")
-        if not parts.hostname:
-            raise UnsafeUrl("has no host")
+        host, _ = check_url_shape(url)
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return
+        if is_metadata_address(address):
+            raise UnsafeUrl(f"{address} is a cloud metadata or link-local address")
         return
     resolve_checked(url, allow_private)

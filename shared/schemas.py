@@ -25,7 +25,7 @@ from easel.shared.errors import ValidationFailed, field_detail
 from easel.shared.families import ALL_SCHEDULERS
 from easel.shared.images import default_size
 from easel.shared.models import JobType
-from easel.shared.netsafety import UnsafeUrl, check_public_url
+from easel.shared.netsafety import UnsafeUrl, check_public_url, check_url_shape
 from easel.shared.params import MAX_SEED, PARAM_FIELDS, GenerationParams, bounds, knob
 from easel.shared.registry import ModelSpec, Registry
 from easel.shared.settings import Settings
@@ -119,6 +119,15 @@ class JobCreate(BaseModel):
         if value is not None and not value:
             raise ValueError(f"must name at least one of {', '.join(WEBHOOK_EVENTS)}")
         return None if value is None else [e for e in WEBHOOK_EVENTS if e in value]  # once each, in order
+
+    @field_validator("webhook_url", mode="before")
+    @classmethod
+    def _shape(cls, value: Any) -> Any:
+        """The URL as sent (parsing would turn ``http:///x`` into ``http://x/``): a host, a
+        port that is not 0, no credentials."""
+        if isinstance(value, str):
+            check_url_shape(value.strip())
+        return value
 
     @field_validator("webhook_url")
     @classmethod

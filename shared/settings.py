@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     auth_failure_limit: str = Field(
         "20/minute", description="Failed authentications per client address before 429."
     )
+    trusted_proxy_hops: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="Reverse proxies in front of the web tier whose X-Forwarded-For/-Proto to trust.",
+    )
     max_queued_per_key: int = Field(100, ge=1, description="Queued + running jobs one key may have.")
     sync_timeout_seconds: float = Field(
         300.0,
@@ -191,11 +197,16 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key for webhook signatures.")
     webhook_max_attempts: int = Field(6, ge=1, le=50, description="Deliveries tried before giving up.")
     webhook_backoff_seconds: float = Field(2.0, gt=0, description="First retry delay; doubles each time.")
-    webhook_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one webhook request.")
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, description="Wall-clock deadline of one webhook attempt (connect, send, status, headers)."
+    )
     webhook_progress_seconds: float = Field(
         5.0, gt=0, description="Least time between `progress` webhooks of one job."
     )
     webhook_concurrency: int = Field(8, ge=1, description="Parallel deliveries of `easel webhooks`.")
+    webhook_concurrency_per_owner: int = Field(
+        2, ge=1, description="Parallel deliveries of one owner's jobs in one `easel webhooks` process."
+    )
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:

@@ -39,6 +39,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
         setup_logging("INFO", settings.log_format)
     app = Flask(__name__)
+    if settings.trusted_proxy_hops:  # the client's address behind a proxy: per-address limits
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = settings.trusted_proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes, JSON_SORT_KEYS=False)
     Services(settings).init_app(app)
     request_ids.init_app(app)  # first, so even a 401 carries its request id
@@ -55,6 +60,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(admin.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics_bp)
+    from easel.web.ops_metrics import OpsCollector  # easel_ready, easel_workers_lost (alerts)
+
+    app.extensions["easel_metrics"].register(OpsCollector(app.extensions["easel"]))
     app.register_blueprint(pages.bp)
     logging.getLogger(__name__).debug("app created for %s", settings.database_url)
     return app

@@ -106,7 +106,9 @@ def img2img() -> ResponseReturnValue:
     options = _stored_options()
     fields = job_fields(body, options.get(CHECKPOINT), img2img=True, vae=options.get(VAE))
     images = body.get("init_images") or []
-    if not isinstance(images, list) or len(images) != 1 or not isinstance(images[0], str):
+    if not isinstance(images, list):
+        raise invalid("init_images", "must be a list holding one base64 image", type(images).__name__)
+    if len(images) != 1 or not isinstance(images[0], str):
         raise invalid("init_images", "must hold exactly one base64 image", f"{len(images)} images")
     files = {"image": upload("image", decode_base64("image", images[0]))}
     mask = body.get("mask")

@@ -10,7 +10,9 @@ Authentication is on by default. ``EASEL_AUTH_ENABLED=false`` (the local demo of
 Logout ends the key's page sessions on the server: it bumps the key's
 ``session_generation``, and a session cookie made before the bump no longer
 authenticates (even replayed). Failed authentications are counted per client
-address (``web.limits``); past ``EASEL_AUTH_FAILURE_LIMIT`` that address gets 429.
+address (``web.limits``); past ``EASEL_AUTH_FAILURE_LIMIT`` that address's failures get
+429, while a valid key from it still authenticates (behind a proxy every client may share
+one address: see ``EASEL_TRUSTED_PROXY_HOPS``).
 A request that matches no route is not authenticated: it is answered 404 (or 405).
 """
 
@@ -113,10 +115,10 @@ def _identify() -> ResponseReturnValue | None:
         return None
     header = request.headers.get("Authorization")
     if header is not None:
-        if (wait := auth_blocked_for()) is not None:
-            return _too_many_failures(wait)
         key = _key_for_header(header)
-        if key is None:
+        if key is None:  # only failures are limited: a valid key is never refused for them
+            if (wait := auth_blocked_for()) is not None:
+                return _too_many_failures(wait)
             record_auth_failure()
             return _unauthorized("the API key is unknown, malformed or revoked")
         g.principal = Principal(key.id, key.name, key.is_admin)
@@ -212,15 +214,15 @@ def login() -> ResponseReturnValue:
 
 @bp.post("/login")
 def login_submit() -> ResponseReturnValue:
-    if (wait := auth_blocked_for()) is not None:
-        page = render_template(
-            "login.html",
-            next=request.form.get("next", ""),
-            error=f"Too many failed sign-ins from this address; try again in {wait} seconds.",
-        )
-        return page, 429, {"Retry-After": str(wait)}
     key = _key_for(request.form.get("api_key", ""))
     if key is None:
+        if (wait := auth_blocked_for()) is not None:
+            page = render_template(
+                "login.html",
+                next=request.form.get("next", ""),
+                error=f"Too many failed sign-ins from this address; try again in {wait} seconds.",
+            )
+            return page, 429, {"Retry-After": str(wait)}
         record_auth_failure()
         return render_template(
             "login.html",

@@ -20,17 +20,22 @@ Each open stream holds one thread of a gunicorn ``gthread`` worker for its whole
 (``EASEL_MAX_EVENT_STREAMS_PER_KEY``; per client address when authentication is off)
 across all web processes through the ``event_streams`` table: a stream's row is
 refreshed at each heartbeat and deleted when it ends; a row its process left behind
-stops counting after ``STALE_HEARTBEATS`` heartbeats.
+stops counting after ``STALE_HEARTBEATS`` heartbeats. A stream ends as soon as its client
+hangs up (the socket is checked at every poll), so a client reconnecting after a network
+blip (``retry: 2000``) finds its slot free.
 """
 
 from __future__ import annotations
 
 import json
+import select as io_select
+import socket
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
+from flask import has_request_context, request
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
@@ -113,9 +118,14 @@ def stream(
     poll: float = POLL_SECONDS,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    gone: Callable[[], bool] | None = None,
 ) -> Iterator[str]:
     """The event stream of one job: ``read()`` answers its job object (a fresh session
-    each call); ``touch()`` refreshes the stream's slot at each heartbeat."""
+    each call); ``touch()`` refreshes the stream's slot at each heartbeat; ``gone()``
+    says the client has hung up (checked at every poll; default: the request's socket,
+    ``client_gone``), and the stream then ends, freeing its slot at once."""
+    if gone is None:
+        gone = client_gone_check()
     last_id = last_event_id or ""
     last_status = last_id.split(".", 1)[0] if last_id else None
     last_position: Any = None
@@ -139,3 +149,31 @@ def stream(
             touch()  # the slot stays live while the stream is
             touched = clock()
         sleep(poll)
+        if gone():
+            return
+
+
+def client_gone_check() -> Callable[[], bool]:
+    """A check that the client of the current request has closed its connection: the
+    socket gunicorn hands the app (``gunicorn.socket``) reads as closed. A quiet stream
+    writes nothing for a heartbeat, so without this a dropped client would be noticed
+    (and its slot freed) only at the next write, up to a heartbeat later. Outside
+    gunicorn (tests' client, another server) it never says gone."""
+    sock = request.environ.get("gunicorn.socket") if has_request_context() else None
+    if not isinstance(sock, socket.socket):
+        return lambda: False
+    return lambda: socket_closed(sock)
+
+
+def socket_closed(sock: socket.socket) -> bool:
+    """True if the peer closed ``sock`` (readable, and a peek reads end of stream or an
+    error); data waiting (a pipelined request) is not a hang-up."""
+    try:
+        readable, _, _ = io_select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except (OSError, ValueError):
+        return True

@@ -4,9 +4,10 @@
   ``EASEL_SUBMIT_RATE_LIMIT``. A submission counts only when it is accepted: a refused
   (4xx) request uses no submit quota.
 * Failed authentications per client address (``EASEL_AUTH_FAILURE_LIMIT``): unknown or
-  revoked keys, calls without a key, failed logins. Past the limit, every attempt to
-  authenticate from that address is answered ``429`` with ``Retry-After`` until the
-  window ends.
+  revoked keys, calls without a key, failed logins. Past the limit, every further
+  failure from that address is answered ``429`` with ``Retry-After`` until the window
+  ends; a valid key is never refused for them. The address is the client's as
+  ``EASEL_TRUSTED_PROXY_HOPS`` (werkzeug's ``ProxyFix``) reads it behind a proxy.
 
 The counters live in Redis when the broker is Redis, and otherwise in SQL
 (``SqlStorage``): a ``limits.db`` SQLite file next to an SQLite database (the embedded
@@ -216,3 +217,6 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.config["RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"] = True
     app.config["RATELIMIT_SWALLOW_ERRORS"] = True
     limiter.init_app(app)
+    # The limiter is one object per process: an app built after another's storage failed
+    # (tests build many) starts on its own new storage, not on the old one's fallback.
+    limiter._storage_dead = False

@@ -68,7 +68,7 @@ ERROR_CODES = {
     "rate_limited": "rate_limit_exceeded",
     "too_many_jobs": "rate_limit_exceeded",
 }
-_SIZE = re.compile(r"^\s*(\d{1,5})\s*x\s*(\d{1,5})\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*([0-9]{1,5})\s*x\s*([0-9]{1,5})\s*$", re.IGNORECASE | re.ASCII)  # no unicode digits
 
 
 def _invalid(param: str, message: str, value: Any = None) -> ValidationFailed:
@@ -110,7 +110,10 @@ def job_fields(body: dict[str, Any], registry: Registry) -> tuple[dict[str, Any]
     if "model" in body and (model := easel_model(body.pop("model"), registry)) is not None:
         fields["model"] = model
     if "n" in body:
-        fields["num_images"] = body.pop("n")
+        n = body.pop("n")
+        if isinstance(n, bool) or not isinstance(n, int):  # true is not 1
+            raise _invalid("n", "must be an integer", n)
+        fields["num_images"] = n
     if "size" in body and (size := parse_size(body.pop("size"))) is not None:
         fields["width"], fields["height"] = size
     response_format = body.pop("response_format", "b64_json")

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from easel.shared.db import rowcount
 from easel.shared.models import Worker, utcnow
+from easel.worker import metrics as worker_metrics
 from easel.worker.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
@@ -98,9 +99,11 @@ class Heartbeat:
         try:
             self.beat()
         except Exception:  # the database may be briefly away; try again next beat
+            worker_metrics.set_database_ready(False)
             self.healthy_since = None
             log.warning("heartbeat of %s failed; will retry", self.worker_id, exc_info=True)
             return
+        worker_metrics.set_database_ready(True)
         now = time.monotonic()
         if self.healthy_since is None:
             self.healthy_since = now

@@ -106,7 +106,7 @@ class WorkerProcess:
         worker_id = new_worker_id()
 
         def finished(job: Job, status: JobStatus, timings: dict[str, Any]) -> None:
-            worker_metrics.observe_job_finished(job.model, job.type, status.value, timings)
+            worker_metrics.observe_job_finished(job.model, job.type, status.value, timings, job.error_code)
             if job.webhook_url and "completed" in webhook_events(job):
                 notify(job.id)
 
@@ -204,6 +204,7 @@ class WorkerProcess:
                 worker_metrics.start_server(self.settings.metrics_port)
             except OSError:  # a taken port must not keep the worker from serving jobs
                 log.exception("could not serve metrics on port %d", self.settings.metrics_port)
+            worker_metrics.watch_gpus(self.heartbeat.device)
         self.heartbeat.start()
         self.pruner.start()  # the automatic retention prune: one worker per interval
         self.loop.start()

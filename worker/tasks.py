@@ -15,12 +15,15 @@ from celery import Celery, Task
 from sqlalchemy.orm import sessionmaker
 
 from easel.shared.db import engine_for
-from easel.shared.queue import DELIVER_WEBHOOK_TASK, RUN_JOB_TASK, make_celery
+from easel.shared.queue import DELIVER_WEBHOOK_TASK, RUN_JOB_TASK, WEBHOOK_QUEUE, make_celery
 from easel.shared.settings import Settings
+from easel.worker import metrics as worker_metrics
 from easel.worker.signing import secret_key
-from easel.worker.webhooks import WebhookDeliverer
+from easel.worker.webhooks import OwnerBusy, OwnerSlots, WebhookDeliverer
 
 log = logging.getLogger(__name__)
+
+OWNER_BUSY_COUNTDOWN = 1.0  # seconds before a delivery deferred for its owner's share is sent again
 
 
 def make_gpu_app(settings: Settings, wake: Callable[[], None]) -> Celery:
@@ -54,6 +57,7 @@ def make_webhook_app(settings: Settings) -> Celery:
             public_url=settings.public_url,
             timeout=settings.webhook_timeout_seconds,
             allow_private=settings.webhook_allow_private,
+            slots=OwnerSlots(settings.webhook_concurrency_per_owner),
         )
         if settings.webhook_secret is not None
         else None
@@ -65,16 +69,31 @@ def make_webhook_app(settings: Settings) -> Celery:
     ) -> bool | None:
         if deliverer is None:
             log.error("webhook of job %s dropped: EASEL_WEBHOOK_SECRET is not set", job_id)
+            worker_metrics.observe_webhook(event, "abandoned")
             return None
-        outcome = deliverer.deliver(job_id, event)
+        try:
+            outcome = deliverer.deliver(job_id, event)
+        except OwnerBusy:
+            # The owner has its share of slots here: send it again shortly, the same attempt.
+            app.send_task(
+                DELIVER_WEBHOOK_TASK,
+                args=(job_id, event),
+                countdown=OWNER_BUSY_COUNTDOWN,
+                retries=self.request.retries,
+                queue=WEBHOOK_QUEUE,
+            )
+            return None
         if outcome is False:
             attempt = self.request.retries + 1
             if attempt >= settings.webhook_max_attempts:
                 log.error(
                     "webhook of job %s abandoned after %d attempts", job_id, attempt, extra={"job_id": job_id}
                 )
+                worker_metrics.observe_webhook(event, "abandoned")
                 return False
+            worker_metrics.observe_webhook(event, "failed")
             raise self.retry(countdown=retry_delay(attempt, settings.webhook_backoff_seconds))
+        worker_metrics.observe_webhook(event, "delivered" if outcome else "skipped")
         return outcome
 
     return app

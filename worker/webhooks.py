@@ -8,6 +8,14 @@ more). The ``webhook-id`` is ``<job id>-<event>`` (``-<attempt>`` for ``start``,
 ``-<step>`` for ``progress``): the same on every retry of one message, so a receiver
 can drop duplicates.
 
+Each attempt has one wall-clock deadline (``EASEL_WEBHOOK_TIMEOUT_SECONDS``) for the
+lookup, connect, TLS, sending, and the receiver's status line and headers together: a
+watchdog cuts the socket when it passes, so a receiver that trickles a byte every few
+seconds cannot hold a sender thread. One owner holds at most
+``EASEL_WEBHOOK_CONCURRENCY_PER_OWNER`` deliveries at once in a sender process
+(``OwnerSlots``); its others are sent again a moment later (``OwnerBusy``), so its slow
+receivers delay only its own deliveries.
+
 The host is resolved once, each address checked (``shared.netsafety``), and the
 connection made to a checked address (pinned) while the ``Host`` header, TLS SNI and
 certificate check keep the URL's name: a name that resolves elsewhere a moment later
@@ -16,13 +24,20 @@ certificate check keep the URL's name: a name that resolves elsewhere a moment l
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import logging
-from dataclasses import dataclass
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 import certifi
 import urllib3
+import urllib3.connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from easel.shared.jobs import describe, webhook_events
@@ -32,6 +47,72 @@ from easel.shared.transitions import record_webhook_attempt
 from easel.worker.signing import EVENT_HEADER, signed_headers
 
 log = logging.getLogger(__name__)
+
+
+class DeliveryTimeout(urllib3.exceptions.TimeoutError):
+    """The attempt's wall-clock deadline passed (connect, headers and body together)."""
+
+
+class OwnerBusy(Exception):
+    """The job's owner already has its share of delivery slots in this process: send the
+    message again a moment later (not a failed attempt)."""
+
+
+class OwnerSlots:
+    """At most ``per_owner`` deliveries of one owner at once in this process, so one
+    owner's slow receivers hold only that owner's share of the sender's threads."""
+
+    def __init__(self, per_owner: int) -> None:
+        self.per_owner = per_owner
+        self._lock = threading.Lock()
+        self._busy: dict[str, int] = {}
+
+    def take(self, owner: str) -> bool:
+        with self._lock:
+            if self._busy.get(owner, 0) >= self.per_owner:
+                return False
+            self._busy[owner] = self._busy.get(owner, 0) + 1
+            return True
+
+    def give(self, owner: str) -> None:
+        with self._lock:
+            left = self._busy.get(owner, 0) - 1
+            if left > 0:
+                self._busy[owner] = left
+            else:
+                self._busy.pop(owner, None)
+
+    def busy(self, owner: str) -> int:
+        with self._lock:
+            return self._busy.get(owner, 0)
+
+
+class _Tracked(urllib3.connection.HTTPConnection):
+    """Keeps the TCP socket it made, so a watchdog can cut it (even mid TLS handshake)."""
+
+    raw: socket.socket | None = None
+
+    def _new_conn(self) -> socket.socket:
+        self.raw = super()._new_conn()
+        return self.raw
+
+
+class _TrackedHTTPS(urllib3.connection.HTTPSConnection):
+    raw: socket.socket | None = None
+
+    def _new_conn(self) -> socket.socket:
+        self.raw = super()._new_conn()
+        return self.raw
+
+
+def _cut(connection: _Tracked | _TrackedHTTPS, fired: threading.Event) -> None:
+    """The deadline passed: shut the socket down, which ends a blocked connect, send or
+    read at once (a per-read timeout would not: a byte every few seconds resets it)."""
+    fired.set()
+    for sock in (connection.sock, connection.raw):
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain call, also on TLS
 
 
 def post_pinned(
@@ -45,9 +126,13 @@ def post_pinned(
     """POST ``body`` to ``url`` over a connection to an address checked by
     ``resolve_checked`` (tried in order until one connects); the HTTP status.
 
+    ``timeout`` is a wall-clock deadline for the whole attempt (lookup, connect, TLS,
+    sending, and the status line and headers), kept by a watchdog that cuts the socket.
     Raises ``UnsafeUrl`` for a refused URL and ``urllib3.exceptions.HTTPError`` for
-    network failures. ``ca_certs``: the CA bundle for https (default: certifi's).
+    network failures (``DeliveryTimeout`` past the deadline). ``ca_certs``: the CA
+    bundle for https (default: certifi's).
     """
+    deadline = time.monotonic() + timeout
     addresses = resolve_checked(url, allow_private)
     parts = urlsplit(url)
     hostname = parts.hostname or ""
@@ -59,39 +144,51 @@ def post_pinned(
         headers.update(urllib3.util.make_headers(basic_auth=credentials))
     last_error: urllib3.exceptions.HTTPError | None = None
     for address in addresses:
-        pool: urllib3.HTTPConnectionPool
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        connection: _Tracked | _TrackedHTTPS
         if parts.scheme == "https":
-            pool = urllib3.HTTPSConnectionPool(
+            connection = _TrackedHTTPS(
                 str(address),
                 port,
+                timeout=left,
                 server_hostname=hostname,  # SNI
                 assert_hostname=hostname,  # the certificate must name the host, not the address
                 cert_reqs="CERT_REQUIRED",
                 ca_certs=ca_certs or certifi.where(),
-                maxsize=1,
             )
         else:
-            pool = urllib3.HTTPConnectionPool(str(address), port, maxsize=1)
+            connection = _Tracked(str(address), port, timeout=left)
+        fired = threading.Event()
+        watchdog = threading.Timer(left, _cut, (connection, fired))
+        watchdog.daemon = True
+        watchdog.start()
         try:
-            response = pool.urlopen(
-                "POST",
-                target,
-                body=body,
-                headers=headers,
-                redirect=False,
-                retries=False,
-                assert_same_host=False,
-                timeout=urllib3.Timeout(connect=timeout, read=timeout),
-                preload_content=False,  # the status is the answer; the body is never read
-            )
-            response.close()
+            connection.connect()
+            connection.request("POST", target, body=body, headers=headers)
+            response = connection.getresponse()  # the status line and headers; never the body
+            if fired.is_set():  # cut mid-answer: "HTTP/1.1 200" without its end is no answer
+                break
             return response.status
         except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError) as exc:
+            if fired.is_set():
+                break
             last_error = exc  # try the next checked address
+        except (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError) as exc:
+            if fired.is_set() or time.monotonic() >= deadline:
+                break
+            if isinstance(exc, urllib3.exceptions.HTTPError):
+                raise
+            if isinstance(exc, ssl.SSLError):
+                raise urllib3.exceptions.SSLError(exc) from None
+            raise urllib3.exceptions.ProtocolError(f"{type(exc).__name__}: {exc}") from None
         finally:
-            pool.close()
-    assert last_error is not None
-    raise last_error
+            watchdog.cancel()
+            connection.close()
+    if last_error is not None and time.monotonic() < deadline:
+        raise last_error
+    raise DeliveryTimeout(f"no complete answer within the {timeout:g} s deadline")
 
 
 @dataclass
@@ -103,6 +200,7 @@ class WebhookDeliverer:
     public_url: str
     timeout: float = 10.0
     allow_private: bool = False
+    slots: OwnerSlots = field(default_factory=lambda: OwnerSlots(2))
 
     def output_url(self, job: Job, index: int) -> str:
         return f"{self.public_url}/api/v1/jobs/{job.id}/outputs/{index}"
@@ -112,7 +210,8 @@ class WebhookDeliverer:
 
     def deliver(self, job_id: str, event: str = "completed") -> bool | None:
         """``True`` delivered, ``False`` failed (retry), ``None`` nothing to deliver (or an
-        intermediate event that failed: those are not retried)."""
+        intermediate event that failed: those are not retried). Raises ``OwnerBusy`` when
+        the job's owner already has ``slots.per_owner`` deliveries in flight here."""
         with self.sessions() as session:
             job = session.get(Job, job_id)
             if job is None or not job.webhook_url or event not in webhook_events(job):
@@ -131,6 +230,17 @@ class WebhookDeliverer:
                 "progress": f"{job_id}-progress-{view.progress.step}",
             }[event]
             label = f"job.{job.status}" if event == "completed" else f"job.{event}"
+            owner = job.owner_id or ""  # no owner (authentication off): one shared owner
+        if not self.slots.take(owner):
+            raise OwnerBusy(owner)
+        try:
+            return self._send(job_id, event, url, body, message_id, label)
+        finally:
+            self.slots.give(owner)
+
+    def _send(
+        self, job_id: str, event: str, url: str, body: bytes, message_id: str, label: str
+    ) -> bool | None:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "Easel-Webhook/1",

@@ -87,5 +87,7 @@ def test_a_broken_lora_fails_its_job_and_the_worker_serves_on(stack: Stack) -> N
     failed = stack.wait(stack.submit(**SMALL, loras=[{"name": "broken"}])["id"])
     assert failed["status"] == "failed"
     assert failed["error"]["code"] == "model_load_error"
-    assert "cannot load LoRA 'broken'" in failed["error"]["message"]
+    assert "LoRA 'broken' cannot be loaded on this server" in failed["error"]["message"]
+    assert "/" not in failed["error"]["message"].split("(", 1)[0]  # no path before the advice
+    assert "error_detail" not in failed["timings"]  # the operator's detail stays off the job object
     assert stack.wait(stack.submit(**SMALL)["id"])["status"] == "succeeded"

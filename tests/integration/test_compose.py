@@ -242,6 +242,9 @@ def test_compose_commands_run_a_job(
         assert envs["worker"]["EASEL_METRICS_PORT"] == "9100"
         envs["worker"]["EASEL_METRICS_PORT"] = str(metrics_port)
         envs["worker"] = with_gpus(envs["worker"], 1, tmp_path / "bin")
+        hooks_metrics_port = free_port()
+        assert envs["webhooks"]["EASEL_METRICS_PORT"] == "9100"
+        envs["webhooks"]["EASEL_METRICS_PORT"] = str(hooks_metrics_port)
         subprocess.run(
             command(compose["migrate"]),
             env=envs["migrate"],
@@ -273,6 +276,9 @@ def test_compose_commands_run_a_job(
         assert f"outputs/jobs/{job['id']}/0.png" in [o["Key"] for o in listed["Contents"]]
         metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
         assert metrics.status_code == 200 and "process_cpu_seconds_total" in metrics.text
+        delivered = 'easel_webhook_deliveries_total{event="completed",outcome="delivered"} 1.0'
+        hooks_metrics = f"http://127.0.0.1:{hooks_metrics_port}/metrics"
+        wait_for(lambda: delivered in requests.get(hooks_metrics, timeout=5).text, 10, "the delivery count")
     finally:
         stack.stop()
         shutil.rmtree(tmp_path / "models", ignore_errors=True)

@@ -315,7 +315,11 @@ def test_a_broken_vae_fails_its_job_with_model_load_error_and_the_next_job_succe
     runner.run_next()
     job = fetch(worker_env, broken)
     assert (job.status, job.error_code) == (JobStatus.FAILED.value, "model_load_error")
-    assert "cannot load VAE 'broken'" in (job.error_message or "")
+    # The owner is told which VAE and what to do; the file's path and the library's error
+    # are the operator's (the log, and /admin through timings' error_detail).
+    assert "VAE 'broken' cannot be loaded on this server" in (job.error_message or "")
+    assert str(worker_env["registry"].vaes["broken"].location) not in (job.error_message or "")
+    assert "cannot load VAE 'broken'" in job.timings["error_detail"]
     good = enqueue(worker_env, width=64, height=64, vae="mse", prompt="a box inkstyle")
     runner.run_next()
     job = fetch(worker_env, good)

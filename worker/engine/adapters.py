@@ -38,12 +38,16 @@ from easel.shared.adapters import (
     mentioned_embeddings,
     replace_embeddings,
 )
-from easel.shared.errors import ModelLoadError
+from easel.shared.errors import ModelLoadError, cannot_load
 from easel.shared.models import JobType
 from easel.shared.params import GenerationParams
 from easel.shared.registry import Registry
 
 log = logging.getLogger(__name__)
+
+# What a job's owner is told (ModelLoadError.public): the adapter by name and what to do.
+NOT_HERE = "the worker that ran the job does not have it; see the adapters of GET /api/v1/models"
+WITHOUT_IT = "submit without it or choose another (GET /api/v1/models lists the adapters)"
 
 CANNY_LOW, CANNY_HIGH = 100, 200
 
@@ -85,12 +89,18 @@ def pipeline_for(pipelines: Any, params: GenerationParams, registry: Registry, m
     if params.control is not None:
         spec = registry.controlnets.get(params.control.model)
         if spec is None:
-            raise ModelLoadError(f"ControlNet {params.control.model!r} is not in this worker's models file")
+            raise ModelLoadError(
+                f"ControlNet {params.control.model!r} is not in this worker's models file",
+                cannot_load("ControlNet", params.control.model, NOT_HERE),
+            )
         pipe = _control_pipe(pipelines, pipe, params.type, spec)
     if params.vae is not None:
         vae = registry.vaes.get(params.vae)
         if vae is None:
-            raise ModelLoadError(f"VAE {params.vae!r} is not in this worker's registry")
+            raise ModelLoadError(
+                f"VAE {params.vae!r} is not in this worker's registry",
+                cannot_load("VAE", params.vae, NOT_HERE),
+            )
         key = (JobType(params.type).value, params.control.model if params.control else "", vae.name)
         pipe = _vae_pipe(pipelines, pipe, key, vae)
     return pipe
@@ -104,7 +114,10 @@ def _load_loras(pipelines: Any, refs: Sequence[LoraRef], registry: Registry, max
             continue
         spec = registry.loras.get(ref.name)
         if spec is None:
-            raise ModelLoadError(f"LoRA {ref.name!r} is not in this worker's models file")
+            raise ModelLoadError(
+                f"LoRA {ref.name!r} is not in this worker's models file",
+                cannot_load("LoRA", ref.name, NOT_HERE),
+            )
         wanted = {r.name for r in refs}
         while len(state.loras) >= max_loaded and set(state.loras) - wanted:
             old = next(name for name in state.loras if name not in wanted)
@@ -117,7 +130,10 @@ def _load_loras(pipelines: Any, refs: Sequence[LoraRef], registry: Registry, max
                 raise ValueError("no weight in the file matched a layer of the model")  # a silent no-op
         except Exception as exc:
             _forget_partial(base, ref.name)
-            raise ModelLoadError(f"cannot load LoRA {ref.name!r} from {spec.location!r}: {exc}") from exc
+            raise ModelLoadError(
+                f"cannot load LoRA {ref.name!r} from {spec.location!r}: {exc}",
+                cannot_load("LoRA", ref.name, WITHOUT_IT),
+            ) from exc
         state.loras[ref.name] = None
         _recount(pipelines)
         log.info("loaded LoRA %s into model %s", ref.name, pipelines.spec.name)
@@ -203,7 +219,8 @@ def _control_pipe(pipelines: Any, pipe: Any, job_type: JobType, spec: ControlNet
             model = _load_controlnet(spec.location, pipelines.base)
         except Exception as exc:
             raise ModelLoadError(
-                f"cannot load ControlNet {spec.name!r} from {spec.location!r}: {exc}"
+                f"cannot load ControlNet {spec.name!r} from {spec.location!r}: {exc}",
+                cannot_load("ControlNet", spec.name, WITHOUT_IT),
             ) from exc
         state.controlnets[spec.name] = model.to(pipelines.base.device)
         _recount(pipelines)
@@ -218,7 +235,10 @@ def _control_pipe(pipelines: Any, pipe: Any, job_type: JobType, spec: ControlNet
         control_pipe = auto.from_pipe(pipe, controlnet=state.controlnets[spec.name], dtype=pipe.dtype)
     except Exception as exc:
         raise ModelLoadError(
-            f"ControlNet {spec.name!r} cannot drive model {pipelines.spec.name!r}: {exc}"
+            f"ControlNet {spec.name!r} cannot drive model {pipelines.spec.name!r}: {exc}",
+            cannot_load(
+                "ControlNet", spec.name, f"it does not fit model {pipelines.spec.name!r}; {WITHOUT_IT}"
+            ),
         ) from exc
     control_pipe.set_progress_bar_config(disable=True)
     state.control_pipes[key] = control_pipe
@@ -287,7 +307,10 @@ def load_vae(spec: VaeSpec, own: Any) -> Any:
             raise ValueError(_LACKS)
         vae = vae.to(device=own.device, dtype=own.dtype).eval()
     except Exception as exc:
-        raise ModelLoadError(f"cannot load VAE {spec.name!r} from {spec.location!r}: {exc}") from exc
+        raise ModelLoadError(
+            f"cannot load VAE {spec.name!r} from {spec.location!r}: {exc}",
+            cannot_load("VAE", spec.name, WITHOUT_IT),
+        ) from exc
     weight = own.encoder.conv_in.weight
     channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     apply_fast_path(_VaeOnly(vae), FastPathPlan(sdpa=True, channels_last=channels_last))
@@ -368,7 +391,10 @@ def _load_embedding(base: Any, spec: EmbeddingSpec, number: int) -> str:
                 text_encoder=encoder,
             )
     except Exception as exc:
-        raise ModelLoadError(f"cannot load embedding {spec.name!r} from {spec.location!r}: {exc}") from exc
+        raise ModelLoadError(
+            f"cannot load embedding {spec.name!r} from {spec.location!r}: {exc}",
+            cannot_load("embedding", spec.name, f"remove it from the prompt; {WITHOUT_IT}"),
+        ) from exc
     return " ".join(tokens)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from easel.shared.errors import ModelLoadError
+from easel.shared.errors import ModelLoadError, cannot_load
 from easel.shared.families import family_of_pipeline
 from easel.shared.models import JobType
 from easel.shared.registry import ModelSource, ModelSpec
@@ -62,13 +62,17 @@ def load_pipeline(
                 pipe = load_single_file(spec, dtype, offline)
     except Exception as exc:
         raise ModelLoadError(
-            f"cannot load model {spec.name!r} ({spec.source.value} {spec.location!r}): {exc}"
+            f"cannot load model {spec.name!r} ({spec.source.value} {spec.location!r}): {exc}",
+            cannot_load("model", spec.name, MODEL_ADVICE),
         ) from exc
     check_family(spec, pipe)
     pipe = pipe.to(plan.device)
     pipe.set_progress_bar_config(disable=True)
     apply_fast_path(pipe, plan_fast_path(plan, channels_last=channels_last, torch_compile=torch_compile))
     return pipe
+
+
+MODEL_ADVICE = "choose another model (GET /api/v1/models) or try again later"
 
 
 def check_family(spec: ModelSpec, pipe: Any) -> None:
@@ -81,7 +85,8 @@ def check_family(spec: ModelSpec, pipe: Any) -> None:
         actual = f"the {found.describe()} family" if found else "no family Easel serves"
         raise ModelLoadError(
             f"model {spec.name!r} is declared {family.describe()} but loads as {loaded}, which is "
-            f"{actual}; fix family in the models file (or remove it to read model_index.json)"
+            f"{actual}; fix family in the models file (or remove it to read model_index.json)",
+            cannot_load("model", spec.name, MODEL_ADVICE),
         )
 
 

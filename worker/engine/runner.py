@@ -18,7 +18,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError,
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
-from easel.shared.errors import ModelLoadError, StorageError, UnknownModel
+from easel.shared.errors import ERROR_DETAIL, ModelLoadError, StorageError, UnknownModel
 from easel.shared.jobs import webhook_events
 from easel.shared.models import Job, JobOutput, JobStatus
 from easel.shared.params import params_of
@@ -60,6 +60,15 @@ def error_code_for(exc: BaseException) -> str:
     if isinstance(exc, GpuOutOfMemory):
         return "out_of_memory"
     return "generation_error"
+
+
+def public_error(exc: BaseException) -> tuple[str, str | None]:
+    """What a failed job's owner is told, and the operator's detail (``None`` when the
+    message is all there is). A ``ModelLoadError`` names the model or adapter and what to
+    do; its paths and library text stay in the log and on ``/admin``."""
+    if isinstance(exc, ModelLoadError):
+        return exc.public, exc.detail
+    return str(exc), None
 
 
 class ProgressReporter:
@@ -419,8 +428,11 @@ class JobRunner:
 
     def _fail(self, job: Job, exc: BaseException, timings: dict[str, Any], context: dict[str, Any]) -> None:
         code = error_code_for(exc)
-        log.error("job %s failed: %s", job.id, code, exc_info=exc, extra=context)
-        self._finish(job, JobStatus.FAILED, timings, error=(code, str(exc)[:2000]))
+        message, detail = public_error(exc)
+        log.error("job %s failed: %s", job.id, code, exc_info=exc, extra=context)  # the whole detail
+        if detail is not None:  # for /admin; never in the job object a tenant sees
+            timings = {**timings, ERROR_DETAIL: detail[:2000]}
+        self._finish(job, JobStatus.FAILED, timings, error=(code, message[:2000]))
 
     @staticmethod
     def _timings(job: Job, started: float, shared: dict[str, Any]) -> dict[str, Any]:
@@ -517,5 +529,7 @@ class JobRunner:
                     "job %s is no longer ours; result of this run dropped", job.id, extra={"job_id": job.id}
                 )
             elif self.on_finished is not None:
+                if ending.error is not None:  # as recorded on the row (the failure code metric)
+                    job.error_code, job.error_message = ending.error
                 self.on_finished(job, final, ending.timings)
         return finals

@@ -34,7 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from easel.shared.errors import ModelLoadError
+from easel.shared.errors import ModelLoadError, cannot_load
 from easel.shared.families import FamilyName, get_family
 from easel.shared.models import JobType
 from easel.shared.registry import ModelSpec
@@ -315,6 +315,12 @@ def _how_to_declare(spec: ModelSpec, detection: Detection) -> str:
     )
 
 
+def _public(spec: ModelSpec) -> str:
+    """What the job's owner is told when ``spec``'s file cannot be served (the detail,
+    with the file's name and what to change in the models file, is the operator's)."""
+    return cannot_load("model", spec.name, "choose another model (GET /api/v1/models) or try again later")
+
+
 def plan_single_file(spec: ModelSpec, configs_dir: Path | None = None) -> tuple[str, str, Path | None]:
     """What ``load_single_file`` loads for ``spec``: the pipeline class name, the config
     folder and the original-config ``.yaml`` (or ``None``). Reads the file's header only;
@@ -323,7 +329,7 @@ def plan_single_file(spec: ModelSpec, configs_dir: Path | None = None) -> tuple[
     try:
         detection = detect(read_header(path))
     except UnreadableWeights as exc:
-        raise ModelLoadError(str(exc)) from exc
+        raise ModelLoadError(str(exc), _public(spec)) from exc
     arch = detection.architecture
     family = spec.family_info
     if arch is not None and arch.family is not spec.family:
@@ -331,17 +337,20 @@ def plan_single_file(spec: ModelSpec, configs_dir: Path | None = None) -> tuple[
             f"{path.name} holds {detection.describe()}, which is the "
             f"{get_family(arch.family).describe()} family, but the model is declared "
             f"{family.describe()}; fix family in model {spec.name!r}'s table (or remove it: a single "
-            "file's family is read from its header)"
+            "file's family is read from its header)",
+            _public(spec),
         )
     if arch is not None and arch.inpainting and not spec.inpainting:
         raise ModelLoadError(
             f"{path.name} holds {detection.describe()}, a dedicated inpainting checkpoint (9-channel "
-            f'UNet); set inpainting = true and types = ["inpaint"] in model {spec.name!r}\'s table'
+            f'UNet); set inpainting = true and types = ["inpaint"] in model {spec.name!r}\'s table',
+            _public(spec),
         )
     if arch is not None and arch.refiner and JobType.TXT2IMG in spec.types:
         raise ModelLoadError(
             f"{path.name} holds {detection.describe()}, which refines pictures and cannot draw from "
-            f'text; set types = ["img2img"] in model {spec.name!r}\'s table'
+            f'text; set types = ["img2img"] in model {spec.name!r}\'s table',
+            _public(spec),
         )
     inpaint = spec.inpainting or (arch is not None and arch.inpainting)
     if arch is not None:
@@ -354,7 +363,8 @@ def plan_single_file(spec: ModelSpec, configs_dir: Path | None = None) -> tuple[
         raise ModelLoadError(
             f"{path.name} holds {detection.describe()}; Easel ships the configs of "
             f"{', '.join(a.title for a in ARCHITECTURES.values())} only, so "
-            f"{_how_to_declare(spec, detection)}"
+            f"{_how_to_declare(spec, detection)}",
+            _public(spec),
         )
     else:
         config = materialize_configs(arch.name, configs_dir or default_configs_dir())

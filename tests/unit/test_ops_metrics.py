@@ -1,0 +1,50 @@
+"""The web tier's series for the alerts (web/ops_metrics.py): ``easel_ready`` per
+dependency and ``easel_workers_lost``, and ``/readyz`` reading the same checks."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from easel.migrations.upgrade import upgrade
+from easel.shared.db import session_scope
+from easel.shared.models import Worker, utcnow
+from easel.shared.settings import Settings
+from easel.web import create_app
+from tests.factories import parse_metrics, value
+
+
+def test_each_dependency_ready_or_not_and_readyz_agrees(tmp_path: Path) -> None:
+    """SQLite and the local folder answer; a broker on a closed port does not."""
+    settings = Settings(home=tmp_path, broker_url="redis://127.0.0.1:9/0")
+    upgrade(settings.database_url)
+    client = create_app(settings).test_client()
+    s = parse_metrics(client.get("/metrics").get_data(as_text=True))
+    assert value(s, "easel_ready", dependency="database") == 1
+    assert value(s, "easel_ready", dependency="storage") == 1
+    assert value(s, "easel_ready", dependency="broker") == 0
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.get_json()["checks"]["broker"].startswith("unavailable: ")
+    assert ready.get_json()["checks"]["database"] == "ok"
+
+
+def test_workers_lost_are_those_gone_silent_without_a_clean_stop(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, worker_lost_after_seconds=30)
+    upgrade(settings.database_url)
+    now = utcnow()
+    common: dict[str, Any] = {"hostname": "h", "models": [], "started_at": now - timedelta(hours=3)}
+    with session_scope(settings.database_url) as session:
+        session.add_all(
+            [
+                Worker(id="h:1", last_seen_at=now, **common),  # live
+                Worker(id="h:2", last_seen_at=now - timedelta(minutes=5), **common),  # lost
+                Worker(id="h:3", last_seen_at=now - timedelta(minutes=50), **common),  # lost
+                Worker(id="h:4", last_seen_at=now - timedelta(minutes=5), stopped_at=now, **common),  # clean
+                Worker(id="h:5", last_seen_at=now - timedelta(hours=2), **common),  # lost long ago
+            ]
+        )
+    s = parse_metrics(create_app(settings).test_client().get("/metrics").get_data(as_text=True))
+    assert value(s, "easel_workers_lost") == 2
+    assert value(s, "easel_workers", model="demo-shapes") == 1
