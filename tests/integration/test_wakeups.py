@@ -22,7 +22,7 @@ def test_submits_publish_through_the_apps_coalescer(tmp_path: Path, own_redis_ur
     timers = ManualTimers()
     wakeups.clock, wakeups.schedule = (lambda: timers.now), timers.schedule
     broker = redis.Redis.from_url(own_redis_url)
-    queue = queue_name(settings.default_model)
+    queue = queue_name(app.extensions["easel"].registry.default)
     with app.test_client() as client:
         for index in range(5):
             response = client.post("/api/v1/jobs", json={"prompt": f"p{index}"})

@@ -17,8 +17,7 @@ from easel.shared.models import Job, JobStatus
 from easel.shared.queue import make_celery, send_webhook
 from easel.shared.settings import Settings
 from tests.factories import insert_job, make_stack
-from tests.unit.test_tenant_isolation import Trickler
-from tests.webhook_receiver import Receiver
+from tests.webhook_receiver import Receiver, Trickler
 
 
 @pytest.fixture
