@@ -1,7 +1,9 @@
-"""Flat cost: the hot calls with a large finished-job history against an empty one.
+"""Flat cost: the hot calls with a large finished-job history against an empty one, or
+with a deep queue against a shallow one (``--mode queue``).
 
     python -m bench.scale                                   # 1,000,000 on PostgreSQL, 300,000 on SQLite
     python -m bench.scale --postgres-jobs 100000 --sqlite-jobs 30000 --samples 50
+    python -m bench.scale --mode queue                      # 1,000,000 / 300,000 queued jobs of 1,000 owners
 
 For each backend (``--backends``), two databases of this run's own: one with an empty
 history (or ``--empty-jobs`` finished jobs, so its list pages are full too) and one with
@@ -33,6 +35,24 @@ Prints one JSON object: per backend the history sizes, how long the fill took, a
 call p50 / p99 in milliseconds with the empty and the full history, the ratio of the
 p50s and whether it meets the target (full p50 within 2x of the empty one or 25 ms
 more, whichever is larger). Progress goes to stderr.
+
+``--mode queue``: the same, with a deep queue instead of a history: the "full" database
+holds ``--postgres-queued`` (1,000,000) or ``--sqlite-queued`` (300,000) queued jobs
+of ``--owners`` (1,000) other keys, at priority 0, created over an hour before the
+calling key's own ``--queued`` (so those are at the back of the queue), bulk-inserted
+like the history with the queue's maintained state rebuilt (``queue_turns``); the
+"empty" one ``--shallow-queued`` (50) such jobs. The calls: ``submit``, ``get``,
+``list``, ``list_queued`` (``?status=queued``), ``cancel``, ``metrics``, ``admin``
+(``GET /admin`` with an admin key), ``keda`` (the ScaledObject's query in
+deploy/k8s, PostgreSQL only), ``claim`` (a batch of up to 4 from the deep level:
+the best job of the 1,000 owners and its companions, then put back as a lost
+worker's jobs are) and ``sweep``. Then the drain rate: ``--drain-jobs`` (200) jobs
+of 10 keys at priority 1 (their own batch key) claimed in batches of 4 and finished
+(``finish_all``, nothing stored: the database's part of a worker's work alone), on
+each database in turn, ``--drain-rounds`` (3) times; jobs/s of each round, their
+medians and the ratio (target: at least 0.9). Then the same with ``--drain-work-ms``
+(100) of pause between each claim and its finish, standing for the pipeline call
+(``drain_with_work``; 0 skips it).
 """
 
 from __future__ import annotations
@@ -52,6 +72,13 @@ from bench._stack import emit, percentile, progress
 from bench.processes import TINY_SD_JOB
 
 CALLS = ("submit", "get", "list", "list_succeeded", "cancel", "metrics", "claim", "sweep", "prune")
+QUEUE_CALLS = ("submit", "get", "list", "list_queued", "cancel", "metrics", "admin", "keda", "claim", "sweep")
+QUEUE_WORKER = "bench:queue"
+DRAIN_WORKER = "bench:drain"
+CLAIM_BATCH = 4
+SCALED_OBJECT = (
+    Path(__file__).resolve().parent.parent / "deploy" / "k8s" / "worker-group" / "scaledobject.yaml"
+)
 HISTORY_WORKER = "bench:history"
 LIVE_WORKER = "bench:live"
 WARMUP = 5  # untimed rounds first: caches, compiled statements
@@ -77,14 +104,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         help="finished jobs in the 'empty' database (e.g. 100, so its list pages are full too)",
     )
+    parser.add_argument(
+        "--mode", choices=("history", "queue"), default="history", help="a deep history, or a deep queue"
+    )
+    parser.add_argument(
+        "--postgres-queued", type=int, default=1_000_000, help="queue mode: PostgreSQL's deep queue"
+    )
+    parser.add_argument("--sqlite-queued", type=int, default=300_000, help="queue mode: SQLite's deep queue")
+    parser.add_argument("--shallow-queued", type=int, default=50, help="queue mode: the shallow queue")
+    parser.add_argument("--owners", type=int, default=1000, help="queue mode: keys owning the queue")
+    parser.add_argument("--drain-jobs", type=int, default=200, help="queue mode: jobs drained per round")
+    parser.add_argument("--drain-rounds", type=int, default=3, help="queue mode: drain rounds per database")
+    parser.add_argument(
+        "--drain-work-ms",
+        type=float,
+        default=100.0,
+        help="queue mode: also drain with this pause per batch, for its pipeline call (0: not)",
+    )
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = sorted(set(backends) - {"postgresql", "sqlite"})
     if unknown or not backends:
         parser.error(f"--backends: {','.join(unknown) or '(none)'} is not postgresql or sqlite")
-    for name in ("postgres_jobs", "sqlite_jobs", "samples", "queued", "empty_jobs"):
-        if getattr(args, name) < (1 if name == "samples" else 0):
+    positive = ("samples", "owners", "drain_jobs", "drain_rounds")
+    for name in (
+        "postgres_jobs",
+        "sqlite_jobs",
+        "samples",
+        "queued",
+        "empty_jobs",
+        "postgres_queued",
+        "sqlite_queued",
+        "shallow_queued",
+        *positive[1:],
+    ):
+        if getattr(args, name) < (1 if name in positive else 0):
             parser.error(f"--{name.replace('_', '-')}: must be positive, got {getattr(args, name)}")
+    if args.drain_work_ms < 0:
+        parser.error(f"--drain-work-ms: must be 0 or more, got {args.drain_work_ms}")
     args.backends = backends
     return args
 
@@ -133,10 +190,12 @@ class Bench:
         self.storage = LocalStorage(home / "outputs")
         with self.sessions() as session:
             row, key = create_key(session, "bench")
+            admin_key = create_key(session, "bench-admin", admin=True)[1]
             session.commit()
             self.owner = row.id
         self.client = create_app(self.settings).test_client()
         self.headers = {"Authorization": f"Bearer {key}"}
+        self.admin_headers = {"Authorization": f"Bearer {admin_key}"}
         self._add_live_worker()
         self.queued = [self._submit()["id"] for _ in range(queued)]
         self._run(self.queued[:2] if len(self.queued) > 2 else [])
@@ -152,17 +211,11 @@ class Bench:
             session.commit()
 
     def _run(self, job_ids: list[str]) -> None:
-        """Two of the queued jobs are running on the live worker."""
-        from sqlalchemy import update
-
-        from easel.shared.models import Job, utcnow
+        """Two of the queued jobs are running on the live worker (claimed as it would)."""
+        from easel.shared.transitions import claim
 
         with self.sessions() as session:
-            session.execute(
-                update(Job)
-                .where(Job.id.in_(job_ids))
-                .values(status="running", worker_id=LIVE_WORKER, started_at=utcnow(), attempts=1)
-            )
+            claim(session, job_ids, LIVE_WORKER, "bench")
             session.commit()
         self.queued = [job_id for job_id in self.queued if job_id not in job_ids]
 
@@ -173,8 +226,8 @@ class Bench:
             raise RuntimeError(f"submit answered {response.status_code}: {response.get_data(as_text=True)}")
         return response.get_json()
 
-    def _get(self, path: str) -> None:
-        response = self.client.get(path, headers=self.headers)
+    def _get(self, path: str, headers: dict[str, str] | None = None) -> None:
+        response = self.client.get(path, headers=headers or self.headers)
         if response.status_code != 200:
             raise RuntimeError(
                 f"GET {path} answered {response.status_code}: {response.get_data(as_text=True)}"
@@ -209,7 +262,7 @@ class Bench:
                 claimed = claim_batch(session, "bench:claimer", None, 1)
             if not claimed:
                 raise RuntimeError("nothing was claimable")
-            return lambda: self._put_back(claimed[0].id)
+            return lambda: self._put_back([job.id for job in claimed])
 
         return {
             "submit": submit,
@@ -223,25 +276,144 @@ class Bench:
             "prune": lambda: prune(self.sessions, self.storage, nothing_due),
         }
 
-    def _put_back(self, job_id: str) -> None:
-        from sqlalchemy import update
+    def queue_calls(self) -> dict[str, Callable[[], Any]]:
+        """Each measured call of the deep-queue mode (see ``calls``)."""
+        from sqlalchemy import text
 
-        from easel.shared.models import Job
+        from easel.worker.engine.claims import claim_batch
+
+        calls = self.calls()
+        keda = text(keda_query()) if self.engine.dialect.name == "postgresql" else None
+
+        def claim() -> Callable[[], None]:
+            with self.sessions() as session:
+                claimed = claim_batch(session, QUEUE_WORKER, None, CLAIM_BATCH)
+            if len(claimed) != CLAIM_BATCH:
+                raise RuntimeError(f"a claim took {len(claimed)} jobs, not {CLAIM_BATCH}")
+            return lambda: self._put_back([job.id for job in claimed], QUEUE_WORKER)
+
+        def keda_count() -> None:
+            with self.engine.connect() as conn:
+                conn.execute(keda).scalar_one()
+
+        return {
+            **{name: calls[name] for name in ("submit", "get", "list", "cancel", "metrics", "sweep")},
+            "list_queued": lambda: self._get("/api/v1/jobs?status=queued&limit=20"),
+            "admin": lambda: self._get("/admin", self.admin_headers),
+            "keda": keda_count if keda is not None else lambda: None,
+            "claim": claim,
+        }
+
+    def _put_back(self, job_ids: list[str], worker: str = "bench:claimer") -> None:
+        """Claimed jobs back in the queue, as the sweep puts back a lost worker's."""
+        from easel.shared.transitions import recover_lost
 
         with self.sessions() as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id)
-                .values(
-                    status="queued",
-                    worker_id=None,
-                    batch_id=None,
-                    batch_size=None,
-                    started_at=None,
-                    attempts=0,
-                )
-            )
+            for job_id in job_ids:
+                recover_lost(session, job_id, worker, 0, False, 1)
+
+    # -- the queue ---------------------------------------------------------------------
+
+    def fill_queue(self, count: int, owners: int) -> float:
+        """Add ``count`` queued jobs of ``owners`` other keys, created before this key's
+        own, and rebuild the queue's state from them; seconds taken."""
+        from easel.shared import queue_turns
+
+        t0 = time.perf_counter()
+        if self.engine.dialect.name == "postgresql":
+            self._fill_queue_postgres(count, owners)
+        else:
+            self._fill_queue_sqlite(count, owners)
+        with self.sessions() as session:
+            queue_turns.rebuild(session)  # what the submits' transactions would have kept
             session.commit()
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy import text
+
+            # VACUUM too: autovacuum would, right after such a load, and in the middle of the
+            # measurement if it were left to do it.
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(text("VACUUM ANALYZE"))
+        return time.perf_counter() - t0
+
+    def _fill_queue_postgres(self, count: int, owners: int) -> None:
+        from sqlalchemy import text
+
+        statement = """
+            INSERT INTO jobs (id, type, model, status, priority, prompt, negative_prompt, width, height,
+                steps, guidance_scale, scheduler, seed, num_images, attempts, progress_step,
+                progress_total, cancel_requested, timings, owner_id, webhook_attempts, created_at,
+                updated_at)
+            SELECT md5('queued' || i), 'txt2img', 'tiny-sd', 'queued', 0, 'queued ' || i, '', 64, 64,
+                4, 7.5, 'euler', i, 1, 0, 0, 4, false, CAST('{}' AS json), md5('owner' || (i % :owners)),
+                0, t.created, t.created
+            FROM generate_series(1, :n) AS i,
+                LATERAL (SELECT now() - interval '2 hours' + interval '1 hour' * (i::float / :n) AS created) t
+        """
+        with self.engine.begin() as conn:
+            conn.execute(text(statement), {"n": count, "owners": owners})
+
+    def _fill_queue_sqlite(self, count: int, owners: int, chunk: int = 20_000) -> None:
+        import hashlib
+
+        from easel.shared.models import Job, utcnow
+
+        jobs = Job.__table__
+        start = utcnow() - timedelta(hours=2)
+        for first in range(1, count + 1, chunk):
+            rows = []
+            for i in range(first, min(first + chunk, count + 1)):
+                created = start + timedelta(hours=1) * (i / count)
+                rows.append(
+                    {
+                        "id": hashlib.md5(f"queued{i}".encode()).hexdigest(),
+                        "type": "txt2img",
+                        **TINY_SD_JOB,
+                        "status": "queued",
+                        "priority": 0,
+                        "prompt": f"queued {i}",
+                        "seed": i,
+                        "num_images": 1,
+                        "attempts": 0,
+                        "progress_step": 0,
+                        "progress_total": 4,
+                        "cancel_requested": False,
+                        "timings": {},
+                        "owner_id": hashlib.md5(f"owner{i % owners}".encode()).hexdigest(),
+                        "webhook_attempts": 0,
+                        "created_at": created,
+                        "updated_at": created,
+                    }
+                )
+            with self.engine.begin() as conn:
+                conn.execute(jobs.insert(), rows)
+            progress(f"sqlite: {min(first + chunk - 1, count)} of {count} queued jobs inserted")
+
+    def drain(self, count: int, work_seconds: float = 0.0) -> float:
+        """Jobs/s of ``count`` new jobs of 10 keys at priority 1 (a batch key of their
+        own) claimed in batches of ``CLAIM_BATCH`` and finished, nothing stored; with
+        ``work_seconds`` of pause between each claim and its finish (its pipeline call)."""
+        from easel.shared.models import Job, JobStatus
+        from easel.shared.transitions import Ending, finish_all
+        from easel.worker.engine.claims import claim_batch
+
+        with self.sessions() as session:
+            for i in range(count):
+                fields = {**TINY_SD_JOB, "steps": 5, "prompt": f"drain {i}", "seed": i}
+                session.add(Job(type="txt2img", **fields, priority=1, owner_id=f"drain{i % 10}", timings={}))
+            session.commit()
+        done = 0
+        t0 = time.perf_counter()
+        while done < count:
+            with self.sessions() as session:
+                claimed = claim_batch(session, DRAIN_WORKER, None, CLAIM_BATCH)
+                if not claimed or claimed[0].priority != 1:
+                    raise RuntimeError(f"the drain stopped after {done} of {count} jobs")
+                time.sleep(work_seconds)
+                endings = [Ending(job.id, JobStatus.SUCCEEDED, dict(TIMINGS)) for job in claimed]
+                finish_all(session, DRAIN_WORKER, endings)
+            done += len(claimed)
+        return count / (time.perf_counter() - t0)
 
     # -- the history -------------------------------------------------------------------
 
@@ -378,6 +550,31 @@ def measure(benches: list[Bench], samples: int) -> list[dict[str, list[float]]]:
     return times
 
 
+def keda_query() -> str:
+    """The query of deploy/k8s's ScaledObject (its models: tiny-sd)."""
+    import yaml
+
+    scaled = yaml.safe_load(SCALED_OBJECT.read_text())
+    return str(scaled["spec"]["triggers"][0]["metadata"]["query"])
+
+
+def measure_queue(benches: list[Bench], samples: int) -> list[dict[str, list[float]]]:
+    """``measure`` with the deep-queue calls."""
+    calls = [bench.queue_calls() for bench in benches]
+    times: list[dict[str, list[float]]] = [{name: [] for name in QUEUE_CALLS} for _ in benches]
+    for round_ in range(samples + WARMUP):
+        for name in QUEUE_CALLS:
+            for call, figures in zip(calls, times, strict=True):
+                t0 = time.perf_counter()
+                after = call[name]()
+                elapsed = (time.perf_counter() - t0) * 1000
+                if round_ >= WARMUP:
+                    figures[name].append(elapsed)
+                if callable(after):
+                    after()
+    return times
+
+
 def summarise(empty: list[float], full: list[float]) -> dict[str, Any]:
     """p50 / p99 (ms) of both, the p50 ratio, and the target (2x or +25 ms)."""
     e50, f50 = percentile(empty, 50), percentile(full, 50)
@@ -420,12 +617,83 @@ def run_backend(backend: str, history: int, args: argparse.Namespace) -> dict[st
     }
 
 
+def measure_drain(
+    shallow: Bench, deep: Bench, args: argparse.Namespace, work: float, backend: str
+) -> dict[str, Any]:
+    """Drain rates of both queues, ``--drain-rounds`` each, taking turns going first."""
+    import statistics
+
+    rates: dict[str, list[float]] = {"shallow": [], "deep": []}
+    for round_ in range(args.drain_rounds):
+        order = [("shallow", shallow), ("deep", deep)]
+        for name, bench in order if round_ % 2 == 0 else order[::-1]:
+            rates[name].append(round(bench.drain(args.drain_jobs, work), 1))
+        progress(
+            f"{backend}: drain round {round_ + 1} ({work * 1000:g} ms a batch): "
+            f"{rates['shallow'][-1]} / {rates['deep'][-1]} jobs/s"
+        )
+    shallow_rate, deep_rate = statistics.median(rates["shallow"]), statistics.median(rates["deep"])
+    return {
+        "jobs": args.drain_jobs,
+        "batch": CLAIM_BATCH,
+        "work_ms_per_batch": work * 1000,
+        "shallow_jobs_per_s": rates["shallow"],
+        "deep_jobs_per_s": rates["deep"],
+        "shallow_median": shallow_rate,
+        "deep_median": deep_rate,
+        "ratio": round(deep_rate / shallow_rate, 2),
+        "within_target": deep_rate >= 0.9 * shallow_rate,
+    }
+
+
+def run_queue_backend(backend: str, deep: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The deep-queue mode on one backend: a shallow and a deep queue, measured in turn."""
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="easel-scale-")))
+        benches = []
+        for name in ("shallow", "deep"):
+            (tmp / name).mkdir()
+            url = stack.enter_context(database(backend, tmp / name))
+            benches.append(Bench(url, tmp / name, args.queued))
+            stack.callback(benches[-1].close)
+        shallow, full = benches
+        shallow.fill_queue(args.shallow_queued, min(args.owners, max(1, args.shallow_queued)))
+        progress(f"{backend}: inserting {deep} queued jobs of {args.owners} keys")
+        fill_seconds = full.fill_queue(deep, args.owners)
+        progress(f"{backend}: {deep} queued jobs in {fill_seconds:.1f}s; measuring both databases")
+        shallow_times, deep_times = measure_queue(benches, args.samples)
+        drain = measure_drain(shallow, full, args, 0.0, backend)
+        worked = None
+        if args.drain_work_ms:
+            worked = measure_drain(shallow, full, args, args.drain_work_ms / 1000, backend)
+    calls = {name: summarise(shallow_times[name], deep_times[name]) for name in QUEUE_CALLS}
+    if backend != "postgresql":
+        del calls["keda"]
+    return {
+        "deep_queued": deep,
+        "shallow_queued": args.shallow_queued,
+        "owners": args.owners,
+        "fill_seconds": round(fill_seconds, 1),
+        "samples": args.samples,
+        "own_queued": args.queued,
+        "all_within_target": all(call["within_target"] for call in calls.values()) and drain["within_target"],
+        "calls": calls,
+        "drain": drain,
+        "drain_with_work": worked,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     import logging
 
     args = parse_args(argv)
     logging.getLogger("easel").setLevel(logging.ERROR)  # no line per accepted job or republish
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if args.mode == "queue":
+        deep = {"postgresql": args.postgres_queued, "sqlite": args.sqlite_queued}
+        figures = {backend: run_queue_backend(backend, deep[backend], args) for backend in args.backends}
+        emit({"benchmark": "scale", "mode": "queue", **figures})
+        return
     sizes = {"postgresql": args.postgres_jobs, "sqlite": args.sqlite_jobs}
     figures = {backend: run_backend(backend, sizes[backend], args) for backend in args.backends}
     emit({"benchmark": "scale", **figures})

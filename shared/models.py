@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    event,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -98,6 +99,8 @@ class CanonicalJson(TypeDecorator[Any]):
 # indexes: a pruned job leaves them, so finding what is due never rereads the history).
 OUTPUTS_DUE = "outputs_pruned_at IS NULL AND finished_at IS NOT NULL"
 INPUTS_DUE = "inputs_pruned_at IS NULL AND input_key IS NOT NULL AND finished_at IS NOT NULL"
+# Queued jobs only (partial indexes: the queue, never the history nor running jobs).
+QUEUED_ONLY = "status = 'queued'"
 
 
 class Base(DeclarativeBase):
@@ -109,10 +112,11 @@ class Job(Base):
 
     __tablename__ = "jobs"
     __table_args__ = (
-        # The claim query: queued jobs of a model, best priority first, then oldest.
+        # A model's queued jobs by priority, then age (the jobs ahead of a queued job), and
+        # its running ones.
         Index("ix_jobs_claim", "status", "model", "priority", "created_at"),
         Index("ix_jobs_created_at", "created_at"),
-        # Owner turns at claim time: when each owner's last job started.
+        # An owner's turn (shared.queue_turns): when its last job started.
         Index("ix_jobs_owner_started", "owner_id", "started_at"),
         # Hot paths that must not scan history (docs/design.md principle 11): an owner's
         # jobs newest first, and its active jobs; a status newest first (all owners);
@@ -122,6 +126,36 @@ class Job(Base):
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_model_finished", "model", "status", "finished_at"),
         Index("ix_jobs_status_finished", "status", "finished_at"),
+        # The queue (docs/design.md principle 2, shared.queue_turns): an owner's first queued
+        # job at a (model, type, priority), and a batch's companions by batch key.
+        Index(
+            "ix_jobs_queue",
+            "model",
+            "type",
+            "priority",
+            "owner_id",
+            "created_at",
+            "id",
+            postgresql_where=text(QUEUED_ONLY),
+            sqlite_where=text(QUEUED_ONLY),
+        ),
+        Index(
+            "ix_jobs_queue_key",
+            "model",
+            "type",
+            "width",
+            "height",
+            "steps",
+            "scheduler",
+            "guidance_scale",
+            "strength",
+            "priority",
+            "owner_id",
+            "created_at",
+            "id",
+            postgresql_where=text(QUEUED_ONLY),
+            sqlite_where=text(QUEUED_ONLY),
+        ),
         Index(
             "ix_jobs_outputs_due",
             "finished_at",
@@ -280,6 +314,40 @@ class JobDuration(Base):
     bucket: Mapped[str] = mapped_column(String(16), primary_key=True)  # its upper bound, or "+Inf"
     count: Mapped[int] = mapped_column(BigInteger, default=0)
     total: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class QueueTurn(Base):
+    """The queued jobs of one owner at one (model, type, priority): how many, the oldest
+    (the head) and the owner's turn (when its last job started; ``NEVER`` if none did).
+    The claim order's maintained state (``easel.shared.queue_turns``): kept in the
+    transaction that adds jobs to the queue or takes them out, so a claim reads the next
+    owner's head through an index instead of sorting the queue. Jobs without an owner
+    have ``owner_key`` ``''`` and never a turn."""
+
+    __tablename__ = "queue_turns"
+    __table_args__ = (
+        Index("ix_queue_turns_next", "model", "priority", "turn", "head_created", "head_id"),
+        Index("ix_queue_turns_next_any", "priority", "turn", "head_created", "head_id"),
+        Index("ix_queue_turns_owner", "owner_key"),
+    )
+
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    priority: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    queued: Mapped[int] = mapped_column(BigInteger, default=0)
+    turn: Mapped[datetime] = mapped_column(UTCDateTime)
+    head_created: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    head_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+    @classmethod
+    def __declare_last__(cls) -> None:
+        """Count every queued ``Job`` the ORM inserts (a submit, or a test's row) in this
+        table, in the inserting transaction; the other moves are ``shared.transitions``'."""
+        from easel.shared.queue_turns import count_inserted
+
+        if not event.contains(Job, "after_insert", count_inserted):  # mappers configure again
+            event.listen(Job, "after_insert", count_inserted)
 
 
 class Lease(Base):

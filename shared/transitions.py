@@ -6,8 +6,9 @@ when a worker is lost. Each function here changes a row only from the state it
 expects (and, for a running job, only for the worker that holds it), and says
 whether it did, so racing writers never undo each other and terminal states never
 change. A move to a final status also counts the job in the maintained statistics
-(``easel.shared.stats``) in the same transaction. Callers commit, except where a
-docstring says otherwise.
+(``easel.shared.stats``) in the same transaction, and a move into or out of ``queued``
+keeps the claim order's state (``easel.shared.queue_turns``) in it. Callers commit,
+except where a docstring says otherwise.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, delete, insert, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session, noload
 
+from easel.shared import queue_turns
 from easel.shared.db import rowcount
 from easel.shared.models import Job, JobOutput, JobStatus, utcnow
 from easel.shared.stats import Finished, FinishedJob, record_all_finished, record_finished
@@ -34,13 +36,16 @@ def _update(session: Session, *where: ColumnElement[bool], **values: Any) -> int
     )
 
 
-def _end(session: Session, *where: ColumnElement[bool], **values: Any) -> bool:
+def _end(session: Session, *where: ColumnElement[bool], leaves_queue: bool = False, **values: Any) -> bool:
     """Move the row to the final status in ``values`` if ``where`` holds, and count it in
-    the maintained statistics in the same transaction; whether it moved."""
+    the maintained statistics in the same transaction (and, when ``where`` says it is
+    queued, in the queue's state); whether it moved."""
     row = _end_uncounted(session, *where, **values)
     if row is None:
         return False
     record_finished(session, row, values["status"], values["finished_at"])
+    if leaves_queue:
+        queue_turns.left(session, [cast(queue_turns.Queued, row)])
     return True
 
 
@@ -51,9 +56,27 @@ def _end_uncounted(session: Session, *where: ColumnElement[bool], **values: Any)
         update(Job)
         .where(*where)
         .values(**values)
-        .returning(Job.model, Job.type, Job.created_at, Job.started_at)
+        .returning(Job.model, Job.type, Job.created_at, Job.started_at, *_QUEUE_COLUMNS)
         .execution_options(synchronize_session=False)
     ).first()
+
+
+_QUEUE_COLUMNS = (Job.priority, Job.owner_id, Job.id)
+"""With model, type and created_at, what the queue's state reads of a job (``Queued``)."""
+
+
+def _requeue(session: Session, *where: ColumnElement[bool], **values: Any) -> bool:
+    """Move the row back to ``queued`` with ``values`` if ``where`` holds, and count it in
+    the queue's state in the same transaction; whether it moved."""
+    rows = session.execute(
+        update(Job)
+        .where(*where)
+        .values(status=QUEUED, **values)
+        .returning(Job.model, Job.type, Job.created_at, *_QUEUE_COLUMNS)
+        .execution_options(synchronize_session=False)
+    ).all()
+    queue_turns.joined(session, rows)
+    return bool(rows)
 
 
 def held_by(worker_id: str | None, *job_ids: str) -> tuple[ColumnElement[bool], ...]:
@@ -68,7 +91,10 @@ _THESE = _JOBS.c.id.in_(bindparam("job_ids", expanding=True))
 _HELD = (_THESE, _JOBS.c.status == RUNNING, _JOBS.c.worker_id == bindparam("holder"))
 _CLAIM = (
     update(_JOBS)
-    .where(_THESE, _JOBS.c.status == QUEUED)
+    # A guard, not a way in: given ``status = 'queued'`` bare, SQLite's planner (without
+    # ANALYZE's statistics) reads the rows through a status index, every queued row,
+    # instead of the few ids; ``coalesce`` of the NOT NULL column changes nothing else.
+    .where(_THESE, func.coalesce(_JOBS.c.status, "") == QUEUED)
     .values(
         status=RUNNING,
         attempts=_JOBS.c.attempts + 1,
@@ -117,10 +143,13 @@ def claim(
     """Move the still-queued of ``job_ids`` to running for ``worker_id`` in one batch:
     the jobs that moved, as they are now (read by the same statement, in no set order;
     their outputs are not loaded: a claimed job's outputs are its runner's to write).
-    Each claim counts as an attempt."""
-    values = {"new_batch_id": batch_id, "new_batch_size": batch_size, "now": utcnow()}
+    Each claim counts as an attempt, and is its owner's turn (``queue_turns``)."""
+    now = utcnow()
+    values = {"new_batch_id": batch_id, "new_batch_size": batch_size, "now": now}
     parameters = {"job_ids": list(job_ids), "holder": worker_id, **values}
-    return list(session.scalars(_CLAIMED, parameters).all())
+    jobs = list(session.scalars(_CLAIMED, parameters).all())
+    queue_turns.left(session, jobs, started_at=now)
+    return jobs
 
 
 def set_batch_size(session: Session, job_ids: Sequence[str], batch_id: str, images: int) -> None:
@@ -239,6 +268,7 @@ def cancel(session: Session, job_id: str) -> JobStatus | None:
         session,
         Job.id == job_id,
         Job.status == QUEUED,
+        leaves_queue=True,
         status=JobStatus.CANCELED.value,
         cancel_requested=True,
         finished_at=now,
@@ -267,10 +297,15 @@ def recover_lost(
     (``worker_lost``) once it used ``max_attempts``, else back to ``queued``; commits.
     The new status, or ``None`` if the job was no longer that worker's."""
     now = utcnow()
+    mine = held_by(worker_id, job_id)
+    if not cancel_requested and attempts < max_attempts:
+        requeued = _requeue(session, *mine, worker_id=None, progress_step=0, updated_at=now)
+        session.commit()
+        return JobStatus.QUEUED if requeued else None
     values: dict[str, Any]
     if cancel_requested:
         values = {"status": JobStatus.CANCELED.value, "finished_at": now}
-    elif attempts >= max_attempts:
+    else:
         values = {
             "status": JobStatus.FAILED.value,
             "finished_at": now,
@@ -280,13 +315,7 @@ def recover_lost(
                 f"(last: {worker_id}); giving up after EASEL_MAX_ATTEMPTS={max_attempts}"
             ),
         }
-    else:
-        values = {"status": QUEUED, "worker_id": None, "progress_step": 0}
-    mine = held_by(worker_id, job_id)
-    if values["status"] == QUEUED:
-        done = bool(_update(session, *mine, **values, updated_at=now))
-    else:
-        done = _end(session, *mine, **values, updated_at=now)
+    done = _end(session, *mine, **values, updated_at=now)
     session.commit()
     return JobStatus(values["status"]) if done else None
 
@@ -303,13 +332,12 @@ def requeue_finished(session: Session, job_id: str) -> bool:
     to ``queued`` with its attempts and outputs cleared; commits. Whether it moved (a job
     whose inputs retention deleted cannot run again)."""
     now = utcnow()
-    moved = _update(
+    moved = _requeue(
         session,
         Job.id == job_id,
         Job.status.in_([JobStatus.FAILED.value, JobStatus.CANCELED.value]),
         Job.inputs_pruned_at.is_(None),
         **dict.fromkeys(_RUN_TRACES),
-        status=QUEUED,
         attempts=0,
         cancel_requested=False,
         progress_step=0,

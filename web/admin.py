@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from easel.shared.jobs import cancel_job, get_job
 from easel.shared.models import Job, JobStatus, Worker, utcnow
+from easel.shared.queue_turns import queued_by_type
 from easel.shared.transitions import requeue_finished
 from easel.web.auth import current_principal
 from easel.web.services import services
@@ -34,10 +35,9 @@ def overview() -> ResponseReturnValue:
         workers = session.scalars(
             select(Worker).where(Worker.stopped_at.is_(None)).order_by(Worker.last_seen_at.desc()).limit(200)
         ).all()
-        depth = session.execute(
-            select(Job.model, Job.status, func.count())
-            .where(Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
-            .group_by(Job.model, Job.status)
+        queued = queued_by_type(session)  # maintained: the queue's rows are never counted
+        running = session.execute(
+            select(Job.model, func.count()).where(Job.status == JobStatus.RUNNING.value).group_by(Job.model)
         ).all()
         failures = session.scalars(
             select(Job)
@@ -46,8 +46,10 @@ def overview() -> ResponseReturnValue:
             .limit(RECENT_FAILURES)
         ).all()
     queues: dict[str, dict[str, int]] = {}
-    for model, status, count in depth:
-        queues.setdefault(model, {"queued": 0, "running": 0})[status] = count
+    for _, model, count in queued:
+        queues.setdefault(model, {"queued": 0, "running": 0})["queued"] += count
+    for model, count in running:
+        queues.setdefault(model, {"queued": 0, "running": 0})["running"] = count
     for name in svc.registry.names():
         queues.setdefault(name, {"queued": 0, "running": 0})
     return render_template(

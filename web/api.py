@@ -131,6 +131,7 @@ def jobs_index() -> ResponseReturnValue:
             current_principal().owner_filter,
         )
         estimates = queue_estimates(session)
+        estimates.prepare(jobs)
         views = [job_view(session, job, estimates) for job in jobs]
     return jsonify(
         JobList.model_validate({"jobs": views, "next_cursor": next_cursor}).model_dump(mode="json")

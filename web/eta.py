@@ -12,29 +12,41 @@ step-megapixel and 0.2 s of overhead stands in.
   running jobs) / live workers serving the model, plus its own cost; ``None`` while
   no live worker serves the model (it waits for one to start).
 
-Nothing here reads the job history (docs/design.md principle 11): the cost figures
-read the model's latest ``EASEL_ETA_HISTORY_JOBS`` succeeded rows through
-``ix_jobs_model_finished`` (model, status, finished_at), a bounded rolling sample
-that costs the same with a million finished jobs as with twenty; queue position and
-the work ahead count only queued and running rows, through the status-first
-``ix_jobs_claim``. ``QueueEstimates`` places the jobs of one request: it reads the
-live workers and each model's cost figures once, and a queued job's line (position,
-work ahead, work running) in one statement.
+Nothing here reads the job history or the whole queue (docs/design.md principle 11):
+the cost figures read the model's latest ``EASEL_ETA_HISTORY_JOBS`` succeeded rows
+through ``ix_jobs_model_finished`` (model, status, finished_at), a bounded rolling
+sample that costs the same with a million finished jobs as with twenty. A queued job's
+line reads at most ``EXACT_AHEAD`` of the queued jobs ahead of it at higher priorities
+and as many at its own, and the model's running jobs, through the status-first
+``ix_jobs_claim``, in one statement. With fewer ahead, its position and the work ahead
+are exact; with more, the position is estimated (``estimate_ahead``) from the queue's
+maintained counts (``easel.shared.queue_turns``) and, within its priority, from its age
+between the oldest and the newest queued job there (two index probes), rounded to two
+significant digits, and the work ahead is that many jobs of the mean work of those
+read. ``QueueEstimates`` places the jobs of one request: it reads the live workers and
+each model's cost figures and counts once, and skips the count for a job behind one
+already found too far back (``prepare``).
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select
+from sqlalchemy import ColumnElement, Select, bindparam, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
+from easel.shared import queue_turns
 from easel.shared.models import Job, JobStatus
 from easel.shared.workers import live_worker_models, serves
 
 PRIOR_RATE = 0.5
 PRIOR_OVERHEAD = 0.2
+EXACT_AHEAD = 1000
+"""Queued jobs ahead of a job read to place it: below this many its position is exact."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +105,8 @@ class QueueEstimates:
 
     Reads the live workers once and each model's cost figures once, however many jobs
     it places (a page of the list), and a queued job's line in one statement: the queued
-    jobs ahead of it and the work left in its model's running jobs.
+    jobs ahead of it (at most ``EXACT_AHEAD`` at higher priorities and as many at its
+    own) and the work left in its model's running jobs.
     """
 
     session: Session
@@ -101,6 +114,15 @@ class QueueEstimates:
     lost_after: float
     _worker_models: list[list[str]] | None = field(default=None, init=False, repr=False)
     _costs: dict[str, CostModel] = field(default_factory=dict, init=False, repr=False)
+    _lines: dict[str, tuple[int, float, float]] = field(default_factory=dict, init=False, repr=False)
+    _far: dict[tuple[str, int], tuple[tuple[datetime, str], _Read]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    _running: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+    _counts: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict, init=False, repr=False)
+    _ages: dict[tuple[str, int], tuple[datetime | None, datetime | None]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def workers(self, model: str) -> int:
         """How many live workers serve ``model``."""
@@ -124,7 +146,7 @@ class QueueEstimates:
         if job.status != JobStatus.QUEUED.value:
             return Place()
         workers = self.workers(job.model)
-        position, ahead_work, running_work = _line(self.session, job)
+        position, ahead_work, running_work = self._line(job)
         if workers == 0:
             return Place(position, None, workers)
         model = self.cost(job.model)
@@ -132,42 +154,145 @@ class QueueEstimates:
         own = model.cost(job.steps, job.width, job.height, job.num_images)
         return Place(position, round(max(0.1, wait / workers + own), 2), workers)
 
+    def prepare(self, jobs: Iterable[Job]) -> None:
+        """Place the queued of ``jobs`` oldest first, so that once one is too far back to
+        count, the jobs behind it at its priority are estimated without counting."""
+        queued = [job for job in jobs if job.status == JobStatus.QUEUED.value]
+        for job in sorted(queued, key=lambda job: (job.created_at, job.id)):
+            self._line(job)
+
+    def _line(self, job: Job) -> tuple[int, float, float]:
+        """``job``'s position, the work of the queued jobs ahead of it and what is left of
+        its model's running jobs (work: steps x pixels x images)."""
+        if job.id in self._lines:
+            return self._lines[job.id]
+        level = (job.model, job.priority)
+        far = self._far.get(level)
+        if far is not None and (job.created_at, job.id) > far[0]:
+            line = self._estimate(job, None, far[1])
+        else:
+            read = _read_line(self.session, job)
+            self._running[job.model] = read.running_work
+            if read.higher < EXACT_AHEAD and read.same < EXACT_AHEAD:
+                line = (read.higher + read.same, read.higher_work + read.same_work, read.running_work)
+            else:
+                if read.same >= EXACT_AHEAD:
+                    self._far[level] = ((job.created_at, job.id), read)
+                line = self._estimate(job, read, read)
+        self._lines[job.id] = line
+        return line
+
+    def _estimate(self, job: Job, read: _Read | None, sample: _Read) -> tuple[int, float, float]:
+        """``job``'s line when more than ``EXACT_AHEAD`` are ahead of it (``read``, or
+        known to be from ``sample``, another job's read at its priority): the jobs ahead
+        at higher priorities (read, or counted), at its own (read, or estimated by age)."""
+        higher = sample.higher if sample.higher < EXACT_AHEAD else self._queued_at(job)[0]
+        if read is not None and read.same < EXACT_AHEAD:
+            same = read.same
+        else:
+            same = estimate_ahead(job.created_at, self._bounds(job), self._queued_at(job)[1])
+        ahead = round_estimate(higher + same) if higher + same >= EXACT_AHEAD else higher + same
+        mean = (sample.higher_work + sample.same_work) / max(1, sample.higher + sample.same)
+        return ahead, ahead * mean, self._running.get(job.model, sample.running_work)
+
+    def _queued_at(self, job: Job) -> tuple[int, int]:
+        level = (job.model, job.priority)
+        if level not in self._counts:
+            self._counts[level] = queue_turns.queued_at(self.session, job.model, job.priority)
+        return self._counts[level]
+
+    def _bounds(self, job: Job) -> tuple[datetime | None, datetime | None]:
+        """The oldest and the newest queued job's ``created_at`` at ``job``'s priority."""
+        level = (job.model, job.priority)
+        if level not in self._ages:
+            parameters = {"model": job.model, "priority": job.priority}
+            oldest, newest = self.session.execute(_AGES, parameters).one()
+            self._ages[level] = (oldest, newest)
+        return self._ages[level]
+
+
+def estimate_ahead(created_at: datetime, bounds: tuple[datetime | None, datetime | None], queued: int) -> int:
+    """How many of the ``queued`` jobs at a priority (this one among them) are older than
+    one created at ``created_at``, taking them as spread evenly in age between the oldest
+    and the newest (``bounds``); at least ``EXACT_AHEAD``, which were read."""
+    oldest, newest = bounds
+    fraction = 1.0
+    if oldest is not None and newest is not None and newest > oldest:
+        fraction = (created_at - oldest) / (newest - oldest)
+    return max(EXACT_AHEAD, min(queued - 1, round(queued * min(1.0, max(0.0, fraction)))))
+
+
+def round_estimate(count: int) -> int:
+    """An estimated position, to two significant digits (1,234,567 reads 1,200,000), so
+    that it reads as one: an exact position is under ``EXACT_AHEAD``."""
+    return int(float(f"{count:.2g}"))
+
 
 _QUEUED, _RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
-_AHEAD = and_(  # queued, and claimed before the job: higher priority, or older at the same
-    Job.status == _QUEUED,
-    Job.id != bindparam("job_id"),
-    or_(
-        Job.priority > bindparam("priority"),
-        and_(Job.priority == bindparam("priority"), Job.created_at < bindparam("created_at")),
-        and_(
-            Job.priority == bindparam("priority"),
-            Job.created_at == bindparam("created_at"),
-            Job.id < bindparam("job_id"),
-        ),
-    ),
+_WORK = (Job.steps * Job.width * Job.height * Job.num_images).label("work")
+
+
+def _ahead(part: int, order: tuple[Any, ...], *where: ColumnElement[bool]) -> Select[int, int]:
+    """At most ``limit`` queued jobs of the model: a range of ``ix_jobs_claim`` read in
+    its own ``order`` (so no plan prefers reading the table and sorting it)."""
+    return (
+        select(literal(part).label("part"), _WORK)
+        .where(Job.status == _QUEUED, Job.model == bindparam("model"), *where)
+        .order_by(*order)
+        .limit(bindparam("limit"))
+    )
+
+
+_HIGHER = _ahead(1, (Job.priority, Job.created_at), Job.priority > bindparam("priority")).subquery()
+_SAME = _ahead(  # the same priority and older (the range up to its age, then the tie on id), nearest first
+    2,
+    (Job.created_at.desc(),),
+    Job.priority == bindparam("priority"),
+    Job.created_at <= bindparam("created_at"),
+    or_(Job.created_at < bindparam("created_at"), Job.id < bindparam("job_id")),
+).subquery()
+_RUNNING_WORK = (
+    select(
+        literal(3).label("part"),
+        ((Job.progress_total - Job.progress_step) * Job.width * Job.height * Job.num_images).label("work"),
+    )
+    .where(Job.status == _RUNNING, Job.model == bindparam("model"))
+    .subquery()
 )
-_LINE = select(
-    func.count().filter(_AHEAD),
-    func.coalesce(func.sum(Job.steps * Job.width * Job.height * Job.num_images).filter(_AHEAD), 0),
-    func.coalesce(
-        func.sum((Job.progress_total - Job.progress_step) * Job.width * Job.height * Job.num_images).filter(
-            Job.status == _RUNNING
-        ),
-        0,
-    ),
-).where(Job.status.in_([_QUEUED, _RUNNING]), Job.model == bindparam("model"))
+_PARTS = union_all(*(select(part.c.part, part.c.work) for part in (_HIGHER, _SAME, _RUNNING_WORK))).subquery()
+_LINE = select(_PARTS.c.part, func.count(), func.coalesce(func.sum(_PARTS.c.work), 0)).group_by(_PARTS.c.part)
+"""A queued job's line: at most ``limit`` queued jobs of its model ahead at higher
+priorities, as many ahead at its own, and the running jobs of its model (each counted
+and their work summed), in one statement of index ranges."""
+_AGES = select(
+    select(func.min(Job.created_at))
+    .where(Job.status == _QUEUED, Job.model == bindparam("model"), Job.priority == bindparam("priority"))
+    .scalar_subquery(),
+    select(func.max(Job.created_at))
+    .where(Job.status == _QUEUED, Job.model == bindparam("model"), Job.priority == bindparam("priority"))
+    .scalar_subquery(),
+)
 
 
-def _line(session: Session, job: Job) -> tuple[int, float, float]:
-    """The queued jobs of ``job``'s model that will be claimed before it, their work
-    (steps x pixels x images), and the work left in the model's running jobs: one read of
-    the model's queued and running rows."""
+@dataclass(frozen=True)
+class _Read:
+    """What ``_LINE`` read of one job's line."""
+
+    higher: int = 0
+    higher_work: float = 0.0
+    same: int = 0
+    same_work: float = 0.0
+    running_work: float = 0.0
+
+
+def _read_line(session: Session, job: Job) -> _Read:
     parameters = {
         "job_id": job.id,
         "priority": job.priority,
         "created_at": job.created_at,
         "model": job.model,
+        "limit": EXACT_AHEAD,
     }
-    count, ahead_work, running_work = session.execute(_LINE, parameters).one()
-    return int(count or 0), float(ahead_work or 0), float(running_work or 0)
+    parts = {part: (int(count), float(work)) for part, count, work in session.execute(_LINE, parameters)}
+    higher, same, running = (parts.get(part, (0, 0.0)) for part in (1, 2, 3))
+    return _Read(higher[0], higher[1], same[0], same[1], running[1])

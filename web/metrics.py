@@ -2,13 +2,15 @@
 
 Every web process answers the same figures (they are read from the database), so
 gunicorn's several processes need no shared metrics state, and nothing here imports a
-worker module. A scrape never reads the job history (docs/design.md principle 11):
+worker module. A scrape never reads the job history nor the queue's rows (docs/design.md principle 11):
 
-1. one statement: the queued and running rows counted by (type, model, status), which
-   the status-first indexes find without touching finished rows, together with the
-   maintained ``job_counts`` of finished jobs (``shared.stats``). Finished counts give
-   ``easel_jobs_finished``; both together give ``easel_jobs_submitted``; the active
-   ones the queued / running gauges and the queue depth;
+1. one statement: the queued jobs by (type, model) as the queue's maintained state
+   counts them (``shared.queue_turns``: a row per owner and priority, not per job), the
+   running rows counted (a status-first index finds them; there are as many as the
+   workers' batches hold), and the maintained ``job_counts`` of finished jobs
+   (``shared.stats``). Finished counts give ``easel_jobs_finished``; all together give
+   ``easel_jobs_submitted``; the active ones the queued / running gauges and the queue
+   depth;
 2. the maintained ``job_durations`` buckets: the queue-wait and run-time histograms of
    every job that finished after starting;
 3. the live workers per model (``shared.workers``).
@@ -34,10 +36,11 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
-from sqlalchemy import func, select, union_all
+from sqlalchemy import BigInteger, cast, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from easel.shared.models import Job, JobCount, JobDuration, JobStatus, JobType
+from easel.shared.queue_turns import TURNS
 from easel.shared.stats import ACTIVE, INF, RUN_BUCKETS, TERMINAL, WAIT_BUCKETS
 from easel.shared.workers import live_workers_by_model
 from easel.web.services import Services
@@ -48,15 +51,22 @@ QUEUE_WAIT_BUCKETS = WAIT_BUCKETS
 
 
 def job_counts(session: Session) -> list[Any]:
-    """(type, model, status, count): active rows counted now, finished ones maintained;
-    one statement, so one snapshot (a job finishing meanwhile is counted once)."""
-    active = (
+    """(type, model, status, count): queued jobs as maintained, running rows counted now,
+    finished ones maintained; one statement, so one snapshot (a job moving meanwhile is
+    counted once)."""
+    queued = select(
+        TURNS.c.type,
+        TURNS.c.model,
+        literal(JobStatus.QUEUED.value).label("status"),
+        cast(func.sum(TURNS.c.queued), BigInteger).label("n"),
+    ).group_by(TURNS.c.type, TURNS.c.model)
+    running = (
         select(Job.type, Job.model, Job.status, func.count().label("n"))
-        .where(Job.status.in_(ACTIVE))
+        .where(Job.status == JobStatus.RUNNING.value)
         .group_by(Job.type, Job.model, Job.status)
     )
     finished = select(JobCount.type, JobCount.model, JobCount.status, JobCount.count.label("n"))
-    return list(session.execute(union_all(active, finished)).all())
+    return list(session.execute(union_all(queued, running, finished)).all())
 
 
 def histograms(session: Session) -> dict[tuple[str, str], dict[str, Any]]:
