@@ -180,9 +180,15 @@ def stack_settings(spec: str, size: int) -> dict[str, str]:
     name, *pairs = spec.split("+")
     if name not in ("eager", "compile"):
         raise SystemExit(f"--stacks: {spec!r} starts with neither eager nor compile")
-    settings = {"EASEL_TORCH_COMPILE": "true", "EASEL_COMPILE_SHAPES": f"{size}x{size}"}
+    # compile: before the first job (its warm-up round waits for it, as before the compile
+    # cache); eager: off, now that CUDA compiles by default (EASEL_TORCH_COMPILE=auto)
+    settings = {
+        "EASEL_TORCH_COMPILE": "true",
+        "EASEL_COMPILE_SHAPES": f"{size}x{size}",
+        "EASEL_COMPILE_BACKGROUND": "false",
+    }
     if name == "eager":
-        settings = {}
+        settings = {"EASEL_TORCH_COMPILE": "false"}
     for pair in pairs:
         key, equals, value = pair.partition("=")
         if not equals:

@@ -29,6 +29,8 @@ from easel.shared.retention import Policy, Pruner
 from easel.shared.settings import Settings, parse_shapes
 from easel.shared.storage import storage_from_settings
 from easel.worker import metrics as worker_metrics
+from easel.worker.compile_metrics import observe_compile
+from easel.worker.engine.compile_switch import Compiler, compiler_from_settings
 from easel.worker.engine.device import DevicePlan, overlaps_store
 from easel.worker.engine.fastpath import warm_up, warm_up_shapes
 from easel.worker.engine.loop import ClaimLoop
@@ -130,18 +132,21 @@ class WorkerProcess:
             ),
             hard_time_limit=settings.task_time_limit,
         )
+        storage = storage_from_settings(settings)
+        compiler = compiler_from_settings(settings, plan, storage)
+        if compiler is not None:
+            compiler.on_state = observe_compile
+
+        def load(spec: Any) -> Any:
+            pipe = load_pipeline(spec, plan, settings.offline, channels_last=settings.channels_last)
+            return compiler.attach(spec, pipe) if compiler is not None else pipe
+
         runner = JobRunner(
             sessions=sessions,
             registry=registry,
-            storage=storage_from_settings(settings),
+            storage=storage,
             cache=PipelineCache(
-                loader=lambda spec: load_pipeline(
-                    spec,
-                    plan,
-                    settings.offline,
-                    channels_last=settings.channels_last,
-                    torch_compile=settings.torch_compile,
-                ),
+                loader=load,
                 max_models=settings.max_loaded_models,
                 max_bytes=settings.max_loaded_bytes,
                 on_load=loaded,
@@ -167,7 +172,7 @@ class WorkerProcess:
             runner.run_next,
             idle_poll=idle_poll_seconds(settings),
             gather=settings.batch_wait_ms / 1000,
-            before_first_claim=lambda: preload(settings, registry, models, runner.cache, plan),
+            before_first_claim=lambda: preload(settings, registry, models, runner.cache, plan, compiler),
         )
         pruner = Pruner(
             sessions,
@@ -240,11 +245,17 @@ def served_models(settings: Settings, registry: Registry) -> list[str]:
 
 
 def preload(
-    settings: Settings, registry: Registry, models: list[str], cache: PipelineCache, plan: DevicePlan
+    settings: Settings,
+    registry: Registry,
+    models: list[str],
+    cache: PipelineCache,
+    plan: DevicePlan,
+    compiler: Compiler | None = None,
 ) -> None:
     """Load the models to preload and, on CUDA, warm each up (``warm_up_shapes``: the
     sizes to compile, else its default size) at every batch size the worker runs
-    (``warm_up_batch_sizes``), so no job pays a compile or a batch size's first-call set-up."""
+    (``warm_up_batch_sizes``), so no job pays a compile or a batch size's first-call set-up.
+    With a ``compiler``, its load already compiles and warms up (or does so in the background)."""
     compile_shapes = parse_shapes(settings.compile_shapes)
     for name in settings.preload_list(registry.default):
         if name not in models:
@@ -254,6 +265,9 @@ def preload(
             pipelines, _ = cache.get(spec)
         except Exception:  # a bad model must not keep the worker from serving the others
             log.exception("could not preload model %s", name)
+            continue
+        state = compiler.states.get(name) if compiler is not None else None
+        if state is not None and state.path != "eager":  # the compile warmed it up, or will
             continue
         try:
             warm_up(

@@ -3,9 +3,10 @@
 ``plan_fast_path`` is a pure function of the device plan and the settings, so the
 choices are unit-tested on a CPU-only machine. On CUDA: SDPA attention (diffusers'
 default on torch 2, made explicit where a module fell back to the plain processor),
-``channels_last`` UNet/VAE, and optionally ``torch.compile`` of the UNet, warmed up
-per served shape at worker start by ``warm_up``. On the CPU: SDPA only; the rest is
-skipped with a logged reason. VAE tiling is chosen per call by output size
+``channels_last`` UNet/VAE, and ``torch.compile`` of the UNet (``EASEL_TORCH_COMPILE``:
+on by default, ``compile_enabled``), warmed up per served shape by ``warm_up``. On the
+CPU: SDPA, and ``torch.compile`` (inductor's CPU backend) only when asked for;
+``channels_last`` is skipped with a logged reason. VAE tiling is chosen per call by output size
 (``use_vae_tiling``) and always set, on or off (``set_vae_tiling``), so one request
 never leaks into the next. Nothing here claims a speed-up; it is measured on a GPU.
 """
@@ -48,8 +49,6 @@ def plan_fast_path(
     reasons: list[str] = []
     if channels_last and not device.is_cuda:
         reasons.append(f"channels_last skipped: CUDA only (device {device.device})")
-    if torch_compile and not device.is_cuda:
-        reasons.append(f"torch.compile skipped: CUDA only (device {device.device})")
     if not sdpa_available:
         reasons.append("SDPA attention unavailable in this torch; keeping the default processors")
     for reason in reasons:
@@ -57,10 +56,20 @@ def plan_fast_path(
     return FastPathPlan(
         sdpa=sdpa_available,
         channels_last=channels_last and device.is_cuda,
-        compile=torch_compile and device.is_cuda,
+        compile=torch_compile,
         compile_backend=compile_backend,
         reasons=tuple(reasons),
     )
+
+
+def compile_enabled(setting: str, device: DevicePlan) -> bool:
+    """Whether a worker compiles its UNets (``EASEL_TORCH_COMPILE``: ``auto``, ``true`` or
+    ``false``). ``auto``: on CUDA, where the persistent cache (``compile_cache``) and the
+    background compile (``compile_switch``) leave no cold start; eager on the CPU, where
+    inductor's code is no faster for small models and the compile costs minutes."""
+    if setting in ("true", "false"):
+        return setting == "true"
+    return device.is_cuda
 
 
 def use_vae_tiling(width: int, height: int, tiling_pixels: int) -> bool:
@@ -139,6 +148,12 @@ def compile_unet(unet: Any, backend: str | Callable[..., Any] = "inductor") -> N
     compiled 5 graphs in 166 s with plain ``Module.compile`` (static batch, dynamic
     batch, batch of 1, then again for integer timesteps) and 2 in 81 s with this.
     """
+    # What ``Module.compile`` sets: ``Module.__call__`` calls it instead of ``_call_impl``.
+    unet._compiled_call_impl = compiled_call(unet, backend)
+
+
+def compiled_call(unet: Any, backend: str | Callable[..., Any] = "inductor") -> Callable[..., Any]:
+    """The UNet's compiled call as ``compile_unet`` installs it (see there), not installed."""
     import torch
 
     compiled = torch.compile(unet._call_impl, backend=backend)
@@ -150,8 +165,7 @@ def compile_unet(unet: Any, backend: str | Callable[..., Any] = "inductor") -> N
             torch._dynamo.maybe_mark_dynamic(tensor, 0)
         return compiled(sample, timestep, *args, **kwargs)
 
-    # What ``Module.compile`` sets: ``Module.__call__`` calls it instead of ``_call_impl``.
-    unet._compiled_call_impl = call
+    return call
 
 
 def _batched_tensors(batch: int, value: Any) -> list[Any]:
@@ -165,12 +179,14 @@ def _batched_tensors(batch: int, value: Any) -> list[Any]:
     return [tensor for item in items for tensor in _batched_tensors(batch, item)]
 
 
-def warm_up_shapes(device: DevicePlan, compile_shapes: list[Shape], default_size: int) -> list[Shape]:
-    """The shapes a worker warms a model up at before its first claim: on CUDA, the
-    ``EASEL_COMPILE_SHAPES`` given, else the model's default size, so that no job pays a
-    compile or a batch size's first-call set-up in the CUDA libraries (0.5-1.1 s once per
-    size on an H100 and an H200, docs/benchmarks.md); on the CPU none (no such set-up)."""
-    if not device.is_cuda:
+def warm_up_shapes(
+    device: DevicePlan, compile_shapes: list[Shape], default_size: int, compiling: bool = False
+) -> list[Shape]:
+    """The shapes a worker warms a model up at before its first claim: on CUDA or when it
+    compiles, the ``EASEL_COMPILE_SHAPES`` given, else the model's default size, so that no
+    job pays a compile or a batch size's first-call set-up in the CUDA libraries (0.5-1.1 s
+    once per size on an H100 and an H200, docs/benchmarks.md); an eager CPU worker none."""
+    if not device.is_cuda and not compiling:
         return []
     return compile_shapes or [(default_size, default_size)]
 
