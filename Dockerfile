@@ -33,7 +33,7 @@ FROM base AS worker
 ARG TORCH_SPEC=torch==2.13.0
 RUN pip install "${TORCH_SPEC}"
 COPY --from=sources /src ./
-RUN pip install ".[worker]" && rm -rf /src/*
+RUN pip install ".[worker,upscale]" && rm -rf /src/*
 # The compose volumes mounted here start with these folders' owner, so the worker can write them.
 RUN useradd --create-home easel && mkdir -p /data/models /data/gpu-locks && chown -R easel /data
 USER easel

@@ -89,7 +89,7 @@ class EaselClient:
 
     def submit(
         self,
-        prompt: str,
+        prompt: str | None,
         *,
         type: str = "txt2img",
         image: ImageInput | None = None,
@@ -98,12 +98,13 @@ class EaselClient:
         control_image: ImageInput | None = None,
         **params: Any,
     ) -> dict[str, Any]:
-        """Submit a job; ``params`` are the REST fields (width, steps, seed, ...).
+        """Submit a job; ``params`` are the REST fields (width, steps, seed, ...); ``prompt``
+        ``None`` for kinds without one (upscale).
 
         ``image``, ``mask`` and ``control_image`` (the ControlNet's, with ``control_model``
         and ``control_scale`` in ``params``) take a path or bytes and go up as multipart files.
         """
-        fields = {"type": type, "prompt": prompt, **{k: v for k, v in params.items() if v is not None}}
+        fields = {"type": type, **{k: v for k, v in {"prompt": prompt, **params}.items() if v is not None}}
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         files = {
             name: (f"{name}.png", _read(value))

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
+from easel.shared.kinds import MODEL_TYPES
 from easel.shared.models import JobType
 
 DDPM_SCHEDULERS: tuple[str, ...] = ("ddim", "euler", "euler_a", "dpmpp_2m", "lcm", "pndm", "unipc")
@@ -33,7 +34,7 @@ FLOW_SCHEDULERS: tuple[str, ...] = ("flow_euler", "flow_heun", "flow_lcm")
 
 ALL_SCHEDULERS: tuple[str, ...] = DDPM_SCHEDULERS + FLOW_SCHEDULERS
 
-ALL_TYPES: tuple[JobType, ...] = (JobType.TXT2IMG, JobType.IMG2IMG, JobType.INPAINT)
+ALL_TYPES: tuple[JobType, ...] = MODEL_TYPES  # the kinds a model runs (easel.shared.kinds)
 
 
 class FamilyName(StrEnum):

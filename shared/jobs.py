@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from easel.shared import transitions
 from easel.shared.errors import ERROR_DETAIL, Conflict, NotFound, ValidationFailed, field_detail
+from easel.shared.kinds import INPUTS, Input
 from easel.shared.models import Job, JobStatus
 from easel.shared.params import params_of
 from easel.shared.schemas import (
@@ -32,11 +33,9 @@ OutputUrl = Callable[[Job, int], str]
 InputUrl = Callable[[Job, str], str]
 PreviewUrl = Callable[[Job], str]
 
-INPUT_NAMES = ("image", "mask")
-
 
 def input_key(job_id: str, name: str) -> str:
-    """Where an input of a job is stored: ``jobs/<id>/input-image.png`` or ``-mask.png``."""
+    """Where an input of a job is stored: ``jobs/<id>/input-<name>.png`` (``shared.kinds.INPUTS``)."""
     return f"jobs/{job_id}/input-{name}.png"
 
 
@@ -65,8 +64,8 @@ def create_job(
     input_keys: Mapping[str, str] | None = None,
 ) -> Job:
     """Add a ``queued`` job row for ``resolved`` (committed by the caller): ``job_id``, or
-    a new id; ``input_keys``, the ``input_key``/``mask_key``/``control_key`` of its stored
-    inputs."""
+    a new id; ``input_keys``, the storage keys of its stored inputs by column
+    (``shared.kinds.INPUTS``)."""
     job = Job(
         **resolved.model_dump(mode="json"),  # the parameters, webhook and priority
         **({"id": job_id} if job_id else {}),
@@ -250,14 +249,22 @@ def describe(
             else None
         ),
         inputs={
-            name: (input_url(job, name) if input_url else None)
-            for name, key in (("image", job.input_key), ("mask", job.mask_key), ("control", job.control_key))
-            if key
+            name: (input_url(job, name) if input_url else None) for name, key in stored_inputs(job).items()
         },
         error=error,
         webhook=_webhook_state(job),
         timings={k: v for k, v in (job.timings or {}).items() if k != ERROR_DETAIL},  # the operator's
     )
+
+
+def stored_inputs(job: Job) -> dict[str, str]:
+    """The storage keys of ``job``'s inputs by name (``shared.kinds.INPUTS``)."""
+    return {item.name: key for item, key in stored_input_keys(job)}
+
+
+def stored_input_keys(job: Job) -> list[tuple[Input, str]]:
+    """``job``'s stored inputs (``shared.kinds.INPUTS``) and their storage keys."""
+    return [(item, key) for item in INPUTS if (key := getattr(job, item.column))]
 
 
 def waiting_for_worker(job: Job, serving_workers: int | None) -> bool:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.fields import FieldInfo
 
 from easel.shared.adapters import ControlRef, LoraRef
+from easel.shared.kinds import TYPE_DESCRIPTION
 from easel.shared.models import JobType
 
 MAX_SEED = 2**53 - 1  # exact in JavaScript numbers, so a page can show it unchanged
@@ -32,9 +33,9 @@ class GenerationParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, from_attributes=True)
 
-    type: JobType = Field(description="txt2img, img2img or inpaint.")
+    type: JobType = Field(description=TYPE_DESCRIPTION)
     model: str = Field(max_length=128, description="Registry name; default model.")
-    prompt: str = Field(min_length=1, description="What to draw.")
+    prompt: str = Field("", description="What to draw (empty for kinds without a prompt: upscale).")
     negative_prompt: str = Field("", description="What to steer away from.")
     width: int = Field(ge=8, le=8192, description="Multiple of 8 within the model's limits.")
     height: int = Field(ge=8, le=8192, description="Multiple of 8 within the model's limits.")
@@ -65,6 +66,15 @@ class GenerationParams(BaseModel):
         min_length=1,
         max_length=128,
         description="A VAE of the registry to decode (and encode) with; absent: the model's own.",
+    )
+    upscaler: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="upscale: the upscaler (GET /api/v1/upscalers; built in: lanczos).",
+    )
+    scale: float | None = Field(
+        None, ge=1, le=8, allow_inf_nan=False, description="upscale: the factor of both sides (default 2)."
     )
 
     @field_validator("loras", mode="before")
@@ -115,6 +125,8 @@ BATCH_KEY: tuple[str, ...] = (
     "loras",
     "control",
     "vae",
+    "upscaler",
+    "scale",
 )
 """Parameters jobs must share to run in one pipeline call; prompts (with the embeddings
 they name), seeds and inputs (the control image too) are per image. ``loras`` and

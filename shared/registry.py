@@ -40,6 +40,7 @@ from easel.shared.families import (
 )
 from easel.shared.models import JobType
 from easel.shared.settings import Settings
+from easel.shared.upscalers import UpscalerSpec, read_upscalers
 
 SCHEDULERS: tuple[str, ...] = DDPM_SCHEDULERS
 """The samplers of SD 1.x/2.x and SDXL models; a model's own are ``spec.family_info.schedulers``."""
@@ -267,12 +268,14 @@ class Registry:
         embeddings: dict[str, EmbeddingSpec] | None = None,
         *,
         strict: bool = True,
+        upscalers: dict[str, UpscalerSpec] | None = None,
     ) -> None:
         self._specs = {spec.name: spec for spec in specs}
         self.loras = loras or {}  # [loras.NAME] of the models file (easel.shared.adapters)
         self.controlnets = controlnets or {}  # [controlnets.NAME]
         self.vaes = vaes or {}  # [vaes.NAME]
         self.embeddings = embeddings or {}  # [embeddings.NAME]
+        self.upscalers = upscalers or {}  # [upscalers.NAME] (easel.shared.upscalers)
         self.requested_default = default
         if strict and default is not None and default not in self._specs:
             raise UnknownModel(
@@ -329,7 +332,10 @@ def load_registry(settings: Settings) -> Registry:
     specs = _read_models_file(settings.models_file, settings)
     data = tomllib.loads(settings.models_file.read_text())  # read once above: it parses
     tables = read_tables(data, settings.models_file, {spec.name for spec in specs})
-    return Registry(specs, settings.default_model, *tables, strict=not settings.models_roots)
+    upscalers = read_upscalers(data, settings.models_file)
+    return Registry(
+        specs, settings.default_model, *tables, strict=not settings.models_roots, upscalers=upscalers
+    )
 
 
 _SINGLE_FILE_KEYS: dict[str, dict[str, Any]] = {

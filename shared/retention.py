@@ -11,7 +11,8 @@ One pass (``prune``), per kind, in batches of due jobs:
 1. **rows**: delete the job's objects still stored, then its output rows and its row;
 2. **outputs**: delete the objects, then mark ``outputs_pruned_at`` (the output rows
    stay: seeds and sizes remain on record, and the API answers 410 Gone for them);
-3. **inputs**: delete the image and mask, then mark ``inputs_pruned_at`` (410 too).
+3. **inputs**: delete the image, mask and control image (``shared.kinds.INPUTS``), then
+   mark ``inputs_pruned_at`` (410 too).
 
 Objects go before the database says so: a pass cut short leaves rows that the next
 pass finds due again, and deleting an object already gone is not an error, so
@@ -40,6 +41,7 @@ from sqlalchemy.orm import Session
 
 from easel.shared.db import rowcount
 from easel.shared.jobs import preview_key
+from easel.shared.kinds import INPUT_COLUMNS
 from easel.shared.models import Job, JobOutput, Lease, utcnow
 from easel.shared.settings import Settings
 from easel.shared.stats import TERMINAL
@@ -105,7 +107,8 @@ def _due(kind: str, cutoff: datetime) -> list[Any]:
     if kind == "outputs":  # the terms of the partial index ix_jobs_outputs_due
         return [Job.outputs_pruned_at.is_(None), *finished]
     if kind == "inputs":  # the terms of ix_jobs_inputs_due
-        return [Job.inputs_pruned_at.is_(None), Job.input_key.is_not(None), *finished]
+        stored = or_(*(getattr(Job, column).is_not(None) for column in INPUT_COLUMNS))
+        return [Job.inputs_pruned_at.is_(None), stored, *finished]
     return list(finished)
 
 
@@ -120,9 +123,7 @@ def _batches(session: Session, kind: str, cutoff: datetime, size: int) -> Iterat
                 Job.id,
                 Job.finished_at,
                 Job.num_images,
-                Job.input_key,
-                Job.mask_key,
-                Job.control_key,
+                *(getattr(Job, column) for column in INPUT_COLUMNS),
                 Job.preview_step,
                 Job.outputs_pruned_at,
                 Job.inputs_pruned_at,
@@ -161,7 +162,7 @@ def _keys(session: Session, kind: str, rows: Sequence[Any]) -> dict[str, list[st
     if kind in ("rows", "inputs"):
         for row in rows:
             if row.inputs_pruned_at is None:
-                keys[row.id] += [key for key in (row.input_key, row.mask_key, row.control_key) if key]
+                keys[row.id] += [key for column in INPUT_COLUMNS if (key := getattr(row, column))]
     return keys
 
 

@@ -24,15 +24,24 @@ from easel.shared.adapters import (
 from easel.shared.errors import ValidationFailed, field_detail
 from easel.shared.families import ALL_SCHEDULERS
 from easel.shared.images import default_size
+from easel.shared.kinds import (
+    KIND_INPUTS,
+    KIND_KNOBS,
+    TYPE_DESCRIPTION,
+    Engine,
+    SizeRule,
+    kind_of,
+    kinds_with,
+    names,
+)
 from easel.shared.models import JobType
 from easel.shared.netsafety import UnsafeUrl, check_public_url, check_url_shape
 from easel.shared.params import MAX_SEED, PARAM_FIELDS, GenerationParams, bounds, knob
 from easel.shared.registry import ModelSpec, Registry
 from easel.shared.settings import Settings
+from easel.shared.upscalers import MAX_UPSCALED_SIDE, scaled_size, upscaler_names
 
 MAX_PRIORITY = 1000  # admin keys; others are capped by EASEL_MAX_PRIORITY
-DEFAULT_STRENGTH = {JobType.IMG2IMG: 0.75, JobType.INPAINT: 1.0}
-DEFAULT_MASK_BLUR = 4
 WebhookEvent = Literal["start", "progress", "completed"]
 WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("start", "progress", "completed")
 DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("completed",)
@@ -58,9 +67,9 @@ class JobCreate(BaseModel):
         },
     )
 
-    type: JobType = Field(JobType.TXT2IMG, description="txt2img, img2img or inpaint.")
+    type: JobType = Field(JobType.TXT2IMG, description=TYPE_DESCRIPTION)
     model: str | None = knob("model")
-    prompt: str = Field(min_length=1, description="What to draw.")
+    prompt: str | None = Field(None, min_length=1, description="What to draw (every kind but upscale).")
     negative_prompt: str = Field("", description="What to steer away from.")
     width: int | None = knob("width")
     height: int | None = knob("height")
@@ -86,6 +95,8 @@ class JobCreate(BaseModel):
         description="ControlNet: {model, image (base64), scale (0..2, default 1)}. Multipart: "
         "control_model, control_scale and a control_image file.",
     )
+    upscaler: str | None = knob("upscaler")
+    scale: float | None = knob("scale")
     vae: str | None = knob(
         "vae",
         "A VAE of the registry (GET /api/v1/models) to decode with instead of the model's own; "
@@ -175,10 +186,25 @@ class JobInputs:
 
 def parse_job_request(data: dict[str, Any]) -> JobCreate:
     """Validate raw fields; raise ``ValidationFailed`` naming every bad field and value."""
+    data = lift_prompt_tags(data)
+    missing = _missing_prompt(data)
     try:
-        return JobCreate.model_validate(lift_prompt_tags(data))
+        request = JobCreate.model_validate(data)
     except ValidationError as exc:
-        raise ValidationFailed(_summary(details := _details(exc)), details) from None
+        details = missing + _details(exc)
+        raise ValidationFailed(_summary(details), details) from None
+    if missing:
+        raise ValidationFailed(_summary(missing), missing)
+    return request
+
+
+def _missing_prompt(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """``prompt: is required`` where the kind asked for takes a prompt and none was sent."""
+    try:
+        kind = kind_of(data.get("type") or JobType.TXT2IMG)
+    except (ValueError, TypeError):
+        return []  # the type's own error says so
+    return [field_detail("prompt", "is required")] if kind.takes_prompt and data.get("prompt") is None else []
 
 
 def resolve_job(
@@ -209,7 +235,7 @@ def resolve_job(
     except ValueError as exc:
         details.append(field_detail("model", str(exc), request.model))
         raise ValidationFailed(_summary(details), details) from None
-    if request.type not in spec.types:
+    if kind_of(request.type).engine is Engine.DIFFUSERS and request.type not in spec.types:
         served = ", ".join(t.value for t in spec.types)
         details.append(
             field_detail(
@@ -219,7 +245,7 @@ def resolve_job(
             )
         )
     for name in ("prompt", "negative_prompt"):
-        text = getattr(request, name)
+        text = getattr(request, name) or ""
         if len(text) > settings.max_prompt_chars:
             message = f"is {len(text)} characters; at most {settings.max_prompt_chars} are allowed"
             details.append(field_detail(name, message, text))
@@ -241,6 +267,7 @@ def resolve_job(
             )
     details += _check_family(request, spec)
     details += _check_inputs(request, inputs)
+    details += _check_upscale(request, registry, inputs)
     if request.webhook_url is not None and settings.webhook_secret is not None:
         try:
             check_public_url(str(request.webhook_url), settings.webhook_allow_private)
@@ -268,7 +295,7 @@ def resolve_job(
         for name, message, value in adapter_details(
             model=spec.name,
             family=str(getattr(spec, "family", "sd")),
-            prompt=request.prompt,
+            prompt=request.prompt or "",
             negative_prompt=request.negative_prompt,
             loras=request.loras or [],
             control=request.control,
@@ -329,29 +356,27 @@ def _check_family(request: JobCreate, spec: ModelSpec) -> list[dict[str, Any]]:
 
 
 def _check_inputs(request: JobCreate, inputs: JobInputs) -> list[dict[str, Any]]:
-    """The fields that depend on the job type: image, mask, strength, mask_blur."""
+    """The fields the job's kind decides: its inputs (required or refused), its knobs and
+    the general fields it refuses."""
     details = []
-    kind = request.type
-    if kind is JobType.TXT2IMG:
-        for name in ("strength", "mask_blur", "keep_unmasked"):
-            if getattr(request, name) is not None:
-                details.append(
-                    field_detail(name, "applies only to img2img and inpaint jobs", getattr(request, name))
-                )
-        if inputs.image is not None:
-            details.append(field_detail("image", "applies only to img2img and inpaint jobs"))
-    elif inputs.image is None:
-        details.append(field_detail("image", f"is required for {kind.value} jobs"))
-    if kind is not JobType.INPAINT:
-        if inputs.mask is not None:
-            details.append(field_detail("mask", "applies only to inpaint jobs"))
-        if kind is JobType.IMG2IMG:
-            for name in ("mask_blur", "keep_unmasked"):
-                if getattr(request, name) is not None:
-                    details.append(field_detail(name, "applies only to inpaint jobs", getattr(request, name)))
-    elif inputs.mask is None:
-        details.append(field_detail("mask", "is required for inpaint jobs"))
-    elif inputs.image is not None and inputs.mask.size != inputs.image.size:
+    kind = kind_of(request.type)
+    if kind.takes_prompt and request.prompt is None:
+        details.append(field_detail("prompt", "is required"))
+    for name in kind.refuses:
+        value = getattr(request, name)
+        if name in request.model_fields_set and value not in (None, "", []) and value != kind.fixed.get(name):
+            details.append(field_detail(name, f"applies only to {names(kinds_with(name))} jobs", value))
+    for name in KIND_KNOBS:
+        value = getattr(request, name)
+        if value is not None and name not in kind.knobs:
+            details.append(field_detail(name, f"applies only to {names(kinds_with(name))} jobs", value))
+    for name in KIND_INPUTS:
+        given = getattr(inputs, name) is not None
+        if name in kind.inputs and not given:
+            details.append(field_detail(name, f"is required for {kind.value} jobs"))
+        elif given and name not in kind.inputs:
+            details.append(field_detail(name, f"applies only to {names(kinds_with(name))} jobs"))
+    if inputs.image is not None and inputs.mask is not None and inputs.mask.size != inputs.image.size:
         mask_size, image_size = "x".join(map(str, inputs.mask.size)), "x".join(map(str, inputs.image.size))
         details.append(
             field_detail("mask", f"is {mask_size} but the image is {image_size}; they must match", mask_size)
@@ -359,9 +384,31 @@ def _check_inputs(request: JobCreate, inputs: JobInputs) -> list[dict[str, Any]]
     return details
 
 
+def _check_upscale(request: JobCreate, registry: Registry, inputs: JobInputs) -> list[dict[str, Any]]:
+    """A known upscaler, and an upscaled size within ``MAX_UPSCALED_SIDE``."""
+    kind = kind_of(request.type)
+    details = []
+    if "upscaler" in kind.knobs and request.upscaler is not None:
+        known = upscaler_names(registry)
+        if request.upscaler not in known:
+            message = f"unknown upscaler {request.upscaler!r}; known: {', '.join(known)}"
+            details.append(field_detail("upscaler", message, request.upscaler))
+    if kind.size is SizeRule.SCALED and inputs.image is not None:
+        scale = request.scale if request.scale is not None else kind.knobs["scale"]
+        size = scaled_size(*inputs.image.size, scale)
+        if max(size) > MAX_UPSCALED_SIDE:
+            message = f"makes {size[0]}x{size[1]}; sides of at most {MAX_UPSCALED_SIDE} are allowed"
+            details.append(field_detail("scale", message, scale))
+    return details
+
+
 def _output_size(request: JobCreate, spec: ModelSpec, inputs: JobInputs) -> tuple[int, int]:
-    """Explicit sizes win; otherwise the input image's size fitted to the model."""
-    if inputs.image is None:
+    """Explicit sizes win; otherwise the kind's rule: the model's default size, or the
+    input image's size fitted to the model."""
+    kind = kind_of(request.type)
+    if kind.size is SizeRule.SCALED and inputs.image is not None:
+        return scaled_size(*inputs.image.size, request.scale or kind.knobs["scale"])
+    if kind.size is SizeRule.MODEL or inputs.image is None:
         return request.width or spec.default_size, request.height or spec.default_size
     width, height = default_size(
         *inputs.image.size, spec.min_size, spec.max_size, spec.family_info.size_multiple
@@ -387,28 +434,27 @@ _AS_REQUESTED = {"type", "prompt", "negative_prompt", "num_images", "priority", 
 
 def _with_defaults(request: JobCreate, spec: ModelSpec, seed: int, inputs: JobInputs) -> ResolvedJob:
     width, height = _output_size(request, spec, inputs)
-    strength = request.strength
-    if strength is None and request.type is not JobType.TXT2IMG:
-        strength = DEFAULT_STRENGTH[request.type]
-    inpaint = request.type is JobType.INPAINT
-    return ResolvedJob(
+    kind = kind_of(request.type)
+    values = {
         **request.model_dump(include=_AS_REQUESTED),
+        "prompt": request.prompt or "",
+        "steps": request.steps or spec.default_steps,
+        "guidance_scale": (
+            request.guidance_scale if request.guidance_scale is not None else spec.default_guidance_scale
+        ),
+        **{  # the kind's knobs with their defaults; the others stay None
+            name: getattr(request, name) if getattr(request, name) is not None else default
+            for name, default in kind.knobs.items()
+        },
+        **kind.fixed,
+    }
+    return ResolvedJob(
+        **values,
         model=spec.name,
         width=width,
         height=height,
-        steps=request.steps or spec.default_steps,
-        guidance_scale=(
-            request.guidance_scale if request.guidance_scale is not None else spec.default_guidance_scale
-        ),
         scheduler=request.scheduler or spec.default_scheduler,
         seed=seed,
-        strength=strength,
-        mask_blur=(request.mask_blur if request.mask_blur is not None else DEFAULT_MASK_BLUR)
-        if inpaint
-        else None,
-        keep_unmasked=(request.keep_unmasked if request.keep_unmasked is not None else True)
-        if inpaint
-        else None,
         loras=tuple(LoraRef.model_validate(item) for item in canonical_loras(request.loras) or ()),
         control=(
             ControlRef(model=request.control.model, scale=request.control.scale) if request.control else None

@@ -26,6 +26,7 @@ from easel.shared.images import decode_base64, encode_png_bytes, load_image
 from easel.shared.jobs import active_jobs, cancel_job, preview_key
 from easel.shared.models import Job, JobStatus
 from easel.shared.queue import send_webhook
+from easel.web.a1111_extras import extras_fields, upscalers
 from easel.web.a1111_map import a1111_error, info, invalid, job_fields, samplers, vae_for
 from easel.web.auth import current_principal
 from easel.web.compat import (
@@ -300,7 +301,32 @@ def set_options() -> ResponseReturnValue:
     return jsonify(None)
 
 
+@bp.get("/upscalers")
+def list_upscalers() -> ResponseReturnValue:
+    return jsonify(upscalers(services().registry))
+
+
+@bp.post("/extra-single-image")
+@limiter.limit(submit_limit, deduct_when=accepted)
+def extra_single_image() -> ResponseReturnValue:
+    """An upscale job (``web.a1111_extras``), held until it finishes."""
+    body = _body()
+    fields = extras_fields(body, services().registry)
+    picture = body.get("image")
+    if not isinstance(picture, str) or not picture:
+        raise invalid("image", "must be a base64 image", type(picture).__name__)
+    model = _stored_options().get(CHECKPOINT)  # the worker that runs it: one serving this model
+    outcome = run_job(
+        {**fields, **({"model": model} if model else {})},
+        {"image": upload("image", decode_base64("image", picture))},
+    )
+    error = outcome_error(outcome)
+    if error is not None:
+        raise error
+    return jsonify({"html_info": "", "image": output_b64(outcome.job)[0]})
+
+
 @bp.route("/<path:rest>", methods=["GET", "POST"])
 def unknown(rest: str) -> ResponseReturnValue:
-    """A1111 endpoints Easel does not serve (extras, upscalers, ...): 404."""
+    """A1111 endpoints Easel does not serve (face restorers, ...): 404."""
     raise NotFound(f"Easel does not serve /sdapi/v1/{rest}")

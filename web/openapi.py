@@ -9,7 +9,8 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from pydantic.json_schema import models_json_schema
 
-from easel.shared.models import JobStatus, JobType
+from easel.shared.kinds import INPUT_NAMES, KIND_NAMES, KINDS, Kind, SizeRule
+from easel.shared.models import JobStatus
 from easel.shared.schemas import ErrorResponse, JobCreate, JobList, JobView, ModelList
 
 bp = Blueprint("openapi", __name__)
@@ -57,46 +58,25 @@ def _with_common_errors(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-JOB_EXAMPLES = {
-    "txt2img": {
-        "summary": "Text to image",
-        "value": {
-            "type": "txt2img",
-            "prompt": "a lighthouse at dusk, oil painting",
-            "negative_prompt": "blurry",
-            "width": 256,
-            "height": 256,
-            "steps": 20,
-            "guidance_scale": 7.5,
-            "scheduler": "dpmpp_2m",
-            "seed": 42,
-            "num_images": 2,
-        },
-    },
-    "img2img": {
-        "summary": "Image to image (image as base64 or a data: URL)",
-        "value": {
-            "type": "img2img",
-            "prompt": "the same scene in watercolour",
-            "image": "<base64 PNG, JPEG or WebP>",
-            "strength": 0.6,
-            "steps": 30,
-            "seed": 7,
-        },
-    },
-    "inpaint": {
-        "summary": "Inpaint (white in the mask is repainted)",
-        "value": {
-            "type": "inpaint",
-            "prompt": "a red door",
-            "image": "<base64 image>",
-            "mask": "<base64 mask>",
-            "mask_blur": 4,
-            "steps": 30,
-            "webhook_url": "https://example.com/easel-hook",
-        },
-    },
-}
+def job_example(kind: Kind) -> dict[str, Any]:
+    """An example request of ``kind``: its inputs as placeholders, its knobs' defaults and
+    the general fields it takes."""
+    general = {"prompt": "a lighthouse at dusk, oil painting", "width": 256, "height": 256, "steps": 20}
+    value: dict[str, Any] = {"type": kind.value}
+    sized = kind.size is SizeRule.MODEL  # else the size comes from the input image
+    value.update(
+        {
+            k: v
+            for k, v in general.items()
+            if k not in kind.refuses and (sized or k not in ("width", "height"))
+        }
+    )
+    value.update({name: f"<base64 {name}: PNG, JPEG or WebP>" for name in kind.inputs})
+    value.update(kind.knobs, seed=42)
+    return {"summary": kind.summary.capitalize(), "value": value}
+
+
+JOB_EXAMPLES = {kind.value: job_example(kind) for kind in KINDS.values()}
 
 
 @lru_cache(maxsize=1)
@@ -163,7 +143,7 @@ def openapi_document() -> dict[str, Any]:
                             {
                                 "name": "type",
                                 "in": "query",
-                                "schema": {"type": "string", "enum": [t.value for t in JobType]},
+                                "schema": {"type": "string", "enum": list(KIND_NAMES)},
                             },
                             {
                                 "name": "limit",
@@ -224,7 +204,7 @@ def openapi_document() -> dict[str, Any]:
                                 "name": "name",
                                 "in": "path",
                                 "required": True,
-                                "schema": {"type": "string", "enum": ["image", "mask", "control"]},
+                                "schema": {"type": "string", "enum": list(INPUT_NAMES)},
                             },
                         ],
                         "responses": {

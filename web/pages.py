@@ -12,9 +12,11 @@ from easel.shared.catalog_registry import ADAPTER_KINDS, fitting_adapters
 from easel.shared.errors import EaselError
 from easel.shared.families import ALL_SCHEDULERS
 from easel.shared.jobs import list_jobs
-from easel.shared.models import Job
+from easel.shared.kinds import KINDS
+from easel.shared.models import Job, JobType
 from easel.shared.params import PARAM_FIELDS, params_of
 from easel.shared.registry import Registry
+from easel.shared.upscalers import upscaler_names
 from easel.web.auth import current_principal
 from easel.web.services import services
 from easel.web.submit import accept_job, request_fields
@@ -54,6 +56,12 @@ def _form_context(values: dict[str, Any], errors: dict[str, str], message: str =
         "adapters_model": selected,  # the model the server-rendered choices are for
         "fitting": adapters.get(selected, {kind: [] for kind in ADAPTER_KINDS}),
         "schedulers": ALL_SCHEDULERS,
+        "edit_kinds": [kind for kind in KINDS.values() if kind.form == "pages.edit"],  # edit.html's types
+        "upscalers": upscaler_names(registry),
+        "upscale_default_scale": KINDS[JobType.UPSCALE].knobs["scale"],
+        "strength_defaults": " / ".join(
+            str(k.knobs["strength"]) for k in KINDS.values() if "strength" in k.knobs
+        ),
         "values": values,
         "errors": errors,
         "message": message,
@@ -118,7 +126,7 @@ def submit() -> ResponseReturnValue:
 
 @bp.get("/edit")
 def edit() -> ResponseReturnValue:
-    """img2img and inpaint: upload an image, paint or upload a mask."""
+    """The kinds that take an image (img2img, inpaint): upload it, paint or upload a mask."""
     return render_template("edit.html", **_form_context(_reused_values(), {}))
 
 
@@ -127,13 +135,25 @@ def edit_submit() -> ResponseReturnValue:
     return _submit_form("edit.html")
 
 
+@bp.get("/upscale")
+def upscale() -> ResponseReturnValue:
+    """Upscale an image: upload it, pick an upscaler and a scale."""
+    return render_template("upscale.html", **_form_context({}, {}))
+
+
+@bp.post("/upscale")
+def upscale_submit() -> ResponseReturnValue:
+    return _submit_form("upscale.html")
+
+
 @bp.get("/jobs/<job_id>")
 def job_page(job_id: str) -> ResponseReturnValue:
     with services().session() as session:
         job = session.get(Job, job_id)
         if job is None or not _visible(job):
             abort(404)
-    return render_template("job.html", job_id=job_id)
+    forms = {kind.value: url_for(kind.form) for kind in KINDS.values()}  # "use these settings again"
+    return render_template("job.html", job_id=job_id, forms=forms)
 
 
 @bp.get("/gallery")

@@ -18,7 +18,8 @@ from werkzeug.datastructures import FileStorage
 
 from easel.shared.errors import BadRequest, TooManyJobs, UnsupportedMediaType, ValidationFailed, field_detail
 from easel.shared.images import as_mask, as_rgb, decode_base64, encode_png_bytes, load_image
-from easel.shared.jobs import INPUT_NAMES, active_jobs, create_job, find_replay, input_key, request_hash
+from easel.shared.jobs import active_jobs, create_job, find_replay, input_key, request_hash
+from easel.shared.kinds import INPUTS
 from easel.shared.models import Job, new_job_id
 from easel.shared.schemas import JobInputs, parse_job_request, resolve_job
 from easel.web.services import Services
@@ -114,10 +115,10 @@ def idempotency_key(request: Request) -> str | None:
 
 
 def upload_bytes(fields: dict[str, Any], files: Mapping[str, FileStorage]) -> dict[str, bytes]:
-    """The image and mask uploads (multipart files, or base64 strings in JSON), removed
-    from ``fields``."""
+    """The input uploads (multipart files, or base64 strings in JSON), removed from
+    ``fields``, by upload field (``shared.kinds.INPUTS``)."""
     raw: dict[str, bytes] = {}
-    for name in INPUT_NAMES:
+    for name in (item.upload for item in INPUTS if item.by_kind):  # control: control_upload
         value = fields.pop(name, None)
         upload = files.get(name)
         if upload is not None and upload.filename:
@@ -163,10 +164,15 @@ def control_upload(fields: dict[str, Any], files: Mapping[str, FileStorage]) -> 
 def decode_inputs(services: Services, raw: dict[str, bytes]) -> JobInputs:
     settings = services.settings
     limits = (settings.max_image_bytes, settings.max_image_pixels)
-    image = as_rgb(load_image("image", raw["image"], *limits)) if "image" in raw else None
-    mask = as_mask(load_image("mask", raw["mask"], *limits)) if "mask" in raw else None
-    control = as_rgb(load_image("control", raw["control_image"], *limits)) if "control_image" in raw else None
-    return JobInputs(image=image, mask=mask, control=control)
+    return JobInputs(
+        **{
+            item.name: (as_mask if item.mode == "L" else as_rgb)(
+                load_image(item.name, raw[item.upload], *limits)
+            )
+            for item in INPUTS
+            if item.upload in raw
+        }
+    )
 
 
 Describe = Callable[[Session, Job], dict[str, Any]]
@@ -278,15 +284,12 @@ def _check_cap(services: Services, session: Session, owner_id: str) -> None:
 
 def _store_inputs(services: Services, job_id: str, inputs: JobInputs) -> dict[str, str]:
     """Put the inputs of job ``job_id`` in storage before its row is written, so a committed
-    job always has them: the ``input_key``, ``mask_key`` and ``control_key`` stored."""
+    job always has them: their storage keys by column (``shared.kinds.INPUTS``)."""
     keys: dict[str, str] = {}
-    for column, name, picture in (
-        ("input_key", "image", inputs.image),
-        ("mask_key", "mask", inputs.mask),
-        ("control_key", "control", inputs.control),
-    ):
+    for item in INPUTS:
+        picture, column = getattr(inputs, item.name), item.column
         if picture is not None:
-            keys[column] = input_key(job_id, name)
+            keys[column] = input_key(job_id, item.name)
             try:
                 services.storage.put(keys[column], encode_png_bytes(picture), "image/png")
             except BaseException:

@@ -102,7 +102,12 @@ def bomb() -> bytes:
             "mask",
             "applies only to inpaint jobs",
         ),
-        ({"type": "txt2img", "image": b64(gradient())}, 422, "image", "applies only to img2img and inpaint"),
+        (
+            {"type": "txt2img", "image": b64(gradient())},
+            422,
+            "image",
+            "applies only to img2img, inpaint and upscale",
+        ),
         ({"type": "img2img", "image": 12}, 422, "image", "must be a base64 string"),
     ],
 )

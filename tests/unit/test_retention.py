@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from easel.migrations.upgrade import upgrade
@@ -60,9 +60,11 @@ def add_job(
     age_days: float | None = None,
     images: int = 1,
     inputs: bool = False,
+    control: bool = False,
 ) -> str:
     """A job in ``status`` that finished ``age_days`` ago (when final), its outputs (when
-    it succeeded) and inputs stored, counted as its finishing transaction counts it."""
+    it succeeded) and inputs (image and mask; ``control``: a ControlNet's image) stored,
+    counted as its finishing transaction counts it."""
     now = utcnow()
     finished = now - timedelta(days=age_days) if status.is_terminal and age_days is not None else None
     started = finished - timedelta(seconds=2) if finished else None
@@ -83,6 +85,12 @@ def add_job(
             job.mask_key = f"jobs/{job.id}/input-mask.png"
             storage.put(job.input_key, b"image", "image/png")
             storage.put(job.mask_key, b"mask", "image/png")
+        if control:
+            job.control, job.control_key = (
+                {"model": "edges", "scale": 1.0},
+                f"jobs/{job.id}/input-control.png",
+            )
+            storage.put(job.control_key, b"control", "image/png")
         if status in (JobStatus.SUCCEEDED, JobStatus.RUNNING):  # a running job may have stored some
             for index in range(images):
                 storage.put(output_key(job.id, index), b"png", "image/png")
@@ -168,6 +176,49 @@ def test_pruned_inputs_answer_410_gone(
     answer = client.get(f"/api/v1/jobs/{old}/inputs/mask")
     assert answer.status_code == 410 and answer.get_json()["error"]["code"] == "gone"
     assert client.get(f"/api/v1/jobs/{old}").get_json()["inputs_pruned_at"]
+
+
+def test_the_control_image_of_a_txt2img_job_is_pruned_with_the_inputs(
+    sessions: sessionmaker[Session], storage: LocalStorage, client: FlaskClient
+) -> None:
+    """A txt2img + ControlNet job has no input image, only its control image."""
+    old = add_job(sessions, storage, JobStatus.SUCCEEDED, age_days=8, control=True)
+    recent = add_job(sessions, storage, JobStatus.SUCCEEDED, age_days=6, control=True)
+    plain = add_job(sessions, storage, JobStatus.SUCCEEDED, age_days=8)  # no inputs: not due
+    report = prune(sessions, storage, Policy(outputs_days=0, inputs_days=7))
+    assert (report.inputs, report.objects) == (1, 1)
+    assert stored(storage, old) == ["0.png"] and stored(storage, recent) == ["0.png", "input-control.png"]
+    assert client.get(f"/api/v1/jobs/{old}/inputs/control").status_code == 410
+    assert client.get(f"/api/v1/jobs/{recent}/inputs/control").status_code == 200
+    with sessions() as session:
+        assert session.get(Job, plain).inputs_pruned_at is None
+
+
+def test_finding_due_inputs_reads_the_partial_index(
+    sessions: sessionmaker[Session], storage: LocalStorage
+) -> None:
+    """The inputs pass's query implies ix_jobs_inputs_due's predicate: SQLite can read it
+    (``INDEXED BY`` fails with "no query solution" where it cannot)."""
+    add_job(sessions, storage, JobStatus.SUCCEEDED, age_days=8, control=True)
+    engine = sessions.kw["bind"]
+    captured: list[tuple[str, Any]] = []
+
+    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "inputs_pruned_at IS NULL" in statement:
+            captured.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", grab)
+    try:
+        assert prune(sessions, storage, Policy(outputs_days=0, inputs_days=7), dry_run=True).inputs == 1
+    finally:
+        event.remove(engine, "before_cursor_execute", grab)
+    assert captured
+    with engine.connect() as connection:
+        for statement, parameters in captured:
+            assert "\nFROM jobs \n" in statement, statement
+            forced = statement.replace("\nFROM jobs \n", "\nFROM jobs INDEXED BY ix_jobs_inputs_due\n", 1)
+            plan = connection.exec_driver_sql("EXPLAIN QUERY PLAN " + forced, parameters).all()
+            assert "ix_jobs_inputs_due" in " ".join(str(row) for row in plan), plan
 
 
 def test_prune_never_touches_queued_or_running_jobs(

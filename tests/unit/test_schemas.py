@@ -66,7 +66,7 @@ def test_form_strings_are_coerced(settings: Settings) -> None:
         ({"seed": MAX_SEED, "num_images": 2}, "seed", MAX_SEED, "exceeds the largest seed"),
         ({"strength": 0.5}, "strength", 0.5, "only to img2img and inpaint"),
         ({"type": "img2img"}, "image", None, "is required for img2img jobs"),
-        ({"type": "paint"}, "type", "paint", "'txt2img', 'img2img' or 'inpaint'"),
+        ({"type": "paint"}, "type", "paint", "'txt2img', 'img2img', 'inpaint' or 'upscale'"),
         ({"width": "wide"}, "width", "wide", "valid integer"),
         ({"colour": "red"}, "colour", "red", "not a known field"),
         ({"prompt": "x" * 51}, "prompt", "x" * 51, "at most 50"),

@@ -125,7 +125,7 @@
     renderImages(job);
     renderInputs(job);
     const reuse = new URL($("reuse").href);
-    reuse.pathname = job.type === "txt2img" ? "/" : "/edit";
+    reuse.pathname = JSON.parse($("reuse").dataset.forms || "{}")[job.type] || "/"; // the kind's form
     $("reuse").href = reuse.toString();
   }
 

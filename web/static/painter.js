@@ -85,8 +85,8 @@
   });
 
   form.addEventListener("submit", (event) => {
-    const inpaint = form.querySelector("input[name=type]:checked").value === "inpaint";
-    if (!inpaint || maskInput.files.length || !painted || painter.hidden) return;
+    const masked = form.querySelector("input[name=type]:checked").dataset.mask === "true"; // kinds with a mask
+    if (!masked || maskInput.files.length || !painted || painter.hidden) return;
     event.preventDefault();
     canvas.toBlob((blob) => {
       const transfer = new DataTransfer();

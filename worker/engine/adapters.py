@@ -39,6 +39,7 @@ from easel.shared.adapters import (
     replace_embeddings,
 )
 from easel.shared.errors import ModelLoadError, cannot_load
+from easel.shared.kinds import kind_of
 from easel.shared.models import JobType
 from easel.shared.params import GenerationParams
 from easel.shared.registry import Registry
@@ -224,13 +225,9 @@ def _control_pipe(pipelines: Any, pipe: Any, job_type: JobType, spec: ControlNet
             ) from exc
         state.controlnets[spec.name] = model.to(pipelines.base.device)
         _recount(pipelines)
-    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
+    from easel.worker.engine.pipelines import auto_pipeline  # pipelines imports this module
 
-    auto = {
-        JobType.TXT2IMG: AutoPipelineForText2Image,
-        JobType.IMG2IMG: AutoPipelineForImage2Image,
-        JobType.INPAINT: AutoPipelineForInpainting,
-    }[JobType(job_type)]
+    auto = auto_pipeline(job_type)
     try:
         control_pipe = auto.from_pipe(pipe, controlnet=state.controlnets[spec.name], dtype=pipe.dtype)
     except Exception as exc:
@@ -477,10 +474,9 @@ def _has_adapters(pipe: Any) -> bool:
 
 
 def control_kwargs(job_type: JobType, images: Sequence[Image.Image | None], scale: float) -> dict[str, Any]:
-    """The ControlNet arguments of a pipeline call: txt2img pipelines take the control
-    image as ``image``; img2img and inpaint as ``control_image``."""
-    name = "image" if JobType(job_type) is JobType.TXT2IMG else "control_image"
-    return {name: list(images), "controlnet_conditioning_scale": scale}
+    """The ControlNet arguments of a pipeline call: the control images under the kind's
+    ``control_argument`` (txt2img: ``image``; img2img and inpaint: ``control_image``)."""
+    return {kind_of(job_type).control_argument: list(images), "controlnet_conditioning_scale": scale}
 
 
 def prepare_control(image: Image.Image, preprocessor: str) -> Image.Image:

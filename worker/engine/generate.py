@@ -4,14 +4,14 @@ generator per image, a step callback."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image, ImageFilter
 
 from easel.shared.families import ALL_SCHEDULERS, Family, family_of_pipeline
-from easel.shared.models import JobType
+from easel.shared.kinds import INPUTS, CallSize, kind_of
 from easel.shared.params import BATCH_KEY, GenerationParams
 from easel.worker.engine.adapters import control_kwargs, embedding_prompt, lora_scope
 from easel.worker.engine.fastpath import set_vae_tiling, use_vae_tiling
@@ -111,9 +111,8 @@ class _Item:
     prompt: str
     negative_prompt: str
     seed: int
-    image: Image.Image | None
-    mask: Image.Image | None
-    control: Image.Image | None = None
+    inputs: Mapping[str, Image.Image]
+    """Its job's inputs (``shared.kinds.INPUTS``) fitted to the output size, by name."""
 
 
 def generate_batch(
@@ -157,32 +156,28 @@ def generate_batch(
         own, images = images[: len(items)], images[len(items) :]
         # Inpaint: what the mask keeps is the input's, exactly (a feathered seam between).
         params = request.params
-        if params.type is JobType.INPAINT and params.keep_unmasked is not False:
-            source, mask = items[0].image, items[0].mask
-            assert source is not None and mask is not None  # _items checked both
+        if "keep_unmasked" in kind_of(params.type).knobs and params.keep_unmasked is not False:
+            source, mask = items[0].inputs["image"], items[0].inputs["mask"]  # _items checked both
             own = [keep_unmasked(out, source, mask, params.mask_blur or 0) for out in own]
         results.append(own)
     return results
 
 
 def _items(request: GenerationRequest) -> list[_Item]:
+    """The images of ``request``, each with the inputs its kind takes (and the ControlNet's)."""
     params = request.params
-    size = (params.width, params.height)
-    image = mask = None
-    if params.type is not JobType.TXT2IMG:
-        if request.image is None:
-            raise ValueError(f"{params.type.value} needs an input image")
-        image = fit(request.image, size, Image.Resampling.LANCZOS)
-    if params.type is JobType.INPAINT:
-        if request.mask is None:
-            raise ValueError("inpaint needs a mask")
-        mask = fit(request.mask, size, Image.Resampling.BILINEAR)
-    control = None
-    if params.control is not None:
-        if request.control is None:
-            raise ValueError("a ControlNet job needs its control image")
-        control = fit(request.control, size, Image.Resampling.LANCZOS)
-    return [_Item(params.prompt, params.negative_prompt, seed, image, mask, control) for seed in params.seeds]
+    size, kind = (params.width, params.height), kind_of(params.type)
+    inputs = {}
+    for item in INPUTS:
+        if item.name in kind.inputs or (not item.by_kind and params.control is not None):
+            picture = getattr(request, item.name)
+            if picture is None:
+                raise ValueError(
+                    f"a {params.type.value} job{'' if item.by_kind else ' with a ControlNet'} "
+                    f"needs its {item.name} input"
+                )
+            inputs[item.name] = fit(picture, size, Image.Resampling[item.resample])
+    return [_Item(params.prompt, params.negative_prompt, seed, inputs) for seed in params.seeds]
 
 
 def _generate_split(
@@ -248,18 +243,19 @@ def _call(
             on_latents(step + 1, offset, kwargs["latents"])
         return kwargs
 
-    # 4. The inputs of each job type, at the output size, one per image.
-    kwargs: dict[str, Any] = {}
-    if head.type is JobType.TXT2IMG:
+    # 4. The kind's call arguments (shared.kinds): its inputs at the output size, one per
+    # image, its knobs that reach the call, and the size where the pipeline takes it.
+    kind = kind_of(head.type)
+    kwargs: dict[str, Any] = {
+        arg: [item.inputs[name] for item in items] for name, arg in kind.call_inputs.items()
+    }
+    kwargs.update({name: getattr(head, name) for name in kind.call_knobs})
+    if kind.call_size is CallSize.ALWAYS or takes_size(call_pipe):  # SD3, Flux img2img: else the input's
         kwargs.update(width=head.width, height=head.height)
-    else:
-        kwargs.update(image=[item.image for item in items], strength=head.strength)
-        if head.type is JobType.IMG2IMG and takes_size(call_pipe):  # SD3, Flux: else their default size
-            kwargs.update(width=head.width, height=head.height)
-        if head.type is JobType.INPAINT:
-            kwargs.update(mask_image=[item.mask for item in items], width=head.width, height=head.height)
     if head.control is not None:  # the ControlNet's image per image, and its scale
-        kwargs.update(control_kwargs(head.type, [item.control for item in items], head.control.scale))
+        kwargs.update(
+            control_kwargs(head.type, [item.inputs["control"] for item in items], head.control.scale)
+        )
 
     # 5. The prompts and guidance as the family takes them (family_prompts), each
     # loaded embedding a prompt names as a word replaced by its private tokens.

@@ -13,6 +13,7 @@ from typing import Any
 
 from easel.shared.errors import ModelLoadError, cannot_load
 from easel.shared.families import family_of_pipeline
+from easel.shared.kinds import kind_of
 from easel.shared.models import JobType
 from easel.shared.registry import ModelSource, ModelSpec
 from easel.worker.engine.device import DevicePlan, torch_dtype
@@ -39,8 +40,9 @@ def load_pipeline(
     dedicated inpainting checkpoint), a checkpoint file through the family's
     ``from_single_file`` pipeline. ``tiny-sd`` is built on first use, then loaded from its
     folder like any other local model. The loaded pipeline must belong to ``spec``'s
-    family (``check_family``). ``channels_last`` and ``torch_compile`` take effect on CUDA
-    only (``worker.engine.fastpath``).
+    family (``check_family``). ``channels_last`` takes effect on CUDA only
+    (``worker.engine.fastpath``); ``torch_compile`` compiles in place on any device (a worker
+    compiles through ``compile_switch.Compiler`` instead: cache, background switch).
     """
     from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
     from diffusers.utils import logging as diffusers_logging
@@ -109,6 +111,16 @@ def weight_bytes(pipe: Any) -> int:
     return total
 
 
+def auto_pipeline(job_type: JobType | str) -> Any:
+    """The diffusers auto-pipeline class of ``job_type``'s kind (``shared.kinds``)."""
+    import diffusers
+
+    kind = kind_of(job_type)
+    if kind.pipeline is None:
+        raise ValueError(f"{kind.value} jobs run no diffusers pipeline")
+    return getattr(diffusers, kind.pipeline)
+
+
 class ModelPipelines:
     """One model's weights and the pipelines that share them, one per job type.
 
@@ -131,9 +143,7 @@ class ModelPipelines:
         if job_type not in self._by_type:
             if job_type not in self.spec.types:
                 raise ValueError(f"model {self.spec.name!r} does not serve {job_type.value} jobs")
-            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
-
-            auto = AutoPipelineForImage2Image if job_type is JobType.IMG2IMG else AutoPipelineForInpainting
+            auto = auto_pipeline(job_type)
             # dtype: from_pipe casts the shared modules to float32 unless told otherwise.
             pipe = auto.from_pipe(self.base, dtype=self.base.dtype)
             pipe.set_progress_bar_config(disable=True)

@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
 from easel.shared.errors import ERROR_DETAIL, ModelLoadError, StorageError, UnknownModel
-from easel.shared.jobs import webhook_events
+from easel.shared.jobs import stored_input_keys, webhook_events
+from easel.shared.kinds import Engine, kind_of
 from easel.shared.models import Job, JobOutput, JobStatus
 from easel.shared.params import params_of
 from easel.shared.registry import Registry
@@ -36,6 +37,7 @@ from easel.worker.engine.generate import (
 )
 from easel.worker.engine.pipelines import PipelineCache
 from easel.worker.engine.preview import PreviewWriter
+from easel.worker.engine.upscale import load_upscaler, upscale_batch
 from easel.worker.heartbeat import Heartbeat
 from easel.worker.pngmeta import encode_png
 
@@ -213,13 +215,17 @@ class JobRunner:
         for job in jobs:
             log.info("running job %s", job.id, extra=contexts[job.id])
         self._webhooks(jobs, "start")
+        diffusers = kind_of(jobs[0].type).engine is Engine.DIFFUSERS
         try:
-            spec = self.registry.get(jobs[0].model)
-            pipelines, load_seconds = self.cache.get(spec)
-            shared["load_seconds"] = round(load_seconds, 3)
-            shared["model_cache_hit"] = load_seconds == 0.0
-            # The job type's pipeline, with the batch's ControlNet and LoRAs (same for all: batch key).
-            pipe = pipeline_for(pipelines, params_of(jobs[0]), self.registry, self.max_loras_loaded)
+            if diffusers:
+                spec = self.registry.get(jobs[0].model)
+                pipelines, load_seconds = self.cache.get(spec)
+                shared["load_seconds"] = round(load_seconds, 3)
+                shared["model_cache_hit"] = load_seconds == 0.0
+                # The job type's pipeline, with the batch's ControlNet and LoRAs (same for all: batch key).
+                pipe = pipeline_for(pipelines, params_of(jobs[0]), self.registry, self.max_loras_loaded)
+            else:  # an upscaler (the batch key's), no model
+                pipe = load_upscaler(jobs[0].upscaler or "", self.registry)
         except Exception as exc:
             for job in jobs:
                 self._fail(job, exc, self._timings(job, started, shared), contexts[job.id])
@@ -227,7 +233,8 @@ class JobRunner:
         requests: dict[str, GenerationRequest] = {}
         for job in jobs:
             try:  # the embeddings its prompts name (not in the batch key: per job), its inputs
-                load_embeddings(pipelines, (job.prompt, job.negative_prompt), self.registry)
+                if diffusers:
+                    load_embeddings(pipelines, (job.prompt, job.negative_prompt), self.registry)
                 requests[job.id] = self._request(job)
             except Exception as exc:  # an unreadable input or embedding fails its own job only
                 self._fail(job, exc, self._timings(job, started, shared), contexts[job.id])
@@ -263,18 +270,19 @@ class JobRunner:
             deadline=started + self.time_limit if self.time_limit else None,
             after_write=self._progress_webhooks(jobs),
         )
-        on_latents = self._preview_hook(pipe, jobs, requests, reporter.active)
+        diffusers = kind_of(jobs[0].type).engine is Engine.DIFFUSERS
+        on_latents = self._preview_hook(pipe, jobs, requests, reporter.active) if diffusers else None
         if self.on_batch is not None:
             self.on_batch(jobs[0].model, sum(requests[j.id].params.num_images for j in jobs), len(jobs))
         t0 = time.perf_counter()
         try:
-            results = generate_batch(
-                pipe,
-                [requests[j.id] for j in jobs],
-                reporter,
-                vae_tiling_pixels=self.vae_tiling_pixels,
-                on_latents=on_latents,
-            )
+            batch = [requests[j.id] for j in jobs]
+            if diffusers:
+                results = generate_batch(
+                    pipe, batch, reporter, vae_tiling_pixels=self.vae_tiling_pixels, on_latents=on_latents
+                )
+            else:
+                results = upscale_batch(pipe, batch, reporter)
         except JobCanceled:
             return True  # every job left the batch, each recorded as it left
         except Exception as exc:
@@ -442,16 +450,15 @@ class JobRunner:
         return timings
 
     def _request(self, job: Job) -> GenerationRequest:
-        """What the pipeline gets: the job's parameters and its stored inputs."""
-        image = self._load_input(job.input_key, "RGB") if job.input_key else None
-        mask = self._load_input(job.mask_key, "L") if job.mask_key else None
+        """What the pipeline gets: the job's parameters and its stored inputs
+        (``shared.kinds.INPUTS``), the ControlNet's image as its control map."""
         params = params_of(job)
-        control = None
-        if params.control is not None and job.control_key:
+        inputs = {item.name: self._load_input(key, item.mode) for item, key in stored_input_keys(job)}
+        control = inputs.pop("control", None)
+        if params.control is not None and control is not None:
             spec = self.registry.controlnets.get(params.control.model)
-            preprocessor = spec.preprocessor if spec is not None else "none"
-            control = prepare_control(self._load_input(job.control_key, "RGB"), preprocessor)
-        return GenerationRequest(params, image=image, mask=mask, control=control)
+            control = prepare_control(control, spec.preprocessor if spec is not None else "none")
+        return GenerationRequest(params, control=control if params.control else None, **inputs)
 
     def _load_input(self, key: str, mode: str) -> Image.Image:
         with Image.open(io.BytesIO(self.storage.get(key))) as image:

@@ -1,0 +1,107 @@
+"""AUTOMATIC1111's extras as upscale jobs: ``/sdapi/v1/upscalers`` and
+``/sdapi/v1/extra-single-image`` held until a runner in this process finishes the job."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from PIL import Image
+from sqlalchemy import func, select
+from sqlalchemy.orm import sessionmaker
+
+from bench.processes import wait_for
+from easel.shared.db import make_engine
+from easel.shared.errors import ValidationFailed
+from easel.shared.models import Job
+from easel.shared.registry import load_registry
+from easel.shared.settings import Settings
+from easel.shared.storage import LocalStorage
+from easel.web.a1111_extras import extras_fields
+from easel.worker.engine.pipelines import PipelineCache
+from easel.worker.engine.runner import JobRunner
+from tests.factories import b64, gradient, migrated_settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return migrated_settings(home=tmp_path, auth_enabled=False, sync_timeout_seconds=60)
+
+
+def no_model(spec: Any) -> Any:
+    raise AssertionError(f"an upscale job loaded model {spec.name}")
+
+
+def test_extras_payload_maps_to_an_upscale_job() -> None:
+    fields = extras_fields({"upscaler_1": "LANCZOS", "upscaling_resize": 3, "gfpgan_visibility": 0}, None)
+    assert fields == {"type": "upscale", "upscaler": "lanczos", "scale": 3}
+    assert extras_fields({}, None)["upscaler"] == "lanczos"  # A1111's "None": a plain resize
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"upscaler_1": "R-ESRGAN 4x+"}, "upscaler_1"),
+        ({"codeformer_visibility": 0.5}, "codeformer_visibility"),
+        ({"extras_upscaler_2_visibility": 0.3}, "extras_upscaler_2_visibility"),
+        ({"resize_mode": 1}, "resize_mode"),
+    ],
+)
+def test_extras_refuse_what_easel_cannot_do(body: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationFailed) as info:
+        extras_fields(body, None)
+    assert [d["field"] for d in info.value.details] == [field]
+
+
+def test_upscalers_are_listed_in_a1111s_shape(client: FlaskClient) -> None:
+    names = [item["name"] for item in client.get("/sdapi/v1/upscalers").json]
+    assert names == ["None", "lanczos"]
+
+
+def test_extra_single_image_holds_until_the_upscale_job_is_done(app: Flask, settings: Settings) -> None:
+    client = app.test_client()  # not the fixture's: its contexts stay in the calling thread
+    source = gradient(32, 24)
+    answers: list[Any] = []
+    body = {"image": b64(source), "upscaler_1": "Lanczos", "upscaling_resize": 2}
+    call = threading.Thread(
+        target=lambda: answers.append(client.post("/sdapi/v1/extra-single-image", json=body))
+    )
+    call.start()
+    engine = make_engine(settings.database_url)
+    registry = load_registry(settings)
+    runner = JobRunner(
+        sessions=sessionmaker(engine, expire_on_commit=False),
+        registry=registry,
+        storage=LocalStorage(settings.home / "outputs"),
+        cache=PipelineCache(loader=no_model),
+        worker_id="test:1",
+        models=list(registry.names()),
+    )
+    try:
+        wait_for(runner.run_next, 30, "the upscale job to be queued and run")
+        call.join(30)
+    finally:
+        engine.dispose()
+    [answer] = answers
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    with Image.open(io.BytesIO(base64.b64decode(answer.json["image"]))) as image:
+        expected = source.resize((64, 48), Image.Resampling.LANCZOS)
+        assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(expected))
+
+
+def test_a_refused_extras_call_records_no_job(client: FlaskClient, settings: Settings) -> None:
+    response = client.post(
+        "/sdapi/v1/extra-single-image", json={"image": b64(gradient()), "upscaler_1": "nope"}
+    )
+    assert response.status_code == 422
+    engine = make_engine(settings.database_url)
+    with engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(Job)) == 0
+    engine.dispose()
