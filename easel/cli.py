@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from easel.shared.settings import get_settings
+from easel.shared.kinds import KIND_NAMES, kinds_with
+from easel.shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from easel.client import EaselClient
@@ -99,10 +100,18 @@ def _fail(exc: Exception) -> click.ClickException:
 
 
 @main.command()
-@click.argument("prompt")
-@click.option("--type", "job_type", type=click.Choice(["txt2img", "img2img", "inpaint"]), default="txt2img")
-@click.option("--image", type=click.Path(exists=True, dir_okay=False), help="Input image (img2img, inpaint).")
-@click.option("--mask", type=click.Path(exists=True, dir_okay=False), help="Mask, white repaints (inpaint).")
+@click.argument("prompt", required=False)
+@click.option("--type", "job_type", type=click.Choice(KIND_NAMES), default=KIND_NAMES[0])
+@click.option(
+    "--image",
+    type=click.Path(exists=True, dir_okay=False),
+    help=f"Input image ({', '.join(kinds_with('image'))}).",
+)
+@click.option(
+    "--mask",
+    type=click.Path(exists=True, dir_okay=False),
+    help=f"Mask, white repaints ({', '.join(kinds_with('mask'))}).",
+)
 @click.option("--model", help="Registry name; default model.")
 @knob_options
 @click.option(
@@ -120,7 +129,7 @@ def _fail(exc: Exception) -> click.ClickException:
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
 @with_api
 def submit(
-    prompt: str,
+    prompt: str | None,
     job_type: str,
     image: str | None,
     mask: str | None,
@@ -135,7 +144,8 @@ def submit(
     key: str | None,
     **params: Any,
 ) -> None:
-    """Submit a job and print its id (or, with --wait, wait and save its images)."""
+    """Submit a job and print its id (or, with --wait, wait and save its images). An
+    upscale job takes no PROMPT: --type upscale --image IN.png [--upscaler NAME --scale 2]."""
     from easel.client import EaselApiError
 
     if (control_model is None) != (control_image is None) or (
@@ -361,6 +371,29 @@ def prune(dry_run: bool) -> None:
     click.echo(json.dumps(report.as_dict()))
 
 
+# Connections a gevent web process takes beyond its held calls: ordinary requests and
+# health checks always find room (docs/deployment.md, "Held calls").
+WEB_CONNECTION_ROOM = 256
+
+
+def web_worker_args(settings: Settings) -> list[str]:
+    """gunicorn's worker class arguments: gevent (a held call or an event stream costs a
+    greenlet; connections for every held call plus ``WEB_CONNECTION_ROOM``) or gthread
+    (a thread each)."""
+    if settings.web_worker_class == "gevent":
+        connections = settings.max_held_calls_per_process + WEB_CONNECTION_ROOM
+        return ["--worker-class", "gevent", "--worker-connections", str(connections)]
+    return ["--worker-class", "gthread", "--threads", str(settings.web_threads)]
+
+
+def recycle_args(max_requests: int) -> list[str]:
+    """gunicorn's ``max_requests`` with 10% jitter, so workers are not all replaced at once
+    (``EASEL_WEB_MAX_REQUESTS``; none with 0)."""
+    if not max_requests:
+        return []
+    return ["--max-requests", str(max_requests), "--max-requests-jitter", str(max(1, max_requests // 10))]
+
+
 @main.command()
 @click.option("--dev", is_flag=True, help="Flask's development server instead of gunicorn.")
 @click.option("--host", default=None, help="Bind address (EASEL_HOST).")
@@ -384,10 +417,8 @@ def web(dev: bool, host: str | None, port: int | None, workers: int | None) -> N
         f"{host}:{port}",
         "--workers",
         str(workers or settings.web_workers),
-        "--worker-class",
-        "gthread",
-        "--threads",  # each open job event stream holds one (docs/deployment.md, "Event streams")
-        str(settings.web_threads),
+        *web_worker_args(settings),
+        *recycle_args(settings.web_max_requests),
         "--access-logfile",
         "-",
         "--graceful-timeout",

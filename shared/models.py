@@ -46,6 +46,7 @@ class JobType(str, enum.Enum):  # noqa: UP042
     TXT2IMG = "txt2img"
     IMG2IMG = "img2img"
     INPAINT = "inpaint"
+    UPSCALE = "upscale"
 
 
 def utcnow() -> datetime:
@@ -98,7 +99,10 @@ class CanonicalJson(TypeDecorator[Any]):
 # Finished jobs whose stored outputs / inputs retention has not deleted yet (partial
 # indexes: a pruned job leaves them, so finding what is due never rereads the history).
 OUTPUTS_DUE = "outputs_pruned_at IS NULL AND finished_at IS NOT NULL"
-INPUTS_DUE = "inputs_pruned_at IS NULL AND input_key IS NOT NULL AND finished_at IS NOT NULL"
+INPUTS_DUE = (
+    "inputs_pruned_at IS NULL AND (input_key IS NOT NULL OR mask_key IS NOT NULL OR control_key IS NOT NULL) "
+    "AND finished_at IS NOT NULL"
+)  # a job with any of the input columns of easel.shared.kinds.INPUTS
 # Queued jobs only (partial indexes: the queue, never the history nor running jobs).
 QUEUED_ONLY = "status = 'queued'"
 
@@ -198,6 +202,9 @@ class Job(Base):
     control_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
     # The VAE of the batch key ([vaes.NAME]); NULL: the model's own.
     vae: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # upscale jobs (easel.shared.kinds): the upscaler's name and the factor; NULL: other kinds.
+    upscaler: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    scale: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     progress_step: Mapped[int] = mapped_column(Integer, default=0)
@@ -361,19 +368,22 @@ class Lease(Base):
     until: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class EventStream(Base):
-    """One open job event stream (``GET /api/v1/jobs/<id>/events``), to bound them per key.
+class HeldCall(Base):
+    """One held call (``Prefer: wait``, an OpenAI or AUTOMATIC1111 call, a job event
+    stream), to bound them per key across web processes (``web.held_calls``).
 
-    A stream refreshes ``seen_at`` at each heartbeat and deletes its row when it ends; a row
-    whose web process died is ignored once ``seen_at`` is older than a few heartbeats.
+    The web process refreshes ``seen_at`` of its calls' rows every heartbeat and deletes a
+    row when its call ends; a row whose web process died is ignored once ``seen_at`` is
+    older than a few heartbeats.
     """
 
-    __tablename__ = "event_streams"
-    __table_args__ = (Index("ix_event_streams_owner", "owner", "opened_at"),)
+    __tablename__ = "held_calls"
+    __table_args__ = (Index("ix_held_calls_owner", "owner", "opened_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
     owner: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16), default="wait")
     opened_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

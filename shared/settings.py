@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -56,11 +56,32 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `easel web` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `easel web` binds.")
     web_workers: int = Field(2, ge=1, description="gunicorn worker processes for `easel web`.")
-    web_threads: int = Field(
-        8, ge=2, le=256, description="Threads per gunicorn worker; each open event stream holds one."
+    web_worker_class: Literal["gevent", "gthread"] = Field(
+        "gevent",
+        description="gunicorn worker class of `easel web`: gevent (a held call or stream costs a "
+        "greenlet) or gthread (a thread each).",
     )
-    max_event_streams_per_key: int = Field(
-        2, ge=1, le=1000, description="Job event streams one API key may hold open at once; 429 beyond."
+    web_threads: int = Field(
+        8, ge=2, le=256, description="Threads per gunicorn worker with EASEL_WEB_WORKER_CLASS=gthread."
+    )
+    web_max_requests: int = Field(
+        0,
+        ge=0,
+        description="Requests after which a gunicorn worker is replaced (with 10% jitter); 0 = never.",
+    )
+    max_held_calls_per_key: int = Field(
+        8,
+        ge=1,
+        le=10_000,
+        description="Held calls (Prefer: wait, OpenAI, AUTOMATIC1111, event streams) one API key may "
+        "have open at once, across web processes; 429 beyond.",
+    )
+    max_held_calls_per_process: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="Held calls one web process holds at once; 429 beyond. gevent takes this many "
+        "connections plus room for ordinary requests and health checks.",
     )
     event_stream_heartbeat_seconds: float = Field(
         15.0, gt=0, le=300, description="Idle time after which an event stream sends a heartbeat comment."
@@ -162,7 +183,18 @@ class Settings(BaseSettings):
     )
     max_loaded_models: int = Field(1, ge=1, description="Models a worker keeps loaded (LRU).")
     max_loaded_bytes: int = Field(0, ge=0, description="Weight bytes a worker keeps loaded; 0 = no limit.")
-    torch_compile: bool = Field(False, description="torch.compile the UNet on CUDA, warmed up per shape.")
+    torch_compile: Literal["auto", "true", "false"] = Field(
+        "auto", description="torch.compile the UNet: auto (on CUDA), true (also on the CPU) or false."
+    )
+    compile_cache: str = Field(
+        "", description="Folder of the persistent compile cache; default $EASEL_HOME/compile-cache; off: none"
+    )
+    compile_cache_shared: bool = Field(
+        True, description="With S3 job storage, share compile cache entries under compile-cache/ there."
+    )
+    compile_background: bool = Field(
+        True, description="On a compile cache miss, serve jobs eagerly while the UNet compiles in a thread."
+    )
     compile_shapes: str = Field(
         "",
         description="WxH sizes a CUDA worker warms up (compiles) at start; unset: each model's default size.",
@@ -207,6 +239,27 @@ class Settings(BaseSettings):
     webhook_concurrency_per_owner: int = Field(
         2, ge=1, description="Parallel deliveries of one owner's jobs in one `easel webhooks` process."
     )
+
+    @field_validator("torch_compile", mode="before")
+    @classmethod
+    def _compile_switch(cls, value: object) -> object:
+        """``true``/``false`` as a boolean or its usual spellings; ``auto`` as is."""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            word = value.strip().lower()
+            spelled = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}
+            return spelled.get(word, word)
+        return value
+
+    @property
+    def compile_cache_dir(self) -> Path | None:
+        """The compile cache folder (``None``: ``EASEL_COMPILE_CACHE=off``)."""
+        if self.compile_cache.strip().lower() == "off":
+            return None
+        if not self.compile_cache.strip():
+            return self.home / "compile-cache"
+        return Path(self.compile_cache).expanduser()
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:

@@ -10,17 +10,19 @@ from sqlalchemy.orm import Session
 
 from easel.shared.catalog_registry import fitting_adapters
 from easel.shared.errors import Gone, NotFound, ValidationFailed, field_detail
-from easel.shared.jobs import cancel_job, describe, get_job, list_jobs, preview_key
-from easel.shared.models import Job, JobOutput, JobStatus, JobType
+from easel.shared.jobs import cancel_job, describe, get_job, list_jobs, preview_key, stored_inputs
+from easel.shared.kinds import INPUT_NAMES, KIND_NAMES
+from easel.shared.models import Job, JobOutput, JobStatus
 from easel.shared.queue import send_webhook
 from easel.shared.schemas import FamilyView, JobList, ModelAdapters, ModelLimits, ModelList, ModelView
 from easel.shared.workers import live_workers_by_model
 from easel.web import events
 from easel.web.auth import current_principal
 from easel.web.eta import QueueEstimates
-from easel.web.hold import hold, prefer_wait
+from easel.web.held_calls import TooManyHeldCalls, client_gone_check, holder_id
 from easel.web.limits import accepted, api_limit, limiter, submit_limit
-from easel.web.services import services
+from easel.web.prefer import prefer_wait
+from easel.web.services import Services, services
 from easel.web.submit import accept_job, idempotency_key, request_fields
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -79,18 +81,30 @@ def create_job() -> ResponseReturnValue:
         describe=job_view if wait is None else None,
     )
     job_id, body = submitted.job.id, submitted.view
-    if wait is not None:
-        hold(svc, job_id, wait)  # polls with short sessions; answers the job as it is then
+    applied = wait is not None and hold_for(svc, principal.owner_id, job_id, wait)
+    if wait is not None:  # the job as it is now (at once past a held-call bound: a plain 202)
         with svc.session() as session:
             body = job_view(session, get_job(session, job_id))
     response = jsonify(body)
     response.status_code = 202
     response.headers["Location"] = url_for("api.get_job", job_id=job_id)
-    if wait is not None:
+    if applied:
         response.headers["Preference-Applied"] = f"wait={wait}"
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+def hold_for(svc: Services, owner_id: str, job_id: str, seconds: float) -> bool:
+    """Hold the request up to ``seconds`` for the job (``Prefer: wait``), or until the
+    client hangs up; False (no hold: a plain ``202``) past a held-call bound."""
+    holder = holder_id(svc.settings.auth_enabled, owner_id)
+    try:
+        with svc.held_calls.held("wait", holder, job_id) as call:
+            call.wait_finished(seconds, client_gone_check())
+    except TooManyHeldCalls:
+        return False
+    return True
 
 
 LIST_PARAMETERS = frozenset({"status", "type", "limit", "cursor"})
@@ -109,10 +123,8 @@ def jobs_index() -> ResponseReturnValue:
         details.append(
             field_detail("status", f"must be one of {', '.join(s.value for s in JobStatus)}", status)
         )
-    if job_type is not None and job_type not in {t.value for t in JobType}:
-        details.append(
-            field_detail("type", f"must be one of {', '.join(t.value for t in JobType)}", job_type)
-        )
+    if job_type is not None and job_type not in KIND_NAMES:
+        details.append(field_detail("type", f"must be one of {', '.join(KIND_NAMES)}", job_type))
     raw_limit = args.get("limit", "20")
     digits = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 6
     if not digits or not 1 <= int(raw_limit) <= MAX_PAGE:
@@ -172,12 +184,13 @@ def get_output(job_id: str, index: int) -> ResponseReturnValue:
     return _serve(key, content_type)
 
 
-@bp.get("/jobs/<job_id>/inputs/<any(image, mask, control):name>")
+@bp.get(f"/jobs/<job_id>/inputs/<any({', '.join(INPUT_NAMES)}):name>")
 def get_input(job_id: str, name: str) -> ResponseReturnValue:
-    """The stored input image or mask of an img2img / inpaint job, or its ControlNet image."""
+    """A stored input image of a job (``shared.kinds.INPUTS``): the image or mask of an
+    img2img / inpaint job, or its ControlNet image."""
     with services().session() as session:
         job = get_job(session, job_id, current_principal().owner_filter)
-        key = {"image": job.input_key, "mask": job.mask_key, "control": job.control_key}[name]
+        key = stored_inputs(job).get(name)
         if key is not None and job.inputs_pruned_at is not None:
             raise _pruned(job, "inputs", "name", name, services().settings.retention_inputs_days)
     if key is None:
@@ -211,31 +224,23 @@ def job_events(job_id: str) -> ResponseReturnValue:
     svc = services()
     settings = svc.settings
     principal = current_principal()
-    owner = principal.owner_id if settings.auth_enabled else f"addr:{request.remote_addr}"
     last_event_id = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     with svc.session() as session:
         get_job(session, job_id, principal.owner_filter)  # 404 for someone else's job
         if last_event_id == events.DONE_ID:
             return Response(status=204)  # the client saw the end: EventSource stops here
-        bound, heartbeat = settings.max_event_streams_per_key, settings.event_stream_heartbeat_seconds
-        slot = events.open_slot(session, owner, job_id, bound, heartbeat)
+    call = svc.held_calls.take("stream", holder_id(settings.auth_enabled, principal.owner_id), job_id)
 
     def read() -> dict[str, Any]:
-        with svc.session() as session:  # closed (connection back in the pool) before the poll sleeps
+        with svc.session() as session:  # closed (connection back in the pool) before the wait
             return job_view(session, get_job(session, job_id))
 
-    def touch() -> None:
-        with svc.session() as session:
-            events.touch_slot(session, slot)
-
     def generate() -> Any:
-        try:
-            yield from events.stream(read, last_event_id, settings.event_stream_heartbeat_seconds, touch)
-        finally:
-            with svc.session() as session:
-                events.close_slot(session, slot)
+        heartbeat = settings.event_stream_heartbeat_seconds
+        yield from events.stream(read, last_event_id, heartbeat, call.wait_change)
 
     response = Response(stream_with_context(generate()), mimetype="text/event-stream")
+    response.call_on_close(lambda: svc.held_calls.release(call))  # the slot is free when the stream ends
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass events through at once
     return response

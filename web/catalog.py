@@ -25,7 +25,7 @@ bp = Blueprint("catalog", __name__, url_prefix="/api/v1")
 limiter.limit(api_limit)(bp)
 
 RESCAN_WAIT_SECONDS = 5.0
-"""How long a rescan call waits for a worker to publish: a held call costs a web thread."""
+"""How long a rescan call waits for a worker to publish (a short hold: not a bounded held call)."""
 
 
 class CatalogFile(BaseModel):

@@ -3,7 +3,7 @@
 Each surface is a thin adapter over the one job model: it turns its request into the
 fields of an ordinary Easel job, submits them through ``web.submit.accept_job`` (the
 REST API's validation, caps, storage and wake-up), holds the request until the job
-finishes (``web.hold``, bounded by ``EASEL_SYNC_TIMEOUT_SECONDS``), and answers in its
+finishes (a held call, ``web.held_calls``, bounded by ``EASEL_SYNC_TIMEOUT_SECONDS``), and answers in its
 own shape. Errors are raised as Easel errors and rewritten into the surface's shape by
 ``rewrite_errors`` as the response leaves, so refusals made before the view runs
 (authentication, rate limits, body size) take that shape too.
@@ -18,14 +18,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, url_for
+from flask import Blueprint, Response, jsonify, request, url_for
 from werkzeug.datastructures import FileStorage
 
 from easel.shared.errors import EaselError
 from easel.shared.jobs import get_job_fresh
 from easel.shared.models import Job, JobStatus
 from easel.web.auth import current_principal
-from easel.web.hold import hold
+from easel.web.held_calls import client_gone_check, holder_id
 from easel.web.limits import api_limit, limiter
 from easel.web.services import services
 from easel.web.submit import accept_job
@@ -58,13 +58,18 @@ def upload(name: str, data: bytes) -> FileStorage:
 
 def run_job(fields: dict[str, Any], files: Mapping[str, FileStorage] | None = None) -> Outcome:
     """Submit ``fields`` as the caller's job and hold until it finishes (or the sync
-    timeout passes). No session is open while holding."""
+    timeout passes, or the client hangs up): a held call (``easel.web.held_calls``),
+    with no session open while it waits."""
     svc = services()
     principal = current_principal()
-    job = accept_job(svc, fields, None, files, owner_id=principal.owner_id, admin=principal.is_admin).job
-    finished = hold(svc, job.id, svc.settings.sync_timeout_seconds)
+    holder = holder_id(svc.settings.auth_enabled, principal.owner_id)
+    # The slot first: a call refused by a held-call bound (429) records no job.
+    with svc.held_calls.held(request.blueprint or "sync", holder, None) as call:
+        fresh = accept_job(svc, fields, None, files, owner_id=principal.owner_id, admin=principal.is_admin)
+        call.job_id = job_id = fresh.job.id
+        finished = call.wait_finished(svc.settings.sync_timeout_seconds, client_gone_check())
     with svc.session() as session:
-        job = get_job_fresh(session, job.id)
+        job = get_job_fresh(session, job_id)
         _ = job.outputs  # loaded before the session closes
     return Outcome(job, finished)
 

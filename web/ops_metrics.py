@@ -9,7 +9,9 @@ besides the job series of ``web.metrics``, read at scrape time like them:
 * ``easel_workers_lost``: workers whose heartbeat stopped within the last hour without
   a clean stop (a crash, a killed pod, a lost host): older than
   ``EASEL_WORKER_LOST_AFTER_SECONDS`` and never marked stopped. One range read of the
-  small ``workers`` table (a row per worker process).
+  small ``workers`` table (a row per worker process);
+* ``easel_held_calls{kind}``: held calls open now across web processes
+  (``web.held_calls``), by kind.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from easel.shared.db import ping
-from easel.shared.models import Worker
+from easel.shared.models import HeldCall, Worker, utcnow
 from easel.shared.workers import live_since
+from easel.web.held_calls import STALE_HEARTBEATS
 from easel.web.services import Services
 
 DEPENDENCIES = ("database", "broker", "storage")
 LOST_WINDOW = timedelta(hours=1)
+HELD_KINDS = ("wait", "openai", "a1111", "stream")  # every kind, 0 when none is held
 
 
 def check_dependencies(svc: Services) -> dict[str, str]:
@@ -53,7 +57,7 @@ def check_dependencies(svc: Services) -> dict[str, str]:
 
 
 class OpsCollector(Collector):
-    """``easel_ready`` and ``easel_workers_lost`` on each scrape."""
+    """``easel_ready``, ``easel_workers_lost`` and ``easel_held_calls`` on each scrape."""
 
     def __init__(self, svc: Services) -> None:
         self.svc = svc
@@ -89,3 +93,24 @@ class OpsCollector(Collector):
             "Workers whose heartbeat stopped in the last hour without a clean stop.",
             value=float(lost or 0),
         )
+        yield self.held_calls()
+
+    def held_calls(self) -> GaugeMetricFamily:
+        """Live held calls by kind, across web processes (rows of ``held_calls`` whose
+        process still refreshes them)."""
+        stale = utcnow() - timedelta(
+            seconds=self.svc.settings.event_stream_heartbeat_seconds * STALE_HEARTBEATS
+        )
+        with self.svc.session() as session:
+            rows = session.execute(
+                select(HeldCall.kind, func.count()).where(HeldCall.seen_at >= stale).group_by(HeldCall.kind)
+            ).all()
+        held = GaugeMetricFamily(
+            "easel_held_calls",
+            "Held calls open now (waits, OpenAI and AUTOMATIC1111 calls, event streams), by kind.",
+            labels=["kind"],
+        )
+        counts = {str(kind): int(count) for kind, count in rows}
+        for kind in HELD_KINDS:
+            held.add_metric([kind], float(counts.get(kind, 0)))
+        return held

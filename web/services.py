@@ -17,6 +17,7 @@ from easel.shared.queue import WakeupCoalescer, broker_wakes_workers, make_celer
 from easel.shared.registry import Registry, load_registry
 from easel.shared.settings import Settings
 from easel.shared.storage import Storage, storage_from_settings
+from easel.web.held_calls import HeldCalls
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,12 @@ class Services:
         # The embedded broker carries no wake-ups (``broker_wakes_workers``): nothing to coalesce.
         window = 0.05 if broker_wakes_workers(settings.broker_url) else 0.0
         self.wakeups = WakeupCoalescer(lambda job_id, model: send_wakeup(self.celery, job_id, model), window)
+        self.held_calls = HeldCalls(
+            self.session,
+            settings.max_held_calls_per_key,
+            settings.max_held_calls_per_process,
+            settings.event_stream_heartbeat_seconds,
+        )
 
     @property
     def registry(self) -> Registry:

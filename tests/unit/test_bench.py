@@ -16,7 +16,7 @@ from bench._stack import batch_sizes, batch_times, compatible_jobs, percentile, 
 from bench.api import Samples, summarise
 from bench.processes import start_process, wait_for
 
-BENCHMARKS = ["chaos", "throughput", "batching", "api", "preview", "gpu"]
+BENCHMARKS = ["chaos", "throughput", "batching", "api", "preview", "gpu", "compile", "hold", "soak"]
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
@@ -50,10 +50,11 @@ def test_a_comparison_needs_a_setting_and_its_value(versus: str, capsys: pytest.
 def test_gpu_stack_entries_become_settings() -> None:
     from bench.gpu import stack_settings
 
-    assert stack_settings("eager", 512) == {}
+    assert stack_settings("eager", 512) == {"EASEL_TORCH_COMPILE": "false"}
     assert stack_settings("compile+EASEL_CHANNELS_LAST=false", 512) == {
         "EASEL_TORCH_COMPILE": "true",
         "EASEL_COMPILE_SHAPES": "512x512",
+        "EASEL_COMPILE_BACKGROUND": "false",
         "EASEL_CHANNELS_LAST": "false",
     }
 
@@ -164,3 +165,14 @@ def test_a_process_cpu_time_counts_the_children_it_started(tmp_path: Path) -> No
         assert 0.45 <= process.cpu_seconds() < 5
     finally:
         process.stop(timeout=5)
+
+
+def test_soak_reads_a_processs_resources_and_fits_its_growth() -> None:
+    from bench.soak import children, resources, slope
+
+    mine = resources(os.getpid())
+    assert mine is not None and mine["rss_mb"] > 0 and mine["fds"] >= 3 and mine["threads"] >= 1
+    assert resources(2**22 + 12345) is None  # no such process
+    assert os.getpid() in children(os.getppid())
+    assert slope([(1000, 100.0), (2000, 102.0), (3000, 104.0)]) == pytest.approx(0.002)
+    assert slope([(1000, 100.0)]) is None

@@ -22,8 +22,8 @@ from easel.shared.settings import Settings
 from easel.web import create_app
 from easel.web.a1111_map import SAMPLERS, a1111_error, scheduler_for
 from easel.web.a1111_map import job_fields as a1111_fields
-from easel.web.hold import prefer_wait
 from easel.web.openai_api import edit_mask, job_fields, openai_error, parse_size, transparent_area
+from easel.web.prefer import prefer_wait
 from tests.factories import make_key, migrated_settings
 
 REGISTRY = Registry([demo_spec()], "demo-shapes")

@@ -25,22 +25,28 @@ def job(
 
 
 def run(
-    states: list[dict[str, Any]], last_event_id: str | None = None, heartbeat: float = 100.0
+    states: list[dict[str, Any]],
+    last_event_id: str | None = None,
+    heartbeat: float = 100.0,
+    changes: bool = True,
+    reads: list[float] | None = None,
 ) -> list[str]:
-    """The stream's chunks for ``states`` read in turn (the last repeated), one per poll."""
+    """The stream's chunks for ``states`` read in turn (the last repeated); every wait
+    reports a change when ``changes`` (else none: the job is quiet). ``reads`` collects the
+    clock at each read."""
     clock = [0.0]
-    reads = iter(states)
-    touches: list[float] = []
+    left = iter(states)
 
     def read() -> dict[str, Any]:
-        return next(reads, states[-1])
+        if reads is not None:
+            reads.append(clock[0])
+        return next(left, states[-1])
 
-    def sleep(seconds: float) -> None:
+    def wait(seconds: float) -> bool:
         clock[0] += seconds
+        return changes
 
-    return list(
-        stream(read, last_event_id, heartbeat, lambda: touches.append(clock[0]), 0.5, lambda: clock[0], sleep)
-    )
+    return list(stream(read, last_event_id, heartbeat, wait, 0.5, lambda: clock[0], gone=lambda: False))
 
 
 def events(chunks: list[str]) -> list[tuple[str, str, str]]:
@@ -79,6 +85,19 @@ def test_resume_skips_what_the_client_saw_and_heartbeats_fill_quiet_time() -> No
     assert [e for e, _, _ in events(chunks)][:1] == ["progress"]  # running.3.2 is not sent again
     assert events(chunks)[0][1] == "running.4.2" and events(chunks)[-1][0] == "done"
     assert chunks.count(": heartbeat\n\n") >= 2
+
+
+def test_a_quiet_running_job_is_read_only_at_heartbeats() -> None:
+    """A stream reads its job when the keeper saw it change; while quiet, only when a
+    heartbeat is due (a queued job also every QUEUED_REFRESH_SECONDS, for its position)."""
+    reads: list[float] = []
+    states = [job("running", 3)] * 4 + [job("succeeded", 8)]
+    chunks = run(states, heartbeat=5.0, changes=False, reads=reads)
+    assert events(chunks)[-1][0] == "done" and chunks.count(": heartbeat\n\n") == 3
+    assert reads == [0.0, 5.0, 10.0, 15.0, 20.0]  # one read per heartbeat, none per poll
+    queued: list[float] = []
+    run([job("queued", position=3)] * 3 + [job("running", 1), job("failed", 1)], changes=False, reads=queued)
+    assert queued == [0.0, 2.0, 4.0, 6.0, 106.0]  # running and quiet: the next read at the heartbeat
 
 
 @pytest.mark.parametrize(

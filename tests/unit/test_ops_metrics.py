@@ -9,7 +9,7 @@ from typing import Any
 
 from easel.migrations.upgrade import upgrade
 from easel.shared.db import session_scope
-from easel.shared.models import Worker, utcnow
+from easel.shared.models import HeldCall, Worker, utcnow
 from easel.shared.settings import Settings
 from easel.web import create_app
 from tests.factories import parse_metrics, value
@@ -48,3 +48,23 @@ def test_workers_lost_are_those_gone_silent_without_a_clean_stop(tmp_path: Path)
     s = parse_metrics(create_app(settings).test_client().get("/metrics").get_data(as_text=True))
     assert value(s, "easel_workers_lost") == 2
     assert value(s, "easel_workers", model="demo-shapes") == 1
+
+
+def test_held_calls_are_counted_by_kind_and_stale_rows_are_not(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, event_stream_heartbeat_seconds=10)
+    upgrade(settings.database_url)
+    now, stale = utcnow(), timedelta(seconds=31)
+    with session_scope(settings.database_url) as session:
+        session.add_all(
+            [
+                HeldCall(owner="a", job_id="j1", kind="stream", opened_at=now, seen_at=now),
+                HeldCall(owner="a", job_id="j2", kind="stream", opened_at=now, seen_at=now),
+                HeldCall(owner="b", job_id="", kind="openai", opened_at=now, seen_at=now),
+                # a dead process's row, three heartbeats old: not counted
+                HeldCall(owner="b", job_id="j3", kind="wait", opened_at=now, seen_at=now - stale),
+            ]
+        )
+    s = parse_metrics(create_app(settings).test_client().get("/metrics").get_data(as_text=True))
+    assert value(s, "easel_held_calls", kind="stream") == 2
+    assert value(s, "easel_held_calls", kind="openai") == 1
+    assert value(s, "easel_held_calls", kind="wait") == 0 and value(s, "easel_held_calls", kind="a1111") == 0
