@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=1000, help="jobs between samples")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--web-max-requests", type=int, default=0, help="EASEL_WEB_MAX_REQUESTS (0: never)")
+    parser.add_argument(
+        "--web-worker-class", choices=("gevent", "gthread"), default="gevent", help="EASEL_WEB_WORKER_CLASS"
+    )
     add_stack_arguments(parser, timeout=3600)
     args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
@@ -226,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         "EASEL_CPU_THREADS": "1",
         "EASEL_PREVIEW_INTERVAL_SECONDS": "0.2",
         "EASEL_WEB_MAX_REQUESTS": str(args.web_max_requests),
+        "EASEL_WEB_WORKER_CLASS": args.web_worker_class,
     }
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), Accept)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
@@ -281,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
             "samples": samples,
             "rss_mb_growth_per_1000_jobs": growth,
             "web_max_requests": args.web_max_requests,
+            "web_worker_class": args.web_worker_class,
         }
     )
 

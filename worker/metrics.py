@@ -120,12 +120,13 @@ WEBHOOK_DELIVERIES = Counter(
     "easel_webhook_deliveries",
     "Webhook delivery attempts by event and outcome: delivered, failed (to be retried), "
     "abandoned (failed for the last time), skipped (nothing to deliver, or a start or "
-    "progress event that failed and is not retried).",
+    "progress event that failed and is not retried), deferred (the owner had its share of "
+    "this sender's slots: sent again shortly, not an attempt).",
     ["event", "outcome"],
     registry=REGISTRY,
 )
 WEBHOOK_EVENTS = ("completed", "start", "progress")
-WEBHOOK_OUTCOMES = ("delivered", "failed", "abandoned", "skipped")
+WEBHOOK_OUTCOMES = ("delivered", "failed", "abandoned", "skipped", "deferred")
 
 _server_lock = threading.Lock()
 _server_port: int | None = None

@@ -75,6 +75,7 @@ def make_webhook_app(settings: Settings) -> Celery:
             outcome = deliverer.deliver(job_id, event)
         except OwnerBusy:
             # The owner has its share of slots here: send it again shortly, the same attempt.
+            worker_metrics.observe_webhook(event, "deferred")
             app.send_task(
                 DELIVER_WEBHOOK_TASK,
                 args=(job_id, event),

@@ -21,6 +21,7 @@ from easel.shared.models import Job, JobStatus
 from easel.shared.queue import DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE
 from easel.shared.settings import Settings
 from easel.web import create_app
+from easel.worker.metrics import WEBHOOK_DELIVERIES
 from easel.worker.tasks import make_webhook_app
 from easel.worker.webhooks import OwnerBusy, OwnerSlots, WebhookDeliverer, post_pinned
 from tests.factories import insert_job, make_key
@@ -133,11 +134,14 @@ def test_a_deferred_delivery_is_sent_again_as_the_same_attempt(
         for cell in task.run.__closure__ or ()
         if isinstance(cell.cell_contents, WebhookDeliverer)
     )
+    deferred = WEBHOOK_DELIVERIES.labels(event="completed", outcome="deferred")
+    before = deferred._value.get()
     assert deliverer.slots.take("owner-a")  # another delivery of owner A holds its slot
     try:
         assert task.apply(args=(job_id, "completed"), retries=3).get() is None
     finally:
         deliverer.slots.give("owner-a")
+    assert deferred._value.get() == before + 1  # counted as deferred, not as an attempt
     assert sent == [
         (
             DELIVER_WEBHOOK_TASK,
