@@ -14,8 +14,8 @@ connection open.
 
 A stream is a held call (``easel.web.held_calls``): it counts against the per-key and
 per-process bounds, and it reads its job object only when the process's keeper saw the
-job change (and every ``QUEUED_REFRESH_SECONDS`` while queued, for the queue position),
-so an open stream costs no query while its job is quiet. It ends as soon as its client
+job change or its queue move (and at least every ``QUEUED_REFRESH_SECONDS`` while
+queued), so an open stream costs no query while its job and its queue are quiet. It ends as soon as its client
 hangs up, so a client reconnecting after a network blip (``retry: 2000``) finds its slot
 free.
 """
@@ -31,7 +31,7 @@ from easel.shared.models import JobStatus
 from easel.web.held_calls import client_gone_check
 
 POLL_SECONDS = 0.5
-QUEUED_REFRESH_SECONDS = 2.0  # a queued job's position moves without its row changing
+QUEUED_REFRESH_SECONDS = 15.0  # besides the keeper's nudges when the queue moves
 QUEUED = JobStatus.QUEUED.value
 TERMINAL = frozenset(s.value for s in JobStatus if s.is_terminal)
 DONE_ID = "done"

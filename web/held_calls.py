@@ -7,8 +7,9 @@ each call waits on is kept here, once per process:
 
 - **The watch.** One keeper (a thread; a greenlet under gevent), running while any call
   is held, reads the state of every held job in one query every ``LOOK_SECONDS`` and
-  wakes the calls whose job changed or finished. A waiting call makes no query and
-  holds no database connection.
+  wakes the calls whose job changed or finished, or whose queue moved (the maintained
+  counts of ``queue_turns`` changed: a queued job's position may have). A waiting call
+  makes no query and holds no database connection.
 - **The bounds.** At most ``EASEL_MAX_HELD_CALLS_PER_PROCESS`` calls in this process and
   ``EASEL_MAX_HELD_CALLS_PER_KEY`` per API key (per client address with authentication
   off) across all web processes, every kind together; past either, ``TooManyHeldCalls``
@@ -33,12 +34,12 @@ from datetime import timedelta
 from typing import Any
 
 from flask import has_request_context, request
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from easel.shared.errors import EaselError, field_detail
 from easel.shared.models import HeldCall as HeldCallRow
-from easel.shared.models import Job, JobStatus, utcnow
+from easel.shared.models import Job, JobStatus, QueueTurn, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ GONE_CHECK_SECONDS = 0.5  # how often a waiting call checks its client is still 
 STALE_HEARTBEATS = 3
 READ_CHUNK = 500  # job ids per query of the keeper
 TERMINAL = frozenset(s.value for s in JobStatus if s.is_terminal)
+QUEUED = JobStatus.QUEUED.value
 
 JobState = tuple[str, int, int | None]  # status, progress step, preview step
 
@@ -73,6 +75,11 @@ class HeldCall:
         if state is None or state[0] in TERMINAL:
             self.finished.set()
             self._changed.set()
+
+    def nudge(self) -> None:
+        """Something the job's answer shows changed though its row did not (its queue
+        position): wake the call's ``wait_change``."""
+        self._changed.set()
 
     def wait_change(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for the job's state to change; whether it did."""
@@ -110,6 +117,7 @@ class HeldCalls:
         self._reserved = 0  # calls past the process bound's check, not yet registered
         self._lock = threading.Lock()
         self._keeper: threading.Thread | None = None
+        self._marks: dict[str, tuple[Any, ...]] = {}  # the queues' marks at the last look
 
     def count(self) -> int:
         """Calls held by this process now."""
@@ -190,16 +198,39 @@ class HeldCalls:
         watched = [(call, call.job_id) for call in calls if call.job_id]
         job_ids = sorted({job_id for _, job_id in watched})
         states: dict[str, JobState] = {}
+        models: dict[str, str] = {}
         with self._sessions() as session:
             for start in range(0, len(job_ids), READ_CHUNK):
                 rows = session.execute(
-                    select(Job.id, Job.status, Job.progress_step, Job.preview_step).where(
+                    select(Job.id, Job.status, Job.progress_step, Job.preview_step, Job.model).where(
                         Job.id.in_(job_ids[start : start + READ_CHUNK])
                     )
                 )
-                states.update({row[0]: (row[1], row[2], row[3]) for row in rows})
+                for row in rows:
+                    states[row[0]] = (row[1], row[2], row[3])
+                    models[row[0]] = row[4]
+            queued = {models[job_id] for job_id, state in states.items() if state[0] == QUEUED}
+            moved = self._queues_moved(session, queued)
         for call, job_id in watched:
             call.saw(states.get(job_id))
+            if job_id in models and models[job_id] in moved:
+                call.nudge()  # its queue position may have changed
+
+    def _queues_moved(self, session: Session, models: set[str]) -> set[str]:
+        """The models among ``models`` whose queue moved since the last look: the
+        maintained counts and turns of ``queue_turns`` (a row per key and priority, not per
+        job) changed, so a queued job's position may have."""
+        marks: dict[str, tuple[Any, ...]] = {}
+        if models:
+            rows = session.execute(
+                select(QueueTurn.model, func.sum(QueueTurn.queued), func.max(QueueTurn.turn))
+                .where(QueueTurn.model.in_(sorted(models)))
+                .group_by(QueueTurn.model)
+            )
+            marks = {row[0]: (row[1], row[2]) for row in rows}
+        moved = {model for model in models if self._marks.get(model) != marks.get(model)}
+        self._marks = marks
+        return moved
 
     def _touch(self, calls: list[HeldCall]) -> None:
         """Keep this process's slots live (one statement per ``READ_CHUNK`` slots)."""

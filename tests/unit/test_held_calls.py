@@ -119,6 +119,24 @@ def test_the_keeper_wakes_a_waiting_call_when_its_job_finishes(
         assert call.wait_finished(30, gone.is_set)  # already finished: no wait
 
 
+def test_the_keeper_nudges_a_queued_call_when_its_queue_moves(
+    client: FlaskClient, settings: Settings, processes: tuple[HeldCalls, HeldCalls]
+) -> None:
+    """A queued job's row does not change when the jobs ahead of it go, but its position
+    does: the keeper wakes the call when the model's queue (``queue_turns``) moves."""
+    one, _ = processes
+    key = make_key(settings, "a")
+    ahead = submit(client, key)
+    mine = submit(client, key)
+    with one.held("stream", "alice", mine) as call:
+        assert call.wait_change(30)  # the first look: the job's state
+        assert not call.wait_change(0.5)  # nothing moves: no wake-up
+        canceled = client.post(f"/api/v1/jobs/{ahead}/cancel", headers={"Authorization": f"Bearer {key}"})
+        assert canceled.status_code == 200, canceled.json  # the job ahead leaves the queue
+        assert call.wait_change(30)  # nudged: the position may have changed
+        assert call.state is not None and call.state[0] == "queued"  # its own row did not
+
+
 def test_a_gone_client_ends_the_wait(processes: tuple[HeldCalls, HeldCalls]) -> None:
     one, _ = processes
     with one.held("wait", "alice", None) as call:  # no job to watch: only the client ends it

@@ -89,7 +89,8 @@ def test_resume_skips_what_the_client_saw_and_heartbeats_fill_quiet_time() -> No
 
 def test_a_quiet_running_job_is_read_only_at_heartbeats() -> None:
     """A stream reads its job when the keeper saw it change; while quiet, only when a
-    heartbeat is due (a queued job also every QUEUED_REFRESH_SECONDS, for its position)."""
+    heartbeat is due (a queued job also every QUEUED_REFRESH_SECONDS, besides the keeper's
+    nudges when its queue moves)."""
     reads: list[float] = []
     states = [job("running", 3)] * 4 + [job("succeeded", 8)]
     chunks = run(states, heartbeat=5.0, changes=False, reads=reads)
@@ -97,7 +98,7 @@ def test_a_quiet_running_job_is_read_only_at_heartbeats() -> None:
     assert reads == [0.0, 5.0, 10.0, 15.0, 20.0]  # one read per heartbeat, none per poll
     queued: list[float] = []
     run([job("queued", position=3)] * 3 + [job("running", 1), job("failed", 1)], changes=False, reads=queued)
-    assert queued == [0.0, 2.0, 4.0, 6.0, 106.0]  # running and quiet: the next read at the heartbeat
+    assert queued == [0.0, 15.0, 30.0, 45.0, 145.0]  # running and quiet: the next read at the heartbeat
 
 
 @pytest.mark.parametrize(
