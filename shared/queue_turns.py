@@ -40,6 +40,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Integer,
     String,
     Table,
     and_,
@@ -180,20 +181,29 @@ def left(session: Session, jobs: Sequence[Queued], started_at: datetime | None =
 
     On PostgreSQL the rows are locked first, in one order, before they are read again:
     claims of the same owners wait for each other here (never for a whole claim), and
-    each sees the others' committed jobs when it finds the new head."""
+    each sees the others' committed jobs when it finds the new head. The turn then moves
+    on those locked rows only: a row a submit added after the lock (its owner's first
+    job at another level) took its turn from the jobs when it was written, and waiting
+    for it here, out of that order, could deadlock with a claim or cancel that locked it
+    first."""
     groups = Counter(key_of(job) for job in jobs)
     if not groups:
         return
     owners = sorted({owner for *_, owner in groups})
     connection = session.connection()
     dialect = connection.dialect.name
-    if dialect == "postgresql":
-        connection.execute(_LOCK, {"owners": owners})
+    locked = connection.execute(_LOCK, {"owners": owners}).all() if dialect == "postgresql" else None
     served = [owner for owner in owners if owner != NO_OWNER] if started_at is not None else []
     for key, count in sorted(groups.items()):  # their turn too: one new version of each row
         _recount(connection, key, -count, started_at if key[3] in served else None)
-    if served:  # the owners' rows at other models, types and priorities
+    if not served:
+        return
+    if locked is None:  # the owners' rows at other models, types and priorities
         connection.execute(_take_turn(dialect), {"owners": served, "now": started_at, "keys": sorted(groups)})
+        return
+    others = sorted({(row[0], row[1], row[2], row[3]) for row in locked if row[3] in served} - set(groups))
+    if others:
+        connection.execute(_TAKE_TURN_AT, {"keys": others, "now": started_at})
 
 
 _LOCK = (
@@ -208,6 +218,14 @@ def _latest_turn(dialect: str) -> Any:
     """The row's turn, or ``now`` if later (clocks of workers may differ)."""
     latest = func.greatest if dialect == "postgresql" else func.max  # SQLite's max of two values
     return latest(TURNS.c.turn, bindparam("now", type_=UTCDateTime()))
+
+
+_TAKE_TURN_AT = (
+    update(TURNS)
+    .where(tuple_(*KEY).in_(bindparam("keys", expanding=True)))
+    .values(turn=_latest_turn("postgresql"))
+)
+"""PostgreSQL's ``_take_turn``: on the rows of these keys (locked)."""
 
 
 @cache
@@ -233,9 +251,9 @@ def _recount(connection: Connection, key: Key, change: int, started_at: datetime
     if row is None:  # no row: the jobs were written around this module; nothing to take
         return
     if row.head_id is None:
-        connection.execute(_DELETE, parameters)
+        connection.execute(_delete(connection.dialect.name), parameters)
     elif row.queued < 1:  # counted short (rows written around this module): jobs are left
-        connection.execute(_SET_QUEUED, {**parameters, "q_queued": 1})
+        connection.execute(_set_queued(connection.dialect.name), {**parameters, "q_queued": 1})
 
 
 def at(model: str, job_type: str, priority: int, owner: str) -> dict[str, Any]:
@@ -243,55 +261,112 @@ def at(model: str, job_type: str, priority: int, owner: str) -> dict[str, Any]:
     return {"q_model": model, "q_type": job_type, "q_priority": priority, "q_owner": owner}
 
 
-def _this_row() -> tuple[ColumnElement[bool], ...]:
-    return (
+def pinned(dialect: str, columns: Sequence[Any], values: Sequence[Any]) -> list[ColumnElement[bool]]:
+    """``columns`` equal to ``values`` (none NULL). On PostgreSQL written as the row of
+    them between itself and itself, which is the same test, so that the planner
+    estimates it by its first column alone.
+
+    A claim looks up one (model, type, priority, owner) of the queue: one owner's jobs at
+    one level. Given ``priority = 1`` bare, PostgreSQL's planner estimates it from the
+    statistics of the last ``ANALYZE``: a level that had no job then (a new priority
+    above a deep queue; ``ANALYZE`` follows only after a tenth of the table changed) has
+    none as far as it knows, so every index whose columns it bounds looks as good as
+    another, and it reads the level through ``ix_jobs_claim`` (status, model, priority),
+    every job of it, and sorts them, rather than the owner's first job through
+    ``ix_jobs_queue``; and ``queue_turns`` through ``ix_queue_turns_next_any``, every row
+    at that priority. A row comparison is estimated by its first column (``type``, whose
+    values the statistics know), and only an index with the same columns in that order
+    (``ix_jobs_queue``, the primary key of ``queue_turns``) seeks with it."""
+    if dialect != "postgresql":
+        return [column == value for column, value in zip(columns, values, strict=True)]
+    row, bound = tuple_(*columns), tuple_(*values)
+    return [row >= bound, row <= bound]
+
+
+def _this_row(dialect: str) -> list[ColumnElement[bool]]:
+    """The row of the ``at`` parameters; on PostgreSQL also its owner bare (its own
+    index, ``ix_queue_turns_owner``, reads the owner's few rows) beside ``pinned``."""
+    columns = (TURNS.c.type, TURNS.c.priority, TURNS.c.owner_key)
+    names = ("q_type", "q_priority", "q_owner")
+    values = tuple(bindparam(name, type_=column.type) for name, column in zip(names, columns, strict=True))
+    where = [
         TURNS.c.model == bindparam("q_model"),
-        TURNS.c.type == bindparam("q_type"),
-        TURNS.c.priority == bindparam("q_priority"),
-        TURNS.c.owner_key == bindparam("q_owner"),
-    )
+        *pinned(dialect, columns, values),
+    ]
+    if dialect == "postgresql":
+        where.append(TURNS.c.owner_key == bindparam("q_owner"))
+    return where
 
 
-def first_queued(ownerless: bool, *columns: Any) -> Any:
+def first_queued(dialect: str, ownerless: bool, *columns: Any) -> Any:
     """The first queued job (``columns``) of one owner at one (model, type, priority)
-    (``ix_jobs_queue``), with the parameters of ``at``."""
+    (``ix_jobs_queue``), with the parameters of ``at``. On PostgreSQL the type, priority
+    and owner are ``pinned``, and the order names the index's columns (the same order:
+    they are fixed); jobs without an owner (``IS NULL``, which a row comparison cannot
+    say) are looked up as on SQLite."""
+    level: list[Any] = [Job.type, Job.priority]
+    values: list[Any] = [
+        bindparam("q_type", type_=Job.type.type),
+        bindparam("q_priority", type_=Job.priority.type),
+    ]
+    if ownerless:
+        owner = [Job.owner_id.is_(None)]
+        dialect = "sqlite"  # equalities, as on SQLite
+    else:
+        owner = []
+        level.append(Job.owner_id)
+        values.append(bindparam("q_owner", type_=Job.owner_id.type))
+    order = (*level, Job.created_at, Job.id) if dialect == "postgresql" else (Job.created_at, Job.id)
     return (
         select(*columns)
-        .where(
-            IS_QUEUED,
-            Job.model == bindparam("q_model"),
-            Job.type == bindparam("q_type"),
-            Job.priority == bindparam("q_priority"),
-            Job.owner_id.is_(None) if ownerless else Job.owner_id == bindparam("q_owner"),
-        )
-        .order_by(Job.created_at, Job.id)
-        .limit(1)
+        .where(IS_QUEUED, Job.model == bindparam("q_model"), *pinned(dialect, level, values), *owner)
+        .order_by(*order)
+        .limit(ONE)
     )
+
+
+ONE = literal_column("1", Integer())
+"""A ``LIMIT`` of 1 written into the SQL, not bound: PostgreSQL plans a prepared statement
+once for all its executions (a generic plan) only if that plan looks no costlier than
+planning it afresh each time, and reckons a ``LIMIT`` it cannot see as a tenth of the
+rows, which ``pinned``'s estimate (every job of the model) makes dear: so it would plan
+the claim's statements again at every execution."""
 
 
 @cache
 def _recount_statement(dialect: str, ownerless: bool, served: bool) -> Any:
     values: dict[str, Any] = {
         "queued": TURNS.c.queued + bindparam("q_change"),
-        "head_created": first_queued(ownerless, Job.created_at).scalar_subquery(),
-        "head_id": first_queued(ownerless, Job.id).scalar_subquery(),
+        "head_created": first_queued(dialect, ownerless, Job.created_at).scalar_subquery(),
+        "head_id": first_queued(dialect, ownerless, Job.id).scalar_subquery(),
     }
     if served:
         values["turn"] = _latest_turn(dialect)
-    return update(TURNS).where(*_this_row()).values(**values).returning(TURNS.c.queued, TURNS.c.head_id)
+    return (
+        update(TURNS).where(*_this_row(dialect)).values(**values).returning(TURNS.c.queued, TURNS.c.head_id)
+    )
 
 
-_DELETE = delete(TURNS).where(*_this_row())
-_SET_QUEUED = update(TURNS).where(*_this_row()).values(queued=bindparam("q_queued"))
+@cache
+def _delete(dialect: str) -> Any:
+    return delete(TURNS).where(*_this_row(dialect))
+
+
+@cache
+def _set_queued(dialect: str) -> Any:
+    return update(TURNS).where(*_this_row(dialect)).values(queued=bindparam("q_queued"))
 
 
 def heal(session: Session, row: Any) -> None:
     """A ``queue_turns`` ``row`` (with its ``queued`` as read) behind which a claim found
     no queued job: remove it, unless its count changed meanwhile (a job joined)."""
-    session.execute(_HEAL, {**at(*row[:4]), "q_seen": row.queued})
+    statement = _heal(session.get_bind().dialect.name)
+    session.execute(statement, {**at(*row[:4]), "q_seen": row.queued})
 
 
-_HEAL = delete(TURNS).where(*_this_row(), TURNS.c.queued == bindparam("q_seen"))
+@cache
+def _heal(dialect: str) -> Any:
+    return delete(TURNS).where(*_this_row(dialect), TURNS.c.queued == bindparam("q_seen"))
 
 
 # ---- recomputing -----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from easel.shared import queue_turns
 from easel.shared.db import make_engine
 from easel.shared.jobs import active_jobs, list_jobs
 from easel.shared.models import Job, JobStatus, QueueTurn
-from easel.shared.transitions import cancel, recover_lost
+from easel.shared.transitions import Ending, cancel, finish_all, record_progress, recover_lost
 from easel.web.eta import EXACT_AHEAD, QueueEstimates
 from easel.web.metrics import job_counts
 from easel.worker.engine.claims import claim_batch
@@ -178,3 +178,74 @@ def test_the_queues_hot_statements_read_indexes_not_the_queue_on_postgres(
         assert index in used, index
     with pg_sessions() as session:  # the state still counts every queued job
         assert session.scalar(select(func.sum(QueueTurn.queued))) == QUEUED + 5
+
+
+def explained(sessions: sessionmaker[Session], captured: list[tuple[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each captured statement of ``jobs`` or ``queue_turns`` (not an insert) EXPLAINed
+    with its parameters, run and rolled back: its plan's root node."""
+    plans: dict[str, dict[str, Any]] = {}
+    with sessions() as session:
+        connection = session.connection()
+        for statement, parameters in captured:
+            about_the_queue = " jobs" in statement or "queue_turns" in statement
+            if not about_the_queue or statement.startswith("INSERT"):
+                continue
+            savepoint = connection.begin_nested()
+            plan = connection.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters)
+            found = plan.scalar_one()
+            savepoint.rollback()
+            plans[statement] = (found if isinstance(found, list) else json.loads(found))[0]["Plan"]
+    return plans
+
+
+def test_a_level_the_statistics_never_saw_is_claimed_through_its_own_indexes_on_postgres(
+    pg_sessions: sessionmaker[Session],
+) -> None:
+    """Jobs at a priority and step count that the last ANALYZE never saw (a new level
+    above a deep queue: PostgreSQL analyzes again only after a tenth of the table
+    changed), 200 of 8 keys: each statement of a claim of 4, its progress and its finish
+    reads a few jobs (the owners' first jobs through ix_jobs_queue, the jobs by their
+    ids), not the level through ix_jobs_claim, nor every job that ran through
+    ix_jobs_status_finished (queue_turns.pinned, transitions._HELD)."""
+    fill(pg_sessions)
+    level = [
+        insert_job(pg_sessions, owner_id=f"n{i % 8}", priority=1, steps=7, scheduler="euler", age=200 - i)
+        for i in range(200)
+    ]
+    with pg_sessions() as session:
+        session.add(worker_row("w1", ["tiny-sd"]))
+        session.commit()
+        assert claim_batch(session, "w1", ["tiny-sd"], 4)  # a claim's statements, prepared once
+
+    captured: list[tuple[str, Any]] = []
+    engine = pg_sessions.kw["bind"]
+
+    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().split(None, 1)[0].upper() in ("SELECT", "UPDATE", "DELETE"):
+            captured.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", grab)
+    try:
+        with pg_sessions() as session:
+            claimed = claim_batch(session, "w2", ["tiny-sd"], 4)
+            assert len(claimed) == 4 and {job.id for job in claimed} <= set(level)
+            assert len({job.owner_id for job in claimed}) == 4  # owners take turns
+            ids = [job.id for job in claimed]
+            assert record_progress(session, ids, "w2", 1, 7) == dict.fromkeys(ids, False)
+            session.commit()
+            endings = [Ending(job_id, JobStatus.SUCCEEDED, {"generate_seconds": 1.0}) for job_id in ids]
+            assert finish_all(session, "w2", endings) == [JobStatus.SUCCEEDED] * 4
+    finally:
+        event.remove(engine, "before_cursor_execute", grab)
+
+    plans = explained(pg_sessions, captured)
+    assert len(plans) >= 8
+    # queue_turns has a row per owner and level (208 here), which the planner may read
+    # whole (as above); the jobs table is the queue
+    of_jobs = {s: p for s, p in plans.items() if any(n.get("Relation Name") == "jobs" for n in nodes(p))}
+    assert len(of_jobs) >= 6
+    heavy = {s: rows_read(plan) for s, plan in of_jobs.items() if rows_read(plan) > 40}
+    assert not heavy, "\n\n".join(f"{n} rows: {s}" for s, n in heavy.items())
+    used = {node.get("Index Name") for plan in plans.values() for node in nodes(plan)}
+    assert "ix_jobs_queue" in used and "jobs_pkey" in used
+    assert not used & {"ix_jobs_claim", "ix_jobs_status_finished", "ix_jobs_queue_key"}, used

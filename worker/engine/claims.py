@@ -33,14 +33,14 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select, tuple_
+from sqlalchemy import Integer, Select, Text, bindparam, cast, func, literal_column, select, tuple_
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from easel.shared import queue_turns
 from easel.shared.models import Job, UTCDateTime
 from easel.shared.params import BATCH_KEY
-from easel.shared.queue_turns import IS_QUEUED, NO_OWNER, TURNS, first_queued, owner_is
+from easel.shared.queue_turns import IS_QUEUED, NO_OWNER, TURNS, first_queued, owner_is, pinned
 from easel.shared.transitions import claim, set_batch_size
 
 BATCH_KEY_COLUMNS = tuple(getattr(Job, name) for name in BATCH_KEY)
@@ -90,7 +90,7 @@ def claim_batch(
     else:
         session.rollback()
     if empty:  # after the claim's own locks are gone, so never in their way
-        for row in empty:
+        for row in sorted(empty, key=lambda row: tuple(row[:4])):  # the order rows are locked in
             queue_turns.heal(session, row)
         session.commit()
     if not claimed:
@@ -264,7 +264,7 @@ def _first_job(session: Session, ownerless: bool) -> Any:
 
 @cache
 def _first_job_of(dialect: str, ownerless: bool) -> Any:
-    query = first_queued(ownerless, *CLAIM_COLUMNS)
+    query = first_queued(dialect, ownerless, *CLAIM_COLUMNS)
     return query.with_for_update(of=Job, skip_locked=True) if dialect == "postgresql" else query
 
 
@@ -272,9 +272,10 @@ def _is_empty(session: Session, row: Any) -> bool:
     """Whether a row that offered no free job has none queued at all (rather than all of
     them locked by claims in flight, which will uncount them): rows written around
     ``queue_turns``, which ``heal`` removes."""
-    if session.get_bind().dialect.name != "postgresql":
+    dialect = session.get_bind().dialect.name
+    if dialect != "postgresql":
         return True
-    return session.execute(first_queued(row.owner_key == NO_OWNER, Job.id), _at(row)).first() is None
+    return session.execute(first_queued(dialect, row.owner_key == NO_OWNER, Job.id), _at(row)).first() is None
 
 
 # ---- the companions ----------------------------------------------------------------------------
@@ -289,23 +290,67 @@ def _same_key(nulls: tuple[bool, ...]) -> list[Any]:
 
 
 @cache
-def _same_key_jobs(dialect: str, nulls: tuple[bool, ...], ownerless: bool) -> Any:
+def _same_key_jobs(dialect: str, nulls: tuple[bool, ...], ownerless: bool, want: int) -> Any:
     """Queued jobs with the bound batch key at ``c_priority`` of the owner ``c_owner``,
-    other than ``c_head``, of at most ``c_room`` images, in age order (``ix_jobs_queue_key``)."""
-    query = (
+    other than ``c_head``, of at most ``c_room`` images, in age order (SQLite:
+    ``ix_jobs_queue_key``; PostgreSQL: ``_same_key_jobs_pg``)."""
+    query: Any
+    if dialect == "postgresql" and not ownerless:
+        query = _same_key_jobs_pg()
+    else:
+        query = (
+            select(Job.id, Job.num_images, Job.created_at)
+            .where(
+                IS_QUEUED,
+                *_same_key(nulls),
+                Job.priority == bindparam("c_priority"),
+                owner_is(NO_OWNER) if ownerless else Job.owner_id == bindparam("c_owner"),
+                Job.id != bindparam("c_head"),
+                Job.num_images <= bindparam("c_room"),
+            )
+            .order_by(Job.created_at, Job.id)
+        )
+    query = query.limit(literal_column(str(want), Integer()))  # written in, as queue_turns.ONE
+    return query.with_for_update(of=Job, skip_locked=True) if dialect == "postgresql" else query
+
+
+def _same_key_jobs_pg() -> Any:
+    """PostgreSQL's ``_same_key_jobs`` of an owner: that owner's jobs at that level in
+    age order through ``ix_jobs_queue`` (type, priority and owner ``pinned``, see
+    ``easel.shared.queue_turns.pinned``), the rest of the batch key compared as the text
+    of one row, NULLs alike (both sides written by the same types' output functions):
+    one test, which no index serves and the planner estimates without statistics.
+
+    Given the key's columns bare, a value the last ``ANALYZE`` never saw (a new step
+    count, a new priority) looks like no job at all: the planner then reads the level
+    through ``ix_jobs_claim``, the key's every job through ``ix_jobs_queue_key``, or (as
+    a row ``IS NOT DISTINCT FROM``, which it splits into columns) the whole table."""
+    rest = [
+        (name, column)
+        for name, column in zip(BATCH_KEY, BATCH_KEY_COLUMNS, strict=True)
+        if name not in ("model", "type")
+    ]
+    level = (Job.type, Job.priority, Job.owner_id)
+    names = ("k_type", "c_priority", "c_owner")
+    values = tuple(bindparam(name, type_=column.type) for name, column in zip(names, level, strict=True))
+    return (
         select(Job.id, Job.num_images, Job.created_at)
         .where(
             IS_QUEUED,
-            *_same_key(nulls),
-            Job.priority == bindparam("c_priority"),
-            owner_is(NO_OWNER) if ownerless else Job.owner_id == bindparam("c_owner"),
+            Job.model == bindparam("k_model"),
+            *pinned("postgresql", level, values),
+            cast(tuple_(*(column for _, column in rest)), Text)
+            == cast(
+                tuple_(
+                    *(cast(bindparam(f"k_{name}", type_=column.type), column.type) for name, column in rest)
+                ),
+                Text,
+            ),
             Job.id != bindparam("c_head"),
             Job.num_images <= bindparam("c_room"),
         )
-        .order_by(Job.created_at, Job.id)
-        .limit(bindparam("c_want"))
+        .order_by(*level, Job.created_at, Job.id)
     )
-    return query.with_for_update(of=Job, skip_locked=True) if dialect == "postgresql" else query
 
 
 @cache
@@ -332,9 +377,8 @@ class _Companions:
         values = [getattr(self.head, name) for name in BATCH_KEY]
         self._nulls = tuple(value is None for value in values)
         self._parameters = {
-            **{
-                f"k_{name}": value for name, value in zip(BATCH_KEY, values, strict=True) if value is not None
-            },
+            # the NULLs too: PostgreSQL's statement compares them in a row
+            **{f"k_{name}": value for name, value in zip(BATCH_KEY, values, strict=True)},
             "c_head": self.head.id,
             "c_room": self.room,
         }
@@ -384,8 +428,8 @@ class _Companions:
 
     def _jobs_of(self, row: Any, priority: int, want: int) -> list[Any]:
         dialect = self.session.get_bind().dialect.name
-        query = _same_key_jobs(dialect, self._nulls, row.owner_key == NO_OWNER)
-        parameters = {**self._parameters, "c_priority": priority, "c_owner": row.owner_key, "c_want": want}
+        query = _same_key_jobs(dialect, self._nulls, row.owner_key == NO_OWNER, want)
+        parameters = {**self._parameters, "c_priority": priority, "c_owner": row.owner_key}
         return list(self.session.connection().execute(query, parameters).all())
 
 
