@@ -29,7 +29,9 @@ them, ``prune`` as a retention pass with nothing due. With ``--queued`` jobs wai
 - ``metrics``: ``GET /metrics``;
 - ``claim``: the best queued job claimed (then put back, untimed);
 - ``sweep``: the lost-worker sweep;
-- ``prune``: a retention pass that finds nothing due.
+- ``prune``: a retention pass that finds nothing due;
+- ``usage``: ``GET /api/v1/usage`` of the last 30 days (the history's: read from the
+  maintained daily rows, ``shared.usage``), and ``usage_all``: every key's (an admin).
 
 Prints one JSON object: per backend the history sizes, how long the fill took, and per
 call p50 / p99 in milliseconds with the empty and the full history, the ratio of the
@@ -64,14 +66,26 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from bench._stack import emit, percentile, progress
 from bench.processes import TINY_SD_JOB
 
-CALLS = ("submit", "get", "list", "list_succeeded", "cancel", "metrics", "claim", "sweep", "prune")
+CALLS = (
+    "submit",
+    "get",
+    "list",
+    "list_succeeded",
+    "cancel",
+    "metrics",
+    "claim",
+    "sweep",
+    "prune",
+    "usage",
+    "usage_all",
+)
 QUEUE_CALLS = ("submit", "get", "list", "list_queued", "cancel", "metrics", "admin", "keda", "claim", "sweep")
 QUEUE_WORKER = "bench:queue"
 DRAIN_WORKER = "bench:drain"
@@ -182,6 +196,7 @@ class Bench:
             rate_limit="100000000/minute",
             submit_rate_limit="100000000/minute",
             max_queued_per_key=100_000_000,
+            quota_images_per_day=10**15,  # never reached: each submit reads the key's usage row
             worker_lost_after_seconds=1e9,  # the live worker row stays live through the run
             log_format="text",
         )
@@ -245,6 +260,7 @@ class Bench:
         queued = itertools.cycle(self.queued)
         nothing_due = Policy(outputs_days=3650, inputs_days=3650, rows_days=3650)
         pending: list[str] = []
+        month_ago = (datetime.now(UTC) - timedelta(days=30)).date().isoformat()  # the history's days
 
         def submit() -> None:
             pending.append(self._submit()["id"])
@@ -274,6 +290,8 @@ class Bench:
             "claim": claim,
             "sweep": sweeper.recover_lost_jobs,
             "prune": lambda: prune(self.sessions, self.storage, nothing_due),
+            "usage": lambda: self._get(f"/api/v1/usage?from={month_ago}"),
+            "usage_all": lambda: self._get(f"/api/v1/usage?from={month_ago}", self.admin_headers),
         }
 
     def queue_calls(self) -> dict[str, Callable[[], Any]]:
@@ -419,7 +437,7 @@ class Bench:
 
     def fill(self, count: int) -> float:
         """Add ``count`` finished jobs of this key (and their outputs); seconds taken."""
-        from easel.shared import stats
+        from easel.shared import stats, usage
 
         t0 = time.perf_counter()
         if self.engine.dialect.name == "postgresql":
@@ -428,6 +446,7 @@ class Bench:
             self._fill_sqlite(count)
         with self.sessions() as session:
             stats.rebuild(session)  # what the finishing transactions would have kept
+            usage.rebuild(session)  # and the key's daily usage
             session.commit()
         if self.engine.dialect.name == "postgresql":
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:

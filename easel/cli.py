@@ -14,6 +14,7 @@ import click
 
 from easel.shared.kinds import KIND_NAMES, kinds_with
 from easel.shared.settings import Settings, get_settings
+from easel.shared.tracing import setup_tracing
 
 if TYPE_CHECKING:
     from easel.client import EaselClient
@@ -95,6 +96,30 @@ def knob_options(function: Decorated) -> Decorated:
     return function
 
 
+def hires_options(function: Decorated) -> Decorated:
+    """``--hires`` and a ``--hires-NAME`` option per field of the hires fix
+    (``easel.shared.hires.HiresRequest``), typed and described as the field is."""
+    import typing
+
+    from easel.shared.hires import HIRES_FIELDS, HiresRequest
+
+    for name in reversed(HIRES_FIELDS):
+        info = HiresRequest.model_fields[name]
+        kind = next(t for t in (*typing.get_args(info.annotation), info.annotation) if t is not type(None))
+        function = click.option(
+            f"--hires-{name.replace('_', '-')}",
+            type=kind,
+            default=None,
+            help=f"Hires fix: {info.description}",
+        )(function)
+    return click.option(
+        "--hires",
+        is_flag=True,
+        help="txt2img hires fix: draw at --width x --height, upscale, redraw at the target size "
+        "(on too with --hires-scale, --hires-width or --hires-height).",
+    )(function)
+
+
 def _fail(exc: Exception) -> click.ClickException:
     return click.ClickException(str(exc))
 
@@ -114,6 +139,7 @@ def _fail(exc: Exception) -> click.ClickException:
 )
 @click.option("--model", help="Registry name; default model.")
 @knob_options
+@hires_options
 @click.option(
     "--lora",
     "loras",
@@ -156,6 +182,8 @@ def submit(
         params["loras"] = ",".join(loras)
     if control_model:
         params.update(control_model=control_model, control_scale=control_scale)
+    if params.pop("hires"):  # --hires-* go up as the form's hires_* fields, which JSON takes too
+        params["hires"] = "on"
     client = _client(url, key)
     try:
         job = client.submit(
@@ -294,6 +322,40 @@ def keys_revoke(ref: str) -> None:
             raise click.ClickException(f"no key with prefix or id {ref!r}")
         row.revoked_at = row.revoked_at or utcnow()
         click.echo(f"revoked {row.prefix} ({row.name})")
+
+
+@main.command()
+@click.option("--from", "start", default=None, help="First UTC day, YYYY-MM-DD; default: the month's first.")
+@click.option("--to", "end", default=None, help="Last UTC day, YYYY-MM-DD; default: today.")
+@click.option("--key", "ref", default=None, help="One key, by prefix or id; default: every key.")
+def usage(start: str | None, end: str | None, ref: str | None) -> None:
+    """Jobs, images and GPU-seconds per key and UTC day (the maintained totals)."""
+    from easel.shared.db import session_scope
+    from easel.shared.errors import ValidationFailed
+    from easel.shared.usage import parse_range, report
+    from easel.web.keys import find_key
+
+    with session_scope(get_settings().database_url) as session:
+        try:
+            first, last = parse_range(start, end)
+        except ValidationFailed as exc:
+            raise click.UsageError(exc.message) from None
+        owner = None
+        if ref is not None:
+            row = find_key(session, ref)
+            owner = row.id if row is not None else ref  # a deleted key's id still has its rows
+        body = report(session, first, last, owner)
+    click.echo(f"{'DAY':10} {'KEY':32} {'NAME':20} {'JOBS':>8} {'IMAGES':>8} {'GPU-SECONDS':>12}")
+    for day in body["days"]:
+        click.echo(
+            f"{day['day']:10} {day['key']:32} {(day['name'] or '-')[:20]:20} "
+            f"{day['jobs']:>8} {day['images']:>8} {day['gpu_seconds']:>12.1f}"
+        )
+    total = body["total"]
+    click.echo(
+        f"{'TOTAL':10} {'':32} {first.isoformat() + '..' + last.isoformat():20} "
+        f"{total['jobs']:>8} {total['images']:>8} {total['gpu_seconds']:>12.1f}"
+    )
 
 
 @main.group()
@@ -441,6 +503,7 @@ def worker(models: str | None, loglevel: str) -> None:
     have queued jobs, woken by the broker when idle."""
     settings = get_settings()
     _setup_logging(loglevel)
+    setup_tracing("easel-worker", settings.otlp_endpoint)
     from easel.shared.queue import broker_wakes_workers, queue_name, send_wakeup, send_webhook
     from easel.shared.registry import ModelSource, Registry, load_registry
     from easel.worker.engine.device import detect
@@ -522,6 +585,7 @@ def webhooks(loglevel: str) -> None:
     """Deliver webhooks (threads; never holds a GPU). Needs EASEL_WEBHOOK_SECRET."""
     settings = get_settings()
     _setup_logging(loglevel)
+    setup_tracing("easel-webhooks", settings.otlp_endpoint)
     from easel.shared.queue import WEBHOOK_QUEUE
     from easel.worker import metrics as worker_metrics
     from easel.worker.tasks import make_webhook_app

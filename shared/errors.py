@@ -49,6 +49,19 @@ class TooManyJobs(EaselError):
     retry_after = 10
 
 
+class QuotaExceeded(EaselError):
+    """A daily usage quota of the key is used up (``shared.usage``); ``retry_after``: the
+    seconds until it resets."""
+
+    status, code = 429, "quota_exceeded"
+
+    def __init__(
+        self, message: str, details: list[dict[str, Any]] | None = None, retry_after: int = 60
+    ) -> None:
+        super().__init__(message, details)
+        self.retry_after = retry_after
+
+
 class UnknownModel(ValueError):
     """A model name that the registry does not know."""
 

@@ -28,6 +28,7 @@ from easel.shared.schemas import (
     Progress,
     ResolvedJob,
 )
+from easel.shared.tracing import annotate, current_traceparent
 
 OutputUrl = Callable[[Job, int], str]
 InputUrl = Callable[[Job, str], str]
@@ -77,9 +78,11 @@ def create_job(
         owner_id=owner_id,
         timings={},
         outputs=[],  # a new job has none: known without a read
+        trace_parent=current_traceparent(),  # the submit span's, when traced
     )
     session.add(job)
     session.flush()
+    annotate({"easel.job_id": job.id, "easel.model": job.model, "easel.type": job.type})
     return job
 
 

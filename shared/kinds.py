@@ -107,6 +107,9 @@ class Kind:
     """Parameters the kind sets whatever the model's defaults (e.g. one step: one progress step)."""
     form: str = "pages.index"
     """The endpoint of its web form (``web.pages``)."""
+    hires: bool = False
+    """Whether its jobs may ask for a hires fix (``easel.shared.hires``): a second, img2img
+    pass at a larger size."""
 
     @property
     def takes_prompt(self) -> bool:
@@ -125,6 +128,7 @@ KINDS: dict[JobType, Kind] = {
             "draw from the prompt",
             inputs=(),
             control_argument="image",
+            hires=True,
         ),
         Kind(
             JobType.IMG2IMG,
@@ -169,6 +173,7 @@ KINDS: dict[JobType, Kind] = {
                 "loras",
                 "control",
                 "vae",
+                "tiling",
             ),
             fixed={"steps": 1, "guidance_scale": 0.0, "num_images": 1},
             form="pages.upscale",

@@ -5,13 +5,14 @@ from __future__ import annotations
 import enum
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -78,7 +79,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 class CanonicalJson(TypeDecorator[Any]):
     """A JSON value stored as its one canonical text (sorted keys, no spaces); empty
     values as NULL. Equal values are equal strings, so SQL ``=`` compares them on every
-    backend (the batch key's ``loras`` and ``control``, ``worker.engine.claims``)."""
+    backend (the batch key's ``loras``, ``control`` and ``hires``, ``worker.engine.claims``)."""
 
     impl = Text
     cache_ok = True
@@ -205,6 +206,11 @@ class Job(Base):
     # upscale jobs (easel.shared.kinds): the upscaler's name and the factor; NULL: other kinds.
     upscaler: Mapped[str | None] = mapped_column(String(128), nullable=True)
     scale: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # txt2img hires fix (easel.shared.hires.HiresRef: target size, upscaler, steps, denoising
+    # strength) as canonical JSON text, part of the batch key; NULL: none.
+    hires: Mapped[dict[str, Any] | None] = mapped_column(CanonicalJson, nullable=True)
+    # seamless textures (circular padding), part of the batch key; NULL: none (never false).
+    tiling: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     progress_step: Mapped[int] = mapped_column(Integer, default=0)
@@ -226,6 +232,8 @@ class Job(Base):
     webhook_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     # The webhook events the client asked for (start, progress, completed); NULL: completed.
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # The W3C traceparent of the job's submit span (shared.tracing); NULL: not traced.
+    trace_parent: Mapped[str | None] = mapped_column(String(55), nullable=True)
     # The step of the live preview stored at shared.jobs.preview_key; NULL: none yet.
     preview_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
@@ -275,6 +283,8 @@ class Worker(Base):
     models: Mapped[list[str]] = mapped_column(JSON, default=list)
     device: Mapped[str] = mapped_column(String(32), default="cpu")
     current_job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Per model it compiled: {"path": eager|compiling|compiled|failed, "warm_up_seconds"}.
+    compile: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -321,6 +331,22 @@ class JobDuration(Base):
     bucket: Mapped[str] = mapped_column(String(16), primary_key=True)  # its upper bound, or "+Inf"
     count: Mapped[int] = mapped_column(BigInteger, default=0)
     total: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class KeyUsage(Base):
+    """What one owner (an API key) used on one UTC day: jobs that succeeded, their images
+    and their GPU-seconds (``easel.shared.usage``), kept in the transaction that finishes
+    the jobs, so usage and quotas read a row instead of the job history. Jobs without an
+    owner have ``owner_key`` ``''``."""
+
+    __tablename__ = "key_usage"
+    __table_args__ = (Index("ix_key_usage_day", "day"),)  # every key's days (admins)
+
+    owner_key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger, default=0)
+    images: Mapped[int] = mapped_column(BigInteger, default=0)
+    gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class QueueTurn(Base):

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.fields import FieldInfo
 
 from easel.shared.adapters import ControlRef, LoraRef
+from easel.shared.hires import HiresRef
 from easel.shared.kinds import TYPE_DESCRIPTION
 from easel.shared.models import JobType
 
@@ -76,11 +77,26 @@ class GenerationParams(BaseModel):
     scale: float | None = Field(
         None, ge=1, le=8, allow_inf_nan=False, description="upscale: the factor of both sides (default 2)."
     )
+    hires: HiresRef | None = Field(
+        None,
+        description="txt2img: hires fix, a second img2img pass at hires.width x hires.height (the "
+        "job's width and height are the first pass's).",
+    )
+    tiling: bool | None = Field(
+        None,
+        description="Seamless textures: the picture wraps around at its edges, so it tiles "
+        "without seams (circular padding in the model's convolutions); absent or false: none.",
+    )
 
     @field_validator("loras", mode="before")
     @classmethod
     def _no_loras(cls, value: Any) -> Any:
         return () if value is None else value
+
+    @field_validator("tiling")
+    @classmethod
+    def _no_tiling(cls, value: bool | None) -> bool | None:
+        return value or None  # false is absent: one batch key, one row value (NULL)
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -89,10 +105,18 @@ class GenerationParams(BaseModel):
 
     @property
     def denoising_steps(self) -> int:
-        """Steps the pipeline will run: img2img and inpaint skip the first ``1 - strength``."""
+        """Steps the pipeline will run: img2img and inpaint skip the first ``1 - strength``;
+        a hires fix adds its second pass's."""
         if self.strength is None:
-            return self.steps
+            return self.steps + (self.hires.denoising_steps if self.hires is not None else 0)
         return min(int(self.steps * self.strength), self.steps)
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """The size of the images: the hires fix's target, else ``width`` x ``height``."""
+        if self.hires is not None:
+            return self.hires.width, self.hires.height
+        return self.width, self.height
 
     def batch_key(self) -> tuple[Any, ...]:
         """What jobs must share to run in one pipeline call."""
@@ -109,7 +133,7 @@ PARAM_FIELDS: tuple[str, ...] = tuple(GenerationParams.model_fields)
 """Every generation parameter, in the order of the definition."""
 
 KNOBS: tuple[str, ...] = tuple(
-    name for name in PARAM_FIELDS if name not in ("type", "model", "prompt", "loras", "control")
+    name for name in PARAM_FIELDS if name not in ("type", "model", "prompt", "loras", "control", "hires")
 )
 """The scalar parameters a client may leave to the model's defaults (form fields, CLI options)."""
 
@@ -127,10 +151,12 @@ BATCH_KEY: tuple[str, ...] = (
     "vae",
     "upscaler",
     "scale",
+    "hires",
+    "tiling",
 )
 """Parameters jobs must share to run in one pipeline call; prompts (with the embeddings
-they name), seeds and inputs (the control image too) are per image. ``loras`` and
-``control`` are canonical JSON text in the row (``easel.shared.models.CanonicalJson``),
+they name), seeds and inputs (the control image too) are per image. ``loras``,
+``control`` and ``hires`` are canonical JSON text in the row (``easel.shared.models.CanonicalJson``),
 so SQL equality compares them."""
 
 

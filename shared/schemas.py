@@ -23,10 +23,12 @@ from easel.shared.adapters import (
 )
 from easel.shared.errors import ValidationFailed, field_detail
 from easel.shared.families import ALL_SCHEDULERS
+from easel.shared.hires import LATENT, HiresRef, HiresRequest, lift_hires_fields, target_size
 from easel.shared.images import default_size
 from easel.shared.kinds import (
     KIND_INPUTS,
     KIND_KNOBS,
+    KINDS,
     TYPE_DESCRIPTION,
     Engine,
     SizeRule,
@@ -97,6 +99,14 @@ class JobCreate(BaseModel):
     )
     upscaler: str | None = knob("upscaler")
     scale: float | None = knob("scale")
+    hires: HiresRequest | None = Field(
+        None,
+        description="txt2img hires fix: {scale (default 2) or width/height, upscaler (latent or an "
+        "upscaler's name; default latent), steps (default the job's), denoising_strength (default 0.7)}: "
+        "drawn at width x height, upscaled, redrawn by img2img at the target size. Forms and "
+        "multipart: hires_scale, hires_upscaler, ...",
+    )
+    tiling: bool | None = knob("tiling")
     vae: str | None = knob(
         "vae",
         "A VAE of the registry (GET /api/v1/models) to decode with instead of the model's own; "
@@ -186,7 +196,7 @@ class JobInputs:
 
 def parse_job_request(data: dict[str, Any]) -> JobCreate:
     """Validate raw fields; raise ``ValidationFailed`` naming every bad field and value."""
-    data = lift_prompt_tags(data)
+    data = lift_hires_fields(lift_prompt_tags(data))
     missing = _missing_prompt(data)
     try:
         request = JobCreate.model_validate(data)
@@ -268,6 +278,7 @@ def resolve_job(
     details += _check_family(request, spec)
     details += _check_inputs(request, inputs)
     details += _check_upscale(request, registry, inputs)
+    details += _check_hires(request, spec, registry)
     if request.webhook_url is not None and settings.webhook_secret is not None:
         try:
             check_public_url(str(request.webhook_url), settings.webhook_allow_private)
@@ -402,6 +413,70 @@ def _check_upscale(request: JobCreate, registry: Registry, inputs: JobInputs) ->
     return details
 
 
+def _check_hires(request: JobCreate, spec: ModelSpec, registry: Registry) -> list[dict[str, Any]]:
+    """A hires fix on a kind that has one, on a model that also serves img2img, without a
+    ControlNet; a known upscaler; a target size and steps within the model's limits."""
+    hires = request.hires
+    if hires is None:
+        return []
+    kind = kind_of(request.type)
+    value = hires.model_dump(exclude_none=True)
+    if not kind.hires:
+        with_hires = [k.value for k in KINDS.values() if k.hires]
+        return [field_detail("hires", f"applies only to {names(with_hires)} jobs", value)]
+    if JobType.IMG2IMG not in spec.types:
+        return [
+            field_detail("hires", f"model {spec.name!r} serves no img2img, which its second pass is", value)
+        ]
+    if request.control is not None:
+        return [field_detail("hires", "does not combine with control (a ControlNet)", value)]
+    details = []
+    known = [LATENT, *upscaler_names(registry)]
+    if hires.upscaler not in known:
+        message = f"unknown upscaler {hires.upscaler!r}; known: {', '.join(known)}"
+        details.append(field_detail("hires.upscaler", message, hires.upscaler))
+    elif hires.upscaler == LATENT and spec.family_info.name == "flux":
+        message = f"{LATENT!r} does not fit model {spec.name!r} (Flux packs its latents); name an upscaler"
+        details.append(field_detail("hires.upscaler", message, hires.upscaler))
+    multiple = spec.family_info.size_multiple
+    width, height = request.width or spec.default_size, request.height or spec.default_size
+    target = target_size(hires, width, height, multiple)
+    sized = hires.width is not None or hires.height is not None  # else the scale (or its default) made it
+    for name, side in zip(("width", "height"), target, strict=True):
+        field = f"hires.{name}" if sized else "hires.scale"
+        given = getattr(hires, name) if sized else hires.scale
+        if not spec.min_size <= side <= spec.max_size:
+            limits = f"model {spec.name!r}'s range {spec.min_size}..{spec.max_size}"
+            details.append(field_detail(field, f"makes a {name} of {side}, outside {limits}", given))
+        elif side % multiple:
+            message = f"makes a {name} of {side}, not a multiple of {multiple} as model {spec.name!r} needs"
+            details.append(field_detail(field, message, given))
+    if hires.steps is not None and hires.steps > spec.max_steps:
+        message = f"{hires.steps} exceeds model {spec.name!r}'s maximum of {spec.max_steps}"
+        details.append(field_detail("hires.steps", message, hires.steps))
+    steps = hires.steps or request.steps or spec.default_steps
+    if min(int(steps * hires.denoising_strength), steps) < 1:
+        message = f"{hires.denoising_strength} with {steps} steps leaves no denoising step; raise it or steps"
+        details.append(field_detail("hires.denoising_strength", message, hires.denoising_strength))
+    return details
+
+
+def _hires_of(request: JobCreate, spec: ModelSpec, width: int, height: int, steps: int) -> HiresRef | None:
+    """The job's resolved hires fix (``_check_hires`` passed): the target size of the first
+    pass's ``width`` x ``height``, and the defaults filled in."""
+    hires = request.hires
+    if hires is None:
+        return None
+    target = target_size(hires, width, height, spec.family_info.size_multiple)
+    return HiresRef(
+        width=target[0],
+        height=target[1],
+        upscaler=hires.upscaler,
+        steps=hires.steps or steps,
+        denoising_strength=hires.denoising_strength,
+    )
+
+
 def _output_size(request: JobCreate, spec: ModelSpec, inputs: JobInputs) -> tuple[int, int]:
     """Explicit sizes win; otherwise the kind's rule: the model's default size, or the
     input image's size fitted to the model."""
@@ -428,7 +503,7 @@ def _fit8(side: float, spec: ModelSpec) -> int:
     return min(spec.max_size, max(spec.min_size, int(side) // multiple * multiple))
 
 
-_AS_REQUESTED = {"type", "prompt", "negative_prompt", "num_images", "priority", "vae"}
+_AS_REQUESTED = {"type", "prompt", "negative_prompt", "num_images", "priority", "vae", "tiling"}
 """The fields a job keeps as its request gives them (``_with_defaults``)."""
 
 
@@ -453,6 +528,7 @@ def _with_defaults(request: JobCreate, spec: ModelSpec, seed: int, inputs: JobIn
         model=spec.name,
         width=width,
         height=height,
+        hires=_hires_of(request, spec, width, height, values["steps"]),
         scheduler=request.scheduler or spec.default_scheduler,
         seed=seed,
         loras=tuple(LoraRef.model_validate(item) for item in canonical_loras(request.loras) or ()),

@@ -112,11 +112,24 @@ class Settings(BaseSettings):
         description="Reverse proxies in front of the web tier whose X-Forwarded-For/-Proto to trust.",
     )
     max_queued_per_key: int = Field(100, ge=1, description="Queued + running jobs one key may have.")
+    quota_images_per_day: int = Field(
+        0, ge=0, description="Images one key may make per UTC day (0: no quota); submits past it get 429."
+    )
+    quota_gpu_seconds_per_day: float = Field(
+        0.0,
+        ge=0,
+        description="GPU-seconds one key may use per UTC day (0: no quota); submits past it get 429.",
+    )
     sync_timeout_seconds: float = Field(
         300.0,
         gt=0,
         le=3600,
         description="How long an OpenAI or AUTOMATIC1111 call waits for its job before a timeout error.",
+    )
+    otlp_endpoint: str = Field(
+        "",
+        description="OTLP/HTTP collector (e.g. http://otel-collector:4318) to export each job's trace "
+        "to; empty: no tracing.",
     )
     webhook_allow_private: bool = Field(False, description="Allow webhooks to private/loopback addresses.")
     models_file: Path | None = Field(None, description="TOML model registry; default: the built-in tiny-sd.")

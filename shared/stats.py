@@ -97,9 +97,9 @@ def record_all_finished(session: Session, finished: Sequence[Finished]) -> None:
             count, total = durations.get(key, (0, 0.0))
             durations[key] = (count + 1, total + seconds)
     for (model, job_type, status), count in sorted(counts.items()):
-        _add(session, _table(JobCount), {"model": model, "type": job_type, "status": status}, count=count)
+        add(session, _table(JobCount), {"model": model, "type": job_type, "status": status}, count=count)
     for (kind, model, bucket), (count, total) in sorted(durations.items()):
-        _add(
+        add(
             session,
             _table(JobDuration),
             {"kind": kind, "model": model, "bucket": bucket},
@@ -113,7 +113,7 @@ def _table(model: type[JobCount | JobDuration]) -> Table:
     return cast(Table, model.__table__)
 
 
-def _add(session: Session, table: Table, key: dict[str, Any], **amounts: float) -> None:
+def add(session: Session, table: Table, key: dict[str, Any], **amounts: float) -> None:
     """``INSERT`` the row, or add ``amounts`` to the one with the same ``key``."""
     upsert = _upsert(session.get_bind().dialect.name, table, tuple(key), tuple(amounts))
     session.execute(upsert, {**key, **amounts})

@@ -6,7 +6,8 @@ when a worker is lost. Each function here changes a row only from the state it
 expects (and, for a running job, only for the worker that holds it), and says
 whether it did, so racing writers never undo each other and terminal states never
 change. A move to a final status also counts the job in the maintained statistics
-(``easel.shared.stats``) in the same transaction, and a move into or out of ``queued``
+(``easel.shared.stats``) in the same transaction (a success also in its owner's usage
+of the day: ``easel.shared.usage``), and a move into or out of ``queued``
 keeps the claim order's state (``easel.shared.queue_turns``) in it. Callers commit,
 except where a docstring says otherwise.
 """
@@ -20,7 +21,7 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session, noload
 
-from easel.shared import queue_turns
+from easel.shared import queue_turns, usage
 from easel.shared.db import rowcount
 from easel.shared.models import Job, JobOutput, JobStatus, utcnow
 from easel.shared.stats import Finished, FinishedJob, record_all_finished, record_finished
@@ -80,15 +81,21 @@ def _requeue(session: Session, *where: ColumnElement[bool], **values: Any) -> bo
 
 
 def held_by(worker_id: str | None, *job_ids: str) -> tuple[ColumnElement[bool], ...]:
-    """The guard of a running job: still running, and still this worker's."""
-    return (Job.id.in_(job_ids), Job.status == RUNNING, Job.worker_id == worker_id)
+    """The guard of a running job: still running, and still this worker's (the status
+    through ``coalesce``, as in ``_HELD``)."""
+    return (Job.id.in_(job_ids), func.coalesce(Job.status, "") == RUNNING, Job.worker_id == worker_id)
 
 
 # The statements a worker runs for every batch (claim, progress, finish), built once with
 # bound parameters on the table: building them per call cost more than running them.
 _JOBS = cast(Table, Job.__table__)
 _THESE = _JOBS.c.id.in_(bindparam("job_ids", expanding=True))
-_HELD = (_THESE, _JOBS.c.status == RUNNING, _JOBS.c.worker_id == bindparam("holder"))
+# A guard, not a way in (as ``_CLAIM``'s): given ``status = 'running'`` bare, PostgreSQL's
+# planner, whose statistics saw next to no running job (a deep queue: a million queued,
+# a handful running), reads the rows through ``ix_jobs_status_finished`` (small: one
+# status) and past the entry of every job that ran since the last VACUUM, rather than
+# the one id through the primary key.
+_HELD = (_THESE, func.coalesce(_JOBS.c.status, "") == RUNNING, _JOBS.c.worker_id == bindparam("holder"))
 _CLAIM = (
     update(_JOBS)
     # A guard, not a way in: given ``status = 'queued'`` bare, SQLite's planner (without
@@ -127,7 +134,15 @@ _ENDING: dict[str, Any] = {
     "error_message": bindparam("new_error_message"),
     "updated_at": bindparam("now"),
 }
-_COUNTED = (_JOBS.c.model, _JOBS.c.type, _JOBS.c.created_at, _JOBS.c.started_at)  # FinishedJob
+# FinishedJob, and what usage counts (``shared.usage``): the owner and its images
+_COUNTED = (
+    _JOBS.c.model,
+    _JOBS.c.type,
+    _JOBS.c.created_at,
+    _JOBS.c.started_at,
+    _JOBS.c.owner_id,
+    _JOBS.c.num_images,
+)
 _END_UNLESS_CANCELED = (
     update(_JOBS).where(*_HELD, _JOBS.c.cancel_requested.is_(False)).values(**_ENDING).returning(*_COUNTED)
 )
@@ -214,6 +229,7 @@ def finish_all(session: Session, worker_id: str, endings: Sequence[Ending]) -> l
     now = utcnow()
     got: list[JobStatus | None] = []
     counted: list[Finished] = []
+    used: list[usage.Used] = []
     outputs: list[JobOutput] = []
     for ending in endings:
         code, message = ending.error or (None, None)
@@ -240,10 +256,12 @@ def finish_all(session: Session, worker_id: str, endings: Sequence[Ending]) -> l
         counted.append((row, status, now))
         if status is JobStatus.SUCCEEDED:
             outputs.extend(ending.outputs)
+            used.append(usage.Used(row.owner_id, row.num_images, usage.gpu_seconds_of(ending.timings), now))
     if outputs:  # a rerun replaces what an earlier attempt stored
         session.execute(delete(JobOutput).where(JobOutput.job_id.in_({o.job_id for o in outputs})))
         session.execute(insert(JobOutput), [_output_values(output) for output in outputs])
     record_all_finished(session, counted)
+    usage.record_all(session, used)
     session.commit()
     return got
 

@@ -10,6 +10,7 @@ import logging
 from flask import Flask
 
 from easel.shared.settings import Settings, get_settings
+from easel.shared.tracing import setup_tracing
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         pages,
         request_ids,
         security,
+        usage,
     )
     from easel.web.metrics import bp as metrics_bp
     from easel.web.services import Services
@@ -39,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
         setup_logging("INFO", settings.log_format)
     app = Flask(__name__)
+    setup_tracing("easel-web", settings.otlp_endpoint)  # each job's trace starts at its submit
     if settings.trusted_proxy_hops:  # the client's address behind a proxy: per-address limits
         from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -55,6 +58,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(openai_api.bp)  # client-compatibility surfaces: docs/openai.md
     app.register_blueprint(a1111.bp)  # and docs/automatic1111.md (its listings: web/catalog.py)
     app.register_blueprint(catalog.bp)
+    app.register_blueprint(usage.bp)  # usage per key: shared/usage.py
     app.register_blueprint(openapi.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(admin.bp)

@@ -27,7 +27,16 @@ from easel.shared.jobs import active_jobs, cancel_job, preview_key
 from easel.shared.models import Job, JobStatus
 from easel.shared.queue import send_webhook
 from easel.web.a1111_extras import extras_fields, upscalers
-from easel.web.a1111_map import a1111_error, info, invalid, job_fields, samplers, vae_for
+from easel.web.a1111_map import (
+    a1111_error,
+    info,
+    invalid,
+    job_fields,
+    sampler_named,
+    samplers,
+    vae_for,
+)
+from easel.web.a1111_options import CMD_FLAGS, options, realesrgan_models
 from easel.web.auth import current_principal
 from easel.web.compat import (
     compat_blueprint,
@@ -88,7 +97,7 @@ def _answer(
     parameters = {**body}
     if "init_images" in body and not body.get("include_init_images"):
         parameters.update(init_images=None, mask=None)  # as A1111: the inputs are not echoed
-    return jsonify({"images": images, "parameters": parameters, "info": info(job)})
+    return jsonify({"images": images, "parameters": parameters, "info": info(job, sampler_named(body))})
 
 
 @bp.post("/txt2img")
@@ -263,27 +272,20 @@ def scripts() -> ResponseReturnValue:
 
 @bp.get("/options")
 def get_options() -> ResponseReturnValue:
-    svc = services()
-    options = _stored_options()
-    checkpoint = options.get(CHECKPOINT) or svc.registry.default
-    return jsonify(
-        {
-            CHECKPOINT: checkpoint,
-            "sd_checkpoint_hash": None,
-            VAE: options.get(VAE) or "Automatic",
-            "samples_format": "png",
-        }
-    )
+    """A1111's common options with its defaults, and the caller's checkpoint and VAE."""
+    stored = _stored_options()
+    return jsonify(options(stored.get(CHECKPOINT) or services().registry.default, stored.get(VAE)))
 
 
 @bp.post("/options")
 def set_options() -> ResponseReturnValue:
     """Keep the caller's ``sd_model_checkpoint`` and ``sd_vae`` (``Automatic`` / ``None``:
-    the model's own); other options are accepted and ignored."""
+    the model's own); other options are accepted and ignored, as is a ``null`` checkpoint
+    (what ``GET`` answers while no model is known), so the whole object read back succeeds."""
     body = _body()
     svc = services()
     chosen: dict[str, Any] = {}
-    if CHECKPOINT in body:
+    if body.get(CHECKPOINT) is not None:
         name = body[CHECKPOINT]
         if not isinstance(name, str) or name not in svc.registry.names():
             raise invalid(CHECKPOINT, f"unknown model; known: {', '.join(svc.registry.names())}", name)
@@ -326,7 +328,25 @@ def extra_single_image() -> ResponseReturnValue:
     return jsonify({"html_info": "", "image": output_b64(outcome.job)[0]})
 
 
+@bp.get("/cmd-flags")
+def cmd_flags() -> ResponseReturnValue:
+    return jsonify(CMD_FLAGS)
+
+
+@bp.get("/realesrgan-models")
+def list_realesrgan_models() -> ResponseReturnValue:
+    return jsonify(realesrgan_models(services().registry))
+
+
+@bp.get("/hypernetworks")
+@bp.get("/face-restorers")
+@bp.get("/prompt-styles")
+def none_of_these() -> ResponseReturnValue:
+    """Hypernetworks, face restorers and prompt styles: Easel has none."""
+    return jsonify([])
+
+
 @bp.route("/<path:rest>", methods=["GET", "POST"])
 def unknown(rest: str) -> ResponseReturnValue:
-    """A1111 endpoints Easel does not serve (face restorers, ...): 404."""
+    """A1111 endpoints Easel does not serve (``png-info``, ``interrogate``, ...): 404."""
     raise NotFound(f"Easel does not serve /sdapi/v1/{rest}")

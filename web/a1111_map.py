@@ -20,11 +20,12 @@ SAMPLERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "DDIM": ("ddim", ()),
     "LCM": ("lcm", ("k_lcm",)),
     "PNDM": ("pndm", ()),
+    "PLMS": ("pndm", ()),  # A1111's PLMS is PNDM without its Runge-Kutta (PRK) steps: Easel's pndm
     "UniPC": ("unipc", ()),
 }
 SCHEDULE_TYPES = ("automatic",)  # A1111 1.9+'s separate noise schedule: Easel has one
 # Features Easel does not have: a true value is refused rather than silently dropped.
-UNSUPPORTED = ("enable_hr", "restore_faces", "tiling", "script_name", "alwayson_scripts", "styles")
+UNSUPPORTED = ("restore_faces", "script_name", "alwayson_scripts", "styles")
 # Easel's field names as A1111's.
 FIELDS = {
     "guidance_scale": "cfg_scale",
@@ -34,6 +35,13 @@ FIELDS = {
     "image": "init_images",
     "model": "sd_model_checkpoint",
     "vae": "sd_vae",
+    "hires": "enable_hr",
+    "hires.scale": "hr_scale",
+    "hires.upscaler": "hr_upscaler",
+    "hires.steps": "hr_second_pass_steps",
+    "hires.denoising_strength": "denoising_strength",
+    "hires.width": "hr_resize_x",
+    "hires.height": "hr_resize_y",
 }
 VAE_OWN = ("automatic", "none", "")
 """A1111's ``sd_vae`` values that mean the model's own VAE (case-insensitive)."""
@@ -50,7 +58,10 @@ def _lookup() -> dict[str, str]:
 
 
 _SCHEDULER_OF = _lookup()
-_SAMPLER_OF = {scheduler: name for name, (scheduler, _) in SAMPLERS.items()}
+_SAMPLER_OF: dict[str, str] = {}
+for _name, (_scheduler, _aliases) in SAMPLERS.items():
+    _SAMPLER_OF.setdefault(_scheduler, _name)  # the first name of a scheduler: pndm is PNDM
+_NAME_OF = {alias.lower(): name for name, (_, aliases) in SAMPLERS.items() for alias in (name, *aliases)}
 
 
 def invalid(field: str, message: str, value: Any = None) -> ValidationFailed:
@@ -68,6 +79,13 @@ def scheduler_for(sampler: Any) -> str:
 def sampler_for(scheduler: str) -> str:
     """The A1111 sampler name of an Easel scheduler."""
     return _SAMPLER_OF.get(scheduler, scheduler)
+
+
+def sampler_named(body: dict[str, Any]) -> str | None:
+    """The A1111 sampler name a payload asked for by name or alias (``PLMS`` stays
+    ``PLMS`` though it runs Easel's ``pndm``); ``None`` when it named none of them."""
+    asked = body.get("sampler_name") or body.get("sampler_index")
+    return _NAME_OF.get(asked.strip().lower()) if isinstance(asked, str) else None
 
 
 def samplers() -> list[dict[str, Any]]:
@@ -117,6 +135,49 @@ def vae_for(value: Any) -> str | None:
     return name
 
 
+HR_SAME = ("", "use same checkpoint", "use same sampler", "use same scheduler", "automatic")
+"""A1111's values of ``hr_checkpoint_name`` / ``hr_sampler_name`` / ``hr_scheduler`` that
+mean the first pass's (case-insensitive)."""
+
+
+def hires_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """Easel's ``hires`` of a txt2img payload with ``enable_hr``: ``hr_scale``, or
+    ``hr_resize_x`` / ``hr_resize_y`` (0: from the other's aspect); ``hr_upscaler``
+    (``Latent ...``: latent; ``None``, A1111's plain resize: lanczos; else an Easel
+    upscaler's name); ``hr_second_pass_steps`` (0: the job's steps); ``denoising_strength``.
+    A second pass with another prompt, sampler or checkpoint is refused."""
+    for name in ("hr_checkpoint_name", "hr_sampler_name", "hr_scheduler"):
+        value = body.get(name)
+        if value is not None and str(value).strip().lower() not in HR_SAME:
+            first = body.get("sampler_name") or body.get("sampler_index")
+            if name != "hr_sampler_name" or not isinstance(first, str) or value != first:
+                raise invalid(name, "a second pass unlike the first is not supported by Easel", value)
+    for name, first in (("hr_prompt", "prompt"), ("hr_negative_prompt", "negative_prompt")):
+        if body.get(name) and body[name] != (body.get(first) or ""):
+            raise invalid(name, f"a second pass with another {first} is not supported by Easel", body[name])
+    hires: dict[str, Any] = {}
+    upscaler = body.get("hr_upscaler")
+    if isinstance(upscaler, str) and upscaler.strip():
+        name = upscaler.strip()
+        if name.lower().startswith("latent"):
+            name = "latent"
+        elif name.lower() in ("none", "lanczos"):
+            name = "lanczos"
+        hires["upscaler"] = name
+    elif upscaler is not None:
+        raise invalid("hr_upscaler", "must be an upscaler's name", upscaler)
+    width, height = body.get("hr_resize_x") or 0, body.get("hr_resize_y") or 0
+    if width or height:
+        hires.update({key: value for key, value in (("width", width), ("height", height)) if value})
+    elif body.get("hr_scale") is not None:
+        hires["scale"] = body["hr_scale"]
+    if body.get("hr_second_pass_steps"):
+        hires["steps"] = body["hr_second_pass_steps"]
+    if body.get("denoising_strength") is not None:
+        hires["denoising_strength"] = body["denoising_strength"]
+    return hires
+
+
 def job_fields(
     body: dict[str, Any], model: str | None, img2img: bool = False, vae: str | None = None
 ) -> dict[str, Any]:
@@ -156,7 +217,22 @@ def job_fields(
         fields["vae"] = chosen
     if img2img and body.get("denoising_strength") is not None:
         fields["strength"] = body["denoising_strength"]
+    if body.get("tiling") not in (None, False):  # seamless textures (validated as a job's tiling)
+        fields["tiling"] = body["tiling"]
+    if body.get("enable_hr") and not img2img:  # A1111's img2img has no hires fix: ignored there
+        fields["hires"] = hires_fields(body)
     return fields
+
+
+def _hires_params(job: Job) -> dict[str, Any]:
+    """A1111's infotext entries of a job's hires fix (none without one)."""
+    if not job.hires:
+        return {}
+    return {
+        "Hires resize": f"{job.hires['width']}x{job.hires['height']}",
+        "Hires steps": job.hires["steps"],
+        "Hires upscaler": "Latent" if job.hires["upscaler"] == "latent" else job.hires["upscaler"],
+    }
 
 
 def info(job: Job, sampler: str | None = None) -> str:
@@ -190,10 +266,10 @@ def info(job: Job, sampler: str | None = None) -> str:
             "sd_model_name": job.model,
             "sd_model_hash": None,
             "sd_vae_name": job.vae,
-            "denoising_strength": job.strength,
+            "denoising_strength": job.hires["denoising_strength"] if job.hires else job.strength,
             "seed_resize_from_w": -1,
             "seed_resize_from_h": -1,
-            "extra_generation_params": {},
+            "extra_generation_params": _hires_params(job),
             "index_of_first_image": 0,
             "infotexts": [f"{text}, Seed: {seed}" for seed in seeds],
             "styles": [],

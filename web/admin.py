@@ -1,11 +1,11 @@
 """The operator view (admin keys only): workers, queue depth per model, recent failures,
-and requeue / cancel of any job."""
+usage per key, and requeue / cancel of any job."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from flask import Blueprint, abort, redirect, render_template, url_for
+from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
@@ -13,6 +13,7 @@ from easel.shared.jobs import cancel_job, get_job
 from easel.shared.models import Job, JobStatus, Worker, utcnow
 from easel.shared.queue_turns import queued_by_type
 from easel.shared.transitions import requeue_finished
+from easel.shared.usage import parse_range, per_key, report
 from easel.web.auth import current_principal
 from easel.web.services import services
 
@@ -45,6 +46,8 @@ def overview() -> ResponseReturnValue:
             .order_by(Job.finished_at.desc())
             .limit(RECENT_FAILURES)
         ).all()
+        start, end = parse_range(request.args.get("from"), request.args.get("to"))
+        usage = report(session, start, end)  # maintained daily rows (shared.usage)
     queues: dict[str, dict[str, int]] = {}
     for _, model, count in queued:
         queues.setdefault(model, {"queued": 0, "running": 0})["queued"] += count
@@ -53,7 +56,13 @@ def overview() -> ResponseReturnValue:
     for name in svc.registry.names():
         queues.setdefault(name, {"queued": 0, "running": 0})
     return render_template(
-        "admin.html", workers=workers, live_since=live_since, queues=queues, failures=failures
+        "admin.html",
+        workers=workers,
+        live_since=live_since,
+        queues=queues,
+        failures=failures,
+        usage=usage,
+        usage_keys=per_key(usage["days"]),
     )
 
 

@@ -172,6 +172,13 @@ class HeldCalls:
         except Exception:  # the row goes stale and stops counting: never fail the response
             log.warning("could not delete held call %s; it expires", call.slot_id, exc_info=True)
 
+    def close(self) -> None:
+        """Release every call still held (the keeper then stops)."""
+        with self._lock:
+            calls = list(self._calls.values())
+        for call in calls:
+            self.release(call)
+
     def _keep(self) -> None:
         """The keeper: look at the held jobs until no call is held."""
         touched = time.monotonic()

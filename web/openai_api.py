@@ -59,7 +59,15 @@ EXTRAS = frozenset(
     }
 )
 # Easel's field names as OpenAI's parameters.
-PARAMS = {"width": "size", "height": "size", "num_images": "n", "body": None, "jobs": None}
+PARAMS = {
+    "width": "size",
+    "height": "size",
+    "num_images": "n",
+    "body": None,
+    "jobs": None,
+    "images": None,  # a quota (shared.usage)
+    "gpu_seconds": None,
+}
 ERROR_TYPES = {401: "invalid_request_error", 429: "rate_limit_error"}
 ERROR_CODES = {
     "unauthorized": "invalid_api_key",
@@ -67,6 +75,7 @@ ERROR_CODES = {
     "bad_request": "invalid_request",
     "rate_limited": "rate_limit_exceeded",
     "too_many_jobs": "rate_limit_exceeded",
+    "quota_exceeded": "insufficient_quota",
 }
 _SIZE = re.compile(r"^\s*([0-9]{1,5})\s*x\s*([0-9]{1,5})\s*$", re.IGNORECASE | re.ASCII)  # no unicode digits
 

@@ -50,7 +50,7 @@ def _with_common_errors(document: dict[str, Any]) -> dict[str, Any]:
                     "401", _json("ErrorResponse", "Missing, unknown or revoked API key")
                 )
                 operation["responses"].setdefault(
-                    "429", _json("ErrorResponse", "Rate limit or queued-jobs cap")
+                    "429", _json("ErrorResponse", "Rate limit, queued-jobs cap or daily quota")
                 )
                 operation["responses"].setdefault("503", _json("ErrorResponse", "Dependency unavailable"))
             else:
@@ -83,6 +83,7 @@ JOB_EXAMPLES = {kind.value: job_example(kind) for kind in KINDS.values()}
 def openapi_document() -> dict[str, Any]:
     """The whole document; schemas come from ``shared.schemas``."""
     from easel.web.catalog import CatalogList, RescanResult
+    from easel.web.usage import UsageReport
 
     _, defs = models_json_schema(
         [
@@ -92,6 +93,7 @@ def openapi_document() -> dict[str, Any]:
             (ModelList, "serialization"),
             (CatalogList, "serialization"),
             (RescanResult, "serialization"),
+            (UsageReport, "serialization"),
             (ErrorResponse, "serialization"),
         ],
         ref_template=REF,
@@ -256,6 +258,21 @@ def openapi_document() -> dict[str, Any]:
                         "responses": {
                             "200": _json("RescanResult", "A worker rescanned"),
                             "202": _json("RescanResult", "No worker answered within a few seconds"),
+                        },
+                    }
+                },
+                "/api/v1/usage": {
+                    "get": {
+                        "operationId": "getUsage",
+                        "summary": "Jobs, images and GPU-seconds per UTC day (admins: any key, or all)",
+                        "parameters": [
+                            {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+                            for name in ("from", "to", "key")
+                        ],
+                        "responses": {
+                            "200": _json("UsageReport", "The usage"),
+                            "403": _json("ErrorResponse", "Another key's usage, asked by a non-admin key"),
+                            **_errors(422),
                         },
                     }
                 },

@@ -23,7 +23,9 @@ from easel.web.submit import accept_job, request_fields
 
 bp = Blueprint("pages", __name__)
 
-REUSED_FIELDS = tuple(name for name in PARAM_FIELDS if name not in ("keep_unmasked", "loras", "control"))
+REUSED_FIELDS = tuple(
+    name for name in PARAM_FIELDS if name not in ("keep_unmasked", "loras", "control", "hires")
+)
 """The parameters a form is filled with from an earlier job (``?from=<id>``)."""
 GALLERY_PAGE = 24
 
@@ -92,6 +94,10 @@ def _reused_values() -> dict[str, Any]:
             abort(404)
         params = params_of(job).model_dump(mode="json")
     values = {key: str(params[key]) for key in REUSED_FIELDS if params.get(key) is not None}
+    hires = params.get("hires") or {}  # its resolved target size, as the form's hires_* fields
+    values.update(
+        {f"hires_{key}": str(value) for key, value in hires.items()}, **({"hires": "on"} if hires else {})
+    )
     return {**values, **adapter_form_values(params)}  # the control image is not reused
 
 

@@ -16,12 +16,21 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
-from easel.shared.errors import BadRequest, TooManyJobs, UnsupportedMediaType, ValidationFailed, field_detail
+from easel.shared.errors import (
+    BadRequest,
+    QuotaExceeded,
+    TooManyJobs,
+    UnsupportedMediaType,
+    ValidationFailed,
+    field_detail,
+)
 from easel.shared.images import as_mask, as_rgb, decode_base64, encode_png_bytes, load_image
 from easel.shared.jobs import active_jobs, create_job, find_replay, input_key, request_hash
 from easel.shared.kinds import INPUTS
 from easel.shared.models import Job, new_job_id
 from easel.shared.schemas import JobInputs, parse_job_request, resolve_job
+from easel.shared.tracing import traced
+from easel.shared.usage import check_quota
 from easel.web.services import Services
 
 log = logging.getLogger(__name__)
@@ -190,6 +199,7 @@ class Accepted:
     view: dict[str, Any] | None = None
 
 
+@traced("easel.submit")  # the job's trace starts here (shared.tracing)
 def accept_job(
     services: Services,
     fields: dict[str, Any],
@@ -219,6 +229,8 @@ def accept_job(
                 return Accepted(replay, True, describe(session, replay) if describe else None)
             if owner_id is not None and raw:  # refused before decoding the uploads; held again below
                 _check_cap(services, session, owner_id)
+                if not admin:
+                    check_quota(session, services.settings, owner_id)
     request = parse_job_request(fields)
     inputs = decode_inputs(services, raw)
     resolved = resolve_job(request, services.registry, services.settings, inputs, admin=admin)
@@ -230,6 +242,8 @@ def accept_job(
             if owner_id is not None:  # the cap holds under concurrency: count and insert as one
                 hold_owner_turn(session, owner_id)
                 _check_cap(services, session, owner_id)
+                if not admin:  # daily quotas (``shared.usage``): one read of today's row
+                    check_quota(session, services.settings, owner_id, resolved.num_images)
             replay_key = fingerprint if key else None
             job = create_job(session, resolved, key, replay_key, owner_id, job_id, input_keys)
             session.commit()  # ends the owner's turn
@@ -237,7 +251,7 @@ def accept_job(
             services.wakeups.wake(job.id, job.model)
             view = describe(session, job) if describe else None
     except BaseException as exc:
-        refused = isinstance(exc, TooManyJobs | IntegrityError)  # raised before the commit
+        refused = isinstance(exc, TooManyJobs | QuotaExceeded | IntegrityError)  # raised before the commit
         if not recorded and (refused or not _recorded(services, job_id)):
             _remove_inputs(services, job_id, input_keys)
         if not isinstance(exc, IntegrityError) or key is None:

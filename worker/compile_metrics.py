@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import logging
-from typing import get_args
+from typing import Any, get_args
 
 from prometheus_client import Counter, Gauge
 
@@ -40,9 +40,19 @@ CACHE_RESULTS = Counter(
 )
 
 
+STATES: dict[str, dict[str, Any]] = {}
+"""Each model's compile path and warm-up, as the heartbeat publishes them (``/readyz``)."""
+
+
+def compile_states() -> dict[str, dict[str, Any]]:
+    """A copy of ``STATES`` for the heartbeat."""
+    return {model: dict(state) for model, state in STATES.items()}
+
+
 def observe_compile(state: CompileState) -> None:
     """Record a change of ``state.model``'s compile path; never raises."""
     try:
+        STATES[state.model] = {"path": state.path, "warm_up_seconds": state.warm_up_seconds}
         for path in get_args(CompilePath):
             COMPILE_PATH.labels(model=state.model, path=path).set(1.0 if path == state.path else 0.0)
         if state.path == "compiling" and state.cache is not None:

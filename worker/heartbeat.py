@@ -10,7 +10,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,6 +36,7 @@ class Heartbeat:
         interval: float,
         sweeper: Sweeper | None = None,
         hard_time_limit: float = 0.0,
+        compile_states: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.sessions = sessions
         self.worker_id = worker_id
@@ -43,6 +45,7 @@ class Heartbeat:
         self.interval = interval
         self.sweeper = sweeper
         self.hard_time_limit = hard_time_limit
+        self.compile_states = compile_states  # each compiled model's path, for /readyz
         self._current_job_id: str | None = None
         self.busy_since: float | None = None
         self.healthy_since: float | None = None
@@ -64,6 +67,7 @@ class Heartbeat:
     def beat(self) -> None:
         """Record one heartbeat now (creating the row on the first)."""
         now = utcnow()
+        compiled = self.compile_states() if self.compile_states else None
         with self.sessions() as session:
             updated = rowcount(
                 session.execute(
@@ -73,6 +77,7 @@ class Heartbeat:
                         last_seen_at=now,
                         current_job_id=self.current_job_id,
                         models=self.models,
+                        compile=compiled,
                         stopped_at=None,
                     )
                     .execution_options(synchronize_session=False)
@@ -86,6 +91,7 @@ class Heartbeat:
                         models=self.models,
                         device=self.device,
                         current_job_id=self.current_job_id,
+                        compile=compiled,
                         started_at=now,
                         last_seen_at=now,
                     )

@@ -29,7 +29,7 @@ from easel.shared.retention import Policy, Pruner
 from easel.shared.settings import Settings, parse_shapes
 from easel.shared.storage import storage_from_settings
 from easel.worker import metrics as worker_metrics
-from easel.worker.compile_metrics import observe_compile
+from easel.worker.compile_metrics import compile_states, observe_compile
 from easel.worker.engine.compile_switch import Compiler, compiler_from_settings
 from easel.worker.engine.device import DevicePlan, overlaps_store
 from easel.worker.engine.fastpath import warm_up, warm_up_shapes
@@ -131,6 +131,7 @@ class WorkerProcess:
                 lost_after=settings.worker_lost_after_seconds,
             ),
             hard_time_limit=settings.task_time_limit,
+            compile_states=compile_states,
         )
         storage = storage_from_settings(settings)
         compiler = compiler_from_settings(settings, plan, storage)

@@ -40,6 +40,7 @@ import urllib3
 import urllib3.connection
 from sqlalchemy.orm import Session, sessionmaker
 
+from easel.shared import tracing
 from easel.shared.jobs import describe, webhook_events
 from easel.shared.models import Job, JobStatus
 from easel.shared.netsafety import UnsafeUrl, resolve_checked
@@ -231,12 +232,18 @@ class WebhookDeliverer:
             }[event]
             label = f"job.{job.status}" if event == "completed" else f"job.{event}"
             owner = job.owner_id or ""  # no owner (authentication off): one shared owner
+            trace_parent = job.trace_parent
         if not self.slots.take(owner):
             raise OwnerBusy(owner)
+        started = time.time_ns()
+        outcome: bool | None = None
         try:
-            return self._send(job_id, event, url, body, message_id, label)
+            outcome = self._send(job_id, event, url, body, message_id, label)
+            return outcome
         finally:
             self.slots.give(owner)
+            attributes = {"easel.event": event, "easel.delivered": bool(outcome)}
+            tracing.record("easel.webhook", trace_parent, started, time.time_ns(), attributes)
 
     def _send(
         self, job_id: str, event: str, url: str, body: bytes, message_id: str, label: str

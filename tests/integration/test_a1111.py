@@ -105,10 +105,48 @@ def test_lists_options_and_errors(services_stack: Stack) -> None:
     assert status == 422
     assert json.loads(text)["detail"][0]["loc"] == ["body", "sampler_name"]
     with pytest.raises(RuntimeError) as caught:
-        api.txt2img(prompt="p", width=64, height=64, enable_hr=True)
-    assert caught.value.args[0] == 422 and "enable_hr" in caught.value.args[1]
+        api.txt2img(prompt="p", width=64, height=64, enable_hr=True, hr_upscaler="no-such-upscaler")
+    assert caught.value.args[0] == 422
+    assert json.loads(caught.value.args[1])["detail"][0]["loc"] == ["body", "hr_upscaler"]
+
+
+def test_txt2img_hires_fix_through_webuiapi(embedded_stack: Stack) -> None:
+    api = api_for(embedded_stack)
+    result = api.txt2img(
+        prompt="a pond",
+        width=64,
+        height=64,
+        steps=2,
+        seed=3,
+        enable_hr=True,
+        hr_scale=2,
+        hr_second_pass_steps=2,
+    )
+    assert result.image.size == (128, 128)
+    job = embedded_stack.wait(result.info["easel_job_id"])
+    assert job["params"]["hires"]["upscaler"] == "latent" and job["progress"]["total"] == 2 + 1
 
 
 def test_no_credentials_needed_with_authentication_off(embedded_stack: Stack) -> None:
     result = api_for(embedded_stack).txt2img(prompt="a pond", width=64, height=64, sampler_name="Euler a")
     assert result.image.size == (64, 64) and len(result.info["all_seeds"]) == 1
+
+
+def test_the_rest_of_a1111s_lists_and_options_round_trip(embedded_stack: Stack) -> None:
+    api = api_for(embedded_stack)
+    assert api.get_cmd_flags()["api"] is True
+    assert api.get_hypernetworks() == api.get_face_restorers() == api.get_prompt_styles() == []
+    assert api.get_realesrgan_models() == [] and api.get_embeddings()["loaded"] == {}
+    options = api.get_options()
+    assert options["send_seed"] is True and options["CLIP_stop_at_last_layers"] == 1
+    try:
+        assert api.set_options({**options, "sd_model_checkpoint": "tiny-sd", "send_seed": False}) is None
+        assert api.get_options() == {**options, "sd_model_checkpoint": "tiny-sd"}  # only the model is kept
+    finally:
+        api.set_options(options)  # the session's stack: the next tests get the checkpoint they had
+    assert "PLMS" in api.util_get_sampler_names()
+    result = api.txt2img(prompt="a pond", width=64, height=64, seed=7, sampler_name="PLMS", tiling=True)
+    assert result.image.size == (64, 64) and result.info["sampler_name"] == "PLMS"
+    job = embedded_stack.job(result.info["easel_job_id"])
+    assert job["status"] == "succeeded" and job["params"]["scheduler"] == "pndm"
+    assert job["params"]["tiling"] is True  # seamless textures

@@ -182,7 +182,8 @@ def test_a1111_payload_maps_to_an_easel_job() -> None:
 @pytest.mark.parametrize(
     ("extra", "field"),
     [
-        ({"enable_hr": True}, "enable_hr"),
+        ({"enable_hr": True, "hr_prompt": "another"}, "hr_prompt"),
+        ({"enable_hr": True, "hr_sampler_name": "Euler"}, "hr_sampler_name"),
         ({"alwayson_scripts": {"ControlNet": {"args": []}}}, "alwayson_scripts"),
         ({"subseed_strength": 0.5}, "subseed_strength"),
         ({"scheduler": "karras"}, "scheduler"),

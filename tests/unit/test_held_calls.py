@@ -43,6 +43,9 @@ def processes(settings: Settings) -> Iterator[tuple[HeldCalls, HeldCalls]]:
     one = HeldCalls(lambda: session_scope(settings.database_url), 2, 3, heartbeat=15)
     two = HeldCalls(lambda: session_scope(settings.database_url), 2, 3, heartbeat=15)
     yield one, two
+    for calls in (one, two):  # no keeper thread outlives its test
+        calls.close()
+        assert calls.count() == 0
 
 
 def submit(client: FlaskClient, key: str) -> str:

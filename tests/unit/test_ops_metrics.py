@@ -68,3 +68,39 @@ def test_held_calls_are_counted_by_kind_and_stale_rows_are_not(tmp_path: Path) -
     assert value(s, "easel_held_calls", kind="stream") == 2
     assert value(s, "easel_held_calls", kind="openai") == 1
     assert value(s, "easel_held_calls", kind="wait") == 0 and value(s, "easel_held_calls", kind="a1111") == 0
+
+
+def test_readyz_tells_each_models_compile_path_from_the_live_workers_heartbeats(tmp_path: Path) -> None:
+    """A worker's heartbeat publishes its compile states (``Heartbeat(compile_states=)``);
+    ``/readyz`` shows those of live workers per model, not those of stopped ones."""
+    from sqlalchemy.orm import sessionmaker
+
+    from easel.shared.db import engine_for
+    from easel.worker.heartbeat import Heartbeat
+
+    settings = Settings(home=tmp_path)
+    upgrade(settings.database_url)
+    sessions = sessionmaker(engine_for(settings.database_url), expire_on_commit=False)
+    states = {"tiny-sd": {"path": "compiling", "warm_up_seconds": None}}
+    beat = Heartbeat(sessions, "h:1:a", ["tiny-sd"], "cuda:0", 5.0, compile_states=lambda: states)
+    beat.beat()
+    now = utcnow()
+    with session_scope(settings.database_url) as session:
+        session.add(
+            Worker(  # stopped: not shown
+                id="h:2:b",
+                hostname="h",
+                models=["tiny-sd"],
+                compile={"tiny-sd": {"path": "compiled", "warm_up_seconds": 3.0}},
+                started_at=now,
+                last_seen_at=now,
+                stopped_at=now,
+            )
+        )
+    client = create_app(settings).test_client()
+    assert client.get("/readyz").get_json()["compile"] == {"tiny-sd": {"h:1:a": states["tiny-sd"]}}
+    states["tiny-sd"] = {"path": "compiled", "warm_up_seconds": 41.5}  # the compile finished
+    beat.beat()
+    answer = client.get("/readyz").get_json()
+    assert answer["compile"]["tiny-sd"]["h:1:a"] == {"path": "compiled", "warm_up_seconds": 41.5}
+    engine_for(settings.database_url).dispose()

@@ -62,7 +62,8 @@ def test_storage_failure_fails_the_job_with_a_code(env: dict[str, Any], tmp_path
     make_runner(env, storage=BrokenStorage(tmp_path / "broken")).run_next()
     job = fetch(env, job_id)
     assert job.status == "failed" and job.error_code == "storage_error"
-    assert "disk full" in job.error_message and job.finished_at is not None
+    assert "disk full" not in job.error_message and "storage" in job.error_message  # no server paths
+    assert "disk full" in job.timings["error_detail"] and job.finished_at is not None
     with env["sessions"]() as session:
         assert session.query(JobOutput).count() == 0
 
@@ -302,7 +303,8 @@ def test_a_failed_batch_is_run_job_by_job_so_only_the_bad_job_fails(
         "succeeded",
     ]
     failed = fetch(env, bad)
-    assert failed.error_code == "generation_error" and "poison" in failed.error_message
+    assert failed.error_code == "generation_error" and "poison" not in failed.error_message  # no internals
+    assert "RuntimeError: the poison prompt breaks the call" in failed.timings["error_detail"]  # for /admin
 
 
 def test_the_time_limit_in_a_batch_fails_every_job_left(

@@ -11,10 +11,12 @@ from typing import Any
 from PIL import Image, ImageFilter
 
 from easel.shared.families import ALL_SCHEDULERS, Family, family_of_pipeline
+from easel.shared.hires import LATENT
 from easel.shared.kinds import INPUTS, CallSize, kind_of
 from easel.shared.params import BATCH_KEY, GenerationParams
 from easel.worker.engine.adapters import control_kwargs, embedding_prompt, lora_scope
 from easel.worker.engine.fastpath import set_vae_tiling, use_vae_tiling
+from easel.worker.engine.seamless import seamless_scope
 from easel.worker.engine.weighting import uses_weighting, weighted_embeddings
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,16 @@ class GenerationRequest:
     image: Image.Image | None = None  # img2img / inpaint: the input, RGB
     mask: Image.Image | None = None  # inpaint: L, white repaints
     control: Image.Image | None = None  # ControlNet: the control map (preprocessed), RGB
+
+
+@dataclass(frozen=True)
+class HiresStage:
+    """What a batch with a hires fix (``easel.shared.hires``) runs its second pass with: the
+    img2img pipeline of the same model and adapters, and the upscaler of the decoded first
+    pass (``None``: the latent upscaler)."""
+
+    pipe: Any
+    upscale: Callable[[Image.Image, tuple[int, int]], Image.Image] | None = None
 
 
 StepCallback = Callable[[int, int], None]
@@ -122,6 +134,7 @@ def generate_batch(
     *,
     vae_tiling_pixels: int = 0,
     on_latents: LatentCallback | None = None,
+    hires: HiresStage | None = None,
 ) -> list[list[Any]]:
     """Run compatible requests as one pipeline call; each request's images in seed order.
 
@@ -131,11 +144,17 @@ def generate_batch(
     would get alone. On CUDA out-of-memory the cache is freed and the call is retried
     as two halves (recursively); one image that still does not fit raises
     ``GpuOutOfMemory``. The VAE decodes in tiles from ``vae_tiling_pixels`` output
-    pixels on (0: never). ``on_latents`` sees the latents after each step.
+    pixels on (0: never). ``on_latents`` sees the latents after each step. A hires fix
+    (the requests' ``hires``) needs ``hires``: the first pass at the requests' size, the
+    upscale, then the second pass at the target size, one progress count over both.
+    ``tiling`` pads the denoiser's and the VAE's convolutions circularly for the call
+    (``engine.seamless``).
     """
     if not requests:
         return []
     head = requests[0].params
+    if head.hires is not None and hires is None:
+        raise ValueError("a hires fix needs its second pass's pipeline (HiresStage)")
     for other in requests[1:]:
         if other.params.batch_key() != head.batch_key():
             raise ValueError(
@@ -145,11 +164,16 @@ def generate_batch(
     per_request = [_items(request) for request in requests]  # inputs fitted once per request
     tiling = use_vae_tiling(head.width, head.height, vae_tiling_pixels)
     items = [item for items in per_request for item in items]
+    second: _Second | None = None
+    if head.hires is not None and hires is not None:
+        target = head.output_size
+        second = _Second(hires, use_vae_tiling(*target, vae_tiling_pixels))
 
     def call(part: list[_Item], offset: int) -> list[Any]:
-        return _call(pipe, head, part, on_step, tiling, on_latents, offset)
+        return _call(pipe, head, part, on_step, tiling, on_latents, offset, second)
 
-    with lora_scope(pipe, head.loras):  # the call's LoRAs and weights; off again after
+    seamless = seamless_scope(bool(head.tiling), pipe, *([hires.pipe] if hires is not None else []))
+    with lora_scope(pipe, head.loras), seamless:  # the call's LoRAs, weights and padding; undone after
         images = _generate_split(head, items, call)
     results: list[list[Any]] = []
     for request, items in zip(requests, per_request, strict=True):
@@ -213,6 +237,14 @@ def free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+@dataclass(frozen=True)
+class _Second:
+    """A batch's hires stage and whether its second pass decodes in tiles."""
+
+    stage: HiresStage
+    tiling: bool
+
+
 def _call(
     pipe: Any,
     head: GenerationParams,
@@ -221,6 +253,7 @@ def _call(
     tiling: bool,
     on_latents: LatentCallback | None = None,
     offset: int = 0,
+    second: _Second | None = None,
 ) -> list[Any]:
     import torch
 
@@ -235,12 +268,16 @@ def _call(
     # 2. One generator per image (on the CPU, so seeds give the same noise on any device).
     generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
 
-    # 3. Progress, cancel and the live preview at every denoising step.
+    # 3. Progress, cancel and the live preview at every denoising step (a hires fix: one
+    # count over both passes, the second's steps planned from the first's on).
+    passes = [0, head.hires.denoising_steps if head.hires is not None else 0]  # steps before, after
+
     def callback(pipeline: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        done, total = passes[0] + step + 1, passes[0] + int(getattr(pipeline, "num_timesteps", head.steps))
         if on_step is not None:
-            on_step(step + 1, int(getattr(pipeline, "num_timesteps", head.steps)))
+            on_step(done, total + passes[1])
         if on_latents is not None and "latents" in kwargs:
-            on_latents(step + 1, offset, kwargs["latents"])
+            on_latents(done, offset, kwargs["latents"])
         return kwargs
 
     # 4. The kind's call arguments (shared.kinds): its inputs at the output size, one per
@@ -268,10 +305,46 @@ def _call(
             embeds = weighted_embeddings(call_pipe, kwargs.pop("prompt"), kwargs.pop("negative_prompt", []))
         kwargs.update(embeds)
 
-    # 6. Denoise and decode.
+    # 6. Denoise and decode (a hires fix's first pass: latents for the latent upscaler).
+    latent = second is not None and head.hires is not None and head.hires.upscaler == LATENT
     with torch.inference_mode():
         result = call_pipe(
             num_inference_steps=head.steps,
+            guidance_scale=head.guidance_scale,
+            generator=generators,
+            callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=["latents"],
+            output_type="latent" if latent else "pil",
+            **kwargs,
+        )
+    if second is None or head.hires is None:
+        return list(result.images)
+
+    # 7. Hires fix: upscale the first pass to the target size, then the img2img pass there
+    # with the same prompts and each image's generator as the first pass left it.
+    hires, target = head.hires, head.output_size
+    passes[:] = [int(getattr(call_pipe, "num_timesteps", head.steps)), 0]
+    img2img = call_view(
+        second.stage.pipe, make_scheduler(head.scheduler, pipe.scheduler.config), second.tiling
+    )
+    if latent:
+        factor = int(getattr(img2img, "vae_scale_factor", 8))
+        size = (target[1] // factor, target[0] // factor)
+        image: Any = torch.nn.functional.interpolate(result.images, size=size, mode="bilinear")
+    else:
+        upscale = second.stage.upscale
+        if upscale is None:
+            raise ValueError(f"a hires fix with upscaler {hires.upscaler!r} needs it loaded")
+        image = [upscale(picture, target) for picture in result.images]
+    for name in ("width", "height"):
+        kwargs.pop(name, None)
+    if takes_size(img2img):
+        kwargs.update(width=target[0], height=target[1])
+    with torch.inference_mode():
+        result = img2img(
+            image=image,
+            strength=hires.denoising_strength,
+            num_inference_steps=hires.steps,
             guidance_scale=head.guidance_scale,
             generator=generators,
             callback_on_step_end=callback,

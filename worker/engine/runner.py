@@ -18,10 +18,12 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError,
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
+from easel.shared import tracing
 from easel.shared.errors import ERROR_DETAIL, ModelLoadError, StorageError, UnknownModel
+from easel.shared.hires import LATENT
 from easel.shared.jobs import stored_input_keys, webhook_events
 from easel.shared.kinds import Engine, kind_of
-from easel.shared.models import Job, JobOutput, JobStatus
+from easel.shared.models import Job, JobOutput, JobStatus, JobType
 from easel.shared.params import params_of
 from easel.shared.registry import Registry
 from easel.shared.storage import Storage
@@ -31,6 +33,7 @@ from easel.worker.engine.claims import claim_batch
 from easel.worker.engine.generate import (
     GenerationRequest,
     GpuOutOfMemory,
+    HiresStage,
     JobCanceled,
     TimeLimitExceeded,
     generate_batch,
@@ -42,6 +45,23 @@ from easel.worker.heartbeat import Heartbeat
 from easel.worker.pngmeta import encode_png
 
 log = logging.getLogger(__name__)
+
+
+def trace_claim(jobs: Sequence[Job], started_ns: int, ended_ns: int, worker_id: str) -> None:
+    """Each claimed job's ``easel.queue_wait`` (submit to claim) and ``easel.claim`` spans."""
+    for job in jobs:
+        waited_from = int(job.created_at.timestamp() * 1e9)
+        tracing.record("easel.queue_wait", job.trace_parent, waited_from, ended_ns)
+        attributes = {"easel.worker": worker_id, "easel.batch_jobs": len(jobs)}
+        tracing.record("easel.claim", job.trace_parent, started_ns, ended_ns, attributes)
+
+
+def trace_pipeline(jobs: Sequence[Job], seconds: float, calls: int) -> None:
+    """One ``easel.pipeline`` span per job of a call that took ``seconds`` (just ended)."""
+    ended = time.time_ns()
+    for job in jobs:
+        attributes = {"easel.batch_id": job.batch_id or "", "easel.batch_jobs": calls}
+        tracing.record("easel.pipeline", job.trace_parent, ended - int(seconds * 1e9), ended, attributes)
 
 
 def output_key(job_id: str, index: int) -> str:
@@ -64,12 +84,27 @@ def error_code_for(exc: BaseException) -> str:
     return "generation_error"
 
 
+GENERATION_FAILED = (
+    "the image could not be generated: an internal error of the worker (the operator sees "
+    "the detail on /admin); retry, or change the job's parameters"
+)
+STORAGE_FAILED = "the images could not be stored: the storage did not take them; retry later"
+
+
 def public_error(exc: BaseException) -> tuple[str, str | None]:
     """What a failed job's owner is told, and the operator's detail (``None`` when the
-    message is all there is). A ``ModelLoadError`` names the model or adapter and what to
-    do; its paths and library text stay in the log and on ``/admin``."""
+    message is all there is). Easel's own errors (time limit, unknown model, out of
+    memory) are written for tenants; a ``ModelLoadError`` names the model or adapter and
+    what to do. Anything else (a library's exception, a storage error) may carry server
+    paths or library internals: the owner gets a plain sentence, and the exception goes
+    to the log and to ``/admin``."""
     if isinstance(exc, ModelLoadError):
         return exc.public, exc.detail
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, StorageError):
+        return STORAGE_FAILED, detail
+    if error_code_for(exc) == "generation_error":
+        return GENERATION_FAILED, detail
     return str(exc), None
 
 
@@ -184,6 +219,7 @@ class JobRunner:
         """Claim the best queued job and its batch (waiting up to ``wait_seconds`` for
         compatible jobs to fill it), and run them; the head job's id, or ``None`` if
         nothing was queued."""
+        claim_started = time.time_ns()
         with self.sessions() as session:
             jobs = claim_batch(
                 session, self.worker_id, self.models or None, self.max_batch_images, wait_seconds
@@ -192,6 +228,7 @@ class JobRunner:
                 session.expunge(job)
         if not jobs:
             return None
+        trace_claim(jobs, claim_started, time.time_ns(), self.worker_id)
         if self.heartbeat is not None:
             self.heartbeat.current_job_id = jobs[0].id
         try:
@@ -216,6 +253,7 @@ class JobRunner:
             log.info("running job %s", job.id, extra=contexts[job.id])
         self._webhooks(jobs, "start")
         diffusers = kind_of(jobs[0].type).engine is Engine.DIFFUSERS
+        hires: HiresStage | None = None
         try:
             if diffusers:
                 spec = self.registry.get(jobs[0].model)
@@ -223,7 +261,16 @@ class JobRunner:
                 shared["load_seconds"] = round(load_seconds, 3)
                 shared["model_cache_hit"] = load_seconds == 0.0
                 # The job type's pipeline, with the batch's ControlNet and LoRAs (same for all: batch key).
-                pipe = pipeline_for(pipelines, params_of(jobs[0]), self.registry, self.max_loras_loaded)
+                params = params_of(jobs[0])
+                pipe = pipeline_for(pipelines, params, self.registry, self.max_loras_loaded)
+                if params.hires is not None:  # its second pass: img2img with the same adapters
+                    second = params.model_copy(update={"type": JobType.IMG2IMG, "hires": None})
+                    hires = HiresStage(
+                        pipeline_for(pipelines, second, self.registry, self.max_loras_loaded),
+                        None
+                        if params.hires.upscaler == LATENT
+                        else load_upscaler(params.hires.upscaler, self.registry),
+                    )
             else:  # an upscaler (the batch key's), no model
                 pipe = load_upscaler(jobs[0].upscaler or "", self.registry)
         except Exception as exc:
@@ -239,7 +286,7 @@ class JobRunner:
             except Exception as exc:  # an unreadable input or embedding fails its own job only
                 self._fail(job, exc, self._timings(job, started, shared), contexts[job.id])
         self._generate_and_store(
-            [j for j in jobs if j.id in requests], requests, pipe, started, shared, contexts
+            [j for j in jobs if j.id in requests], requests, pipe, started, shared, contexts, hires
         )
 
     def _generate_and_store(
@@ -250,9 +297,11 @@ class JobRunner:
         started: float,
         shared: dict[str, Any],
         contexts: dict[str, dict[str, Any]],
+        hires: HiresStage | None = None,
     ) -> bool:
         """Generate ``jobs`` in one call and hand their images to storing; ``False`` if the
-        task's time limit struck (the jobs it stopped are then recorded failed)."""
+        task's time limit struck (the jobs it stopped are then recorded failed). ``hires``:
+        the second pass of a hires fix."""
         if not jobs:
             return True
         by_id = {job.id: job for job in jobs}
@@ -279,7 +328,12 @@ class JobRunner:
             batch = [requests[j.id] for j in jobs]
             if diffusers:
                 results = generate_batch(
-                    pipe, batch, reporter, vae_tiling_pixels=self.vae_tiling_pixels, on_latents=on_latents
+                    pipe,
+                    batch,
+                    reporter,
+                    vae_tiling_pixels=self.vae_tiling_pixels,
+                    on_latents=on_latents,
+                    hires=hires,
                 )
             else:
                 results = upscale_batch(pipe, batch, reporter)
@@ -295,7 +349,7 @@ class JobRunner:
                     extra=contexts[remaining[0].id],
                 )
                 for index, job in enumerate(remaining):
-                    if not self._generate_and_store([job], requests, pipe, started, shared, contexts):
+                    if not self._generate_and_store([job], requests, pipe, started, shared, contexts, hires):
                         for rest in remaining[index + 1 :]:  # no time left for these either
                             self._fail(
                                 rest,
@@ -308,13 +362,19 @@ class JobRunner:
             for job in remaining:
                 self._fail(job, exc, self._timings(job, started, shared), contexts[job.id])
             return not isinstance(exc, TimeLimitExceeded)
-        shared = {**shared, "generate_seconds": round(time.perf_counter() - t0, 3)}
+        seconds = time.perf_counter() - t0
+        trace_pipeline(jobs, seconds, len(batch))
+        shared = {**shared, "generate_seconds": round(seconds, 3)}
+        call_images = sum(requests[j.id].params.num_images for j in jobs) or 1
         done = [
             _Done(
                 job,
                 images,
                 requests[job.id].params.seeds,
-                self._timings(job, started, shared),
+                {  # its share of the call, for usage per key (``shared.usage``)
+                    **self._timings(job, started, shared),
+                    "gpu_seconds": round(seconds * requests[job.id].params.num_images / call_images, 3),
+                },
                 contexts[job.id],
             )
             for job, images in zip(jobs, results, strict=True)
@@ -393,6 +453,8 @@ class JobRunner:
                 self._fail(job, exc, timings, item.context)
                 continue
             timings["store_seconds"] = round(time.perf_counter() - t0, 3)
+            stored_from = tracing.seconds_ago_ns(timings["store_seconds"])
+            tracing.record("easel.store", job.trace_parent, stored_from, time.time_ns())
             timings["run_seconds"] = round(timings["run_seconds"] + timings["store_seconds"], 3)
             stored.append((item, Ending(job.id, JobStatus.SUCCEEDED, timings, outputs=outputs)))
         if not stored:

@@ -1,0 +1,222 @@
+"""AUTOMATIC1111's settings and lists, in its shapes: pure data for ``web.a1111``.
+
+``GET /sdapi/v1/options`` answers A1111's common keys with A1111's defaults, so a client
+that reads the options and writes the whole object back succeeds; Easel acts on
+``sd_model_checkpoint`` and ``sd_vae`` only. ``cmd-flags`` answers A1111's common flags
+(no server paths, no credentials). Hypernetworks, face restorers and prompt styles Easel
+has none of: empty lists. ``realesrgan-models`` lists Easel's upscaler models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+OPTION_DEFAULTS: dict[str, Any] = {
+    # saving images
+    "samples_save": True,
+    "samples_format": "png",
+    "samples_filename_pattern": "",
+    "save_images_add_number": True,
+    "grid_save": True,
+    "grid_format": "png",
+    "enable_pnginfo": True,
+    "save_txt": False,
+    "jpeg_quality": 80,
+    "webp_lossless": False,
+    "export_for_4chan": True,
+    "img_downscale_threshold": 4.0,
+    "target_side_length": 4000,
+    "img_max_size_mp": 200,
+    "use_original_name_batch": True,
+    "save_selected_only": True,
+    "do_not_add_watermark": False,
+    "outdir_samples": "",
+    "outdir_txt2img_samples": "outputs/txt2img-images",
+    "outdir_img2img_samples": "outputs/img2img-images",
+    "outdir_extras_samples": "outputs/extras-images",
+    "save_to_dirs": True,
+    "grid_save_to_dirs": True,
+    # stable diffusion
+    "sd_model_checkpoint": None,
+    "sd_checkpoint_hash": None,
+    "sd_checkpoints_limit": 1,
+    "sd_checkpoints_keep_in_cpu": True,
+    "sd_checkpoint_cache": 0,
+    "sd_unet": "Automatic",
+    "enable_quantization": False,
+    "emphasis": "Original",
+    "enable_batch_seeds": True,
+    "comma_padding_backtrack": 20,
+    "CLIP_stop_at_last_layers": 1,
+    "upcast_attn": False,
+    "randn_source": "GPU",
+    "tiling": False,
+    "hires_fix_refiner_pass": "second pass",
+    "sd_vae": "Automatic",
+    "sd_vae_checkpoint_cache": 0,
+    "sd_vae_overrides_per_model_preferences": True,
+    "auto_vae_precision": True,
+    "sd_vae_encode_method": "Full",
+    "sd_vae_decode_method": "Full",
+    "inpainting_mask_weight": 1.0,
+    "initial_noise_multiplier": 1.0,
+    "img2img_extra_noise": 0.0,
+    "img2img_color_correction": False,
+    "img2img_fix_steps": False,
+    "img2img_background_color": "#ffffff",
+    "cross_attention_optimization": "Automatic",
+    "s_min_uncond": 0.0,
+    "token_merging_ratio": 0.0,
+    "token_merging_ratio_img2img": 0.0,
+    "token_merging_ratio_hr": 0.0,
+    "pad_cond_uncond": False,
+    "persistent_cond_cache": True,
+    "batch_cond_uncond": True,
+    "sd_lora": "None",
+    "lora_preferred_name": "Alias from file",
+    "sd_hypernetwork": "None",
+    # compatibility
+    "use_old_emphasis_implementation": False,
+    "use_old_karras_scheduler_sigmas": False,
+    "no_dpmpp_sde_batch_determinism": False,
+    "use_old_hires_fix_width_height": False,
+    "hires_fix_use_firstpass_conds": False,
+    "use_old_scheduling": False,
+    # postprocessing and upscaling
+    "postprocessing_enable_in_main_ui": [],
+    "postprocessing_operation_order": [],
+    "upscaling_max_images_in_cache": 5,
+    "face_restoration": False,
+    "face_restoration_model": "CodeFormer",
+    "code_former_weight": 0.5,
+    "face_restoration_unload": False,
+    "ESRGAN_tile": 192,
+    "ESRGAN_tile_overlap": 8,
+    "realesrgan_enabled_models": ["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"],
+    "upscaler_for_img2img": None,
+    # user interface and live previews
+    "return_grid": True,
+    "do_not_show_images": False,
+    "js_modal_lightbox": True,
+    "send_seed": True,
+    "send_size": True,
+    "show_progressbar": True,
+    "live_previews_enable": True,
+    "live_previews_image_format": "png",
+    "show_progress_grid": True,
+    "show_progress_every_n_steps": 10,
+    "show_progress_type": "Approx NN",
+    "live_preview_content": "Prompt",
+    "live_preview_refresh_period": 1000,
+    "quicksettings_list": ["sd_model_checkpoint"],
+    # sampler parameters
+    "hide_samplers": [],
+    "eta_ddim": 0.0,
+    "eta_ancestral": 1.0,
+    "ddim_discretize": "uniform",
+    "s_churn": 0.0,
+    "s_tmin": 0.0,
+    "s_tmax": 0.0,
+    "s_noise": 1.0,
+    "sigma_min": 0.0,
+    "sigma_max": 0.0,
+    "rho": 0.0,
+    "eta_noise_seed_delta": 0,
+    "always_discard_next_to_last_sigma": False,
+    "sgm_noise_multiplier": False,
+    "uni_pc_variant": "bh1",
+    "uni_pc_skip_type": "time_uniform",
+    "uni_pc_order": 3,
+    "uni_pc_lower_order_final": True,
+    "sd_noise_schedule": "Default",
+    # system
+    "auto_launch_browser": "Local",
+    "enable_console_prompts": False,
+    "show_warnings": False,
+    "memmon_poll_rate": 8,
+    "samples_log_stdout": False,
+    "multiple_tqdm": True,
+    "disable_mmap_load_safetensors": False,
+    "hide_ldm_prints": True,
+    "unload_models_when_training": False,
+    "disable_weights_auto_swap": True,
+    "auto_backcompat": True,
+}
+"""A1111's common settings with its defaults (``modules/shared_options.py``)."""
+
+CMD_FLAGS: dict[str, Any] = {
+    "api": True,
+    "nowebui": True,
+    "api_log": False,
+    "api_auth": None,
+    "listen": False,
+    "port": None,
+    "server_name": None,
+    "subpath": None,
+    "share": False,
+    "data_dir": None,
+    "models_dir": None,
+    "ckpt": None,
+    "ckpt_dir": None,
+    "vae_dir": None,
+    "vae_path": None,
+    "embeddings_dir": None,
+    "hypernetwork_dir": None,
+    "lora_dir": None,
+    "esrgan_models_path": None,
+    "realesrgan_models_path": None,
+    "gfpgan_dir": None,
+    "codeformer_models_path": None,
+    "styles_file": [],
+    "no_half": False,
+    "no_half_vae": False,
+    "precision": "autocast",
+    "upcast_sampling": False,
+    "medvram": False,
+    "medvram_sdxl": False,
+    "lowvram": False,
+    "lowram": False,
+    "xformers": False,
+    "opt_sdp_attention": False,
+    "opt_split_attention": False,
+    "opt_channelslast": False,
+    "disable_nan_check": False,
+    "use_cpu": [],
+    "device_id": None,
+    "max_batch_count": 16,
+    "allow_code": False,
+    "enable_insecure_extension_access": False,
+    "disable_safe_unpickle": False,
+    "disable_all_extensions": False,
+    "disable_extra_extensions": False,
+    "skip_torch_cuda_test": False,
+    "skip_version_check": False,
+    "skip_load_model_at_start": False,
+    "no_hashing": False,
+    "no_download_sd_model": False,
+    "freeze_settings": False,
+    "gradio_auth": None,
+    "cors_allow_origins": None,
+    "cors_allow_origins_regex": None,
+    "tls_keyfile": None,
+    "tls_certfile": None,
+    "timeout_keep_alive": 30,
+    "loglevel": None,
+}
+"""``GET /sdapi/v1/cmd-flags``: A1111's common flags; paths and credentials are ``None``
+(Easel names no server path), ``api`` and ``nowebui`` are what Easel is: an API."""
+
+
+def options(checkpoint: str | None, vae: str | None) -> dict[str, Any]:
+    """``GET /sdapi/v1/options``: A1111's defaults with the caller's checkpoint and VAE
+    (``vae`` ``None``: the model's own, A1111's ``Automatic``)."""
+    return {**OPTION_DEFAULTS, "sd_model_checkpoint": checkpoint, "sd_vae": vae or "Automatic"}
+
+
+def realesrgan_models(registry: Any) -> list[dict[str, Any]]:
+    """``GET /sdapi/v1/realesrgan-models``: Easel's upscaler models (whatever architecture
+    spandrel reads), by name; no server path, and the scale is the file's, unknown here."""
+    return [
+        {"name": name, "path": None, "scale": None}
+        for name in sorted(getattr(registry, "upscalers", None) or {})
+    ]
