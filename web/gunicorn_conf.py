@@ -1,4 +1,5 @@
-"""gunicorn settings of ``easel web``: the server's own errors in the API's error shape.
+"""gunicorn settings of ``easel web``: the server's own errors in the API's error shape,
+and a quick shutdown without a traceback.
 
 gunicorn answers some requests before the app sees them: a header or request line
 over its limits (``431``, ``414``), a malformed request (``400``). It writes those
@@ -11,11 +12,24 @@ error. Errors of a reverse proxy in front (its own size limits) are the proxy's.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import sys
 
 from gunicorn import util
 
-__all__: list[str] = []  # no gunicorn setting here; importing is the point
+__all__ = ["worker_int"]  # gunicorn reads these settings; the rest is done by importing
+
+
+def worker_int(worker: object) -> None:
+    """A quick shutdown (SIGINT, SIGQUIT: Ctrl-C) of a worker: leave at once. gunicorn
+    would raise ``SystemExit`` next, which the gevent worker runs in a greenlet of its own,
+    and gevent then prints that as a failure with a traceback. Held calls are cut either
+    way (a graceful stop is SIGTERM); their jobs go on, and their ``held_calls`` rows
+    expire."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:

@@ -73,7 +73,7 @@ def job_example(kind: Kind) -> dict[str, Any]:
     )
     value.update({name: f"<base64 {name}: PNG, JPEG or WebP>" for name in kind.inputs})
     value.update(kind.knobs, seed=42)
-    return {"summary": kind.summary.capitalize(), "value": value}
+    return {"summary": f"{kind.value}: {kind.summary}", "value": value}
 
 
 JOB_EXAMPLES = {kind.value: job_example(kind) for kind in KINDS.values()}

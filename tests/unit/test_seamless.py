@@ -152,3 +152,22 @@ def test_a_compiled_denoiser_wraps_around_too() -> None:
             assert torch.equal(pipe.unet(sample, timestep), wrapped)
         assert torch.equal(pipe.unet(sample, timestep), plain)
     assert not torch.equal(plain, wrapped)
+
+
+def test_the_form_sends_tiling_and_is_filled_from_a_tiling_job(settings: Settings) -> None:
+    from easel.web import create_app
+
+    app = create_app(settings)
+    app.config["WTF_CSRF_ENABLED"] = False  # CSRF has its own tests (test_security.py)
+    client = app.test_client()
+    assert 'name="tiling"' in client.get("/").get_data(as_text=True)
+    response = client.post("/", data={"prompt": "a brick wall", "steps": "2", "tiling": "true"})
+    assert response.status_code == 303, response.get_data(as_text=True)
+    job_id = response.headers["Location"].rsplit("/", 1)[-1]
+    assert client.get(f"/api/v1/jobs/{job_id}").get_json()["params"]["tiling"] is True
+    again = client.get(f"/?from={job_id}").get_data(as_text=True)
+    assert 'name="tiling" value="true" checked' in again
+    plain = client.post("/", data={"prompt": "a brick wall", "steps": "2"})  # unchecked: no tiling
+    plain_id = plain.headers["Location"].rsplit("/", 1)[-1]
+    assert not client.get(f"/api/v1/jobs/{plain_id}").get_json()["params"].get("tiling")
+    assert 'name="tiling" value="true" >' in client.get(f"/?from={plain_id}").get_data(as_text=True)
