@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[worker,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[worker,upscale,dev]"
 	touch $(STAMP)
 
 # The local demo runs without authentication unless EASEL_AUTH_ENABLED says otherwise. With

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import easel.worker.engine  # noqa: F401  # torchvision importable before diffusers (torchvision_compat)
 from bench.processes import Stack
 from bench.servers import (
     S3_CREDENTIALS,

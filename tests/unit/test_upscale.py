@@ -189,10 +189,10 @@ def test_upscalers_of_the_models_file_are_known_to_jobs_and_a1111(tmp_path: Path
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_a_tiny_esrgan_upscales_through_a_job(env: dict[str, Any], tmp_path: Path, suffix: str) -> None:
     """spandrel's ESRGAN class with small widths, saved as a file, named in the registry:
-    the job's pixels are the model's, tiled or not. Skipped where spandrel is not installed."""
-    torch = pytest.importorskip("torch")
-    esrgan = pytest.importorskip("spandrel.architectures.ESRGAN")
+    the job's pixels are the model's, tiled or not."""
+    import torch
     from safetensors.torch import save_file
+    from spandrel.architectures import ESRGAN as esrgan
 
     torch.manual_seed(0)
     model = esrgan.ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=4).eval()

@@ -50,7 +50,7 @@ def load_upscaler(name: str, registry: Any = None) -> Upscaler:
 def _load_model(spec: UpscalerSpec) -> Upscaler:
     try:
         import torch
-        from spandrel import ModelLoader  # type: ignore[import-not-found]
+        from spandrel import ModelLoader
 
         descriptor = ModelLoader().load_from_file(spec.location)
         device = "cuda" if torch.cuda.is_available() else "cpu"
