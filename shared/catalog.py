@@ -1,15 +1,16 @@
 """The models a machine already has: every checkpoint, diffusers folder, LoRA, VAE,
-textual-inversion embedding, ControlNet and text encoder under some folders, read from
-file headers only (no weight is read, torch is not imported: docs/design.md principle 3).
+textual-inversion embedding, ControlNet, text encoder and upscaler under some folders, read
+from file headers only (no weight is read, torch is not imported: docs/design.md principle 3).
 
 ``scan(roots, previous)`` recognises each root as one of:
 
 - an AUTOMATIC1111 ``models`` folder (``Stable-diffusion/``, ``Lora/``, ``LyCORIS/``,
-  ``VAE/``, ``ControlNet/``), with the ``embeddings/`` folder beside it; A1111's
+  ``VAE/``, ``ControlNet/``, and the upscaler folders ``ESRGAN/``, ``RealESRGAN/``,
+  ``SwinIR/``, ``DAT/``, ``HAT/``), with the ``embeddings/`` folder beside it; A1111's
   ``embeddings/`` folder given on its own; or the webui folder holding both;
 - a ComfyUI ``models`` folder (``checkpoints/``, ``diffusion_models/``, ``unet/``,
   ``loras/``, ``vae/``, ``embeddings/``, ``controlnet/``, ``text_encoders/``, ``clip/``,
-  ``diffusers/``), or the ComfyUI folder holding it;
+  ``diffusers/``, ``upscale_models/``), or the ComfyUI folder holding it;
 - a Hugging Face hub cache (``models--ORG--NAME/snapshots/REV/model_index.json``: the
   pipeline repositories, named ``ORG/NAME``; other repositories are skipped);
 - any other folder: every file is classified by its keys alone.
@@ -19,7 +20,10 @@ whose ``config.json`` names a ``ControlNetModel`` or ``AutoencoderKL`` one Contr
 VAE. A file in a kind's folder whose keys say it is another kind (a LoRA in
 ``checkpoints/``) is listed unavailable, as is a partial, corrupt, unsupported or
 non-model file, each with its reason; A1111's ``NAME.vae.pt`` beside checkpoints is a VAE.
-An unreadable folder is a problem of the catalog; nothing stops the scan.
+An upscaler folder's ``.pth``, ``.pt`` and ``.safetensors`` files are upscalers because of
+where they are (their keys are not read: spandrel tells their architecture on the worker);
+a ``.safetensors`` one whose header cannot be read is unavailable; other files there are
+not listed. An unreadable folder is a problem of the catalog; nothing stops the scan.
 
 **Names.** A file's name is its path relative to its kind's folder, without suffix, with
 ``/`` between folders (``sub/name``); a diffusers folder's is its relative path, a hub
@@ -29,10 +33,10 @@ A1111 ``<lora:NAME:w>`` tags: Unicode NFC, the characters ``: < > ? # % \\ " | *
 control characters become ``_``, runs of whitespace one space, leading and trailing
 spaces and dots go (an empty part is ``_``). Names over ``MAX_NAME_LENGTH`` characters
 are listed unavailable. Checkpoints and diffusers folders share one namespace, each other
-kind has its own. When two files get one name the first in this order keeps it and the
-other is reported as a problem naming both: available before unavailable, then the
-earlier root, then the kind's folders in the order above, then ``.safetensors`` before
-a folder, ``.ckpt``, ``.pt``/``.pth``, ``.bin``, then the path.
+kind (upscalers too) has its own. When two files get one name the first in this order
+keeps it and the other is reported as a problem naming both: available before
+unavailable, then the earlier root, then the kind's folders in the order above, then
+``.safetensors`` before a folder, ``.ckpt``, ``.pt``/``.pth``, ``.bin``, then the path.
 
 **Fingerprints** identify a file without reading its weights (the SHA-256 of its header
 bytes and size; ``easel.shared.catalog_read`` says exactly what they cover).
@@ -59,12 +63,14 @@ from easel.shared.adapters import CONTROLNET_FAMILIES
 from easel.shared.catalog_read import (
     COMPONENT_CLASSES,
     GGUF_SUFFIX,
+    UPSCALER_SUFFIXES,
     folder_facts,
     folder_listing,
     hub_snapshot,
     is_dir,
     read_files,
     read_json,
+    upscaler_facts,
 )
 from easel.shared.classify import Classification, Kind, fits
 from easel.shared.families import FamilyName
@@ -100,6 +106,11 @@ A1111_FOLDERS: tuple[tuple[str, Kind], ...] = (
     ("LyCORIS", Kind.LORA),
     ("VAE", Kind.VAE),
     ("ControlNet", Kind.CONTROLNET),
+    ("ESRGAN", Kind.UPSCALER),  # A1111's upscaler folders, each read by spandrel alike
+    ("RealESRGAN", Kind.UPSCALER),
+    ("SwinIR", Kind.UPSCALER),
+    ("DAT", Kind.UPSCALER),
+    ("HAT", Kind.UPSCALER),
     ("embeddings", Kind.EMBEDDING),
 )
 COMFYUI_FOLDERS: tuple[tuple[str, Kind], ...] = (
@@ -113,6 +124,7 @@ COMFYUI_FOLDERS: tuple[tuple[str, Kind], ...] = (
     ("controlnet", Kind.CONTROLNET),
     ("text_encoders", Kind.TEXT_ENCODER),
     ("clip", Kind.TEXT_ENCODER),
+    ("upscale_models", Kind.UPSCALER),
 )
 _HOME_OF: dict[Layout, dict[Kind, str]] = {
     Layout.A1111: {kind: name for name, kind in reversed(A1111_FOLDERS)},
@@ -467,6 +479,7 @@ class _Scanner:
         if items is None:
             return
         names = {item.name for item in items}
+        suffixes = UPSCALER_SUFFIXES if place.kind is Kind.UPSCALER else SCANNED_SUFFIXES
         if "model_index.json" in names:
             self._folder_entry(index, place, folder, relative or PurePosixPath(folder.name), None)
             return
@@ -485,7 +498,7 @@ class _Scanner:
                 continue
             if is_folder:
                 self._walk(index, place, Path(item.path), relative / item.name)
-            elif is_file and item.name.lower().endswith(SCANNED_SUFFIXES):
+            elif is_file and item.name.lower().endswith(suffixes):
                 self._file(index, place, Path(item.path), relative, names)
 
     def _hub(self, index: int, place: _Place) -> None:
@@ -519,7 +532,8 @@ class _Scanner:
         yaml = next((path.with_name(stem + s) for s in (".yaml", ".yml") if stem + s in siblings), None)
         found = _File(index, place, path, info.st_size, info.st_mtime_ns, name_source, yaml)
         old = self.previous.get(str(path))
-        if old is not None and old.size == found.size and old.mtime_ns == found.mtime_ns:
+        same = old is not None and old.size == found.size and old.mtime_ns == found.mtime_ns
+        if same and old is not None and _by_folder(old.classification) == _by_folder(place):
             self.reused += 1
             self._add(found, old.fingerprint, old.classification)
         else:
@@ -564,15 +578,25 @@ class _Scanner:
         self.found.append(_Found(entry, index, place.rank, relative, _SUFFIX_RANK[""]))
 
     def finish(self, started: float) -> Catalog:
-        known = {e.fingerprint: e.classification for e in self.previous.values()}
-        facts = read_files([(f.path, f.size) for f in self.pending], known, self.processes)
-        for found, (fingerprint, classification, _) in zip(self.pending, facts, strict=True):
+        # Files read by their keys never take an upscaler's facts (told by its folder), nor
+        # upscalers theirs, however alike their headers.
+        known = {
+            e.fingerprint: e.classification
+            for e in self.previous.values()
+            if not _by_folder(e.classification)
+        }
+        by_keys = [f for f in self.pending if not _by_folder(f.place)]
+        facts = read_files([(f.path, f.size) for f in by_keys], known, self.processes)
+        for found, (fingerprint, classification, _) in zip(by_keys, facts, strict=True):
             self._add(found, fingerprint, classification)
+        by_folder = [f for f in self.pending if _by_folder(f.place)]
+        for found in by_folder:
+            self._add(found, *upscaler_facts(found.path, found.size))
         read = sum(1 for *_, parsed in facts if parsed)
         entries = _settle_names(self.found, self.problems)
         stats = ScanStats(
             files=self.files,
-            headers_read=read,
+            headers_read=read + len(by_folder),
             reused=self.reused,
             same_header=len(facts) - read,
             seconds=round(time.monotonic() - started, 3),
@@ -589,7 +613,14 @@ _KIND_WORDS = {
     Kind.EMBEDDING: "an embedding",
     Kind.CONTROLNET: "a ControlNet",
     Kind.TEXT_ENCODER: "a text encoder",
+    Kind.UPSCALER: "an upscaler",
 }
+
+
+def _by_folder(item: _Place | Classification) -> bool:
+    """Whether a place's files, or a file of this classification, are told by their
+    folder (upscalers) rather than by their keys."""
+    return item.kind is Kind.UPSCALER
 
 
 def describe(classification: Classification) -> str:

@@ -11,6 +11,10 @@ copy, or two fine-tunes saved alike (headers do not see the weights' values). A 
 folder's is the SHA-256 of its ``model_index.json`` and the relative path, size and, in a
 hub cache, blob name (a content hash) of every file.
 
+An upscaler model (a file of an upscaler folder) is not classified by its keys: its folder
+says what it is, and only a ``.safetensors`` file's header is checked for being readable
+(``upscaler_facts``).
+
 Torch-free, like the rest of the catalog.
 """
 
@@ -53,6 +57,8 @@ from easel.shared.weights_header import (
 log = logging.getLogger(__name__)
 
 GGUF_SUFFIX = ".gguf"
+UPSCALER_SUFFIXES = (".pth", ".pt", ".safetensors")
+"""The files of an upscaler folder that are upscalers (AUTOMATIC1111's list; spandrel loads them)."""
 PARALLEL_FROM = 200
 """Files to read from which a scan (``processes=None``) reads in worker processes."""
 MAX_PROCESSES = 8
@@ -167,6 +173,36 @@ def classify_file(path: Path, raw: bytes, size: int) -> Classification:
     except Exception as exc:  # a bug must not end the scan: the file is listed with it
         log.exception("could not classify %s", path)
         return Classification(None, problem=f"could not classify it ({type(exc).__name__}: {exc})")
+
+
+def classify_upscaler(path: Path, raw: bytes, size: int) -> Classification:
+    """An upscaler model file, as its folder says (no key is read: spandrel tells the
+    architecture when the worker loads it). A ``.safetensors`` file must have a sound
+    header; a PyTorch file is taken as it is (its load says what is wrong with it), unless
+    it is empty. Never raises."""
+    fmt = "safetensors" if path.suffix.lower() in SAFETENSORS_SUFFIXES else "pickle"
+    if size == 0:
+        return Classification(
+            Kind.UPSCALER, format=fmt, problem=f"{path.name}: an empty file (a partial copy?)"
+        )
+    if fmt == "safetensors" and _parse_safetensors(path, raw, size) is None:
+        try:
+            read_header(path)
+        except UnreadableWeights as exc:
+            return Classification(Kind.UPSCALER, format=fmt, problem=str(exc))
+        except Exception as exc:  # a bug must not end the scan: the file is listed with it
+            log.exception("could not read %s", path)
+            return Classification(
+                Kind.UPSCALER, format=fmt, problem=f"could not read it ({type(exc).__name__})"
+            )
+    return Classification(Kind.UPSCALER, format=fmt)
+
+
+def upscaler_facts(path: Path, size: int) -> tuple[str, Classification]:
+    """The fingerprint and classification of the upscaler file at ``path`` (of ``size``
+    bytes): its header bytes only are read."""
+    raw = header_bytes(path, size)
+    return fingerprint_of(raw, size), classify_upscaler(path, raw, size)
 
 
 # --- diffusers folders -----------------------------------------------------------------------

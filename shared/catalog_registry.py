@@ -1,7 +1,9 @@
 """The registry with the catalog's files in it: found checkpoints become models, found
-LoRAs, ControlNets, VAEs and embeddings become adapters (docs/bring-your-models.md).
+LoRAs, ControlNets, VAEs and embeddings become adapters, found upscaler models upscalers
+(docs/bring-your-models.md, docs/models.md#upscalers).
 
-Names from the models file (or the built-ins) win over found ones. A found file that
+Names from the models file (or the built-ins) win over found ones, for every kind; a
+found upscaler named like a built-in one (``lanczos``) is left out. A found file that
 cannot be served (unavailable, a family or architecture Easel does not serve from a
 single file) is left out of the registry, and stays listed with its reason in the
 catalog. On a worker the specs point at the files (``location``); on the web tier, which
@@ -21,11 +23,12 @@ from easel.shared.catalog_store import CatalogRecord
 from easel.shared.families import get_family
 from easel.shared.models import JobType
 from easel.shared.registry import ModelSource, ModelSpec, Registry
+from easel.shared.upscalers import BUILTIN_UPSCALERS, UpscalerSpec
 
 log = logging.getLogger(__name__)
 
 ON_WORKERS = "(a file in a worker's models folder)"
-"""The location the web tier records for a found adapter: only workers know the path."""
+"""The location the web tier records for a found adapter or upscaler: only workers know the path."""
 
 INPAINTING_ARCHITECTURES = frozenset({"inpainting", "inpainting_v2", "xl_inpaint"})
 """diffusers' names (``details["architecture"]`` of a checkpoint) of inpainting checkpoints."""
@@ -90,6 +93,14 @@ def adapter_spec(record: CatalogRecord) -> AdapterSpec:
     return cls(**fields)
 
 
+def upscaler_spec(record: CatalogRecord) -> UpscalerSpec:
+    """The upscaler a found upscaler model file is (it fits every model); ``ValueError``
+    when its name is a built-in upscaler's."""
+    if record.name in BUILTIN_UPSCALERS:
+        raise ValueError(f"upscaler {record.name!r}: the name of a built-in upscaler; rename the file")
+    return UpscalerSpec(name=record.name, location=record.location or ON_WORKERS)
+
+
 def with_catalog(base: Registry, records: Iterable[CatalogRecord]) -> tuple[Registry, list[str]]:
     """``base`` plus the servable files of ``records``, and why each other file is left out."""
     specs = {spec.name: spec for spec in base}
@@ -99,6 +110,7 @@ def with_catalog(base: Registry, records: Iterable[CatalogRecord]) -> tuple[Regi
         "vae": dict(base.vaes),
         "embedding": dict(base.embeddings),
     }
+    upscalers = dict(base.upscalers)
     skipped: list[str] = []
     for record in records:
         if not record.available:
@@ -110,6 +122,8 @@ def with_catalog(base: Registry, records: Iterable[CatalogRecord]) -> tuple[Regi
                     specs[record.name] = model_spec(record)
             elif record.kind in tables:
                 tables[record.kind].setdefault(record.name, adapter_spec(record))
+            elif record.kind == "upscaler" and record.name not in upscalers:  # the models file's wins
+                upscalers[record.name] = upscaler_spec(record)
         except (ValidationError, ValueError) as exc:
             skipped.append(_reason(exc))
     registry = Registry(
@@ -120,6 +134,7 @@ def with_catalog(base: Registry, records: Iterable[CatalogRecord]) -> tuple[Regi
         tables["vae"],
         tables["embedding"],
         strict=False,
+        upscalers=upscalers,
     )
     return registry, skipped
 

@@ -1,7 +1,9 @@
 """What a weights file is, from its tensor names and shapes alone (``read_header``): a
 checkpoint of which architecture, a LoRA for which base model, a textual-inversion
 embedding, a VAE, a ControlNet or a text encoder. No weight is read; this module imports
-neither torch nor diffusers (the web tier uses it, docs/design.md principle 3).
+neither torch nor diffusers (the web tier uses it, docs/design.md principle 3). Upscaler
+models (``Kind.UPSCALER``) are not told by their keys: their folder says what they are
+(``easel.shared.catalog``), and spandrel reads their architecture on the worker.
 
 Checkpoint architectures are named as diffusers' ``infer_diffusers_model_type`` names
 them (``diffusers/loaders/single_file_utils.py``), by the same keys and shapes in the same
@@ -45,6 +47,7 @@ class Kind(StrEnum):
     EMBEDDING = "embedding"  # textual inversion
     CONTROLNET = "controlnet"
     TEXT_ENCODER = "text_encoder"  # CLIP-L, CLIP-G, T5-XXL files of a split SD3/Flux layout
+    UPSCALER = "upscaler"  # ESRGAN, SwinIR, ... (spandrel): told by its folder, never by its keys
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """Upscalers: the names an upscale job may ask for, and where their weights are.
 
 Built in: ``lanczos`` (Pillow's Lanczos resampling, no weights). Upscaler models (ESRGAN,
-Real-ESRGAN, SwinIR, ... as ``.pth`` / ``.safetensors``) are ``[upscalers.NAME]`` tables
-of the models file (``location``); the worker loads them with spandrel
-(``worker.engine.upscale``).
+Real-ESRGAN, SwinIR, ... as ``.pth`` / ``.pt`` / ``.safetensors``) are ``[upscalers.NAME]``
+tables of the models file (``location``), and the files of the models folders' upscaler
+folders (A1111's ``ESRGAN/``, ``RealESRGAN/``, ..., ComfyUI's ``upscale_models/``:
+``easel.shared.catalog``, joined by ``easel.shared.catalog_registry``; the models file's
+win on a name). The worker loads them with spandrel (``worker.engine.upscale``).
 
 This module imports neither torch nor diffusers.
 """
@@ -21,12 +23,13 @@ MAX_UPSCALED_SIDE = 8192
 
 
 class UpscalerSpec(BaseModel):
-    """``[upscalers.NAME]``: an upscaler model file; it fits every model."""
+    """``[upscalers.NAME]``, or a file found in an upscaler folder: an upscaler model file;
+    it fits every model."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    location: str = Field(min_length=1, description="A .pth or .safetensors file spandrel reads.")
+    location: str = Field(min_length=1, description="A .pth, .pt or .safetensors file spandrel reads.")
 
 
 def read_upscalers(data: dict[str, Any], path: Path) -> dict[str, UpscalerSpec]:

@@ -6,7 +6,8 @@ benchmarks may not import tests): real key names and shapes, zeros for weights, 
 dimension no detection reads shrunk to 1. ``write_ckpt`` writes the same tables as a
 PyTorch zip checkpoint (``torch.save``: the test imports torch), as A1111's ``.ckpt`` and
 ``.pt`` files are. Nothing here loads into a pipeline; ``tests/ldm_convert.py`` makes
-loadable single files.
+loadable single files. ``write_tiny_esrgan`` is the exception: a real (tiny) upscaler
+model of spandrel's own ESRGAN class, which upscale jobs load and run.
 """
 
 from __future__ import annotations
@@ -48,13 +49,16 @@ __all__ = [
     "controlnet",
     "diffusers_pipeline",
     "embedding",
+    "esrgan",
     "hub_model",
     "lora",
     "t5_encoder",
+    "upscaled",
     "vae",
     "write_a1111_embedding",
     "write_ckpt",
     "write_safetensors",
+    "write_tiny_esrgan",
 ]
 
 _TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "F64": "float64"}
@@ -99,6 +103,56 @@ def write_a1111_embedding(path: Path, *, width: int = 768, vectors: int = 4, nam
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(data, path)
     return path
+
+
+def esrgan(filters: int = 64, blocks: int = 23, *, dtype: str = "F32") -> Table:
+    """The tensor table of an ESRGAN (the old RRDB layout ``4x-UltraSharp.pth`` has, 4x):
+    what an upscaler folder holds. The catalog never reads these keys (the folder tells)."""
+    table: Table = {"model.0.weight": ((filters, 3, 3, 3), dtype), "model.0.bias": ((filters,), dtype)}
+    grow = 32
+    for block in range(blocks):
+        for rdb in range(1, 4):
+            for conv in range(1, 6):
+                key = f"model.1.sub.{block}.RDB{rdb}.conv{conv}.0"
+                out = filters if conv == 5 else grow
+                table[f"{key}.weight"] = ((out, filters + (conv - 1) * grow, 3, 3), dtype)
+                table[f"{key}.bias"] = ((out,), dtype)
+    for index in (3, 6, 8, 10):
+        out = 3 if index == 10 else filters
+        table[f"model.{index}.weight"] = ((out, filters, 3, 3), dtype)
+        table[f"model.{index}.bias"] = ((out,), dtype)
+    return table
+
+
+def write_tiny_esrgan(path: Path, seed: int = 0) -> Any:
+    """A tiny ESRGAN of spandrel's own class (8 filters, 1 block, 4x), random weights from
+    ``seed``, saved at ``path`` as its suffix says (``.safetensors``, else ``torch.save`` of
+    the state dict, as ``.pth`` upscalers are); the module, in eval mode (``upscaled``)."""
+    import torch
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.manual_seed(seed)
+    model = ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=4).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(model.state_dict(), str(path))
+    else:
+        torch.save(model.state_dict(), path)
+    return model
+
+
+def upscaled(model: Any, image: Any) -> Any:
+    """``model``'s output for a PIL ``image``, as 0..255 floats (H x W x 3): what an upscale
+    job naming it should store, within rounding."""
+    import numpy as np
+    import torch
+
+    with torch.inference_mode():
+        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
+        out = model(pixels.permute(2, 0, 1).unsqueeze(0))[0]
+    return out.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0
 
 
 def diffusers_pipeline(
@@ -186,6 +240,7 @@ def a1111_models(webui: Path) -> dict[str, Path]:
             models / "ControlNet" / "control_canny.safetensors", controlnet("sd1")
         ),
         "embedding": write_safetensors(webui / "embeddings" / "bad-hands.safetensors", embedding()),
+        "upscaler": write_safetensors(models / "ESRGAN" / "4x-sharp.safetensors", esrgan()),
     }
     yaml = files["sd21"].with_suffix(".yaml")
     yaml.write_text("model:\n  params:\n    parameterization: v\n")
@@ -196,7 +251,7 @@ def a1111_models(webui: Path) -> dict[str, Path]:
 def comfyui_models(models: Path) -> dict[str, Path]:
     """A ComfyUI ``models`` folder with one file of each kind, Flux split the ComfyUI way
     (transformer in ``diffusion_models/``, CLIP-L and T5 in ``text_encoders/``, its VAE in
-    ``vae/``); name -> path, ``"models"`` the folder itself."""
+    ``vae/``), an upscaler in ``upscale_models/``; name -> path, ``"models"`` the folder itself."""
     return {
         "models": models,
         "sd15": write_safetensors(models / "checkpoints" / "sd15.safetensors", checkpoint("v1")),
@@ -215,4 +270,5 @@ def comfyui_models(models: Path) -> dict[str, Path]:
         "pipeline": diffusers_pipeline(
             models / "diffusers" / "sd15-diffusers", unet={"cross_attention_dim": 768, "in_channels": 4}
         ),
+        "upscaler": write_safetensors(models / "upscale_models" / "4x-sharp.safetensors", esrgan()),
     }

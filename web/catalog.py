@@ -2,8 +2,9 @@
 rescans on demand (docs/bring-your-models.md).
 
 ``GET /api/v1/catalog`` lists every file the workers found, servable or not (with the
-reason), never a server path; ``POST /api/v1/models/rescan`` asks every worker to rescan
-now and waits briefly for the first answer. AUTOMATIC1111's listing and refresh calls
+reason), never a server path; ``GET /api/v1/upscalers`` the upscalers jobs may name;
+``POST /api/v1/models/rescan`` asks every worker to rescan now and waits briefly for the
+first answer. AUTOMATIC1111's listing and refresh calls
 (``/sdapi/v1/loras``, ``sd-vae``, ``embeddings``, ``refresh-*``) answer from the same
 catalog in A1111's shapes.
 """
@@ -17,6 +18,7 @@ from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, Field
 
 from easel.shared.catalog_store import CatalogRecord, read_catalog, request_rescan, wait_for_publish
+from easel.shared.upscalers import BUILTIN_UPSCALERS, upscaler_names
 from easel.web.a1111 import bp as a1111_bp
 from easel.web.limits import api_limit, limiter
 from easel.web.services import services
@@ -31,7 +33,9 @@ RESCAN_WAIT_SECONDS = 5.0
 class CatalogFile(BaseModel):
     """One file a worker found in its models folders."""
 
-    kind: str = Field(description="checkpoint, diffusers, lora, vae, embedding or controlnet.")
+    kind: str = Field(
+        description="checkpoint, diffusers, lora, vae, embedding, controlnet, text_encoder or upscaler."
+    )
     name: str = Field(description="The name jobs use: the path in its kind's folder, without suffix.")
     family: str | None = Field(description="sd, sdxl, sd3 or flux, read from the file; null if unknown.")
     architecture: str | None = Field(
@@ -48,6 +52,15 @@ class CatalogFile(BaseModel):
 
 class CatalogList(BaseModel):
     files: list[CatalogFile]
+
+
+class Upscaler(BaseModel):
+    name: str = Field(description="The name upscale jobs and a hires fix's upscaler take.")
+    builtin: bool = Field(description="Built in (no weights), or a model file (models file or folder).")
+
+
+class UpscalerList(BaseModel):
+    upscalers: list[Upscaler]
 
 
 class RescanResult(BaseModel):
@@ -80,6 +93,15 @@ def _records() -> list[CatalogRecord]:
 def catalog() -> ResponseReturnValue:
     """Every file the workers found in their models folders, servable or not."""
     return jsonify(CatalogList(files=[_file_view(r) for r in _records()]).model_dump(mode="json"))
+
+
+@bp.get("/upscalers")
+def list_upscalers() -> ResponseReturnValue:
+    """The upscalers jobs may name: the built-in ones first, then the models by name."""
+    views = [
+        Upscaler(name=name, builtin=name in BUILTIN_UPSCALERS) for name in upscaler_names(services().registry)
+    ]
+    return jsonify(UpscalerList(upscalers=views).model_dump(mode="json"))
 
 
 def rescan(timeout: float = RESCAN_WAIT_SECONDS) -> bool:

@@ -1,6 +1,7 @@
 """Bring your models: real web and worker processes serving a ComfyUI models folder and an
 AUTOMATIC1111 one (docs/bring-your-models.md), offline (a stand-in hub on loopback sees
-no request), listed on every surface, and picked up live after a rescan."""
+no request), listed on every surface, and picked up live after a rescan: models and
+upscalers alike."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from bench.processes import Stack, wait_for
 from tests.adapter_models import build_tiny_embedding, build_tiny_lora, build_tiny_vae, write_kohya_lora
 from tests.factories import b64, box_mask, gradient, make_stack
 from tests.hub_recorder import HubRecorder, hub_recorder
+from tests.model_files import upscaled, write_tiny_esrgan
 
 pytestmark = pytest.mark.slow
 
@@ -168,6 +170,21 @@ def test_a_model_copied_in_is_served_after_a_rescan(
     assert rescanned.status_code == 200 and "later" not in rescanned.json()["models"]
     refused = stack.http.post(stack.base_url + "/api/v1/jobs", json={**SMALL, "model": "later"}, timeout=10)
     assert refused.status_code == 422 and refused.json()["error"]["details"][0]["field"] == "model"
+
+
+def test_an_upscaler_copied_in_serves_upscale_jobs_after_a_rescan(stack: Stack, comfyui: Path) -> None:
+    """A tiny ESRGAN copied into ``upscale_models/``: listed after a rescan, and the worker
+    resolves its name to the file: the job's pixels are the model's."""
+    wait_for(lambda: "tiny" in models(stack), 60, "the worker's catalog on the web tier")
+    model = write_tiny_esrgan(comfyui / "upscale_models" / "4x-tiny.pth")
+    rescanned = stack.http.post(stack.base_url + "/api/v1/models/rescan", timeout=30)
+    assert rescanned.status_code == 200, rescanned.text
+    assert [u["name"] for u in get(stack, "/sdapi/v1/upscalers")] == ["None", "lanczos", "4x-tiny"]
+    source = gradient(24, 16)
+    job = stack.wait(stack.submit(type="upscale", image=b64(source), upscaler="4x-tiny", scale=4)["id"])
+    got = pixels(stack, job)
+    assert got.shape == (64, 96, 3)
+    assert np.abs(got - upscaled(model, source)).max() <= 1.0
 
 
 def test_no_process_asked_the_hub(stack: Stack, hub: HubRecorder) -> None:

@@ -64,6 +64,7 @@ def test_an_a1111_models_folder(tmp_path: Path) -> None:
         ("vae", "vae-ft-mse"): ("available", None, None),
         ("controlnet", "control_canny"): ("available", "v1", "sd"),
         ("embedding", "bad-hands"): ("available", "v1", "sd"),  # embeddings/ beside models/
+        ("upscaler", "4x-sharp"): ("available", None, None),  # ESRGAN/: the folder tells
     }
     entries = listed(catalog)
     assert entries[("checkpoint", "v2/sd21-768")].original_config == files["sd21_yaml"]
@@ -108,6 +109,7 @@ def test_a_comfyui_models_folder_with_flux_split(tmp_path: Path) -> None:
         ("controlnet", "canny-xl"): ("available", "xl_base", "sdxl"),
         ("text_encoder", "clip_l"): ("available", "clip_l", None),
         ("text_encoder", "t5xxl_fp16"): ("available", "t5xxl", None),
+        ("upscaler", "4x-sharp"): ("available", None, None),  # upscale_models/
     }
     flux = entries[("checkpoint", "flux1-dev")]
     assert (flux.path, flux.classification.components) == (files["flux"], ("transformer",))
