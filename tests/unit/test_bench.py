@@ -176,3 +176,30 @@ def test_soak_reads_a_processs_resources_and_fits_its_growth() -> None:
     assert os.getpid() in children(os.getppid())
     assert slope([(1000, 100.0), (2000, 102.0), (3000, 104.0)]) == pytest.approx(0.002)
     assert slope([(1000, 100.0)]) is None
+
+
+@pytest.mark.parametrize("upscaler", ["latent", "lanczos"])
+def test_the_hires_comparison_does_the_same_denoising_on_both_sides(upscaler: str) -> None:
+    """``bench.preview --mode hires``: the hires job's two passes are the txt2img job's
+    steps at its size and the img2img job's at the target size, whose input is that size."""
+    from argparse import Namespace
+
+    from bench.preview import hires_jobs
+    from easel.shared.registry import ModelSource, ModelSpec, Registry
+    from easel.shared.schemas import JobInputs, parse_job_request, resolve_job
+    from easel.shared.settings import Settings
+
+    spec = ModelSpec(name="tiny-sd", source=ModelSource.TINY, location="-", default_size=64, max_size=512)
+    registry = Registry([spec], "tiny-sd")
+    args = Namespace(size=64, hires_scale=2.0, steps=20, strength=0.5, upscaler=upscaler)
+    resolved = {
+        name: resolve_job(parse_job_request(fields), registry, Settings(), JobInputs(image=image)).params
+        for name, (fields, image) in hires_jobs(args, 7).items()
+    }
+    hires, txt2img, img2img = resolved["hires"], resolved["txt2img"], resolved["img2img"]
+    assert hires.hires is not None and hires.hires.upscaler == upscaler
+    assert (hires.width, hires.height) == (txt2img.width, txt2img.height) == (64, 64)
+    assert hires.output_size == img2img.output_size == (128, 128)
+    assert hires.steps == txt2img.denoising_steps == 20
+    assert hires.hires.denoising_steps == img2img.denoising_steps == 10
+    assert hires.denoising_steps == txt2img.denoising_steps + img2img.denoising_steps
