@@ -9,7 +9,9 @@ each call waits on is kept here, once per process:
   is held, reads the state of every held job in one query every ``LOOK_SECONDS`` and
   wakes the calls whose job changed or finished, or whose queue moved (the maintained
   counts of ``queue_turns`` changed: a queued job's position may have). A waiting call
-  makes no query and holds no database connection.
+  makes no query and holds no database connection. Past ``LOOK_CALLS`` held calls the
+  look comes less often, in proportion (``look_interval``, at most ``MAX_LOOK_SECONDS``),
+  so the keeper's share of the process stays flat however many calls it watches.
 - **The bounds.** At most ``EASEL_MAX_HELD_CALLS_PER_PROCESS`` calls in this process and
   ``EASEL_MAX_HELD_CALLS_PER_KEY`` per API key (per client address with authentication
   off) across all web processes, every kind together; past either, ``TooManyHeldCalls``
@@ -43,7 +45,9 @@ from easel.shared.models import Job, JobStatus, QueueTurn, utcnow
 
 log = logging.getLogger(__name__)
 
-LOOK_SECONDS = 0.1  # how often the keeper reads the held jobs' state
+LOOK_SECONDS = 0.1  # how often the keeper reads the held jobs' state, up to LOOK_CALLS calls
+LOOK_CALLS = 250
+MAX_LOOK_SECONDS = 0.5
 GONE_CHECK_SECONDS = 0.5  # how often a waiting call checks its client is still there
 STALE_HEARTBEATS = 3
 READ_CHUNK = 500  # job ids per query of the keeper
@@ -183,7 +187,7 @@ class HeldCalls:
         """The keeper: look at the held jobs until no call is held."""
         touched = time.monotonic()
         while True:
-            time.sleep(LOOK_SECONDS)
+            time.sleep(look_interval(self.count()))
             with self._lock:
                 calls = list(self._calls.values())
                 if not calls:
@@ -251,6 +255,13 @@ class HeldCalls:
                     .values(seen_at=now)
                 )
             session.commit()
+
+
+def look_interval(held: int) -> float:
+    """Seconds between the keeper's looks with ``held`` calls: ``LOOK_SECONDS`` up to
+    ``LOOK_CALLS``, then growing with the calls (a look reads every held job), up to
+    ``MAX_LOOK_SECONDS``."""
+    return min(MAX_LOOK_SECONDS, LOOK_SECONDS * max(1.0, held / LOOK_CALLS))
 
 
 def open_slot(

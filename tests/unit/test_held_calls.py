@@ -22,7 +22,15 @@ from easel.shared.models import ApiKey, Job, utcnow
 from easel.shared.models import HeldCall as HeldCallRow
 from easel.shared.settings import Settings
 from easel.web import create_app
-from easel.web.held_calls import STALE_HEARTBEATS, HeldCall, HeldCalls, TooManyHeldCalls
+from easel.web.held_calls import (
+    LOOK_SECONDS,
+    MAX_LOOK_SECONDS,
+    STALE_HEARTBEATS,
+    HeldCall,
+    HeldCalls,
+    TooManyHeldCalls,
+    look_interval,
+)
 from tests.factories import make_key, migrated_settings
 
 
@@ -232,3 +240,30 @@ def _owner(settings: Settings, name: str) -> str:
     with session_scope(settings.database_url) as session:
         owner: str = session.scalars(select(ApiKey.id).where(ApiKey.name == name)).one()
     return owner
+
+
+def test_the_keeper_looks_less_often_past_a_few_hundred_calls() -> None:
+    """A look reads every held job, so past ``LOOK_CALLS`` it comes less often in
+    proportion, and never less often than ``MAX_LOOK_SECONDS``."""
+    assert look_interval(0) == look_interval(250) == LOOK_SECONDS
+    assert look_interval(500) == pytest.approx(2 * LOOK_SECONDS)
+    assert look_interval(750) == pytest.approx(3 * LOOK_SECONDS)
+    assert look_interval(100_000) == MAX_LOOK_SECONDS
+
+
+def test_a_web_worker_freezes_what_it_loaded_and_collects_fully_less_often() -> None:
+    """gunicorn's ``post_worker_init`` (``easel web``'s config): the loaded app is out of
+    the full collections' reach, and those come a tenth as often (short, rare pauses for
+    a process holding many calls)."""
+    import gc
+
+    from easel.web import gunicorn_conf
+
+    before = gc.get_threshold()
+    try:
+        gunicorn_conf.post_worker_init(object())
+        assert gc.get_freeze_count() > 1000
+        assert gc.get_threshold() == (before[0], before[1], gunicorn_conf.FULL_COLLECTION_EVERY)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
