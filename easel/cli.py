@@ -120,6 +120,27 @@ def hires_options(function: Decorated) -> Decorated:
     )(function)
 
 
+def sd_upscale_options(function: Decorated) -> Decorated:
+    """``--sd-upscale`` and a ``--sd-upscale-NAME`` option per field of the SD upscale
+    (``easel.shared.sd_upscale.SdUpscaleRequest``), typed and described as the field is."""
+    from easel.shared.sd_upscale import SD_UPSCALE_FIELDS, SdUpscaleRequest
+
+    for name in reversed(SD_UPSCALE_FIELDS):
+        info = SdUpscaleRequest.model_fields[name]
+        function = click.option(
+            f"--sd-upscale-{name.replace('_', '-')}",
+            type=info.annotation,
+            default=None,
+            help=f"SD upscale: {(info.description or '').rstrip('.')} (default {info.default}).",
+        )(function)
+    return click.option(
+        "--sd-upscale",
+        is_flag=True,
+        help="img2img SD upscale: upscale --image, redraw it in tiles of --width x --height (default "
+        "the model's size) blended in their overlaps (on too with --sd-upscale-scale).",
+    )(function)
+
+
 def _fail(exc: Exception) -> click.ClickException:
     return click.ClickException(str(exc))
 
@@ -140,6 +161,7 @@ def _fail(exc: Exception) -> click.ClickException:
 @click.option("--model", help="Registry name; default model.")
 @knob_options
 @hires_options
+@sd_upscale_options
 @click.option(
     "--lora",
     "loras",
@@ -184,6 +206,8 @@ def submit(
         params.update(control_model=control_model, control_scale=control_scale)
     if params.pop("hires"):  # --hires-* go up as the form's hires_* fields, which JSON takes too
         params["hires"] = "on"
+    if params.pop("sd_upscale"):  # --sd-upscale-* go up as the form's sd_upscale_* fields
+        params["sd_upscale"] = "on"
     client = _client(url, key)
     try:
         job = client.submit(

@@ -110,6 +110,9 @@ class Kind:
     hires: bool = False
     """Whether its jobs may ask for a hires fix (``easel.shared.hires``): a second, img2img
     pass at a larger size."""
+    sd_upscale: bool = False
+    """Whether its jobs may ask for an SD upscale (``easel.shared.sd_upscale``): the input
+    upscaled, then redrawn tile by tile."""
 
     @property
     def takes_prompt(self) -> bool:
@@ -141,6 +144,7 @@ KINDS: dict[JobType, Kind] = {
             call_knobs=("strength",),
             call_size=CallSize.IF_TAKEN,
             form="pages.edit",
+            sd_upscale=True,
         ),
         Kind(
             JobType.INPAINT,

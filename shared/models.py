@@ -79,7 +79,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 class CanonicalJson(TypeDecorator[Any]):
     """A JSON value stored as its one canonical text (sorted keys, no spaces); empty
     values as NULL. Equal values are equal strings, so SQL ``=`` compares them on every
-    backend (the batch key's ``loras``, ``control`` and ``hires``, ``worker.engine.claims``)."""
+    backend (the batch key's ``loras``, ``control``, ``hires`` and ``sd_upscale``,
+    ``worker.engine.claims``)."""
 
     impl = Text
     cache_ok = True
@@ -209,6 +210,9 @@ class Job(Base):
     # txt2img hires fix (easel.shared.hires.HiresRef: target size, upscaler, steps, denoising
     # strength) as canonical JSON text, part of the batch key; NULL: none.
     hires: Mapped[dict[str, Any] | None] = mapped_column(CanonicalJson, nullable=True)
+    # img2img SD upscale (easel.shared.sd_upscale.SdUpscaleRef: upscaler, scale, overlap, the
+    # output size) as canonical JSON text, part of the batch key; NULL: none.
+    sd_upscale: Mapped[dict[str, Any] | None] = mapped_column(CanonicalJson, nullable=True)
     # seamless textures (circular padding), part of the batch key; NULL: none (never false).
     tiling: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 

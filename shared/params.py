@@ -25,6 +25,7 @@ from easel.shared.adapters import ControlRef, LoraRef
 from easel.shared.hires import HiresRef
 from easel.shared.kinds import TYPE_DESCRIPTION
 from easel.shared.models import JobType
+from easel.shared.sd_upscale import SdUpscaleRef, tile_count
 
 MAX_SEED = 2**53 - 1  # exact in JavaScript numbers, so a page can show it unchanged
 
@@ -82,6 +83,12 @@ class GenerationParams(BaseModel):
         description="txt2img: hires fix, a second img2img pass at hires.width x hires.height (the "
         "job's width and height are the first pass's).",
     )
+    sd_upscale: SdUpscaleRef | None = Field(
+        None,
+        description="img2img: SD upscale, the input upscaled by sd_upscale.scale, then redrawn in "
+        "tiles of width x height blended in their overlaps (the output is sd_upscale.width x "
+        "sd_upscale.height).",
+    )
     tiling: bool | None = Field(
         None,
         description="Seamless textures: the picture wraps around at its edges, so it tiles "
@@ -106,16 +113,27 @@ class GenerationParams(BaseModel):
     @property
     def denoising_steps(self) -> int:
         """Steps the pipeline will run: img2img and inpaint skip the first ``1 - strength``;
-        a hires fix adds its second pass's."""
+        a hires fix adds its second pass's; an SD upscale runs them for each tile."""
         if self.strength is None:
             return self.steps + (self.hires.denoising_steps if self.hires is not None else 0)
-        return min(int(self.steps * self.strength), self.steps)
+        steps = min(int(self.steps * self.strength), self.steps)
+        return steps * self.tiles  # an SD upscale: its tiles (of all images at once) x steps
+
+    @property
+    def tiles(self) -> int:
+        """The tiles of each image an SD upscale redraws (1 without one)."""
+        if self.sd_upscale is None:
+            return 1
+        return tile_count(self.sd_upscale.output_size, (self.width, self.height), self.sd_upscale.overlap)
 
     @property
     def output_size(self) -> tuple[int, int]:
-        """The size of the images: the hires fix's target, else ``width`` x ``height``."""
+        """The size of the images: the hires fix's target, an SD upscale's output, else
+        ``width`` x ``height``."""
         if self.hires is not None:
             return self.hires.width, self.hires.height
+        if self.sd_upscale is not None:
+            return self.sd_upscale.output_size
         return self.width, self.height
 
     def batch_key(self) -> tuple[Any, ...]:
@@ -133,7 +151,9 @@ PARAM_FIELDS: tuple[str, ...] = tuple(GenerationParams.model_fields)
 """Every generation parameter, in the order of the definition."""
 
 KNOBS: tuple[str, ...] = tuple(
-    name for name in PARAM_FIELDS if name not in ("type", "model", "prompt", "loras", "control", "hires")
+    name
+    for name in PARAM_FIELDS
+    if name not in ("type", "model", "prompt", "loras", "control", "hires", "sd_upscale")
 )
 """The scalar parameters a client may leave to the model's defaults (form fields, CLI options)."""
 
@@ -152,12 +172,13 @@ BATCH_KEY: tuple[str, ...] = (
     "upscaler",
     "scale",
     "hires",
+    "sd_upscale",
     "tiling",
 )
 """Parameters jobs must share to run in one pipeline call; prompts (with the embeddings
 they name), seeds and inputs (the control image too) are per image. ``loras``,
-``control`` and ``hires`` are canonical JSON text in the row (``easel.shared.models.CanonicalJson``),
-so SQL equality compares them."""
+``control``, ``hires`` and ``sd_upscale`` are canonical JSON text in the row
+(``easel.shared.models.CanonicalJson``), so SQL equality compares them."""
 
 
 def knob(name: str, description: str | None = None) -> Any:

@@ -40,6 +40,7 @@ from easel.shared.models import JobType
 from easel.shared.netsafety import UnsafeUrl, check_public_url, check_url_shape
 from easel.shared.params import MAX_SEED, PARAM_FIELDS, GenerationParams, bounds, knob
 from easel.shared.registry import ModelSpec, Registry
+from easel.shared.sd_upscale import SdUpscaleRef, SdUpscaleRequest, lift_sd_upscale_fields
 from easel.shared.settings import Settings
 from easel.shared.upscalers import MAX_UPSCALED_SIDE, scaled_size, upscaler_names
 
@@ -105,6 +106,14 @@ class JobCreate(BaseModel):
         "upscaler's name; default latent), steps (default the job's), denoising_strength (default 0.7)}: "
         "drawn at width x height, upscaled, redrawn by img2img at the target size. Forms and "
         "multipart: hires_scale, hires_upscaler, ...",
+    )
+    sd_upscale: SdUpscaleRequest | None = Field(
+        None,
+        description="img2img SD upscale: {upscaler (lanczos or an upscaler's name; default lanczos), "
+        "scale (above 1, at most 4; default 2), overlap (pixels, 0..256; default 64)}: the input "
+        "upscaled by scale, redrawn by img2img in tiles of width x height (default the model's size) "
+        "blended in their overlaps; the output is the input's size times scale. Forms and "
+        "multipart: sd_upscale_upscaler, sd_upscale_scale, sd_upscale_overlap.",
     )
     tiling: bool | None = knob("tiling")
     vae: str | None = knob(
@@ -196,7 +205,7 @@ class JobInputs:
 
 def parse_job_request(data: dict[str, Any]) -> JobCreate:
     """Validate raw fields; raise ``ValidationFailed`` naming every bad field and value."""
-    data = lift_hires_fields(lift_prompt_tags(data))
+    data = lift_sd_upscale_fields(lift_hires_fields(lift_prompt_tags(data)))
     missing = _missing_prompt(data)
     try:
         request = JobCreate.model_validate(data)
@@ -279,6 +288,7 @@ def resolve_job(
     details += _check_inputs(request, inputs)
     details += _check_upscale(request, registry, inputs)
     details += _check_hires(request, spec, registry)
+    details += _check_sd_upscale(request, spec, registry, inputs)
     if request.webhook_url is not None and settings.webhook_secret is not None:
         try:
             check_public_url(str(request.webhook_url), settings.webhook_allow_private)
@@ -461,6 +471,67 @@ def _check_hires(request: JobCreate, spec: ModelSpec, registry: Registry) -> lis
     return details
 
 
+def _check_sd_upscale(
+    request: JobCreate, spec: ModelSpec, registry: Registry, inputs: JobInputs
+) -> list[dict[str, Any]]:
+    """An SD upscale on a kind that has one, without a ControlNet or seamless tiling; a
+    known upscaler; an output within ``MAX_UPSCALED_SIDE``; tiles that fit the output and
+    the model, and an overlap smaller than the tile."""
+    upscale = request.sd_upscale
+    if upscale is None:
+        return []
+    kind = kind_of(request.type)
+    value = upscale.model_dump()
+    if not kind.sd_upscale:
+        with_it = [k.value for k in KINDS.values() if k.sd_upscale]
+        return [field_detail("sd_upscale", f"applies only to {names(with_it)} jobs", value)]
+    if request.control is not None:
+        return [field_detail("sd_upscale", "does not combine with control (a ControlNet)", value)]
+    if request.tiling:
+        return [field_detail("sd_upscale", "does not combine with tiling (seamless textures)", value)]
+    details = []
+    known = upscaler_names(registry)
+    if upscale.upscaler not in known:
+        message = f"unknown upscaler {upscale.upscaler!r}; known: {', '.join(known)}"
+        details.append(field_detail("sd_upscale.upscaler", message, upscale.upscaler))
+    if inputs.image is None:
+        return details  # the missing image's own error says so
+    tile, out = _sd_upscale_sizes(request, spec, inputs.image.size)
+    if max(out) > MAX_UPSCALED_SIDE:
+        message = f"makes {out[0]}x{out[1]}; sides of at most {MAX_UPSCALED_SIDE} are allowed"
+        return [*details, field_detail("sd_upscale.scale", message, upscale.scale)]
+    if min(tile) < spec.min_size:
+        message = f"makes {out[0]}x{out[1]}, smaller than model {spec.name!r}'s least tile of {spec.min_size}"
+        details.append(field_detail("sd_upscale.scale", message, upscale.scale))
+    if upscale.overlap >= min(tile):
+        message = f"{upscale.overlap} must be smaller than the tile ({tile[0]}x{tile[1]})"
+        details.append(field_detail("sd_upscale.overlap", message, upscale.overlap))
+    return details
+
+
+def _sd_upscale_sizes(
+    request: JobCreate, spec: ModelSpec, image_size: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """An SD upscale's tile (the request's width and height, each absent one the model's
+    default size; cut to the upscaled side, rounded down to the family's multiple, as A1111
+    crops a tile larger than the image) and its output size (the input's times scale)."""
+    assert request.sd_upscale is not None
+    out = scaled_size(*image_size, request.sd_upscale.scale)
+    multiple = spec.family_info.size_multiple
+
+    def side(given: int | None, whole: int) -> int:
+        return min(given if given is not None else spec.default_size, whole // multiple * multiple)
+
+    return (side(request.width, out[0]), side(request.height, out[1])), out
+
+
+def _sd_upscale_of(request: JobCreate, out: tuple[int, int]) -> SdUpscaleRef | None:
+    """The job's resolved SD upscale (``_check_sd_upscale`` passed)."""
+    if request.sd_upscale is None:
+        return None
+    return SdUpscaleRef(**request.sd_upscale.model_dump(), width=out[0], height=out[1])
+
+
 def _hires_of(request: JobCreate, spec: ModelSpec, width: int, height: int, steps: int) -> HiresRef | None:
     """The job's resolved hires fix (``_check_hires`` passed): the target size of the first
     pass's ``width`` x ``height``, and the defaults filled in."""
@@ -481,6 +552,8 @@ def _output_size(request: JobCreate, spec: ModelSpec, inputs: JobInputs) -> tupl
     """Explicit sizes win; otherwise the kind's rule: the model's default size, or the
     input image's size fitted to the model."""
     kind = kind_of(request.type)
+    if request.sd_upscale is not None and inputs.image is not None:  # the tile's size
+        return _sd_upscale_sizes(request, spec, inputs.image.size)[0]
     if kind.size is SizeRule.SCALED and inputs.image is not None:
         return scaled_size(*inputs.image.size, request.scale or kind.knobs["scale"])
     if kind.size is SizeRule.MODEL or inputs.image is None:
@@ -529,6 +602,11 @@ def _with_defaults(request: JobCreate, spec: ModelSpec, seed: int, inputs: JobIn
         width=width,
         height=height,
         hires=_hires_of(request, spec, width, height, values["steps"]),
+        sd_upscale=(
+            _sd_upscale_of(request, _sd_upscale_sizes(request, spec, inputs.image.size)[1])
+            if inputs.image is not None and request.sd_upscale is not None
+            else None
+        ),
         scheduler=request.scheduler or spec.default_scheduler,
         seed=seed,
         loras=tuple(LoraRef.model_validate(item) for item in canonical_loras(request.loras) or ()),

@@ -26,11 +26,13 @@ from easel.shared.images import decode_base64, encode_png_bytes, load_image
 from easel.shared.jobs import active_jobs, cancel_job, preview_key
 from easel.shared.models import Job, JobStatus
 from easel.shared.queue import send_webhook
-from easel.web.a1111_extras import extras_fields, upscalers
+from easel.web.a1111_extras import extras_fields, sd_upscale_fields, upscalers
 from easel.web.a1111_map import (
+    SD_UPSCALE_SCRIPT,
     a1111_error,
     info,
     invalid,
+    is_sd_upscale,
     job_fields,
     sampler_named,
     samplers,
@@ -115,6 +117,8 @@ def img2img() -> ResponseReturnValue:
     body = _body()
     options = _stored_options()
     fields = job_fields(body, options.get(CHECKPOINT), img2img=True, vae=options.get(VAE))
+    if is_sd_upscale(body):  # A1111's "SD upscale" script: the job's sd_upscale
+        fields["sd_upscale"] = sd_upscale_fields(body, services().registry)
     images = body.get("init_images") or []
     if not isinstance(images, list):
         raise invalid("init_images", "must be a list holding one base64 image", type(images).__name__)
@@ -267,7 +271,7 @@ def schedulers() -> ResponseReturnValue:
 
 @bp.get("/scripts")
 def scripts() -> ResponseReturnValue:
-    return jsonify({"txt2img": [], "img2img": []})
+    return jsonify({"txt2img": [], "img2img": [SD_UPSCALE_SCRIPT]})
 
 
 @bp.get("/options")

@@ -1,5 +1,5 @@
-"""AUTOMATIC1111's extras (``extra-single-image``, ``upscalers``) as Easel upscale jobs:
-pure mappings for ``web.a1111``.
+"""AUTOMATIC1111's extras (``extra-single-image``, ``upscalers``) as Easel upscale jobs,
+and img2img's "SD upscale" script as a job's ``sd_upscale``: pure mappings for ``web.a1111``.
 
 A1111's ``upscaler_1`` names an Easel upscaler (case-insensitive; ``None``, A1111's plain
 resize, is ``lanczos``) and ``upscaling_resize`` is the scale. What would change the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from easel.shared.sd_upscale import DEFAULT_OVERLAP, DEFAULT_SCALE
 from easel.shared.upscalers import upscaler_names
 from easel.web.a1111_map import invalid
 
@@ -42,3 +43,45 @@ def extras_fields(body: dict[str, Any], registry: Any) -> dict[str, Any]:
         )
     upscaler = "lanczos" if chosen == PLAIN_RESIZE else known[chosen.lower()]
     return {"type": "upscale", "upscaler": upscaler, "scale": body.get("upscaling_resize", 2)}
+
+
+SCRIPT_ARGS = "[info, overlap, upscaler_index, scale_factor]"
+"""The SD upscale script's ``script_args``, as A1111 takes them."""
+
+
+def sd_upscale_fields(body: dict[str, Any], registry: Any) -> dict[str, Any]:
+    """The Easel ``sd_upscale`` of an img2img payload whose script is "SD upscale": its
+    ``script_args`` ``[info, overlap, upscaler_index, scale_factor]`` (``info`` ignored;
+    absent ones A1111's defaults: 64, ``None``, 2). ``upscaler_index`` is an index into
+    ``GET /sdapi/v1/upscalers`` (0, ``None``: lanczos) or an upscaler's name (any case)."""
+    args = body.get("script_args")
+    if args is None:
+        args = []
+    if not isinstance(args, list) or len(args) > 4:
+        raise invalid("script_args", f"must be a list {SCRIPT_ARGS}", args)
+    _info, overlap, index, scale = [*args, None, None, None, None][:4]
+    listed = [item["name"] for item in upscalers(registry)]
+    if isinstance(index, bool) or not isinstance(index, (int, str, type(None))):
+        raise invalid(
+            "script_args", f"upscaler_index must be an index of {', '.join(listed)} or a name", index
+        )
+    if isinstance(index, int):
+        if not 0 <= index < len(listed):
+            message = f"upscaler_index {index} is not an index of the upscalers ({', '.join(listed)})"
+            raise invalid("script_args", message, index)
+        name = listed[index]
+    else:
+        known = {item.lower(): item for item in listed}
+        name = known.get((index or PLAIN_RESIZE).strip().lower(), "")
+        if not name:
+            raise invalid("script_args", f"unknown upscaler {index!r}; known: {', '.join(listed)}", index)
+    for label, value in (("overlap", overlap), ("scale_factor", scale)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise invalid("script_args", f"{label} must be a number", value)
+    if overlap is not None and overlap != int(overlap):
+        raise invalid("script_args", "overlap must be a whole number of pixels", overlap)
+    return {
+        "upscaler": "lanczos" if name == PLAIN_RESIZE else name,
+        "scale": DEFAULT_SCALE if scale is None else scale,
+        "overlap": DEFAULT_OVERLAP if overlap is None else int(overlap),
+    }

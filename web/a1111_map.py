@@ -42,7 +42,13 @@ FIELDS = {
     "hires.denoising_strength": "denoising_strength",
     "hires.width": "hr_resize_x",
     "hires.height": "hr_resize_y",
+    "sd_upscale": "script_name",
+    "sd_upscale.upscaler": "script_args",
+    "sd_upscale.scale": "script_args",
+    "sd_upscale.overlap": "script_args",
 }
+SD_UPSCALE_SCRIPT = "sd upscale"
+"""The one A1111 script Easel runs (img2img's "SD upscale", by ``script_name``, any case)."""
 VAE_OWN = ("automatic", "none", "")
 """A1111's ``sd_vae`` values that mean the model's own VAE (case-insensitive)."""
 VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
@@ -105,8 +111,19 @@ def _count(body: dict[str, Any], name: str) -> int:
     return value
 
 
-def _refuse_unsupported(body: dict[str, Any]) -> None:
+def is_sd_upscale(body: dict[str, Any]) -> bool:
+    """Whether a payload's ``script_name`` is A1111's "SD upscale" (any case)."""
+    name = body.get("script_name")
+    return isinstance(name, str) and name.strip().lower() == SD_UPSCALE_SCRIPT
+
+
+def _refuse_unsupported(body: dict[str, Any], img2img: bool = False) -> None:
     for name in UNSUPPORTED:
+        if name == "script_name" and body.get(name) and img2img and is_sd_upscale(body):
+            continue  # the SD upscale script: the job's sd_upscale (web.a1111_extras)
+        if name == "script_name" and body.get(name):
+            message = "is not supported by Easel (of the scripts, only img2img's 'SD upscale')"
+            raise invalid(name, message, body[name])
         if body.get(name):
             raise invalid(name, "is not supported by Easel", body[name])
     if body.get("subseed_strength"):
@@ -187,7 +204,7 @@ def job_fields(
     /sdapi/v1/options``; the payload's ``override_settings.sd_model_checkpoint`` and
     ``override_settings.sd_vae`` win over them.
     """
-    _refuse_unsupported(body)
+    _refuse_unsupported(body, img2img)
     fields: dict[str, Any] = {"prompt": body.get("prompt") or ""}
     if body.get("negative_prompt"):
         fields["negative_prompt"] = body["negative_prompt"]
@@ -217,8 +234,9 @@ def job_fields(
         fields["vae"] = chosen
     if img2img and body.get("denoising_strength") is not None:
         fields["strength"] = body["denoising_strength"]
-    if body.get("tiling") not in (None, False):  # seamless textures (validated as a job's tiling)
-        fields["tiling"] = body["tiling"]
+    for tiling in (overrides.get("tiling"), body.get("tiling")):  # the top-level one wins
+        if tiling not in (None, False):  # seamless textures (validated as a job's tiling)
+            fields["tiling"] = tiling
     if body.get("enable_hr") and not img2img:  # A1111's img2img has no hires fix: ignored there
         fields["hires"] = hires_fields(body)
     return fields
@@ -232,6 +250,17 @@ def _hires_params(job: Job) -> dict[str, Any]:
         "Hires resize": f"{job.hires['width']}x{job.hires['height']}",
         "Hires steps": job.hires["steps"],
         "Hires upscaler": "Latent" if job.hires["upscaler"] == "latent" else job.hires["upscaler"],
+    }
+
+
+def _sd_upscale_params(job: Job) -> dict[str, Any]:
+    """A1111's infotext entries of a job's SD upscale (none without one)."""
+    if not job.sd_upscale:
+        return {}
+    upscaler = job.sd_upscale["upscaler"]
+    return {
+        "SD upscale overlap": job.sd_upscale["overlap"],
+        "SD upscale upscaler": "None" if upscaler == "lanczos" else upscaler,
     }
 
 
@@ -269,7 +298,7 @@ def info(job: Job, sampler: str | None = None) -> str:
             "denoising_strength": job.hires["denoising_strength"] if job.hires else job.strength,
             "seed_resize_from_w": -1,
             "seed_resize_from_h": -1,
-            "extra_generation_params": _hires_params(job),
+            "extra_generation_params": {**_hires_params(job), **_sd_upscale_params(job)},
             "index_of_first_image": 0,
             "infotexts": [f"{text}, Seed: {seed}" for seed in seeds],
             "styles": [],

@@ -6,10 +6,11 @@ over the model's last ``EASEL_ETA_HISTORY_JOBS`` succeeded jobs; a job that ran 
 batch counts the batch's images and shares its overhead with the batch's jobs, so the
 rate is what a batched image costs. With no history yet, a prior of 0.5 s per
 step-megapixel and 0.2 s of overhead stands in. A hires fix's second pass counts its
-denoising steps at its target size's megapixels (``step_megapixels``), in the rate
-learned and in the job's own estimate; the work of the other jobs in its line, summed
-in SQL from the rows' columns, still leaves a queued job's second pass out and counts a
-running job's at the first pass's size.
+denoising steps at its target size's megapixels (``step_megapixels``), and an SD
+upscale its steps once per tile, in the rate learned and in the job's own estimate; the
+work of the other jobs in its line, summed in SQL from the rows' columns, still leaves a
+queued job's second pass and an SD upscale's other tiles out, and counts a running hires
+job's second pass at the first pass's size.
 
 - running job: ``rate * remaining steps * megapixels * images``;
 - queued job: (cost of the queued jobs ahead of it + what remains of the model's
@@ -46,6 +47,7 @@ from sqlalchemy.orm import Session
 from easel.shared import queue_turns
 from easel.shared.hires import HiresRef
 from easel.shared.models import Job, JobStatus
+from easel.shared.sd_upscale import SdUpscaleRef, tile_count
 from easel.shared.workers import live_worker_models, serves
 
 PRIOR_RATE = 0.5
@@ -60,18 +62,34 @@ class CostModel:
     overhead: float  # seconds per job outside denoising
 
     def cost(
-        self, steps: int, width: int, height: int, images: int, hires: dict[str, Any] | None = None
+        self,
+        steps: int,
+        width: int,
+        height: int,
+        images: int,
+        hires: dict[str, Any] | None = None,
+        sd_upscale: dict[str, Any] | None = None,
     ) -> float:
-        return self.overhead + self.rate * step_megapixels(steps, width, height, hires) * images
+        work = step_megapixels(steps, width, height, hires, sd_upscale=sd_upscale)
+        return self.overhead + self.rate * work * images
 
 
 def step_megapixels(
-    steps: int, width: int, height: int, hires: dict[str, Any] | None, left: int | None = None
+    steps: int,
+    width: int,
+    height: int,
+    hires: dict[str, Any] | None,
+    left: int | None = None,
+    sd_upscale: dict[str, Any] | None = None,
 ) -> float:
-    """One image's denoising work in step-megapixels: ``steps`` at ``width`` x ``height``,
-    and a hires fix's second pass (``hires``, the job row's) at its target size: its
-    denoising steps, each over that many more pixels. ``left``: only the last ``left``
-    steps of both passes (a running job's), the second pass's last."""
+    """One image's denoising work in step-megapixels: ``steps`` at ``width`` x ``height``
+    (an SD upscale's, ``sd_upscale``: for each of its tiles of that size), and a hires
+    fix's second pass (``hires``, the job row's) at its target size: its denoising steps,
+    each over that many more pixels. ``left``: only the last ``left`` steps of both passes
+    (a running job's), the second pass's last."""
+    if sd_upscale:
+        tiled = SdUpscaleRef.model_validate(sd_upscale)
+        steps *= tile_count(tiled.output_size, (width, height), tiled.overlap)
     second = HiresRef.model_validate(hires) if hires else None
     later = second.denoising_steps if second is not None else 0
     first = steps if left is None else max(0, left - later)
@@ -81,7 +99,7 @@ def step_megapixels(
 
 
 _RECENT_SUCCEEDED = (
-    select(Job.steps, Job.width, Job.height, Job.num_images, Job.timings, Job.hires)
+    select(Job.steps, Job.width, Job.height, Job.num_images, Job.timings, Job.hires, Job.sd_upscale)
     .where(Job.model == bindparam("model"), Job.status == JobStatus.SUCCEEDED.value)
     .order_by(Job.finished_at.desc())
     .limit(bindparam("history"))
@@ -95,11 +113,12 @@ def cost_model(session: Session, model: str, history: int) -> CostModel:
     an index range of at most ``history`` rows, whatever the size of the history."""
     rows = session.execute(_RECENT_SUCCEEDED, {"model": model, "history": history}).all()
     rates, overheads = [], []
-    for steps, width, height, images, timings, hires in rows:
+    for steps, width, height, images, timings, hires, sd_upscale in rows:
         timings = timings or {}
         generate, run = timings.get("generate_seconds"), timings.get("run_seconds")
         # A batched job shares its pipeline call (and the time around it) with the others.
-        work = step_megapixels(steps, width, height, hires) * (timings.get("batch_images") or images)
+        work = step_megapixels(steps, width, height, hires, sd_upscale=sd_upscale)
+        work *= timings.get("batch_images") or images
         if generate and work > 0:
             rates.append(generate / work)
             if run is not None:
@@ -163,7 +182,9 @@ class QueueEstimates:
         if job.status == JobStatus.RUNNING.value:  # its pipeline call denoises its whole batch
             rate = self.cost(job.model).rate
             total = job.progress_total or job.steps
-            left = step_megapixels(job.steps, job.width, job.height, job.hires, total - job.progress_step)
+            left = step_megapixels(
+                job.steps, job.width, job.height, job.hires, total - job.progress_step, job.sd_upscale
+            )
             return Place(eta_seconds=round(max(0.1, rate * left * (job.batch_size or job.num_images)), 2))
         if job.status != JobStatus.QUEUED.value:
             return Place()
@@ -173,7 +194,7 @@ class QueueEstimates:
             return Place(position, None, workers)
         model = self.cost(job.model)
         wait = position * model.overhead + model.rate * (ahead_work + running_work) / 1e6
-        own = model.cost(job.steps, job.width, job.height, job.num_images, job.hires)
+        own = model.cost(job.steps, job.width, job.height, job.num_images, job.hires, job.sd_upscale)
         return Place(position, round(max(0.1, wait / workers + own), 2), workers)
 
     def prepare(self, jobs: Iterable[Job]) -> None:

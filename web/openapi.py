@@ -82,7 +82,7 @@ JOB_EXAMPLES = {kind.value: job_example(kind) for kind in KINDS.values()}
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
     """The whole document; schemas come from ``shared.schemas``."""
-    from easel.web.catalog import CatalogList, RescanResult
+    from easel.web.catalog import CatalogList, RescanResult, UpscalerList
     from easel.web.usage import UsageReport
 
     _, defs = models_json_schema(
@@ -93,6 +93,7 @@ def openapi_document() -> dict[str, Any]:
             (ModelList, "serialization"),
             (CatalogList, "serialization"),
             (RescanResult, "serialization"),
+            (UpscalerList, "serialization"),
             (UsageReport, "serialization"),
             (ErrorResponse, "serialization"),
         ],
@@ -249,6 +250,13 @@ def openapi_document() -> dict[str, Any]:
                         "operationId": "listCatalog",
                         "summary": "Every file the workers found in their models folders",
                         "responses": {"200": _json("CatalogList", "The files, servable or not")},
+                    }
+                },
+                "/api/v1/upscalers": {
+                    "get": {
+                        "operationId": "listUpscalers",
+                        "summary": "The upscalers upscale jobs, a hires fix and an SD upscale may name",
+                        "responses": {"200": _json("UpscalerList", "Built-in first, then by name")},
                     }
                 },
                 "/api/v1/models/rescan": {

@@ -16,6 +16,7 @@ from easel.shared.kinds import KINDS
 from easel.shared.models import Job, JobType
 from easel.shared.params import PARAM_FIELDS, params_of
 from easel.shared.registry import Registry
+from easel.shared.sd_upscale import SD_UPSCALE_FIELDS
 from easel.shared.upscalers import upscaler_names
 from easel.web.auth import current_principal
 from easel.web.services import services
@@ -24,7 +25,7 @@ from easel.web.submit import accept_job, request_fields
 bp = Blueprint("pages", __name__)
 
 REUSED_FIELDS = tuple(
-    name for name in PARAM_FIELDS if name not in ("keep_unmasked", "loras", "control", "hires")
+    name for name in PARAM_FIELDS if name not in ("keep_unmasked", "loras", "control", "hires", "sd_upscale")
 )
 """The parameters a form is filled with from an earlier job (``?from=<id>``)."""
 GALLERY_PAGE = 24
@@ -98,6 +99,10 @@ def _reused_values() -> dict[str, Any]:
     values.update(
         {f"hires_{key}": str(value) for key, value in hires.items()}, **({"hires": "on"} if hires else {})
     )
+    upscale = params.get("sd_upscale") or {}  # as the form's sd_upscale_* fields (the output size follows)
+    values.update({f"sd_upscale_{key}": str(upscale[key]) for key in SD_UPSCALE_FIELDS if key in upscale})
+    if upscale:
+        values["sd_upscale"] = "on"
     return {**values, **adapter_form_values(params)}  # the control image is not reused
 
 

@@ -127,6 +127,35 @@ def test_txt2img_hires_fix_through_webuiapi(embedded_stack: Stack) -> None:
     assert job["params"]["hires"]["upscaler"] == "latent" and job["progress"]["total"] == 2 + 1
 
 
+def test_img2img_sd_upscale_script_and_extras_through_webuiapi(embedded_stack: Stack) -> None:
+    """A1111's "SD upscale" script (script_args [info, overlap, upscaler_index, scale_factor])
+    and extra-single-image, each an Easel job run by the stack's worker."""
+    api = api_for(embedded_stack)
+    result = api.img2img(
+        images=[gradient(48, 40)],
+        prompt="a pond",
+        width=64,
+        height=64,
+        steps=2,
+        seed=3,
+        denoising_strength=0.5,
+        script_name="SD upscale",
+        script_args=["", 16, 0, 2],
+    )
+    assert result.image.size == (96, 80)
+    job = embedded_stack.wait(result.info["easel_job_id"])
+    assert job["params"]["sd_upscale"] == {
+        "upscaler": "lanczos",
+        "scale": 2,
+        "overlap": 16,
+        "width": 96,
+        "height": 80,
+    }
+    assert job["progress"]["total"] == 4 * 1  # 2 x 2 tiles of one step
+    upscaled = api.extra_single_image(gradient(32, 24), upscaler_1="Lanczos", upscaling_resize=2)
+    assert upscaled.image.size == (64, 48)
+
+
 def test_no_credentials_needed_with_authentication_off(embedded_stack: Stack) -> None:
     result = api_for(embedded_stack).txt2img(prompt="a pond", width=64, height=64, sampler_name="Euler a")
     assert result.image.size == (64, 64) and len(result.info["all_seeds"]) == 1

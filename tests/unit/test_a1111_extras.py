@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import webuiapi
 from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from bench.processes import wait_for
+from bench.processes import install_tiny_model, wait_for
 from easel.shared.db import make_engine
 from easel.shared.errors import ValidationFailed
 from easel.shared.models import Job
@@ -31,7 +34,8 @@ from tests.factories import b64, gradient, migrated_settings
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, tiny_model: Path) -> Settings:
+    install_tiny_model(tiny_model, tmp_path)  # for the img2img of the SD upscale script
     return migrated_settings(home=tmp_path, auth_enabled=False, sync_timeout_seconds=60)
 
 
@@ -105,3 +109,102 @@ def test_a_refused_extras_call_records_no_job(client: FlaskClient, settings: Set
     with engine.connect() as connection:
         assert connection.scalar(select(func.count()).select_from(Job)) == 0
     engine.dispose()
+
+
+# -- the webuiapi client against this app over HTTP ------------------------------------------
+
+
+@pytest.fixture
+def served(app: Flask) -> Iterator[str]:
+    """The app behind a real HTTP server on a free local port: its base URL."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def run_while(call: Callable[[], Any], settings: Settings, loader: Callable[[Any], Any] = no_model) -> Any:
+    """``call()`` in a thread while a runner in this one runs the job it holds for: its answer."""
+    answers: list[Any] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            answers.append(call())
+        except BaseException as exc:  # handed to the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    engine = make_engine(settings.database_url)
+    registry = load_registry(settings)
+    runner = JobRunner(
+        sessions=sessionmaker(engine, expire_on_commit=False),
+        registry=registry,
+        storage=LocalStorage(settings.home / "outputs"),
+        cache=PipelineCache(loader=loader),
+        worker_id="test:1",
+        models=list(registry.names()),
+    )
+    try:
+        wait_for(runner.run_next, 60, "the job to be queued and run")
+        thread.join(60)
+    finally:
+        engine.dispose()
+    if errors:
+        raise errors[0]
+    [answer] = answers
+    return answer
+
+
+def test_webuiapi_extra_single_image_is_an_upscale_job(served: str, settings: Settings) -> None:
+    api = webuiapi.WebUIApi(baseurl=f"{served}/sdapi/v1")
+    source = gradient(32, 24)
+    result = run_while(
+        lambda: api.extra_single_image(source, upscaler_1="Lanczos", upscaling_resize=2), settings
+    )
+    assert result.image.size == (64, 48)
+    expected = source.resize((64, 48), Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(result.image.convert("RGB")), np.asarray(expected))
+
+
+def test_webuiapi_img2img_with_the_sd_upscale_script(served: str, settings: Settings) -> None:
+    from easel.worker.engine.device import DevicePlan
+    from easel.worker.engine.pipelines import load_pipeline
+
+    api = webuiapi.WebUIApi(baseurl=f"{served}/sdapi/v1")
+    assert api.get_scripts()["img2img"] == ["sd upscale"]
+
+    def call() -> Any:
+        return api.img2img(
+            images=[gradient(48, 40)],
+            prompt="a pond",
+            width=64,
+            height=64,
+            steps=2,
+            seed=3,
+            denoising_strength=0.5,
+            sampler_name="Euler",
+            script_name="SD upscale",
+            script_args=["", 16, 0, 2],
+        )
+
+    result = run_while(call, settings, lambda spec: load_pipeline(spec, DevicePlan("cpu", "float32")))
+    assert result.image.size == (96, 80)  # the input's size times scale_factor
+    assert result.info["width"] == 64  # A1111's width: the tile's
+    assert result.info["extra_generation_params"] == {"SD upscale overlap": 16, "SD upscale upscaler": "None"}
+    with pytest.raises(RuntimeError) as caught:
+        api.img2img(
+            images=[gradient(48, 40)], prompt="p", script_name="SD upscale", script_args=["", 8, 9, 2]
+        )
+    status, text = caught.value.args
+    assert status == 422 and json.loads(text)["detail"][0]["loc"] == ["body", "script_args"]
+    with pytest.raises(RuntimeError) as caught:
+        api.img2img(images=[gradient(48, 40)], prompt="p", script_name="Loopback")
+    assert json.loads(caught.value.args[1])["detail"][0]["loc"] == ["body", "script_name"]

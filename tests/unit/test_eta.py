@@ -82,3 +82,19 @@ def test_the_rate_learned_from_a_hires_job_counts_its_second_pass(settings: Sett
         model = cost_model(session, "m", history=20)
     assert model.rate == pytest.approx(2.0)  # seconds per step-megapixel, both passes counted
     assert model.overhead == pytest.approx(1.0)
+
+
+def test_a_queued_sd_upscale_job_counts_each_tile(settings: Settings) -> None:
+    """An SD upscale of a 480x300 image x 2 in 512x512 tiles overlapping by 64: 960x600,
+    a grid of 2 x 2 tiles, each redrawn with the job's steps at the tile's size."""
+    tiled = {"upscaler": "lanczos", "scale": 2.0, "overlap": 64, "width": 960, "height": 600}
+    with session_scope(settings.database_url) as session:
+        session.add(worker_row("w", ["m"]))
+        queued = hires_job(
+            "queued", type="img2img", width=512, height=512, hires=None, sd_upscale=tiled, progress_total=None
+        )
+        session.add(queued)
+        session.flush()
+        place = QueueEstimates(session, 20, 30.0).place(queued)
+    work = 4 * 10 * 512 * 512 / 1e6
+    assert place.eta_seconds == pytest.approx(PRIOR_OVERHEAD + PRIOR_RATE * work, abs=0.01)

@@ -17,6 +17,7 @@ from easel.shared.params import BATCH_KEY, GenerationParams
 from easel.worker.engine.adapters import control_kwargs, embedding_prompt, lora_scope
 from easel.worker.engine.fastpath import set_vae_tiling, use_vae_tiling
 from easel.worker.engine.seamless import seamless_scope
+from easel.worker.engine.tiles import blend, split
 from easel.worker.engine.weighting import uses_weighting, weighted_embeddings
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,12 @@ class HiresStage:
     pipe: Any
     upscale: Callable[[Image.Image, tuple[int, int]], Image.Image] | None = None
 
+
+Upscaler = Callable[[Image.Image, tuple[int, int]], Image.Image]
+"""(image, output size) -> the upscaled image (``engine.upscale.load_upscaler``)."""
+
+TILES_PER_CALL = 8
+"""The most tiles of an SD upscale one pipeline call redraws."""
 
 StepCallback = Callable[[int, int], None]
 """Called with (steps done, total steps); raises ``JobCanceled`` to stop."""
@@ -135,6 +142,7 @@ def generate_batch(
     vae_tiling_pixels: int = 0,
     on_latents: LatentCallback | None = None,
     hires: HiresStage | None = None,
+    sd_upscale: Upscaler | None = None,
 ) -> list[list[Any]]:
     """Run compatible requests as one pipeline call; each request's images in seed order.
 
@@ -148,7 +156,8 @@ def generate_batch(
     (the requests' ``hires``) needs ``hires``: the first pass at the requests' size, the
     upscale, then the second pass at the target size, one progress count over both.
     ``tiling`` pads the denoiser's and the VAE's convolutions circularly for the call
-    (``engine.seamless``).
+    (``engine.seamless``). An SD upscale (the requests' ``sd_upscale``) needs its upscaler
+    as ``sd_upscale`` (``_sd_upscale_batch``).
     """
     if not requests:
         return []
@@ -161,6 +170,11 @@ def generate_batch(
                 f"requests of one batch must share {', '.join(BATCH_KEY)}: "
                 f"{head.batch_key()!r} != {other.params.batch_key()!r}"
             )
+    if head.sd_upscale is not None:
+        if sd_upscale is None:
+            raise ValueError("an SD upscale needs its upscaler")
+        tiles = use_vae_tiling(head.width, head.height, vae_tiling_pixels)
+        return _sd_upscale_batch(pipe, requests, on_step, sd_upscale, tiles)
     per_request = [_items(request) for request in requests]  # inputs fitted once per request
     tiling = use_vae_tiling(head.width, head.height, vae_tiling_pixels)
     items = [item for items in per_request for item in items]
@@ -183,6 +197,62 @@ def generate_batch(
         if "keep_unmasked" in kind_of(params.type).knobs and params.keep_unmasked is not False:
             source, mask = items[0].inputs["image"], items[0].inputs["mask"]  # _items checked both
             own = [keep_unmasked(out, source, mask, params.mask_blur or 0) for out in own]
+        results.append(own)
+    return results
+
+
+def _sd_upscale_batch(
+    pipe: Any,
+    requests: Sequence[GenerationRequest],
+    on_step: StepCallback | None,
+    upscale: Upscaler,
+    vae_tiling: bool,
+) -> list[list[Any]]:
+    """SD upscale (``easel.shared.sd_upscale``): each request's input upscaled to its output
+    size and cut into tiles of its ``width`` x ``height``; every tile of every image redrawn
+    by img2img, ``TILES_PER_CALL`` tiles a call, each tile with a fresh generator of its
+    image's seed (so a tile's pixels depend on its job alone, not on its batch); the tiles
+    of each image blended back. One progress count over all tiles' steps (counted as one
+    image's tiles x steps, the ``denoising_steps`` of each job); no live preview."""
+    head = requests[0].params
+    upscaling = head.sd_upscale
+    assert upscaling is not None
+    tile, size = (head.width, head.height), upscaling.output_size
+    items: list[_Item] = []
+    for request in requests:
+        params = request.params
+        if request.image is None:
+            raise ValueError(f"a {params.type.value} job needs its image input")
+        pieces = split(upscale(request.image.convert("RGB"), size), tile, upscaling.overlap)
+        items += [
+            _Item(params.prompt, params.negative_prompt, seed, {"image": piece})
+            for seed in params.seeds
+            for piece in pieces
+        ]
+    finished = [0]  # tiles redrawn by earlier calls
+
+    def call(part: list[_Item], offset: int) -> list[Any]:
+        def progress(done: int, steps: int) -> None:  # steps: one tile's
+            if on_step is not None:  # in tiles of one image x steps, as every job of the batch counts
+                tile_steps = finished[0] * steps + done * len(part)  # of all images
+                on_step(tile_steps * head.tiles // len(items), head.tiles * steps)
+
+        return _call(pipe, head, part, progress, vae_tiling, None, offset)
+
+    redrawn: list[Any] = []
+    with lora_scope(pipe, head.loras):
+        for start in range(0, len(items), TILES_PER_CALL):
+            part = items[start : start + TILES_PER_CALL]
+            redrawn += _generate_split(head, part, call, start)
+            finished[0] += len(part)
+    count = head.tiles  # of each image
+    results: list[list[Any]] = []
+    for request in requests:
+        own: list[Any] = []
+        for _seed in request.params.seeds:
+            pieces, redrawn = redrawn[:count], redrawn[count:]
+            fitted = [fit(piece, tile, Image.Resampling.LANCZOS) for piece in pieces]
+            own.append(blend(fitted, size, upscaling.overlap))
         results.append(own)
     return results
 

@@ -40,7 +40,7 @@ from easel.worker.engine.generate import (
 )
 from easel.worker.engine.pipelines import PipelineCache
 from easel.worker.engine.preview import PreviewWriter
-from easel.worker.engine.upscale import load_upscaler, upscale_batch
+from easel.worker.engine.upscale import Upscaler, load_upscaler, upscale_batch
 from easel.worker.heartbeat import Heartbeat
 from easel.worker.pngmeta import encode_png
 
@@ -254,6 +254,7 @@ class JobRunner:
         self._webhooks(jobs, "start")
         diffusers = kind_of(jobs[0].type).engine is Engine.DIFFUSERS
         hires: HiresStage | None = None
+        sd_upscale: Upscaler | None = None
         try:
             if diffusers:
                 spec = self.registry.get(jobs[0].model)
@@ -271,6 +272,8 @@ class JobRunner:
                         if params.hires.upscaler == LATENT
                         else load_upscaler(params.hires.upscaler, self.registry),
                     )
+                if params.sd_upscale is not None:  # the upscaler that enlarges the input first
+                    sd_upscale = load_upscaler(params.sd_upscale.upscaler, self.registry)
             else:  # an upscaler (the batch key's), no model
                 pipe = load_upscaler(jobs[0].upscaler or "", self.registry)
         except Exception as exc:
@@ -285,9 +288,8 @@ class JobRunner:
                 requests[job.id] = self._request(job)
             except Exception as exc:  # an unreadable input or embedding fails its own job only
                 self._fail(job, exc, self._timings(job, started, shared), contexts[job.id])
-        self._generate_and_store(
-            [j for j in jobs if j.id in requests], requests, pipe, started, shared, contexts, hires
-        )
+        runnable = [j for j in jobs if j.id in requests]
+        self._generate_and_store(runnable, requests, pipe, started, shared, contexts, hires, sd_upscale)
 
     def _generate_and_store(
         self,
@@ -298,10 +300,11 @@ class JobRunner:
         shared: dict[str, Any],
         contexts: dict[str, dict[str, Any]],
         hires: HiresStage | None = None,
+        sd_upscale: Upscaler | None = None,
     ) -> bool:
         """Generate ``jobs`` in one call and hand their images to storing; ``False`` if the
         task's time limit struck (the jobs it stopped are then recorded failed). ``hires``:
-        the second pass of a hires fix."""
+        the second pass of a hires fix; ``sd_upscale``: an SD upscale's upscaler."""
         if not jobs:
             return True
         by_id = {job.id: job for job in jobs}
@@ -334,6 +337,7 @@ class JobRunner:
                     vae_tiling_pixels=self.vae_tiling_pixels,
                     on_latents=on_latents,
                     hires=hires,
+                    sd_upscale=sd_upscale,
                 )
             else:
                 results = upscale_batch(pipe, batch, reporter)
@@ -349,7 +353,10 @@ class JobRunner:
                     extra=contexts[remaining[0].id],
                 )
                 for index, job in enumerate(remaining):
-                    if not self._generate_and_store([job], requests, pipe, started, shared, contexts, hires):
+                    alone = self._generate_and_store(
+                        [job], requests, pipe, started, shared, contexts, hires, sd_upscale
+                    )
+                    if not alone:
                         for rest in remaining[index + 1 :]:  # no time left for these either
                             self._fail(
                                 rest,
