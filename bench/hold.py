@@ -65,11 +65,19 @@ def open_held(stack: Stack, key: str, kind: str, stream_job: str) -> socket.sock
         "a1111": ("POST", "/sdapi/v1/txt2img", {k: v for k, v in A1111.items() if k != "model"}),
         "stream": ("GET", f"/api/v1/jobs/{stream_job}/events", None),
     }[kind]
+    return held_request(stack, key, method, path, body)
+
+
+def held_request(
+    stack: Stack, key: str, method: str, path: str, body: dict[str, Any] | None
+) -> socket.socket:
+    """A raw connection that sent ``method path`` with ``Prefer: wait`` (its answer, or
+    stream, is never read: the call stays held until the connection closes)."""
     payload = json.dumps(body).encode() if body is not None else b""
     head = (
         f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
-        "Prefer: wait=60\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(payload)}\r\n\r\n"
+        "Prefer: wait=60\r\nAccept: text/event-stream, application/json\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
     )
     sock = socket.create_connection(("127.0.0.1", stack.port), timeout=30)
     sock.sendall(head.encode() + payload)

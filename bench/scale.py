@@ -550,14 +550,16 @@ class Bench:
         self.engine.dispose()
 
 
-def measure(benches: list[Bench], samples: int) -> list[dict[str, list[float]]]:
-    """Milliseconds of each call on each bench, ``samples`` times after ``WARMUP`` untimed
-    rounds. Interleaved (each call on every bench in turn), so whatever else the machine
-    does at the time weighs on every database alike."""
-    calls = [bench.calls() for bench in benches]
-    times: list[dict[str, list[float]]] = [{name: [] for name in CALLS} for _ in benches]
+def measure(benches: list[Bench], samples: int, queue: bool = False) -> list[dict[str, list[float]]]:
+    """Milliseconds of each call (``CALLS``, or with ``queue`` the deep-queue
+    ``QUEUE_CALLS``) on each bench, ``samples`` times after ``WARMUP`` untimed rounds.
+    Interleaved (each call on every bench in turn), so whatever else the machine does at
+    the time weighs on every database alike."""
+    names = QUEUE_CALLS if queue else CALLS
+    calls = [bench.queue_calls() if queue else bench.calls() for bench in benches]
+    times: list[dict[str, list[float]]] = [{name: [] for name in names} for _ in benches]
     for round_ in range(samples + WARMUP):
-        for name in CALLS:
+        for name in names:
             for call, figures in zip(calls, times, strict=True):
                 t0 = time.perf_counter()
                 after = call[name]()
@@ -575,23 +577,6 @@ def keda_query() -> str:
 
     scaled = yaml.safe_load(SCALED_OBJECT.read_text())
     return str(scaled["spec"]["triggers"][0]["metadata"]["query"])
-
-
-def measure_queue(benches: list[Bench], samples: int) -> list[dict[str, list[float]]]:
-    """``measure`` with the deep-queue calls."""
-    calls = [bench.queue_calls() for bench in benches]
-    times: list[dict[str, list[float]]] = [{name: [] for name in QUEUE_CALLS} for _ in benches]
-    for round_ in range(samples + WARMUP):
-        for name in QUEUE_CALLS:
-            for call, figures in zip(calls, times, strict=True):
-                t0 = time.perf_counter()
-                after = call[name]()
-                elapsed = (time.perf_counter() - t0) * 1000
-                if round_ >= WARMUP:
-                    figures[name].append(elapsed)
-                if callable(after):
-                    after()
-    return times
 
 
 def summarise(empty: list[float], full: list[float]) -> dict[str, Any]:
@@ -680,7 +665,7 @@ def run_queue_backend(backend: str, deep: int, args: argparse.Namespace) -> dict
         progress(f"{backend}: inserting {deep} queued jobs of {args.owners} keys")
         fill_seconds = full.fill_queue(deep, args.owners)
         progress(f"{backend}: {deep} queued jobs in {fill_seconds:.1f}s; measuring both databases")
-        shallow_times, deep_times = measure_queue(benches, args.samples)
+        shallow_times, deep_times = measure(benches, args.samples, queue=True)
         drain = measure_drain(shallow, full, args, 0.0, backend)
         worked = None
         if args.drain_work_ms:

@@ -8,7 +8,6 @@ with 429 (``Prefer: wait``: a plain 202); a client that hangs up frees its slot 
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import requests
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
+from bench.hold import held_request
 from bench.processes import Stack, wait_for
 from easel.shared.db import engine_for
 from easel.shared.models import HeldCall
@@ -39,21 +39,6 @@ def stack(tmp_path: Path, tiny_model: Path) -> Iterator[Stack]:
     )
     stack.web_workers = 1
     yield from stack.running()
-
-
-def held_request(
-    stack: Stack, key: str, method: str, path: str, body: dict[str, object] | None
-) -> socket.socket:
-    """A raw connection that sent ``method path`` and waits for the answer (not read)."""
-    payload = json.dumps(body).encode() if body is not None else b""
-    head = (
-        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
-        "Prefer: wait=60\r\nAccept: text/event-stream, application/json\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-    )
-    sock = socket.create_connection(("127.0.0.1", stack.port), timeout=30)
-    sock.sendall(head.encode() + payload)
-    return sock
 
 
 def held_count(stack: Stack) -> int:

@@ -363,3 +363,30 @@ def test_demo_shapes_hires_64_to_128_still_draws_the_prompt(upscaler: str) -> No
     seen = [(v.bg, v.fg, v.shape) for v in map(judge, images)]
     asked = [(s.bg, s.fg, s.shape) for s in map(parse_caption, DEMO_PROMPTS)]
     assert seen == asked
+
+
+def test_demo_shapes_pictures_upscaled_keep_what_the_prompt_asked() -> None:
+    """demo-shapes' 64-pixel pictures, enlarged x2 by an upscale job's engine (``lanczos``,
+    ``upscale_batch``): the judge still reads each prompt's colours and shape."""
+    from easel.shared.registry import demo_spec
+    from easel.worker.engine.upscale import load_upscaler, upscale_batch
+    from tools.demo_model.world import judge, parse_caption
+
+    base = load_pipeline(demo_spec(), DevicePlan("cpu", "float32"))
+    drawn = generate_batch(
+        base,
+        [
+            generation_request(
+                model="demo-shapes", prompt=prompt, seeds=(200 + index,), steps=10, scheduler="ddim"
+            )
+            for index, prompt in enumerate(DEMO_PROMPTS)
+        ],
+    )
+    asked = [(s.bg, s.fg, s.shape) for s in map(parse_caption, DEMO_PROMPTS)]
+    assert [(v.bg, v.fg, v.shape) for v in (judge(images[0]) for images in drawn)] == asked
+    requests = [
+        generation_request(type="upscale", width=128, height=128, image=images[0]) for images in drawn
+    ]
+    upscaled = [images[0] for images in upscale_batch(load_upscaler("lanczos"), requests)]
+    assert [image.size for image in upscaled] == [(128, 128)] * len(DEMO_PROMPTS)
+    assert [(v.bg, v.fg, v.shape) for v in map(judge, upscaled)] == asked
