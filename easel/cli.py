@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+from pydantic import BaseModel
 
 from easel.shared.kinds import KIND_NAMES, kinds_with
 from easel.shared.settings import Settings, get_settings
@@ -96,47 +97,54 @@ def knob_options(function: Decorated) -> Decorated:
     return function
 
 
-def hires_options(function: Decorated) -> Decorated:
-    """``--hires`` and a ``--hires-NAME`` option per field of the hires fix
-    (``easel.shared.hires.HiresRequest``), typed and described as the field is."""
+def nested_options(
+    flag: str, model: type[BaseModel], fields: tuple[str, ...], what: str, help_text: str
+) -> Callable[[Decorated], Decorated]:
+    """``--FLAG`` and a ``--FLAG-NAME`` option per field of a nested request field
+    (``model``: the hires fix, the SD upscale), typed and described as the field is."""
     import typing
 
+    def decorate(function: Decorated) -> Decorated:
+        for name in reversed(fields):
+            info = model.model_fields[name]
+            types = (*typing.get_args(info.annotation), info.annotation)
+            kind = next(t for t in types if t is not type(None))
+            default = "" if info.default is None else f" (default {info.default})"
+            function = click.option(
+                f"--{flag}-{name.replace('_', '-')}",
+                type=kind,
+                default=None,
+                help=f"{what}: {(info.description or '').rstrip('.')}{default}.",
+            )(function)
+        return click.option(f"--{flag}", is_flag=True, help=help_text)(function)
+
+    return decorate
+
+
+def hires_options(function: Decorated) -> Decorated:
+    """``--hires`` and ``--hires-*`` (``easel.shared.hires.HiresRequest``)."""
     from easel.shared.hires import HIRES_FIELDS, HiresRequest
 
-    for name in reversed(HIRES_FIELDS):
-        info = HiresRequest.model_fields[name]
-        kind = next(t for t in (*typing.get_args(info.annotation), info.annotation) if t is not type(None))
-        function = click.option(
-            f"--hires-{name.replace('_', '-')}",
-            type=kind,
-            default=None,
-            help=f"Hires fix: {info.description}",
-        )(function)
-    return click.option(
-        "--hires",
-        is_flag=True,
-        help="txt2img hires fix: draw at --width x --height, upscale, redraw at the target size "
+    return nested_options(
+        "hires",
+        HiresRequest,
+        HIRES_FIELDS,
+        "Hires fix",
+        "txt2img hires fix: draw at --width x --height, upscale, redraw at the target size "
         "(on too with --hires-scale, --hires-width or --hires-height).",
     )(function)
 
 
 def sd_upscale_options(function: Decorated) -> Decorated:
-    """``--sd-upscale`` and a ``--sd-upscale-NAME`` option per field of the SD upscale
-    (``easel.shared.sd_upscale.SdUpscaleRequest``), typed and described as the field is."""
+    """``--sd-upscale`` and ``--sd-upscale-*`` (``easel.shared.sd_upscale.SdUpscaleRequest``)."""
     from easel.shared.sd_upscale import SD_UPSCALE_FIELDS, SdUpscaleRequest
 
-    for name in reversed(SD_UPSCALE_FIELDS):
-        info = SdUpscaleRequest.model_fields[name]
-        function = click.option(
-            f"--sd-upscale-{name.replace('_', '-')}",
-            type=info.annotation,
-            default=None,
-            help=f"SD upscale: {(info.description or '').rstrip('.')} (default {info.default}).",
-        )(function)
-    return click.option(
-        "--sd-upscale",
-        is_flag=True,
-        help="img2img SD upscale: upscale --image, redraw it in tiles of --width x --height (default "
+    return nested_options(
+        "sd-upscale",
+        SdUpscaleRequest,
+        SD_UPSCALE_FIELDS,
+        "SD upscale",
+        "img2img SD upscale: upscale --image, redraw it in tiles of --width x --height (default "
         "the model's size) blended in their overlaps (on too with --sd-upscale-scale).",
     )(function)
 
