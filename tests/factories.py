@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -323,3 +323,51 @@ def job_row(**fields: Any) -> Job:
     """A ``Job`` row (not yet added to a session): a small queued txt2img of tiny-sd unless
     ``fields`` say otherwise."""
     return Job(**{**JOB_ROW, "timings": {}, **fields})
+
+
+# -- upscale jobs on a runner that loads no model ----------------------------------------------
+
+
+def upscale_env(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A ``make_runner`` env whose model is never loaded (upscale jobs need none, so none is
+    built): SQLite, a local storage folder, a registry of one model."""
+    from sqlalchemy.orm import sessionmaker
+
+    from easel.migrations.upgrade import upgrade
+    from easel.shared.db import make_engine
+    from easel.shared.registry import ModelSource, ModelSpec, Registry
+    from easel.shared.storage import LocalStorage
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    spec = ModelSpec(
+        name="tiny-sd", source=ModelSource.DIRECTORY, location=str(tmp_path / "never-loaded"), family="sd"
+    )
+    yield {
+        "sessions": sessionmaker(engine, expire_on_commit=False),
+        "settings": Settings(home=tmp_path, database_url=url),
+        "registry": Registry([spec], "tiny-sd"),
+        "storage": LocalStorage(tmp_path / "out"),
+    }
+    engine.dispose()
+
+
+def queue_upscale(env: dict[str, Any], image: Image.Image, **fields: Any) -> str:
+    """A queued upscale job of ``image`` (validated against ``env``'s registry) with its
+    input stored: its id."""
+    from easel.shared.jobs import create_job, input_key
+    from easel.shared.schemas import JobInputs, parse_job_request, resolve_job
+
+    resolved = resolve_job(
+        parse_job_request({"type": "upscale", **fields}),
+        env["registry"],
+        env["settings"],
+        JobInputs(image=image),
+    )
+    with env["sessions"]() as session:
+        job = create_job(session, resolved)
+        job.input_key = input_key(job.id, "image")
+        env["storage"].put(job.input_key, encode(image), "image/png")
+        session.commit()
+        return str(job.id)

@@ -14,22 +14,24 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from sqlalchemy.orm import sessionmaker
 
-from easel.migrations.upgrade import upgrade
 from easel.shared.catalog import Catalog, Entry, Layout, Status, scan
 from easel.shared.catalog_registry import ON_WORKERS, with_catalog
 from easel.shared.catalog_store import read_catalog
 from easel.shared.classify import Kind
-from easel.shared.db import make_engine, session_scope
+from easel.shared.db import session_scope
 from easel.shared.errors import ValidationFailed
-from easel.shared.jobs import create_job, input_key
 from easel.shared.registry import ModelSource, ModelSpec, Registry
-from easel.shared.schemas import JobInputs, parse_job_request, resolve_job
-from easel.shared.settings import Settings
-from easel.shared.storage import LocalStorage
 from easel.shared.upscalers import UpscalerSpec, upscaler_names
-from tests.factories import fetch, gradient, make_runner, migrated_settings
+from tests.factories import (
+    encode,
+    fetch,
+    gradient,
+    make_runner,
+    migrated_settings,
+    queue_upscale,
+    upscale_env,
+)
 from tests.model_files import esrgan, upscaled, vae, write_safetensors, write_tiny_esrgan
 
 PARTIAL = b"\x10\x00\x00\x00\x00\x00\x00\x00{"  # a safetensors header cut short
@@ -190,7 +192,7 @@ def test_the_web_tier_lists_found_upscalers_after_a_rescan_and_accepts_them(tmp_
         assert {r.name for r in read_catalog(session) if r.kind == "upscaler"} == {"4x-sharp", "cut"}
     web = app.extensions["easel"].registry
     assert web.upscalers["4x-sharp"].location == ON_WORKERS  # only the worker knows the file
-    image = {"image": (io.BytesIO(_png(gradient(16, 16))), "in.png")}
+    image = {"image": (io.BytesIO(encode(gradient(16, 16))), "in.png")}
     accepted = client.post("/api/v1/jobs", data={"type": "upscale", "upscaler": "4x-sharp", **image})
     assert accepted.status_code == 202, accepted.get_json()
     hires = {"prompt": "a cat", "width": 64, "height": 64, "hires": {"upscaler": "4x-sharp"}}
@@ -213,12 +215,6 @@ def test_the_web_tier_lists_found_upscalers_after_a_rescan_and_accepts_them(tmp_
     )  # the worker's registry
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _b64() -> str:
     from tests.factories import b64
 
@@ -230,37 +226,7 @@ def _b64() -> str:
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """The unit ``env`` (``tests.factories.make_runner``) with a model that is never loaded:
-    upscale jobs need none."""
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    spec = ModelSpec(
-        name="tiny-sd", source=ModelSource.DIRECTORY, location=str(tmp_path / "never"), family="sd"
-    )
-    yield {
-        "sessions": sessionmaker(engine, expire_on_commit=False),
-        "settings": Settings(home=tmp_path, database_url=url),
-        "registry": Registry([spec], "tiny-sd"),
-        "storage": LocalStorage(tmp_path / "out"),
-    }
-    engine.dispose()
-
-
-def queue_upscale(env: dict[str, Any], image: Image.Image, **fields: Any) -> str:
-    """A queued upscale job of ``image`` (validated against ``env``'s registry), its input stored."""
-    resolved = resolve_job(
-        parse_job_request({"type": "upscale", **fields}),
-        env["registry"],
-        env["settings"],
-        JobInputs(image=image),
-    )
-    with env["sessions"]() as session:
-        job = create_job(session, resolved)
-        job.input_key = input_key(job.id, "image")
-        env["storage"].put(job.input_key, _png(image), "image/png")
-        session.commit()
-        return job.id
+    yield from upscale_env(tmp_path)
 
 
 def stored(env: dict[str, Any], job_id: str) -> np.ndarray:

@@ -13,18 +13,22 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
-from sqlalchemy.orm import sessionmaker
 
-from easel.migrations.upgrade import upgrade
-from easel.shared.db import make_engine
-from easel.shared.jobs import create_job, input_key
-from easel.shared.registry import ModelSource, ModelSpec, Registry, load_registry
+from easel.shared.registry import load_registry
 from easel.shared.schemas import JobInputs, parse_job_request, resolve_job
 from easel.shared.settings import Settings
-from easel.shared.storage import LocalStorage
 from easel.shared.upscalers import UpscalerSpec, upscaler_names
 from easel.worker.engine.upscale import ModelUpscaler, upscale_tiled
-from tests.factories import b64, fetch, gradient, make_runner, migrated_settings
+from tests.factories import (
+    b64,
+    encode,
+    fetch,
+    gradient,
+    make_runner,
+    migrated_settings,
+    queue_upscale,
+    upscale_env,
+)
 
 
 @pytest.fixture
@@ -34,43 +38,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """The unit ``env`` (``tests.factories.make_runner``) with a model that is never loaded:
-    upscale jobs need none, so none is built."""
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    spec = ModelSpec(
-        name="tiny-sd", source=ModelSource.DIRECTORY, location=str(tmp_path / "never-loaded"), family="sd"
-    )
-    yield {
-        "sessions": sessionmaker(engine, expire_on_commit=False),
-        "settings": Settings(home=tmp_path, database_url=url),
-        "registry": Registry([spec], "tiny-sd"),
-        "storage": LocalStorage(tmp_path / "out"),
-    }
-    engine.dispose()
-
-
-def queue_upscale(env: dict[str, Any], image: Image.Image, **fields: Any) -> str:
-    """A queued upscale job of ``image`` with its input stored: its id."""
-    resolved = resolve_job(
-        parse_job_request({"type": "upscale", **fields}),
-        env["registry"],
-        env["settings"],
-        JobInputs(image=image),
-    )
-    with env["sessions"]() as session:
-        job = create_job(session, resolved)
-        job.input_key = input_key(job.id, "image")
-        env["storage"].put(job.input_key, _png(image), "image/png")
-        session.commit()
-        return job.id
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    yield from upscale_env(tmp_path)
 
 
 def test_upscale_jobs_run_batched_without_loading_the_model(env: dict[str, Any]) -> None:
@@ -230,7 +198,7 @@ def test_the_upscale_page_submits_an_upscale_job(app: Flask) -> None:
     assert 'id="scale-error"' in refused.get_data(as_text=True)
     no_image = client.post("/upscale", data={"type": "upscale"}, content_type="multipart/form-data")
     assert no_image.status_code == 422 and 'id="image-error"' in no_image.get_data(as_text=True)
-    image = (io.BytesIO(_png(gradient(32, 16))), "in.png")
+    image = (io.BytesIO(encode(gradient(32, 16))), "in.png")
     response = client.post(
         "/upscale",
         data={"type": "upscale", "upscaler": "lanczos", "scale": "2", "image": image},
