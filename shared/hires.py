@@ -20,6 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from easel.shared.nested_fields import lift_nested
+
 LATENT = "latent"
 """The upscaler that interpolates the first pass's latents (no decode, no encode)."""
 DEFAULT_SCALE = 2.0
@@ -99,17 +101,5 @@ def target_size(request: HiresRequest, width: int, height: int, multiple: int) -
 
 def lift_hires_fields(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with form / multipart ``hires_<name>`` fields as the ``hires`` object: on
-    when ``hires`` is a checked box or a scale, width or height is given; empty fields
-    dropped. JSON's ``hires`` object passes unchanged."""
-    flat = {name: data[f"hires_{name}"] for name in HIRES_FIELDS if f"hires_{name}" in data}
-    switch = data.get("hires")
-    if not flat and not isinstance(switch, str):
-        return data
-    rest = {key: value for key, value in data.items() if not key.startswith("hires_") and key != "hires"}
-    given = {name: value for name, value in flat.items() if value not in (None, "")}
-    checked = isinstance(switch, str) and switch.lower() in ("on", "true", "1", "yes")
-    if checked or any(name in given for name in ("scale", "width", "height")):
-        rest["hires"] = given
-    elif switch is not None and not isinstance(switch, str):
-        rest["hires"] = switch
-    return rest
+    when ``hires`` is a checked box or a scale, width or height is given (``lift_nested``)."""
+    return lift_nested(data, "hires", HIRES_FIELDS, ("scale", "width", "height"))

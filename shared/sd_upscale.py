@@ -23,6 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from easel.shared.nested_fields import lift_nested
+
 DEFAULT_UPSCALER = "lanczos"
 DEFAULT_SCALE = 2.0
 DEFAULT_OVERLAP = 64
@@ -94,17 +96,5 @@ def tile_count(size: tuple[int, int], tile: tuple[int, int], overlap: int) -> in
 
 def lift_sd_upscale_fields(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with form / multipart ``sd_upscale_<name>`` fields as the ``sd_upscale``
-    object: on when ``sd_upscale`` is a checked box or a scale is given; empty fields
-    dropped. JSON's ``sd_upscale`` object passes unchanged."""
-    flat = {name: data[f"sd_upscale_{name}"] for name in SD_UPSCALE_FIELDS if f"sd_upscale_{name}" in data}
-    switch = data.get("sd_upscale")
-    if not flat and not isinstance(switch, str):
-        return data
-    rest = {k: v for k, v in data.items() if not k.startswith("sd_upscale_") and k != "sd_upscale"}
-    given = {name: value for name, value in flat.items() if value not in (None, "")}
-    checked = isinstance(switch, str) and switch.lower() in ("on", "true", "1", "yes")
-    if checked or "scale" in given:
-        rest["sd_upscale"] = given
-    elif switch is not None and not isinstance(switch, str):
-        rest["sd_upscale"] = switch
-    return rest
+    object: on when ``sd_upscale`` is a checked box or a scale is given (``lift_nested``)."""
+    return lift_nested(data, "sd_upscale", SD_UPSCALE_FIELDS, ("scale",))
