@@ -371,3 +371,23 @@ def queue_upscale(env: dict[str, Any], image: Image.Image, **fields: Any) -> str
         env["storage"].put(job.input_key, encode(image), "image/png")
         session.commit()
         return str(job.id)
+
+
+def cli_submit_fields(monkeypatch: Any, args: list[str]) -> dict[str, Any]:
+    """The job fields ``easel ARGS`` (a ``submit``) hands its API client: the client is a
+    recorder here, so no server is needed; the command must exit 0."""
+    from click.testing import CliRunner
+
+    from easel import cli
+
+    sent: dict[str, Any] = {}
+
+    class Recorder:
+        def submit(self, prompt: str | None, **fields: Any) -> dict[str, Any]:
+            sent.update({k: v for k, v in {"prompt": prompt, **fields}.items() if v is not None})
+            return {"id": "job1"}
+
+    monkeypatch.setattr(cli, "_client", lambda url, key: Recorder())
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 0, result.output
+    return sent

@@ -72,28 +72,8 @@ def test_upscalers_are_listed_in_a1111s_shape(client: FlaskClient) -> None:
 def test_extra_single_image_holds_until_the_upscale_job_is_done(app: Flask, settings: Settings) -> None:
     client = app.test_client()  # not the fixture's: its contexts stay in the calling thread
     source = gradient(32, 24)
-    answers: list[Any] = []
     body = {"image": b64(source), "upscaler_1": "Lanczos", "upscaling_resize": 2}
-    call = threading.Thread(
-        target=lambda: answers.append(client.post("/sdapi/v1/extra-single-image", json=body))
-    )
-    call.start()
-    engine = make_engine(settings.database_url)
-    registry = load_registry(settings)
-    runner = JobRunner(
-        sessions=sessionmaker(engine, expire_on_commit=False),
-        registry=registry,
-        storage=LocalStorage(settings.home / "outputs"),
-        cache=PipelineCache(loader=no_model),
-        worker_id="test:1",
-        models=list(registry.names()),
-    )
-    try:
-        wait_for(runner.run_next, 30, "the upscale job to be queued and run")
-        call.join(30)
-    finally:
-        engine.dispose()
-    [answer] = answers
+    answer = run_while(lambda: client.post("/sdapi/v1/extra-single-image", json=body), settings)
     assert answer.status_code == 200, answer.get_data(as_text=True)
     with Image.open(io.BytesIO(base64.b64decode(answer.json["image"]))) as image:
         expected = source.resize((64, 48), Image.Resampling.LANCZOS)

@@ -22,7 +22,15 @@ from easel.worker.engine.device import DevicePlan
 from easel.worker.engine.generate import GenerationRequest, HiresStage, generate_batch
 from easel.worker.engine.pipelines import ModelPipelines, load_pipeline
 from easel.worker.engine.upscale import lanczos
-from tests.factories import enqueue, fetch, generation_request, make_runner, migrated_settings, rgb_pixels
+from tests.factories import (
+    cli_submit_fields,
+    enqueue,
+    fetch,
+    generation_request,
+    make_runner,
+    migrated_settings,
+    rgb_pixels,
+)
 
 HIRES = {"width": 128, "height": 128, "upscaler": "latent", "steps": 4, "denoising_strength": 0.5}
 
@@ -217,21 +225,8 @@ def test_the_form_sends_hires_and_is_filled_from_a_hires_job(app: Flask) -> None
 
 
 def test_easel_submit_sends_the_hires_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    from click.testing import CliRunner
-
-    from easel import cli
-
-    sent: dict[str, Any] = {}
-
-    class Client:
-        def submit(self, prompt: str | None, **fields: Any) -> dict[str, Any]:
-            sent.update({k: v for k, v in {"prompt": prompt, **fields}.items() if v is not None})
-            return {"id": "job1"}
-
-    monkeypatch.setattr(cli, "_client", lambda url, key: Client())
     args = ["submit", "a cat", "--hires", "--hires-upscaler", "lanczos", "--hires-denoising-strength", "0.4"]
-    result = CliRunner().invoke(cli.main, args)
-    assert result.exit_code == 0, result.output
+    sent = cli_submit_fields(monkeypatch, args)
     request = parse_job_request(sent)
     assert request.hires is not None
     assert (request.hires.upscaler, request.hires.denoising_strength, request.hires.scale) == (
@@ -239,8 +234,7 @@ def test_easel_submit_sends_the_hires_options(monkeypatch: pytest.MonkeyPatch) -
         0.4,
         None,
     )
-    sent.clear()
-    assert CliRunner().invoke(cli.main, ["submit", "a cat", "--hires-upscaler", "lanczos"]).exit_code == 0
+    sent = cli_submit_fields(monkeypatch, ["submit", "a cat", "--hires-upscaler", "lanczos"])
     assert parse_job_request(sent).hires is None  # not on: no --hires, scale or size
 
 

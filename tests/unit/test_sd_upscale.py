@@ -18,7 +18,7 @@ from easel.shared.schemas import JobInputs, ResolvedJob, parse_job_request, reso
 from easel.shared.sd_upscale import axis_positions, grid, tile_count
 from easel.shared.settings import Settings
 from easel.worker.engine.tiles import blend, ramp, split
-from tests.factories import fetch, generation_request, gradient, make_runner, rgb_pixels
+from tests.factories import cli_submit_fields, fetch, generation_request, gradient, make_runner, rgb_pixels
 
 # -- the grid and the blend -----------------------------------------------------------------
 
@@ -477,21 +477,8 @@ def test_the_edit_form_sends_sd_upscale_and_is_filled_from_such_a_job(app: Any) 
 
 
 def test_easel_submit_sends_the_sd_upscale_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    from click.testing import CliRunner
-
-    from easel import cli
-
-    sent: dict[str, Any] = {}
-
-    class Client:
-        def submit(self, prompt: str | None, **fields: Any) -> dict[str, Any]:
-            sent.update({k: v for k, v in {"prompt": prompt, **fields}.items() if v is not None})
-            return {"id": "job1"}
-
-    monkeypatch.setattr(cli, "_client", lambda url, key: Client())
     args = ["submit", "a cat", "--type", "img2img", "--sd-upscale", "--sd-upscale-overlap", "32"]
-    result = CliRunner().invoke(cli.main, args)
-    assert result.exit_code == 0, result.output
+    sent = cli_submit_fields(monkeypatch, args)
     request = parse_job_request(sent)
     assert request.sd_upscale is not None
     assert (request.sd_upscale.upscaler, request.sd_upscale.scale, request.sd_upscale.overlap) == (
@@ -499,9 +486,8 @@ def test_easel_submit_sends_the_sd_upscale_options(monkeypatch: pytest.MonkeyPat
         2.0,
         32,
     )
-    sent.clear()
     args = ["submit", "a cat", "--type", "img2img", "--sd-upscale-scale", "3"]
-    assert CliRunner().invoke(cli.main, args).exit_code == 0
+    sent = cli_submit_fields(monkeypatch, args)
     scaled = parse_job_request(sent).sd_upscale  # on with a scale alone
     assert scaled is not None and scaled.scale == 3
 
