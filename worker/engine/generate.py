@@ -57,6 +57,10 @@ class GenerationRequest:
     control: Image.Image | None = None  # ControlNet: the control map (preprocessed), RGB
 
 
+Upscaler = Callable[[Image.Image, tuple[int, int]], Image.Image]
+"""(image, output size) -> the upscaled image (``engine.upscale.load_upscaler``)."""
+
+
 @dataclass(frozen=True)
 class HiresStage:
     """What a batch with a hires fix (``easel.shared.hires``) runs its second pass with: the
@@ -64,11 +68,8 @@ class HiresStage:
     pass (``None``: the latent upscaler)."""
 
     pipe: Any
-    upscale: Callable[[Image.Image, tuple[int, int]], Image.Image] | None = None
+    upscale: Upscaler | None = None
 
-
-Upscaler = Callable[[Image.Image, tuple[int, int]], Image.Image]
-"""(image, output size) -> the upscaled image (``engine.upscale.load_upscaler``)."""
 
 TILES_PER_CALL = 8
 """The most tiles of an SD upscale one pipeline call redraws."""

@@ -36,11 +36,12 @@ from easel.worker.engine.generate import (
     HiresStage,
     JobCanceled,
     TimeLimitExceeded,
+    Upscaler,
     generate_batch,
 )
 from easel.worker.engine.pipelines import PipelineCache
 from easel.worker.engine.preview import PreviewWriter
-from easel.worker.engine.upscale import Upscaler, load_upscaler, upscale_batch
+from easel.worker.engine.upscale import load_upscaler, upscale_batch
 from easel.worker.heartbeat import Heartbeat
 from easel.worker.pngmeta import encode_png
 

@@ -18,10 +18,7 @@ from PIL import Image
 
 from easel.shared.errors import ModelLoadError, cannot_load
 from easel.shared.upscalers import UpscalerSpec, upscaler_names
-from easel.worker.engine.generate import GenerationRequest
-
-Upscaler = Callable[[Image.Image, tuple[int, int]], Image.Image]
-"""(image, output size) -> the upscaled image."""
+from easel.worker.engine.generate import GenerationRequest, Upscaler
 
 TILE = 512
 OVERLAP = 16
